@@ -1,0 +1,101 @@
+//! Command line: `run` (default), `crd`, `render`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps Pipedream connected-account credentials fresh in Kubernetes Secrets.
+#[derive(Parser, Debug)]
+#[command(name = "pipedream-secrets-operator", version, about)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run` when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator (default).
+    Run(RunArgs),
+    /// Print every CRD as YAML (or write one file per CRD into --dir).
+    Crd {
+        /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Render a ConnectedAccount's Secret data offline from a credentials or account JSON file.
+    Render {
+        /// ConnectedAccount manifest (YAML or JSON); only spec.target.template is used.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// JSON file: a Pipedream account answer (bare or {"data": …}) or a plain credentials object.
+        #[arg(long)]
+        credentials: PathBuf,
+    },
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Flags of `run`; each has an environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+    /// Namespace the operator runs in; ClusterPipedreamConnections without access rules admit only it.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "pipedream-secrets-operator"
+    )]
+    pub operator_namespace: String,
+    /// ClusterPipedreamConnection used by ConnectedAccounts without spec.connectionRef.
+    #[arg(long, env = "DEFAULT_CONNECTION")]
+    pub default_connection: Option<String>,
+    /// ConnectedAccounts reconciled in parallel (per watched namespace).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Timeout of each request to Pipedream, in seconds.
+    #[arg(long, env = "PIPEDREAM_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or filter (RUST_LOG syntax), e.g. `info` or `pipedream_secrets_operator=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Pod name, used as the Event reporting instance.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+}
+
+impl RunArgs {
+    /// Watched namespaces without empty entries.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}

@@ -1,0 +1,151 @@
+//! What each subcommand does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use crate::cli::RunArgs;
+use crate::controller::{self, RunConfig, Settings};
+use crate::crd::{self, ConnectedAccount, TemplateSpec};
+use crate::metrics::Metrics;
+use crate::pipedream::{self, Account, Credentials};
+use crate::{http, telemetry, template};
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
+    async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        info!("shutdown signal received; draining");
+    }
+    .boxed()
+    .shared()
+}
+
+/// `run`: watch and reconcile until SIGTERM.
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    telemetry::init(args.log_format, &args.log_level);
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let namespaces = args.watched_namespaces();
+    // Fail early and clearly when the CRDs are missing or RBAC forbids reading them.
+    let probe: Api<ConnectedAccount> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        format!("cannot list ConnectedAccounts ({e}); are the CRDs installed (kubectl apply --server-side -f crds/) and is RBAC granted?")
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal();
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let config = RunConfig {
+        namespaces,
+        settings: Settings {
+            operator_namespace: args.operator_namespace.clone(),
+            default_connection: args.default_connection.clone(),
+        },
+        concurrency: args.concurrency,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
+        instance: args.pod_name.clone(),
+    };
+    info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, "starting");
+    controller::run(client, config, metrics, ready, shutdown).await?;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("metrics server failed: {e}")),
+        Err(e) => return Err(format!("metrics server task failed: {e}")),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// `crd`: print every CRD, or write one file each into `dir`.
+pub fn crd(dir: Option<&Path>) -> Result<(), String> {
+    for c in crd::all_crds() {
+        let yaml = crd::crd_yaml(&c).map_err(|e| format!("serializing CRD: {e}"))?;
+        match dir {
+            Some(d) => {
+                let path = d.join(crd::crd_file_name(&c));
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    Ok(())
+}
+
+/// `render`: the Secret data a ConnectedAccount would get from the given credentials, printed as YAML.
+pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(manifest)
+        .map_err(|e| format!("reading {}: {e}", manifest.display()))?;
+    let doc: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| format!("parsing {}: {e}", manifest.display()))?;
+    let tpl: Option<TemplateSpec> = match doc.pointer("/spec/target/template") {
+        Some(v) => Some(
+            serde_json::from_value(v.clone()).map_err(|e| format!("spec.target.template: {e}"))?,
+        ),
+        None => None,
+    };
+    let raw = std::fs::read(credentials)
+        .map_err(|e| format!("reading {}: {e}", credentials.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&raw)
+        .map_err(|e| format!("{} is not JSON: {e}", credentials.display()))?;
+    let account = if value.get("credentials").is_some() || value.get("data").is_some() {
+        pipedream::parse_account("file", &raw).map_err(|e| e.to_string())?
+    } else {
+        let map = value
+            .as_object()
+            .cloned()
+            .ok_or("credentials file must hold a JSON object")?;
+        Account {
+            id: "apn_local".into(),
+            name: None,
+            external_id: None,
+            healthy: Some(true),
+            dead: Some(false),
+            app: None,
+            credentials: Some(Credentials::from_map(map)),
+            expires_at: None,
+            error: None,
+            next_refresh_at: None,
+            last_refreshed_at: None,
+        }
+    };
+    let creds = account.credentials.clone().unwrap_or_default();
+    let data = match &tpl {
+        Some(t) => template::render(&t.data, &creds, &account, account.expires_at.as_deref())
+            .map_err(|e| e.to_string())?,
+        None => template::raw_data(&creds).0,
+    };
+    let out: std::collections::BTreeMap<String, String> = data
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    print!(
+        "{}",
+        serde_saphyr::to_string(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Custom resource types of the `pipedream-secrets.io/v1alpha1` API group.
+
+mod account;
+mod connection;
+
+pub use account::*;
+pub use connection::*;
+
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every CRD this operator serves.
+pub const GROUP: &str = "pipedream-secrets.io";
+/// The one name this operator uses as SSA field manager, Event reporter and `managed-by` label value.
+pub const MANAGER: &str = "pipedream-secrets-operator";
+/// Label put on every Secret the operator writes; the Secret watch selects on it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Annotation on a ConnectedAccount whose new value forces an immediate fetch.
+pub const FORCE_SYNC_ANNOTATION: &str = "pipedream-secrets.io/force-sync";
+/// Annotation on a written Secret naming the ConnectedAccount (`namespace/name`) that writes it.
+pub const OWNER_ANNOTATION: &str = "pipedream-secrets.io/connected-account";
+/// Annotation on a written Secret carrying the credentials' `expires_at` (absent when they do not expire).
+pub const EXPIRES_AT_ANNOTATION: &str = "pipedream-secrets.io/expires-at";
+/// Annotation on a written Secret carrying the Pipedream account ID.
+pub const ACCOUNT_ID_ANNOTATION: &str = "pipedream-secrets.io/account-id";
+
+/// Reference to one key of a Kubernetes Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Namespace of the Secret. Only allowed on a ClusterPipedreamConnection, where it is required; a namespaced
+    /// PipedreamConnection always reads Secrets of its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Every CRD of this operator, in a stable order (used by `crd` and the drift test).
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![
+        ConnectedAccount::crd(),
+        PipedreamConnection::crd(),
+        ClusterPipedreamConnection::crd(),
+    ]
+}
+
+/// File name under `crds/` for a CRD (`<plural>.<group>.yaml`).
+pub fn crd_file_name(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default())
+}
+
+/// Render one CRD as a YAML document.
+pub fn crd_yaml(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(crd)
+}

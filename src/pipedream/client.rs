@@ -1,0 +1,515 @@
+//! HTTP client for one Pipedream connection: token cache, rate limiter, both auth modes.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{Account, PipedreamError, SecretString, TokenResponse};
+use crate::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
+use crate::metrics::Metrics;
+
+/// Refresh the OAuth token this long before it expires (the official SDKs use the same buffer).
+const TOKEN_REFRESH_BUFFER: Duration = Duration::from_secs(120);
+/// `expires_in` assumed when the token answer omits it (Pipedream documents 1 h).
+const DEFAULT_TOKEN_LIFETIME: u64 = 3600;
+/// Pause before the single quick retry of a transient failure.
+const TRANSIENT_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Secret material a connection authenticates with, read from Kubernetes Secrets.
+#[derive(Clone, Debug)]
+pub enum AuthMaterial {
+    /// OAuth client credentials.
+    OAuth {
+        /// Client ID (not secret).
+        client_id: String,
+        /// Client secret.
+        client_secret: SecretString,
+    },
+    /// Workspace API key.
+    ApiKey(SecretString),
+}
+
+/// Loads the connection's secret material; called again after a 401 so rotations are picked up.
+pub type MaterialLoader =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<AuthMaterial, String>> + Send + Sync>;
+
+/// Which API the connection speaks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ApiMode {
+    /// Connect API with OAuth client credentials.
+    Connect {
+        /// `proj_…`.
+        project_id: String,
+        /// Sent as `x-pd-environment`.
+        environment: PipedreamEnvironment,
+    },
+    /// Workspace API key on `/v1/accounts/{id}`.
+    ApiKey {
+        /// Which path returns credentials.
+        path: CredentialsPath,
+    },
+}
+
+/// Settings of one connection client. Equal settings mean the client can be reused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientSettings {
+    /// Base URL without trailing slash.
+    pub api_url: String,
+    /// API flavour.
+    pub mode: ApiMode,
+    /// Client-side rate limit.
+    pub rate_limit: RateLimit,
+}
+
+/// An account answer with the timing needed to correct clock skew.
+#[derive(Clone, Debug)]
+pub struct FetchedAccount {
+    /// The account.
+    pub account: Account,
+    /// Pipedream's `Date` header, if sent.
+    pub server_time: Option<Timestamp>,
+}
+
+struct Token {
+    value: SecretString,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// Client for one connection. Cheap to share (`Arc`).
+pub struct PipedreamClient {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    loader: MaterialLoader,
+    limiter: DefaultDirectRateLimiter,
+    token: Mutex<Option<Token>>,
+    api_key: Mutex<Option<SecretString>>,
+    generation: std::sync::atomic::AtomicU64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for PipedreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipedreamClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Build the shared HTTP client (timeouts on every request).
+pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .user_agent(concat!(
+            "pipedream-secrets-operator/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+}
+
+impl PipedreamClient {
+    /// New client; no request is made until needed.
+    pub fn new(
+        http: reqwest::Client,
+        mut settings: ClientSettings,
+        loader: MaterialLoader,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        settings.api_url = settings.api_url.trim_end_matches('/').to_string();
+        let rps = NonZeroU32::new(settings.rate_limit.requests_per_second.max(1))
+            .unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.rate_limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            http,
+            limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+            settings,
+            loader,
+            token: Mutex::new(None),
+            api_key: Mutex::new(None),
+            generation: 0.into(),
+            metrics,
+        }
+    }
+
+    /// The settings this client was built with.
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    /// Prove the connection can authenticate: mints (or reuses) the OAuth token, or loads the API key.
+    pub async fn check_auth(&self) -> Result<(), PipedreamError> {
+        self.bearer().await.map(|_| ())
+    }
+
+    /// Retrieve one account with its credentials.
+    pub async fn fetch_account(&self, account_id: &str) -> Result<FetchedAccount, PipedreamError> {
+        let (endpoint, url) = match &self.settings.mode {
+            ApiMode::Connect { project_id, .. } => (
+                "connect_account",
+                format!(
+                    "{}/v1/connect/{project_id}/accounts/{account_id}?include_credentials=true",
+                    self.settings.api_url
+                ),
+            ),
+            ApiMode::ApiKey {
+                path: CredentialsPath::IncludeCredentials,
+            } => (
+                "account",
+                format!(
+                    "{}/v1/accounts/{account_id}?include_credentials=1",
+                    self.settings.api_url
+                ),
+            ),
+            ApiMode::ApiKey {
+                path: CredentialsPath::Credentials,
+            } => (
+                "account_credentials",
+                format!(
+                    "{}/v1/accounts/{account_id}/credentials",
+                    self.settings.api_url
+                ),
+            ),
+        };
+        let mut reauthed = false;
+        let mut retried = false;
+        loop {
+            let (bearer, generation) = self.bearer().await?;
+            let mut req = self
+                .http
+                .request(Method::GET, &url)
+                .bearer_auth(bearer.expose());
+            if let ApiMode::Connect { environment, .. } = &self.settings.mode {
+                req = req.header("x-pd-environment", environment.as_str());
+            }
+            match self.send(endpoint, req).await {
+                Ok((headers, body)) => {
+                    let account = parse_account(endpoint, &body)?;
+                    let server_time = headers
+                        .get(reqwest::header::DATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_http_date);
+                    return Ok(FetchedAccount {
+                        account,
+                        server_time,
+                    });
+                }
+                Err(PipedreamError::Unauthorized { .. }) if !reauthed => {
+                    // A rotated client secret or revoked token: drop what we hold and try once more.
+                    reauthed = true;
+                    self.invalidate(generation).await;
+                }
+                Err(e) if e.is_transient() && !retried => {
+                    retried = true;
+                    tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn invalidate(&self, generation: u64) {
+        let mut token = self.token.lock().await;
+        if token.as_ref().is_some_and(|t| t.generation == generation) {
+            *token = None;
+        }
+        drop(token);
+        *self.api_key.lock().await = None;
+    }
+
+    /// The bearer for account calls and the generation of the token it came from.
+    async fn bearer(&self) -> Result<(SecretString, u64), PipedreamError> {
+        match &self.settings.mode {
+            ApiMode::ApiKey { .. } => {
+                let mut key = self.api_key.lock().await;
+                if key.is_none() {
+                    match (self.loader)()
+                        .await
+                        .map_err(PipedreamError::LoadCredentials)?
+                    {
+                        AuthMaterial::ApiKey(k) => *key = Some(k),
+                        AuthMaterial::OAuth { .. } => {
+                            return Err(PipedreamError::LoadCredentials(
+                                "expected an API key".into(),
+                            ));
+                        }
+                    }
+                }
+                Ok((key.clone().unwrap_or_else(|| SecretString::new("")), 0))
+            }
+            ApiMode::Connect { environment, .. } => {
+                // Holding the lock across the refresh makes it single-flight: waiters reuse the new token.
+                let mut token = self.token.lock().await;
+                if let Some(t) = token.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+                    return Ok((t.value.clone(), t.generation));
+                }
+                let fresh = self.mint_token(*environment).await?;
+                let out = (fresh.value.clone(), fresh.generation);
+                *token = Some(fresh);
+                Ok(out)
+            }
+        }
+    }
+
+    async fn mint_token(&self, environment: PipedreamEnvironment) -> Result<Token, PipedreamError> {
+        let (client_id, client_secret) = match (self.loader)()
+            .await
+            .map_err(PipedreamError::LoadCredentials)?
+        {
+            AuthMaterial::OAuth {
+                client_id,
+                client_secret,
+            } => (client_id, client_secret),
+            AuthMaterial::ApiKey(_) => {
+                return Err(PipedreamError::LoadCredentials(
+                    "expected OAuth client credentials".into(),
+                ));
+            }
+        };
+        let body = serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret.expose(),
+        });
+        let url = format!("{}/v1/oauth/token", self.settings.api_url);
+        let mut retried = false;
+        let (_, bytes) = loop {
+            let req = self
+                .http
+                .request(Method::POST, &url)
+                .header("x-pd-environment", environment.as_str())
+                .json(&body);
+            match self.send("token", req).await {
+                Ok(ok) => break ok,
+                Err(e) if e.is_transient() && !retried => {
+                    retried = true;
+                    tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let parsed: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|e| PipedreamError::Malformed {
+                endpoint: "token",
+                message: format!("token answer: {}", e.classify_str()),
+            })?;
+        if parsed.access_token.expose().is_empty() {
+            return Err(PipedreamError::Malformed {
+                endpoint: "token",
+                message: "empty access_token".into(),
+            });
+        }
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        Ok(Token {
+            value: parsed.access_token,
+            refresh_at: Instant::now() + refresh_after(lifetime),
+            generation,
+        })
+    }
+
+    /// One HTTP exchange: rate limit, metrics, status mapping.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(HeaderMap, bytes::Bytes), PipedreamError> {
+        if self.limiter.check().is_err() {
+            if let Some(m) = &self.metrics {
+                m.rate_limit_waits.inc();
+            }
+            self.limiter.until_ready().await;
+        }
+        let started = std::time::Instant::now();
+        let result = req.send().await;
+        let (status, headers, body) = match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                match resp.bytes().await {
+                    Ok(b) => (status, headers, b),
+                    Err(e) => {
+                        self.observe(endpoint, "error", started);
+                        return Err(PipedreamError::Transport {
+                            endpoint,
+                            message: transport_message(&e),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                self.observe(endpoint, "error", started);
+                return Err(PipedreamError::Transport {
+                    endpoint,
+                    message: transport_message(&e),
+                });
+            }
+        };
+        self.observe(endpoint, status.as_str(), started);
+        if status.is_success() {
+            return Ok((headers, body));
+        }
+        Err(map_status(endpoint, status, &headers, &body))
+    }
+
+    fn observe(&self, endpoint: &'static str, status: &str, started: std::time::Instant) {
+        if let Some(m) = &self.metrics {
+            m.observe_request(endpoint, status, started.elapsed());
+        }
+    }
+}
+
+/// When to refresh a token of the given lifetime: 2 min early, or at half-life for tokens under 4 min.
+pub fn refresh_after(lifetime: Duration) -> Duration {
+    if lifetime < TOKEN_REFRESH_BUFFER * 2 {
+        lifetime / 2
+    } else {
+        lifetime - TOKEN_REFRESH_BUFFER
+    }
+}
+
+fn transport_message(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body read failed"
+    } else {
+        "request failed"
+    };
+    // The URL holds no secret (bearer is a header), but keep the message short and stable.
+    kind.to_string()
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> String;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> String {
+        // serde_json messages can quote input fragments; keep only position and category.
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
+    }
+}
+
+/// Parse an account body in either envelope: bare `Account` or `{"data": Account}`.
+pub fn parse_account(endpoint: &'static str, body: &[u8]) -> Result<Account, PipedreamError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| PipedreamError::Malformed {
+        endpoint,
+        message: format!("not JSON ({})", e.classify_str()),
+    })?;
+    let inner = match value {
+        Value::Object(mut map) if !map.contains_key("id") && map.contains_key("data") => {
+            map.remove("data").unwrap_or(Value::Null)
+        }
+        other => other,
+    };
+    if !inner.is_object() {
+        return Err(PipedreamError::Malformed {
+            endpoint,
+            message: "account is not a JSON object".into(),
+        });
+    }
+    serde_json::from_value::<Account>(inner).map_err(|e| PipedreamError::Malformed {
+        endpoint,
+        message: format!("unexpected account shape ({})", e.classify_str()),
+    })
+}
+
+fn error_text(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let text = match v.get("error")? {
+        Value::String(s) => s.clone(),
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    Some(text.chars().take(200).collect())
+}
+
+fn map_status(
+    endpoint: &'static str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> PipedreamError {
+    let code = status.as_u16();
+    let message = error_text(body);
+    match code {
+        401 | 403 => PipedreamError::Unauthorized {
+            endpoint,
+            status: code,
+        },
+        404 if endpoint != "token" => PipedreamError::NotFound {
+            status: code,
+            message,
+        },
+        400 if endpoint != "token"
+            && message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("not found")) =>
+        {
+            PipedreamError::NotFound {
+                status: code,
+                message,
+            }
+        }
+        429 => PipedreamError::RateLimited {
+            retry_after: retry_after(headers, Timestamp::now()),
+        },
+        _ => PipedreamError::Status {
+            endpoint,
+            status: code,
+            message,
+        },
+    }
+}
+
+/// `Retry-After` (seconds or HTTP date), then `retry-after-ms`, then `X-RateLimit-Reset` (epoch seconds).
+pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = get("retry-after") {
+        if let Ok(secs) = v.parse::<f64>() {
+            return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        }
+        if let Some(at) = parse_http_date(v) {
+            return Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO));
+        }
+    }
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_millis(ms));
+    }
+    if let Some(reset) = get("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok()) {
+        let at = Timestamp::from_second(reset).ok()?;
+        return Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO));
+    }
+    None
+}
+
+/// Parse an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn parse_http_date(s: &str) -> Option<Timestamp> {
+    jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(s)
+        .ok()
+}

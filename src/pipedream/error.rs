@@ -1,0 +1,54 @@
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// What went wrong talking to Pipedream, by the failed action. Messages never hold credential values.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PipedreamError {
+    /// The OAuth client secret or API key could not be read from its Kubernetes Secret.
+    #[error("cannot load connection credentials: {0}")]
+    LoadCredentials(String),
+    /// Pipedream rejected the OAuth client credentials or API key (401/403).
+    #[error("Pipedream rejected the connection's credentials (HTTP {status}) on {endpoint}")]
+    Unauthorized { endpoint: &'static str, status: u16 },
+    /// The account does not exist for these credentials (404, or 400 "record not found").
+    #[error("account not found (HTTP {status}){}", fmt_msg(.message))]
+    NotFound {
+        status: u16,
+        message: Option<String>,
+    },
+    /// Pipedream answered 429.
+    #[error("rate limited by Pipedream{}", .retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// Any other HTTP error status.
+    #[error("Pipedream answered HTTP {status} on {endpoint}{}", fmt_msg(.message))]
+    Status {
+        endpoint: &'static str,
+        status: u16,
+        message: Option<String>,
+    },
+    /// Connect, TLS, timeout or body-read failure.
+    #[error("request to Pipedream failed on {endpoint}: {message}")]
+    Transport {
+        endpoint: &'static str,
+        message: String,
+    },
+    /// A 2xx answer we cannot use.
+    #[error("malformed answer from Pipedream on {endpoint}: {message}")]
+    Malformed {
+        endpoint: &'static str,
+        message: String,
+    },
+}
+
+fn fmt_msg(m: &Option<String>) -> String {
+    m.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+}
+
+impl PipedreamError {
+    /// Whether a quick retry inside the same sync may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transport { .. })
+            || matches!(self, Self::Status { status, .. } if *status >= 500 || *status == 408)
+    }
+}

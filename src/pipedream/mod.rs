@@ -1,0 +1,9 @@
+//! Pipedream REST client following `pipedream-api.md`.
+
+mod client;
+mod error;
+mod types;
+
+pub use client::*;
+pub use error::PipedreamError;
+pub use types::*;

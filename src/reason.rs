@@ -1,0 +1,155 @@
+//! Ready reasons (stable strings) and the failures that lead to them.
+
+use std::time::Duration;
+
+use crate::pipedream::PipedreamError;
+
+/// A Ready condition reason. The strings are API: alerts and scripts key on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The Secret holds fresh credentials.
+    Synced,
+    /// The spec is invalid in a way the CRD schema cannot express.
+    InvalidSpec,
+    /// The referenced connection does not exist.
+    ConnectionNotFound,
+    /// The connection exists but cannot be used (its Secret is missing, a key is absent).
+    ConnectionNotReady,
+    /// The connection's access rules do not admit this namespace or account.
+    AccessDenied,
+    /// Pipedream rejected the connection's OAuth client or API key.
+    AuthFailed,
+    /// Pipedream does not know the account.
+    AccountNotFound,
+    /// Pipedream marks the account unhealthy.
+    AccountUnhealthy,
+    /// Pipedream marks the account dead.
+    AccountDead,
+    /// The account has no credentials for us (Pipedream-managed OAuth app, or empty).
+    CredentialsUnavailable,
+    /// Pipedream answered 429.
+    RateLimited,
+    /// Any other Pipedream failure (5xx, network, timeout, malformed answer).
+    UpstreamError,
+    /// The target Secret belongs to something else.
+    SecretConflict,
+    /// Pipedream returned credentials that have already expired.
+    Expired,
+}
+
+impl Reason {
+    /// The stable string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Synced => "Synced",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::ConnectionNotFound => "ConnectionNotFound",
+            Self::ConnectionNotReady => "ConnectionNotReady",
+            Self::AccessDenied => "AccessDenied",
+            Self::AuthFailed => "AuthFailed",
+            Self::AccountNotFound => "AccountNotFound",
+            Self::AccountUnhealthy => "AccountUnhealthy",
+            Self::AccountDead => "AccountDead",
+            Self::CredentialsUnavailable => "CredentialsUnavailable",
+            Self::RateLimited => "RateLimited",
+            Self::UpstreamError => "UpstreamError",
+            Self::SecretConflict => "SecretConflict",
+            Self::Expired => "Expired",
+        }
+    }
+
+    /// Failures a retry cannot fix soon without someone changing something: retried slowly.
+    pub fn needs_intervention(self) -> bool {
+        matches!(
+            self,
+            Self::InvalidSpec
+                | Self::ConnectionNotFound
+                | Self::ConnectionNotReady
+                | Self::AccessDenied
+                | Self::AuthFailed
+                | Self::AccountNotFound
+                | Self::AccountDead
+                | Self::CredentialsUnavailable
+                | Self::SecretConflict
+        )
+    }
+}
+
+/// A sync that could not complete. The message names the field or object at fault and never holds secrets.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyncFailure {
+    /// The Ready reason.
+    pub reason: Reason,
+    /// Human-readable cause.
+    pub message: String,
+    /// Server-imposed wait (429).
+    pub retry_after: Option<Duration>,
+    /// Exact retry delay chosen by the reconciler (replaces the error backoff).
+    pub retry_in: Option<Duration>,
+}
+
+impl SyncFailure {
+    /// A failure with a reason and message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            retry_after: None,
+            retry_in: None,
+        }
+    }
+}
+
+impl From<PipedreamError> for SyncFailure {
+    fn from(e: PipedreamError) -> Self {
+        let reason = match &e {
+            PipedreamError::LoadCredentials(_) => Reason::ConnectionNotReady,
+            PipedreamError::Unauthorized { .. } => Reason::AuthFailed,
+            PipedreamError::NotFound { .. } => Reason::AccountNotFound,
+            PipedreamError::RateLimited { .. } => Reason::RateLimited,
+            PipedreamError::Status { .. }
+            | PipedreamError::Transport { .. }
+            | PipedreamError::Malformed { .. } => Reason::UpstreamError,
+        };
+        let retry_after = match &e {
+            PipedreamError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        };
+        Self {
+            reason,
+            message: e.to_string(),
+            retry_after,
+            retry_in: None,
+        }
+    }
+}
+
+/// Errors that end a reconcile without a status update: the Kubernetes API itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the target Secret failed.
+    #[error("reading Secret failed: {0}")]
+    ReadSecret(#[source] kube::Error),
+    /// Writing the target Secret failed.
+    #[error("writing Secret failed: {0}")]
+    WriteSecret(#[source] kube::Error),
+    /// Writing status failed.
+    #[error("writing status failed: {0}")]
+    WriteStatus(#[source] kube::Error),
+    /// Reading a namespace for access rules failed.
+    #[error("reading namespace failed: {0}")]
+    ReadNamespace(#[source] kube::Error),
+}
+
+impl Error {
+    /// Bounded metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::ReadSecret(_) => "read_secret",
+            Self::WriteSecret(_) => "write_secret",
+            Self::WriteStatus(_) => "write_status",
+            Self::ReadNamespace(_) => "read_namespace",
+        }
+    }
+}
