@@ -168,3 +168,102 @@ pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
             .as_ref()
             .is_none_or(|t| existing.type_.as_deref().unwrap_or("Opaque") == t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ConnectedAccountSpec, TargetSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn ca(policy: CreationPolicy, deletion: DeletionPolicy) -> ConnectedAccount {
+        let mut spec: ConnectedAccountSpec = serde_json::from_value(serde_json::json!({"accountId": "apn_A1"})).unwrap();
+        spec.target = TargetSpec {
+            creation_policy: policy,
+            deletion_policy: deletion,
+            labels: [("team".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        };
+        let mut ca = ConnectedAccount::new("gh", spec);
+        ca.metadata.namespace = Some("team-a".into());
+        ca.metadata.uid = Some("uid-1".into());
+        ca
+    }
+
+    fn data() -> BTreeMap<String, Vec<u8>> {
+        [("token".to_string(), b"v1".to_vec())].into()
+    }
+
+    #[test]
+    fn hash_is_order_independent_and_value_sensitive() {
+        let a: BTreeMap<String, Vec<u8>> = [("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())].into();
+        let h = data_hash(a.iter().map(|(k, v)| (k, v.as_slice())));
+        assert!(h.starts_with("sha256:") && h.len() == 71);
+        let rev: Vec<(String, Vec<u8>)> = a.clone().into_iter().rev().collect();
+        assert_eq!(h, data_hash(rev.iter().map(|(k, v)| (k, v.as_slice()))));
+        // "a"+"b1" must not collide with "ab"+"1".
+        let x: BTreeMap<String, Vec<u8>> = [("ab".into(), b"1".to_vec())].into();
+        let y: BTreeMap<String, Vec<u8>> = [("a".into(), b"b1".to_vec())].into();
+        assert_ne!(data_hash(x.iter().map(|(k, v)| (k, v.as_slice()))), data_hash(y.iter().map(|(k, v)| (k, v.as_slice()))));
+    }
+
+    #[test]
+    fn owner_policy_sets_controller_ref_labels_and_annotations() {
+        let ca = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
+        let s = desired_secret(&ca, &data(), Some("2026-11-22T10:00:00Z"));
+        let o = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((o.kind.as_str(), o.uid.as_str(), o.controller), ("ConnectedAccount", "uid-1", Some(true)));
+        let l = s.metadata.labels.as_ref().unwrap();
+        assert_eq!(l[MANAGED_BY_LABEL], MANAGER);
+        assert_eq!(l["team"], "a");
+        let a = s.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a[OWNER_ANNOTATION], "team-a/gh");
+        assert_eq!(a[EXPIRES_AT_ANNOTATION], "2026-11-22T10:00:00Z");
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert!(up_to_date(&s, &s));
+        // Retain: no ownerReference, so garbage collection keeps it.
+        assert!(desired_secret(&self::ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None).metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn foreign_secrets_are_refused_unless_merge() {
+        let mine = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
+        let mut foreign = Secret::default();
+        foreign.metadata.name = Some("gh".into());
+        assert!(check_ownership(&mine, &foreign).unwrap_err().0.contains("not managed"));
+        assert!(check_ownership(&ca(CreationPolicy::Merge, DeletionPolicy::Retain), &foreign).is_ok());
+        foreign.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "Deployment".into(),
+            name: "web".into(),
+            uid: "other".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        assert!(check_ownership(&mine, &foreign).unwrap_err().0.contains("Deployment web"));
+        // Our own Secret, by ownerReference or by managed-by label plus owner annotation.
+        let own = desired_secret(&mine, &data(), None);
+        assert!(check_ownership(&mine, &own).is_ok());
+        let retained = desired_secret(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None);
+        assert!(check_ownership(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &retained).is_ok());
+        // Written by another ConnectedAccount: refused even with Merge.
+        let mut other = ca(CreationPolicy::Merge, DeletionPolicy::Retain);
+        other.metadata.name = Some("other".into());
+        assert!(check_ownership(&other, &retained).unwrap_err().0.contains("team-a/gh"));
+    }
+
+    #[test]
+    fn up_to_date_detects_data_label_and_owner_changes() {
+        let c = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
+        let want = desired_secret(&c, &data(), None);
+        let mut edited = want.clone();
+        edited.data.as_mut().unwrap().insert("token".into(), ByteString(b"hand-edited".to_vec()));
+        assert!(!up_to_date(&edited, &want));
+        let mut extra = want.clone();
+        extra.data.as_mut().unwrap().insert("stale".into(), ByteString(b"x".to_vec()));
+        assert!(!up_to_date(&extra, &want));
+        let mut unlabeled = want.clone();
+        unlabeled.metadata.labels = None;
+        assert!(!up_to_date(&unlabeled, &want));
+        let retain = desired_secret(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None);
+        assert!(!up_to_date(&want, &retain), "ownerReference must be dropped when switching to Retain");
+    }
+}

@@ -143,3 +143,61 @@ pub fn is_valid_secret_key(k: &str) -> bool {
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn account() -> Account {
+        serde_json::from_value(json!({
+            "id": "apn_X1", "external_id": "tenant-42", "healthy": true, "dead": false,
+            "app": {"name_slug": "github", "name": "GitHub"},
+            "credentials": {"oauth_access_token": "tok-SECRET", "expires_in": 3600, "nested": {"a": 1}, "gone": null, "bad key": "x"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn raw_data_keeps_strings_json_encodes_others_and_skips_bad_keys() {
+        let a = account();
+        let (data, skipped) = raw_data(a.credentials.as_ref().unwrap());
+        assert_eq!(data["oauth_access_token"], b"tok-SECRET");
+        assert_eq!(data["expires_in"], b"3600");
+        assert_eq!(data["nested"], br#"{"a":1}"#);
+        assert!(!data.contains_key("gone"));
+        assert_eq!(skipped, vec!["bad key".to_string()]);
+    }
+
+    #[test]
+    fn templates_render_credentials_account_and_expiry_without_escaping() {
+        let a = account();
+        let t: BTreeMap<String, String> = [
+            ("GITHUB_TOKEN".to_string(), "{{ credentials.oauth_access_token }}".to_string()),
+            ("config.json".to_string(), r#"{"token": "{{ credentials.oauth_access_token }}", "app": {{ account.app.name_slug | tojson }}}"#.to_string()),
+            ("exp".to_string(), "{{ expires_at }}".to_string()),
+            ("b64".to_string(), "{{ credentials.oauth_access_token | b64encode }}".to_string()),
+        ]
+        .into();
+        let out = render(&t, a.credentials.as_ref().unwrap(), &a, Some("2026-11-22T10:00:00Z")).unwrap();
+        assert_eq!(out["GITHUB_TOKEN"], b"tok-SECRET");
+        assert_eq!(String::from_utf8(out["config.json"].clone()).unwrap(), r#"{"token": "tok-SECRET", "app": "github"}"#);
+        assert_eq!(out["exp"], b"2026-11-22T10:00:00Z");
+        assert_eq!(out["b64"], b"dG9rLVNFQ1JFVA==");
+    }
+
+    #[test]
+    fn undefined_variables_and_syntax_errors_name_the_key_and_hide_values() {
+        let a = account();
+        let t: BTreeMap<String, String> = [("K".to_string(), "{{ credentials.missing }}".to_string())].into();
+        let e = render(&t, a.credentials.as_ref().unwrap(), &a, None).unwrap_err();
+        assert_eq!(e.key, "K");
+        assert!(e.to_string().starts_with("spec.target.template.data[K]: "), "{e}");
+        let t: BTreeMap<String, String> = [("K".to_string(), "{{ credentials.oauth_access_token + 1 }}".to_string())].into();
+        let e = render(&t, a.credentials.as_ref().unwrap(), &a, None).unwrap_err();
+        assert!(!e.to_string().contains("tok-SECRET"), "{e}");
+        let bad: BTreeMap<String, String> = [("K".to_string(), "{{ unclosed".to_string())].into();
+        let e = validate(&bad).unwrap_err();
+        assert!(e.message.contains("syntax"), "{e}");
+    }
+}

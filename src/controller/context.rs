@@ -20,6 +20,8 @@ use crate::pipedream::{
 pub enum Clock {
     /// The system clock.
     System,
+    /// A clock set by hand (tests).
+    Manual(Arc<Mutex<Timestamp>>),
     /// `base` plus the tokio time elapsed since `start`; with `tokio::time::pause` it moves only on `advance`.
     Tokio {
         /// Wall time at `start`.
@@ -38,10 +40,24 @@ impl Clock {
         }
     }
 
+    /// A manual clock at `t`.
+    pub fn manual(t: Timestamp) -> Self {
+        Self::Manual(Arc::new(Mutex::new(t)))
+    }
+
+    /// Move a manual clock forward (no effect on other clocks).
+    pub fn advance(&self, d: Duration) {
+        if let Self::Manual(t) = self {
+            let mut g = t.lock().unwrap_or_else(|p| p.into_inner());
+            *g = g.saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)).unwrap_or(*g);
+        }
+    }
+
     /// Now.
     pub fn now(&self) -> Timestamp {
         match self {
             Self::System => Timestamp::now(),
+            Self::Manual(t) => *t.lock().unwrap_or_else(|p| p.into_inner()),
             Self::Tokio { base, start } => {
                 let d = SignedDuration::try_from(start.elapsed()).unwrap_or(SignedDuration::MAX);
                 base.saturating_add(d).unwrap_or(*base)

@@ -106,6 +106,8 @@ impl std::fmt::Debug for PipedreamClient {
 
 /// Build the shared HTTP client (timeouts on every request).
 pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    // reqwest is built without a crypto provider; use the same ring provider as kube (no-op if already set).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10).min(timeout))
