@@ -85,19 +85,32 @@ mod tests {
     use serde_json::json;
 
     fn account(ext: &str, app: &str) -> Account {
-        serde_json::from_value(json!({"id": "apn_A1", "external_id": ext, "app": {"name_slug": app}})).unwrap()
+        serde_json::from_value(
+            json!({"id": "apn_A1", "external_id": ext, "app": {"name_slug": app}}),
+        )
+        .unwrap()
     }
 
     #[test]
     fn empty_rules_admit_only_the_operator_namespace() {
-        assert_eq!(admit_namespace(&[], "ops", None, "ops"), Admission::Unrestricted);
-        assert_eq!(admit_namespace(&[], "team-a", None, "ops"), Admission::Denied);
+        assert_eq!(
+            admit_namespace(&[], "ops", None, "ops"),
+            Admission::Unrestricted
+        );
+        assert_eq!(
+            admit_namespace(&[], "team-a", None, "ops"),
+            Admission::Denied
+        );
     }
 
     #[test]
     fn namespaces_selector_and_narrowing() {
         let rules = vec![
-            AccessRule { namespaces: vec!["team-a".into()], external_user_ids: vec!["tenant-42".into()], ..Default::default() },
+            AccessRule {
+                namespaces: vec!["team-a".into()],
+                external_user_ids: vec!["tenant-42".into()],
+                ..Default::default()
+            },
             AccessRule {
                 namespace_selector: Some(LabelSelector {
                     match_labels: Some([("pipedream".to_string(), "yes".to_string())].into()),
@@ -111,12 +124,23 @@ mod tests {
         let a = admit_namespace(&rules, "team-a", None, "ops");
         assert!(admit_account(&a, &account("tenant-42", "github")));
         assert!(!admit_account(&a, &account("tenant-7", "github")));
-        let labels: BTreeMap<String, String> = [("pipedream".to_string(), "yes".to_string())].into();
+        let labels: BTreeMap<String, String> =
+            [("pipedream".to_string(), "yes".to_string())].into();
         let b = admit_namespace(&rules, "team-b", Some(&labels), "ops");
         assert!(admit_account(&b, &account("anyone", "slack_bot")));
         assert!(!admit_account(&b, &account("anyone", "github")));
-        assert_eq!(admit_namespace(&rules, "team-c", None, "ops"), Admission::Denied);
-        let star = vec![AccessRule { namespaces: vec!["*".into()], account_ids: vec!["apn_A1".into()], ..Default::default() }];
-        assert!(admit_account(&admit_namespace(&star, "x", None, "ops"), &account("e", "a")));
+        assert_eq!(
+            admit_namespace(&rules, "team-c", None, "ops"),
+            Admission::Denied
+        );
+        let star = vec![AccessRule {
+            namespaces: vec!["*".into()],
+            account_ids: vec!["apn_A1".into()],
+            ..Default::default()
+        }];
+        assert!(admit_account(
+            &admit_namespace(&star, "x", None, "ops"),
+            &account("e", "a")
+        ));
     }
 }

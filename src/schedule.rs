@@ -77,6 +77,21 @@ pub fn next_fetch(
     jitter: f64,
     stale_attempt: u32,
 ) -> NextFetch {
+    let n = next_fetch_exact(now, obs, policy, jitter, stale_attempt);
+    // Whole seconds: the time is persisted in status at second precision and the requeue must agree with it.
+    NextFetch {
+        at: Timestamp::from_second(n.at.as_second()).unwrap_or(n.at),
+        stale: n.stale,
+    }
+}
+
+fn next_fetch_exact(
+    now: Timestamp,
+    obs: Observed,
+    policy: Policy,
+    jitter: f64,
+    stale_attempt: u32,
+) -> NextFetch {
     let after_refresh = obs
         .next_refresh_at
         .filter(|t| *t > now)
@@ -202,14 +217,26 @@ mod tests {
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
-    const POLICY: Policy = Policy { before_expiry: Duration::from_secs(300), interval: Duration::from_secs(3600) };
+    const POLICY: Policy = Policy {
+        before_expiry: Duration::from_secs(300),
+        interval: Duration::from_secs(3600),
+    };
 
     #[test]
     fn with_expiry_fetches_before_expiry_minus_margin_and_jitter() {
         let now = ts("2026-11-22T09:00:00Z");
-        let obs = Observed { expires_at: Some(ts("2026-11-22T10:00:00Z")), next_refresh_at: None };
+        let obs = Observed {
+            expires_at: Some(ts("2026-11-22T10:00:00Z")),
+            next_refresh_at: None,
+        };
         let n = next_fetch(now, obs, POLICY, 0.0, 0);
-        assert_eq!(n, NextFetch { at: ts("2026-11-22T09:55:00Z"), stale: false });
+        assert_eq!(
+            n,
+            NextFetch {
+                at: ts("2026-11-22T09:55:00Z"),
+                stale: false
+            }
+        );
         // Jitter moves it earlier, by at most min(margin/10, 30s).
         let j = next_fetch(now, obs, POLICY, 0.999, 0);
         assert!(j.at < n.at && j.at >= ts("2026-11-22T09:54:30Z"), "{j:?}");
@@ -218,9 +245,12 @@ mod tests {
     #[test]
     fn jitter_is_deterministic_per_object_and_spreads_objects() {
         assert_eq!(jitter_fraction("uid-a"), jitter_fraction("uid-a"));
-        let fr: Vec<f64> = (0..50).map(|i| jitter_fraction(&format!("uid-{i}"))).collect();
+        let fr: Vec<f64> = (0..50)
+            .map(|i| jitter_fraction(&format!("uid-{i}")))
+            .collect();
         assert!(fr.iter().all(|f| (0.0..1.0).contains(f)));
-        let distinct: std::collections::BTreeSet<u64> = fr.iter().map(|f| (f * 1000.0) as u64).collect();
+        let distinct: std::collections::BTreeSet<u64> =
+            fr.iter().map(|f| (f * 1000.0) as u64).collect();
         assert!(distinct.len() > 40);
     }
 
@@ -242,29 +272,59 @@ mod tests {
             expires_at: Some(ts("2026-11-22T10:00:00Z")),
             next_refresh_at: Some(ts("2026-11-22T09:47:33Z")),
         };
-        assert_eq!(next_fetch(now, obs, POLICY, 0.0, 0).at, ts("2026-11-22T09:47:38Z"));
+        assert_eq!(
+            next_fetch(now, obs, POLICY, 0.0, 0).at,
+            ts("2026-11-22T09:47:38Z")
+        );
         // A next_refresh_at in the past is ignored.
-        let old = Observed { next_refresh_at: Some(ts("2026-11-22T08:00:00Z")), ..obs };
-        assert_eq!(next_fetch(now, old, POLICY, 0.0, 0).at, ts("2026-11-22T09:55:00Z"));
+        let old = Observed {
+            next_refresh_at: Some(ts("2026-11-22T08:00:00Z")),
+            ..obs
+        };
+        assert_eq!(
+            next_fetch(now, old, POLICY, 0.0, 0).at,
+            ts("2026-11-22T09:55:00Z")
+        );
     }
 
     #[test]
     fn inside_margin_waits_for_pipedream_refresh_or_backs_off_never_zero() {
         let now = ts("2026-11-22T09:58:00Z");
         let exp = Some(ts("2026-11-22T10:00:00Z"));
-        let with_refresh = Observed { expires_at: exp, next_refresh_at: Some(ts("2026-11-22T09:58:30Z")) };
+        let with_refresh = Observed {
+            expires_at: exp,
+            next_refresh_at: Some(ts("2026-11-22T09:58:30Z")),
+        };
         let n = next_fetch(now, with_refresh, POLICY, 0.3, 0);
-        assert_eq!(n, NextFetch { at: ts("2026-11-22T09:58:35Z"), stale: true });
-        let no_refresh = Observed { expires_at: exp, next_refresh_at: None };
-        let delays: Vec<i64> =
-            (0..7).map(|a| next_fetch(now, no_refresh, POLICY, 0.3, a).at.duration_since(now).as_secs()).collect();
+        assert_eq!(
+            n,
+            NextFetch {
+                at: ts("2026-11-22T09:58:35Z"),
+                stale: true
+            }
+        );
+        let no_refresh = Observed {
+            expires_at: exp,
+            next_refresh_at: None,
+        };
+        let delays: Vec<i64> = (0..7)
+            .map(|a| {
+                next_fetch(now, no_refresh, POLICY, 0.3, a)
+                    .at
+                    .duration_since(now)
+                    .as_secs()
+            })
+            .collect();
         assert_eq!(delays, vec![5, 10, 20, 40, 60, 60, 60]);
     }
 
     #[test]
     fn already_expired_credentials_are_retried_with_backoff() {
         let now = ts("2026-11-22T11:00:00Z");
-        let obs = Observed { expires_at: Some(ts("2026-11-22T10:00:00Z")), next_refresh_at: None };
+        let obs = Observed {
+            expires_at: Some(ts("2026-11-22T10:00:00Z")),
+            next_refresh_at: None,
+        };
         let n = next_fetch(now, obs, POLICY, 0.0, 0);
         assert!(n.stale);
         assert_eq!(n.at.duration_since(now).as_secs(), 5);
@@ -273,7 +333,10 @@ mod tests {
     #[test]
     fn token_shorter_than_margin_never_requeues_zero() {
         let now = ts("2026-11-22T09:00:00Z");
-        let obs = Observed { expires_at: Some(ts("2026-11-22T09:00:20Z")), next_refresh_at: None };
+        let obs = Observed {
+            expires_at: Some(ts("2026-11-22T09:00:20Z")),
+            next_refresh_at: None,
+        };
         let n = next_fetch(now, obs, POLICY, 0.0, 0);
         assert!(n.at > now);
         assert!(n.stale);
@@ -285,11 +348,20 @@ mod tests {
         // Pipedream's clock runs 10 minutes ahead: its expires_at is 10 minutes "later" than on ours.
         let server = ts("2026-11-22T09:10:00Z");
         let exp = ts("2026-11-22T10:10:00Z");
-        assert_eq!(correct_skew(exp, Some(server), local), ts("2026-11-22T10:00:00Z"));
+        assert_eq!(
+            correct_skew(exp, Some(server), local),
+            ts("2026-11-22T10:00:00Z")
+        );
         // Behind by 10 minutes.
-        assert_eq!(correct_skew(exp, Some(ts("2026-11-22T08:50:00Z")), local), ts("2026-11-22T10:20:00Z"));
+        assert_eq!(
+            correct_skew(exp, Some(ts("2026-11-22T08:50:00Z")), local),
+            ts("2026-11-22T10:20:00Z")
+        );
         // Within tolerance or unknown: unchanged.
-        assert_eq!(correct_skew(exp, Some(ts("2026-11-22T09:00:01Z")), local), exp);
+        assert_eq!(
+            correct_skew(exp, Some(ts("2026-11-22T09:00:01Z")), local),
+            exp
+        );
         assert_eq!(correct_skew(exp, None, local), exp);
     }
 
@@ -297,15 +369,26 @@ mod tests {
     fn error_backoff_grows_but_lands_before_expiry_and_honours_retry_after() {
         let now = ts("2026-11-22T09:00:00Z");
         let far = Some(ts("2026-11-22T12:00:00Z"));
-        let d: Vec<u64> = (0..10).map(|a| error_backoff(now, a, far, None, false).as_secs()).collect();
+        let d: Vec<u64> = (0..10)
+            .map(|a| error_backoff(now, a, far, None, false).as_secs())
+            .collect();
         assert_eq!(d, vec![2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         let soon = Some(ts("2026-11-22T09:01:00Z"));
         assert_eq!(error_backoff(now, 9, soon, None, false).as_secs(), 50);
-        assert_eq!(error_backoff(now, 0, far, Some(Duration::from_secs(30)), false).as_secs(), 30);
+        assert_eq!(
+            error_backoff(now, 0, far, Some(Duration::from_secs(30)), false).as_secs(),
+            30
+        );
         assert_eq!(error_backoff(now, 0, far, None, true).as_secs(), 60);
         // Already expired: retries stay frequent, never zero.
-        assert_eq!(error_backoff(now, 5, Some(ts("2026-11-22T08:00:00Z")), None, false), EXPIRED_RETRY_MAX);
-        assert_eq!(error_backoff(now, 0, Some(ts("2026-11-22T08:00:00Z")), None, false).as_secs(), 2);
+        assert_eq!(
+            error_backoff(now, 5, Some(ts("2026-11-22T08:00:00Z")), None, false),
+            EXPIRED_RETRY_MAX
+        );
+        assert_eq!(
+            error_backoff(now, 0, Some(ts("2026-11-22T08:00:00Z")), None, false).as_secs(),
+            2
+        );
     }
 
     #[test]
@@ -320,8 +403,14 @@ mod tests {
 
     #[test]
     fn timestamps_format_at_second_precision() {
-        assert_eq!(format_ts(ts("2024-08-01T04:04:03.456Z")), "2024-08-01T04:04:03Z");
-        assert_eq!(parse_ts("2024-08-01T04:04:03.000Z"), Some(ts("2024-08-01T04:04:03Z")));
+        assert_eq!(
+            format_ts(ts("2024-08-01T04:04:03.456Z")),
+            "2024-08-01T04:04:03Z"
+        );
+        assert_eq!(
+            parse_ts("2024-08-01T04:04:03.000Z"),
+            Some(ts("2024-08-01T04:04:03Z"))
+        );
     }
 
     /// Drive many token lifetimes on paused tokio time: sleeping until each scheduled fetch always lands before
@@ -329,14 +418,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paused_time_rotation_always_lands_before_expiry() {
         let clock = Clock::tokio(ts("2026-11-22T09:00:00Z"));
-        let policy = Policy { before_expiry: Duration::from_secs(120), interval: Duration::from_secs(3600) };
+        let policy = Policy {
+            before_expiry: Duration::from_secs(120),
+            interval: Duration::from_secs(3600),
+        };
         let mut expires = clock.now() + SignedDuration::from_secs(3600);
         for cycle in 0..24 {
-            let n = next_fetch(clock.now(), Observed { expires_at: Some(expires), next_refresh_at: None }, policy, 0.42, 0);
+            let n = next_fetch(
+                clock.now(),
+                Observed {
+                    expires_at: Some(expires),
+                    next_refresh_at: None,
+                },
+                policy,
+                0.42,
+                0,
+            );
             let wait = Duration::try_from(n.at.duration_since(clock.now())).unwrap();
             tokio::time::sleep(wait).await;
             let now = clock.now();
-            assert!(now < expires, "cycle {cycle}: fetch at {now} after expiry {expires}");
+            assert!(
+                now < expires,
+                "cycle {cycle}: fetch at {now} after expiry {expires}"
+            );
             assert!(expires.duration_since(now) >= SignedDuration::from_secs(120));
             expires = now + SignedDuration::from_secs(3600);
         }

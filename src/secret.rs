@@ -176,7 +176,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn ca(policy: CreationPolicy, deletion: DeletionPolicy) -> ConnectedAccount {
-        let mut spec: ConnectedAccountSpec = serde_json::from_value(serde_json::json!({"accountId": "apn_A1"})).unwrap();
+        let mut spec: ConnectedAccountSpec =
+            serde_json::from_value(serde_json::json!({"accountId": "apn_A1"})).unwrap();
         spec.target = TargetSpec {
             creation_policy: policy,
             deletion_policy: deletion,
@@ -195,7 +196,8 @@ mod tests {
 
     #[test]
     fn hash_is_order_independent_and_value_sensitive() {
-        let a: BTreeMap<String, Vec<u8>> = [("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())].into();
+        let a: BTreeMap<String, Vec<u8>> =
+            [("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())].into();
         let h = data_hash(a.iter().map(|(k, v)| (k, v.as_slice())));
         assert!(h.starts_with("sha256:") && h.len() == 71);
         let rev: Vec<(String, Vec<u8>)> = a.clone().into_iter().rev().collect();
@@ -203,7 +205,10 @@ mod tests {
         // "a"+"b1" must not collide with "ab"+"1".
         let x: BTreeMap<String, Vec<u8>> = [("ab".into(), b"1".to_vec())].into();
         let y: BTreeMap<String, Vec<u8>> = [("a".into(), b"b1".to_vec())].into();
-        assert_ne!(data_hash(x.iter().map(|(k, v)| (k, v.as_slice()))), data_hash(y.iter().map(|(k, v)| (k, v.as_slice()))));
+        assert_ne!(
+            data_hash(x.iter().map(|(k, v)| (k, v.as_slice()))),
+            data_hash(y.iter().map(|(k, v)| (k, v.as_slice())))
+        );
     }
 
     #[test]
@@ -211,7 +216,10 @@ mod tests {
         let ca = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
         let s = desired_secret(&ca, &data(), Some("2026-11-22T10:00:00Z"));
         let o = &s.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((o.kind.as_str(), o.uid.as_str(), o.controller), ("ConnectedAccount", "uid-1", Some(true)));
+        assert_eq!(
+            (o.kind.as_str(), o.uid.as_str(), o.controller),
+            ("ConnectedAccount", "uid-1", Some(true))
+        );
         let l = s.metadata.labels.as_ref().unwrap();
         assert_eq!(l[MANAGED_BY_LABEL], MANAGER);
         assert_eq!(l["team"], "a");
@@ -221,7 +229,16 @@ mod tests {
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
         assert!(up_to_date(&s, &s));
         // Retain: no ownerReference, so garbage collection keeps it.
-        assert!(desired_secret(&self::ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None).metadata.owner_references.is_none());
+        assert!(
+            desired_secret(
+                &self::ca(CreationPolicy::Owner, DeletionPolicy::Retain),
+                &data(),
+                None
+            )
+            .metadata
+            .owner_references
+            .is_none()
+        );
     }
 
     #[test]
@@ -229,8 +246,15 @@ mod tests {
         let mine = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
         let mut foreign = Secret::default();
         foreign.metadata.name = Some("gh".into());
-        assert!(check_ownership(&mine, &foreign).unwrap_err().0.contains("not managed"));
-        assert!(check_ownership(&ca(CreationPolicy::Merge, DeletionPolicy::Retain), &foreign).is_ok());
+        assert!(
+            check_ownership(&mine, &foreign)
+                .unwrap_err()
+                .0
+                .contains("not managed")
+        );
+        assert!(
+            check_ownership(&ca(CreationPolicy::Merge, DeletionPolicy::Retain), &foreign).is_ok()
+        );
         foreign.metadata.owner_references = Some(vec![OwnerReference {
             kind: "Deployment".into(),
             name: "web".into(),
@@ -238,16 +262,36 @@ mod tests {
             controller: Some(true),
             ..Default::default()
         }]);
-        assert!(check_ownership(&mine, &foreign).unwrap_err().0.contains("Deployment web"));
+        assert!(
+            check_ownership(&mine, &foreign)
+                .unwrap_err()
+                .0
+                .contains("Deployment web")
+        );
         // Our own Secret, by ownerReference or by managed-by label plus owner annotation.
         let own = desired_secret(&mine, &data(), None);
         assert!(check_ownership(&mine, &own).is_ok());
-        let retained = desired_secret(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None);
-        assert!(check_ownership(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &retained).is_ok());
+        let retained = desired_secret(
+            &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &data(),
+            None,
+        );
+        assert!(
+            check_ownership(
+                &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
+                &retained
+            )
+            .is_ok()
+        );
         // Written by another ConnectedAccount: refused even with Merge.
         let mut other = ca(CreationPolicy::Merge, DeletionPolicy::Retain);
         other.metadata.name = Some("other".into());
-        assert!(check_ownership(&other, &retained).unwrap_err().0.contains("team-a/gh"));
+        assert!(
+            check_ownership(&other, &retained)
+                .unwrap_err()
+                .0
+                .contains("team-a/gh")
+        );
     }
 
     #[test]
@@ -255,15 +299,30 @@ mod tests {
         let c = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
         let want = desired_secret(&c, &data(), None);
         let mut edited = want.clone();
-        edited.data.as_mut().unwrap().insert("token".into(), ByteString(b"hand-edited".to_vec()));
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("token".into(), ByteString(b"hand-edited".to_vec()));
         assert!(!up_to_date(&edited, &want));
         let mut extra = want.clone();
-        extra.data.as_mut().unwrap().insert("stale".into(), ByteString(b"x".to_vec()));
+        extra
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("stale".into(), ByteString(b"x".to_vec()));
         assert!(!up_to_date(&extra, &want));
         let mut unlabeled = want.clone();
         unlabeled.metadata.labels = None;
         assert!(!up_to_date(&unlabeled, &want));
-        let retain = desired_secret(&ca(CreationPolicy::Owner, DeletionPolicy::Retain), &data(), None);
-        assert!(!up_to_date(&want, &retain), "ownerReference must be dropped when switching to Retain");
+        let retain = desired_secret(
+            &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &data(),
+            None,
+        );
+        assert!(
+            !up_to_date(&want, &retain),
+            "ownerReference must be dropped when switching to Retain"
+        );
     }
 }

@@ -179,9 +179,18 @@ mod tests {
             ("b64".to_string(), "{{ credentials.oauth_access_token | b64encode }}".to_string()),
         ]
         .into();
-        let out = render(&t, a.credentials.as_ref().unwrap(), &a, Some("2026-11-22T10:00:00Z")).unwrap();
+        let out = render(
+            &t,
+            a.credentials.as_ref().unwrap(),
+            &a,
+            Some("2026-11-22T10:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(out["GITHUB_TOKEN"], b"tok-SECRET");
-        assert_eq!(String::from_utf8(out["config.json"].clone()).unwrap(), r#"{"token": "tok-SECRET", "app": "github"}"#);
+        assert_eq!(
+            String::from_utf8(out["config.json"].clone()).unwrap(),
+            r#"{"token": "tok-SECRET", "app": "github"}"#
+        );
         assert_eq!(out["exp"], b"2026-11-22T10:00:00Z");
         assert_eq!(out["b64"], b"dG9rLVNFQ1JFVA==");
     }
@@ -189,11 +198,19 @@ mod tests {
     #[test]
     fn undefined_variables_and_syntax_errors_name_the_key_and_hide_values() {
         let a = account();
-        let t: BTreeMap<String, String> = [("K".to_string(), "{{ credentials.missing }}".to_string())].into();
+        let t: BTreeMap<String, String> =
+            [("K".to_string(), "{{ credentials.missing }}".to_string())].into();
         let e = render(&t, a.credentials.as_ref().unwrap(), &a, None).unwrap_err();
         assert_eq!(e.key, "K");
-        assert!(e.to_string().starts_with("spec.target.template.data[K]: "), "{e}");
-        let t: BTreeMap<String, String> = [("K".to_string(), "{{ credentials.oauth_access_token + 1 }}".to_string())].into();
+        assert!(
+            e.to_string().starts_with("spec.target.template.data[K]: "),
+            "{e}"
+        );
+        let t: BTreeMap<String, String> = [(
+            "K".to_string(),
+            "{{ credentials.oauth_access_token + 1 }}".to_string(),
+        )]
+        .into();
         let e = render(&t, a.credentials.as_ref().unwrap(), &a, None).unwrap_err();
         assert!(!e.to_string().contains("tok-SECRET"), "{e}");
         let bad: BTreeMap<String, String> = [("K".to_string(), "{{ unclosed".to_string())].into();

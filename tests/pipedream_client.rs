@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use pipedream_secrets_operator::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
 use pipedream_secrets_operator::pipedream::{
-    ApiMode, AuthMaterial, ClientSettings, MaterialLoader, PipedreamClient, PipedreamError, SecretString, http_client,
-    retry_after,
+    ApiMode, AuthMaterial, ClientSettings, MaterialLoader, PipedreamClient, PipedreamError,
+    SecretString, http_client, retry_after,
 };
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path, query_param};
@@ -30,14 +30,20 @@ struct Loader {
 }
 
 fn oauth_loader(secrets: Vec<&'static str>) -> (MaterialLoader, Arc<AtomicUsize>) {
-    let l = Arc::new(Loader { calls: Arc::new(AtomicUsize::new(0)), secrets });
+    let l = Arc::new(Loader {
+        calls: Arc::new(AtomicUsize::new(0)),
+        secrets,
+    });
     let calls = l.calls.clone();
     let loader: MaterialLoader = Arc::new(move || {
         let l = l.clone();
         async move {
             let n = l.calls.fetch_add(1, Ordering::SeqCst);
             let s = l.secrets[n.min(l.secrets.len() - 1)];
-            Ok(AuthMaterial::OAuth { client_id: "cid".into(), client_secret: SecretString::new(s) })
+            Ok(AuthMaterial::OAuth {
+                client_id: "cid".into(),
+                client_secret: SecretString::new(s),
+            })
         }
         .boxed()
     });
@@ -53,8 +59,14 @@ fn connect(server: &MockServer, loader: MaterialLoader, timeout: Duration) -> Pi
         http_client(timeout).unwrap(),
         ClientSettings {
             api_url: format!("{}/", server.uri()),
-            mode: ApiMode::Connect { project_id: "proj_P1".into(), environment: PipedreamEnvironment::Development },
-            rate_limit: RateLimit { requests_per_second: 1000, burst: 1000 },
+            mode: ApiMode::Connect {
+                project_id: "proj_P1".into(),
+                environment: PipedreamEnvironment::Development,
+            },
+            rate_limit: RateLimit {
+                requests_per_second: 1000,
+                burst: 1000,
+            },
         },
         loader,
         None,
@@ -98,10 +110,20 @@ async fn connect_retrieve_sends_token_environment_and_include_credentials_and_ca
     let creds = a.account.credentials.as_ref().unwrap().expose();
     assert_eq!(creds["oauth_access_token"], "acc-tok");
     assert_eq!(creds["oauth_uid"], 12345);
-    assert_eq!(b.account.expires_at.as_deref(), Some("2024-08-01T05:04:03.000Z"));
-    assert!(a.server_time.is_some(), "Date header is captured for skew correction");
+    assert_eq!(
+        b.account.expires_at.as_deref(),
+        Some("2024-08-01T05:04:03.000Z")
+    );
+    assert!(
+        a.server_time.is_some(),
+        "Date header is captured for skew correction"
+    );
     let reqs = server.received_requests().await.unwrap();
-    assert_eq!(count(&reqs, "/v1/oauth/token"), 1, "one token for both calls");
+    assert_eq!(
+        count(&reqs, "/v1/oauth/token"),
+        1,
+        "one token for both calls"
+    );
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 
@@ -110,38 +132,63 @@ async fn data_envelope_is_accepted_on_connect_too() {
     let server = MockServer::start().await;
     mount_token(&server, "s1", "tok-1", 3600).await;
     Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": account_body("enveloped")})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": account_body("enveloped")})),
+        )
         .mount(&server)
         .await;
     let c = connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_secs(5));
     let a = c.fetch_account("apn_Fake0001").await.unwrap();
-    assert_eq!(a.account.credentials.unwrap().expose()["oauth_access_token"], "enveloped");
+    assert_eq!(
+        a.account.credentials.unwrap().expose()["oauth_access_token"],
+        "enveloped"
+    );
 }
 
 #[tokio::test]
 async fn api_key_mode_uses_both_paths_without_environment_header() {
     for (mode, expected_path) in [
-        (CredentialsPath::IncludeCredentials, "/v1/accounts/apn_Fake0003"),
-        (CredentialsPath::Credentials, "/v1/accounts/apn_Fake0003/credentials"),
+        (
+            CredentialsPath::IncludeCredentials,
+            "/v1/accounts/apn_Fake0003",
+        ),
+        (
+            CredentialsPath::Credentials,
+            "/v1/accounts/apn_Fake0003/credentials",
+        ),
     ] {
         let server = MockServer::start().await;
-        let mut m = Mock::given(method("GET")).and(path(expected_path)).and(header("authorization", "Bearer pd_key_1"));
+        let mut m = Mock::given(method("GET"))
+            .and(path(expected_path))
+            .and(header("authorization", "Bearer pd_key_1"));
         if mode == CredentialsPath::IncludeCredentials {
             m = m.and(query_param("include_credentials", "1"));
         }
         let mut body = account_body("key-tok");
         body["id"] = json!("apn_Fake0003");
-        m.respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": body}))).mount(&server).await;
+        m.respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": body})))
+            .mount(&server)
+            .await;
         let c = PipedreamClient::new(
             http_client(Duration::from_secs(5)).unwrap(),
-            ClientSettings { api_url: server.uri(), mode: ApiMode::ApiKey { path: mode }, rate_limit: RateLimit::default() },
+            ClientSettings {
+                api_url: server.uri(),
+                mode: ApiMode::ApiKey { path: mode },
+                rate_limit: RateLimit::default(),
+            },
             key_loader(),
             None,
         );
         let a = c.fetch_account("apn_Fake0003").await.unwrap();
-        assert_eq!(a.account.credentials.unwrap().expose()["oauth_access_token"], "key-tok");
+        assert_eq!(
+            a.account.credentials.unwrap().expose()["oauth_access_token"],
+            "key-tok"
+        );
         let reqs = server.received_requests().await.unwrap();
-        assert!(reqs.iter().all(|r| !r.headers.contains_key("x-pd-environment")));
+        assert!(
+            reqs.iter()
+                .all(|r| !r.headers.contains_key("x-pd-environment"))
+        );
         assert_eq!(count(&reqs, "/v1/oauth/token"), 0);
     }
 }
@@ -164,67 +211,167 @@ async fn a_401_drops_the_token_rereads_the_secret_and_retries_once() {
     let (loader, loads) = oauth_loader(vec!["old-secret", "new-secret"]);
     let c = connect(&server, loader, Duration::from_secs(5));
     let a = c.fetch_account("apn_Fake0001").await.unwrap();
-    assert_eq!(a.account.credentials.unwrap().expose()["oauth_access_token"], "fresh");
-    assert_eq!(loads.load(Ordering::SeqCst), 2, "the rotated client secret was read again");
+    assert_eq!(
+        a.account.credentials.unwrap().expose()["oauth_access_token"],
+        "fresh"
+    );
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "the rotated client secret was read again"
+    );
 }
 
 #[tokio::test]
 async fn persistent_401_and_bad_client_credentials_are_unauthorized() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(401).set_body_json(json!({}))).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({})))
+        .mount(&server)
+        .await;
     let c = connect(&server, oauth_loader(vec!["bad"]).0, Duration::from_secs(5));
     assert_eq!(
         c.fetch_account("apn_Fake0001").await.unwrap_err(),
-        PipedreamError::Unauthorized { endpoint: "token", status: 401 }
+        PipedreamError::Unauthorized {
+            endpoint: "token",
+            status: 401
+        }
     );
-    assert!(matches!(c.check_auth().await, Err(PipedreamError::Unauthorized { .. })));
+    assert!(matches!(
+        c.check_auth().await,
+        Err(PipedreamError::Unauthorized { .. })
+    ));
 }
 
 async fn answer(status: u16, body: ResponseTemplate) -> PipedreamError {
     let _ = status;
     let server = MockServer::start().await;
     mount_token(&server, "s1", "tok-1", 3600).await;
-    Mock::given(method("GET")).respond_with(body).mount(&server).await;
-    connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_millis(500)).fetch_account("apn_Fake0001").await.unwrap_err()
+    Mock::given(method("GET"))
+        .respond_with(body)
+        .mount(&server)
+        .await;
+    connect(
+        &server,
+        oauth_loader(vec!["s1"]).0,
+        Duration::from_millis(500),
+    )
+    .fetch_account("apn_Fake0001")
+    .await
+    .unwrap_err()
 }
 
 #[tokio::test]
 async fn status_codes_map_to_typed_errors() {
-    assert!(matches!(answer(404, ResponseTemplate::new(404)).await, PipedreamError::NotFound { status: 404, .. }));
-    let e = answer(400, ResponseTemplate::new(400).set_body_json(json!({"error": "record not found"}))).await;
-    assert_eq!(e, PipedreamError::NotFound { status: 400, message: Some("record not found".into()) });
-    let e = answer(400, ResponseTemplate::new(400).set_body_json(json!({"error": {"account": ["account and user mismatch"]}}))).await;
+    assert!(matches!(
+        answer(404, ResponseTemplate::new(404)).await,
+        PipedreamError::NotFound { status: 404, .. }
+    ));
+    let e = answer(
+        400,
+        ResponseTemplate::new(400).set_body_json(json!({"error": "record not found"})),
+    )
+    .await;
+    assert_eq!(
+        e,
+        PipedreamError::NotFound {
+            status: 400,
+            message: Some("record not found".into())
+        }
+    );
+    let e = answer(
+        400,
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"error": {"account": ["account and user mismatch"]}})),
+    )
+    .await;
     match e {
-        PipedreamError::Status { status: 400, message: Some(m), .. } => assert!(m.contains("account and user mismatch")),
+        PipedreamError::Status {
+            status: 400,
+            message: Some(m),
+            ..
+        } => assert!(m.contains("account and user mismatch")),
         other => panic!("{other:?}"),
     }
-    let e = answer(503, ResponseTemplate::new(503).set_body_string("<html>bad gateway</html>")).await;
-    assert_eq!(e, PipedreamError::Status { endpoint: "connect_account", status: 503, message: None });
-    let e = answer(429, ResponseTemplate::new(429).insert_header("retry-after", "7")).await;
-    assert_eq!(e, PipedreamError::RateLimited { retry_after: Some(Duration::from_secs(7)) });
+    let e = answer(
+        503,
+        ResponseTemplate::new(503).set_body_string("<html>bad gateway</html>"),
+    )
+    .await;
+    assert_eq!(
+        e,
+        PipedreamError::Status {
+            endpoint: "connect_account",
+            status: 503,
+            message: None
+        }
+    );
+    let e = answer(
+        429,
+        ResponseTemplate::new(429).insert_header("retry-after", "7"),
+    )
+    .await;
+    assert_eq!(
+        e,
+        PipedreamError::RateLimited {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
     let e = answer(429, ResponseTemplate::new(429)).await;
     assert_eq!(e, PipedreamError::RateLimited { retry_after: None });
 }
 
 #[tokio::test]
 async fn malformed_bodies_and_timeouts_are_reported_without_quoting_the_body() {
-    let e = answer(200, ResponseTemplate::new(200).set_body_string("{\"id\": \"apn_x\", \"credentials\": {\"t\": \"SECRET-VALUE")).await;
+    let e = answer(
+        200,
+        ResponseTemplate::new(200)
+            .set_body_string("{\"id\": \"apn_x\", \"credentials\": {\"t\": \"SECRET-VALUE"),
+    )
+    .await;
     assert!(matches!(e, PipedreamError::Malformed { .. }), "{e:?}");
     assert!(!e.to_string().contains("SECRET-VALUE"));
-    let e = answer(200, ResponseTemplate::new(200).set_body_json(json!(["not", "an", "object"]))).await;
+    let e = answer(
+        200,
+        ResponseTemplate::new(200).set_body_json(json!(["not", "an", "object"])),
+    )
+    .await;
     assert!(matches!(e, PipedreamError::Malformed { .. }));
-    let e = answer(200, ResponseTemplate::new(200).set_body_json(json!({"data": {"no_id": true}}))).await;
+    let e = answer(
+        200,
+        ResponseTemplate::new(200).set_body_json(json!({"data": {"no_id": true}})),
+    )
+    .await;
     assert!(matches!(e, PipedreamError::Malformed { .. }));
-    let e = answer(200, ResponseTemplate::new(200).set_delay(Duration::from_secs(3)).set_body_json(account_body("x"))).await;
-    assert_eq!(e, PipedreamError::Transport { endpoint: "connect_account", message: "timeout".into() });
+    let e = answer(
+        200,
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_secs(3))
+            .set_body_json(account_body("x")),
+    )
+    .await;
+    assert_eq!(
+        e,
+        PipedreamError::Transport {
+            endpoint: "connect_account",
+            message: "timeout".into()
+        }
+    );
 }
 
 #[tokio::test]
 async fn a_transient_5xx_is_retried_once() {
     let server = MockServer::start().await;
     mount_token(&server, "s1", "tok-1", 3600).await;
-    Mock::given(method("GET")).respond_with(ResponseTemplate::new(502)).up_to_n_times(1).mount(&server).await;
-    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_json(account_body("ok"))).mount(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(account_body("ok")))
+        .mount(&server)
+        .await;
     let c = connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_secs(5));
     assert!(c.fetch_account("apn_Fake0001").await.is_ok());
 }
@@ -232,12 +379,27 @@ async fn a_transient_5xx_is_retried_once() {
 #[tokio::test]
 async fn malformed_token_answer_and_missing_secret_are_errors() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_string("not json")).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("not json"))
+        .mount(&server)
+        .await;
     let c = connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_secs(5));
-    assert!(matches!(c.check_auth().await, Err(PipedreamError::Malformed { endpoint: "token", .. })));
-    let failing: MaterialLoader = Arc::new(|| async { Err("Secret ops/pd-oauth not found".to_string()) }.boxed());
+    assert!(matches!(
+        c.check_auth().await,
+        Err(PipedreamError::Malformed {
+            endpoint: "token",
+            ..
+        })
+    ));
+    let failing: MaterialLoader =
+        Arc::new(|| async { Err("Secret ops/pd-oauth not found".to_string()) }.boxed());
     let c = connect(&server, failing, Duration::from_secs(5));
-    assert_eq!(c.check_auth().await, Err(PipedreamError::LoadCredentials("Secret ops/pd-oauth not found".into())));
+    assert_eq!(
+        c.check_auth().await,
+        Err(PipedreamError::LoadCredentials(
+            "Secret ops/pd-oauth not found".into()
+        ))
+    );
 }
 
 #[tokio::test]
@@ -252,18 +414,38 @@ async fn token_is_refreshed_before_expiry_with_a_single_refresh_in_flight() {
         )
         .mount(&server)
         .await;
-    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_json(account_body("x"))).mount(&server).await;
-    let c = Arc::new(connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_secs(5)));
-    let calls: Vec<_> = (0..10).map(|_| { let c = c.clone(); tokio::spawn(async move { c.fetch_account("apn_Fake0001").await }) }).collect();
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(account_body("x")))
+        .mount(&server)
+        .await;
+    let c = Arc::new(connect(
+        &server,
+        oauth_loader(vec!["s1"]).0,
+        Duration::from_secs(5),
+    ));
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.fetch_account("apn_Fake0001").await })
+        })
+        .collect();
     for h in calls {
         h.await.unwrap().unwrap();
     }
     let reqs = server.received_requests().await.unwrap();
-    assert_eq!(count(&reqs, "/v1/oauth/token"), 1, "ten concurrent callers share one token request");
+    assert_eq!(
+        count(&reqs, "/v1/oauth/token"),
+        1,
+        "ten concurrent callers share one token request"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.fetch_account("apn_Fake0001").await.unwrap();
     let reqs = server.received_requests().await.unwrap();
-    assert_eq!(count(&reqs, "/v1/oauth/token"), 2, "refreshed before the 2 s expiry");
+    assert_eq!(
+        count(&reqs, "/v1/oauth/token"),
+        2,
+        "refreshed before the 2 s expiry"
+    );
 }
 
 #[test]
@@ -271,14 +453,32 @@ fn retry_after_accepts_seconds_http_dates_ms_and_reset() {
     let now: jiff::Timestamp = "2026-11-22T09:00:00Z".parse().unwrap();
     let h = |k: &str, v: &str| {
         let mut m = reqwest::header::HeaderMap::new();
-        m.insert(reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        m.insert(
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
         m
     };
-    assert_eq!(retry_after(&h("retry-after", "30"), now), Some(Duration::from_secs(30)));
-    assert_eq!(retry_after(&h("retry-after", "Sun, 22 Nov 2026 09:01:30 GMT"), now), Some(Duration::from_secs(90)));
-    assert_eq!(retry_after(&h("retry-after", "Sun, 22 Nov 2026 08:00:00 GMT"), now), Some(Duration::ZERO));
-    assert_eq!(retry_after(&h("retry-after-ms", "1500"), now), Some(Duration::from_millis(1500)));
-    assert_eq!(retry_after(&h("x-ratelimit-reset", "1795338060"), now), Some(Duration::from_secs(60)));
+    assert_eq!(
+        retry_after(&h("retry-after", "30"), now),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        retry_after(&h("retry-after", "Sun, 22 Nov 2026 09:01:30 GMT"), now),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(
+        retry_after(&h("retry-after", "Sun, 22 Nov 2026 08:00:00 GMT"), now),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(
+        retry_after(&h("retry-after-ms", "1500"), now),
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(
+        retry_after(&h("x-ratelimit-reset", "1795338060"), now),
+        Some(Duration::from_secs(60))
+    );
     assert_eq!(retry_after(&h("retry-after", "soon"), now), None);
 }
 
@@ -286,10 +486,14 @@ fn retry_after_accepts_seconds_http_dates_ms_and_reset() {
 fn secret_types_never_print_their_values() {
     let s = SecretString::new("hunter2");
     assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
-    let a: pipedream_secrets_operator::pipedream::Account = serde_json::from_value(account_body("TOKEN-VALUE")).unwrap();
+    let a: pipedream_secrets_operator::pipedream::Account =
+        serde_json::from_value(account_body("TOKEN-VALUE")).unwrap();
     let printed = format!("{a:?} {}", a.credentials.as_ref().unwrap());
     assert!(!printed.contains("TOKEN-VALUE"), "{printed}");
     assert!(printed.contains("redacted"));
-    let m = AuthMaterial::OAuth { client_id: "cid".into(), client_secret: SecretString::new("hunter2") };
+    let m = AuthMaterial::OAuth {
+        client_id: "cid".into(),
+        client_secret: SecretString::new("hunter2"),
+    };
     assert!(!format!("{m:?}").contains("hunter2"));
 }

@@ -49,7 +49,9 @@ impl Clock {
     pub fn advance(&self, d: Duration) {
         if let Self::Manual(t) = self {
             let mut g = t.lock().unwrap_or_else(|p| p.into_inner());
-            *g = g.saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)).unwrap_or(*g);
+            *g = g
+                .saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+                .unwrap_or(*g);
         }
     }
 

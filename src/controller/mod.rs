@@ -222,3 +222,8 @@ fn referencing(
         .map(|ca| ObjectRef::from_obj(&*ca))
         .collect()
 }
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! A mocked Kubernetes API server (tower-test) that stores Secrets, records every request, and can inject faults.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One request the operator made.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+impl Recorded {
+    /// `METHOD path` for sequence assertions.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    secrets: BTreeMap<(String, String), Value>,
+    applied_keys: BTreeMap<(String, String), BTreeSet<String>>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    requests: Vec<Recorded>,
+    faults: Vec<(String, String, u16)>,
+    status: Option<Value>,
+}
+
+/// The mock server's shared state.
+#[derive(Clone, Default)]
+pub struct MockApi(Arc<Mutex<State>>);
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+impl MockApi {
+    /// A kube Client whose requests this mock answers.
+    pub fn client(&self) -> Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or_default().to_string();
+                let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (code, out) = me.handle(&method, &path, &query, body);
+                let resp = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
+        let mut st = self.0.lock().unwrap();
+        st.requests.push(Recorded {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            body: body.clone(),
+        });
+        if let Some((_, _, code)) = st
+            .faults
+            .iter()
+            .find(|(m, p, _)| m == method && path.contains(p.as_str()))
+        {
+            return (*code, status_body(*code, "InjectedFault"));
+        }
+        let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, seg.as_slice()) {
+            ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                match st.secrets.get(&(ns.to_string(), name.to_string())) {
+                    Some(s) => (200, s.clone()),
+                    None => (404, status_body(404, "NotFound")),
+                }
+            }
+            ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                let key = (ns.to_string(), name.to_string());
+                let previous_keys = st.applied_keys.get(&key).cloned().unwrap_or_default();
+                let sent: BTreeSet<String> = body["data"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let mut obj = st.secrets.get(&key).cloned().unwrap_or_else(|| {
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "uid": format!("uid-secret-{name}")}})
+                });
+                // Server-side apply, simplified: our fields replace, keys we stop applying go, others stay.
+                let mut data = obj["data"].as_object().cloned().unwrap_or_default();
+                data.retain(|k, _| !previous_keys.contains(k) || sent.contains(k));
+                if let Some(m) = body["data"].as_object() {
+                    data.extend(m.clone());
+                }
+                obj["data"] = Value::Object(data);
+                for field in ["labels", "annotations"] {
+                    let mut merged = obj["metadata"][field]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    if let Some(m) = body["metadata"][field].as_object() {
+                        merged.extend(m.clone());
+                    }
+                    obj["metadata"][field] = Value::Object(merged);
+                }
+                match body["metadata"].get("ownerReferences") {
+                    Some(o) => obj["metadata"]["ownerReferences"] = o.clone(),
+                    None => {
+                        if let Some(m) = obj["metadata"].as_object_mut() {
+                            m.remove("ownerReferences");
+                        }
+                    }
+                }
+                if let Some(t) = body.get("type") {
+                    obj["type"] = t.clone();
+                }
+                st.applied_keys.insert(key.clone(), sent);
+                st.secrets.insert(key, obj.clone());
+                (200, obj)
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pipedream-secrets.io",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "connectedaccounts",
+                    name,
+                    "status",
+                ],
+            ) => {
+                st.status = Some(body["status"].clone());
+                (
+                    200,
+                    json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                    "metadata": {"name": name, "namespace": ns}, "spec": {"accountId": "apn_A1"}, "status": body["status"]}),
+                )
+            }
+            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => (201, body),
+            ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => (200, body),
+            ("GET", ["api", "v1", "namespaces", ns]) => match st.namespaces.get(*ns) {
+                Some(labels) => (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
+                ),
+                None => (404, status_body(404, "NotFound")),
+            },
+            ("PATCH", ["apis", "apps", "v1", "namespaces", ns, plural, name]) => {
+                let kind = match *plural {
+                    "deployments" => "Deployment",
+                    "statefulsets" => "StatefulSet",
+                    _ => "DaemonSet",
+                };
+                (
+                    200,
+                    json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": ns}}),
+                )
+            }
+            _ => (404, status_body(404, "NotFound")),
+        }
+    }
+
+    /// Store a Secret as if someone created it.
+    pub fn put_secret(&self, ns: &str, s: &Secret) {
+        let mut v = serde_json::to_value(s).unwrap();
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!("Secret");
+        let name = s.metadata.name.clone().unwrap();
+        self.0.lock().unwrap().secrets.insert((ns.into(), name), v);
+    }
+
+    /// Remove a Secret (as a user deleting it).
+    pub fn delete_secret(&self, ns: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .secrets
+            .remove(&(ns.into(), name.into()));
+    }
+
+    /// A stored Secret.
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Secret> {
+        let v = self
+            .0
+            .lock()
+            .unwrap()
+            .secrets
+            .get(&(ns.into(), name.into()))
+            .cloned()?;
+        serde_json::from_value(v).ok()
+    }
+
+    /// Set a namespace's labels.
+    pub fn put_namespace(&self, ns: &str, labels: BTreeMap<String, String>) {
+        self.0.lock().unwrap().namespaces.insert(ns.into(), labels);
+    }
+
+    /// Fail requests whose method matches and path contains `path_part`.
+    pub fn fail(&self, method: &str, path_part: &str, code: u16) {
+        self.0
+            .lock()
+            .unwrap()
+            .faults
+            .push((method.into(), path_part.into(), code));
+    }
+
+    /// Stop failing.
+    pub fn heal(&self) {
+        self.0.lock().unwrap().faults.clear();
+    }
+
+    /// Requests so far, then forget them.
+    pub fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut self.0.lock().unwrap().requests)
+    }
+
+    /// The last status written.
+    pub fn status(&self) -> Option<Value> {
+        self.0.lock().unwrap().status.clone()
+    }
+}

@@ -1,0 +1,857 @@
+//! Reconcile request sequences against a mocked API server and a local fake Pipedream (wiremock).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::fixtures::{MockApi, Recorded};
+use super::*;
+use crate::crd::{ClusterPipedreamConnection, ConnectedAccountStatus, PipedreamConnection};
+use crate::metrics::Metrics;
+use crate::reason::Error;
+
+const T0: &str = "2026-11-22T09:00:00Z";
+const TOKEN: &str = "gho_SECRET_TOKEN_VALUE_1";
+const CLIENT_SECRET: &str = "pd_client_secret_VALUE";
+
+pub struct Harness {
+    pub api: MockApi,
+    pub pd: MockServer,
+    pub ctx: Arc<Context>,
+    _writers: (
+        Writer<PipedreamConnection>,
+        Writer<ClusterPipedreamConnection>,
+    ),
+}
+
+fn t0() -> Timestamp {
+    T0.parse().unwrap()
+}
+
+pub fn account_json(token: &str, expires_at: Option<Timestamp>) -> Value {
+    json!({
+        "id": "apn_A1", "name": null, "external_id": "tenant-42", "healthy": true, "dead": false,
+        "app": {"id": "oa_1", "name_slug": "github", "name": "GitHub", "auth_type": "oauth"},
+        "credentials": {"oauth_access_token": token, "oauth_client_id": "gh-client", "oauth_uid": 77},
+        "expires_at": expires_at.map(|t| t.to_string()), "error": null, "next_refresh_at": null
+    })
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with_access(json!([{"namespaces": ["team-a"]}])).await
+    }
+
+    pub async fn with_access(access: Value) -> Self {
+        let api = MockApi::default();
+        let pd = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path("/v1/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"access_token": "pd-api-token", "expires_in": 3600})),
+            )
+            .mount(&pd)
+            .await;
+        let mut s = Secret::default();
+        s.metadata.name = Some("pd-oauth".into());
+        s.data = Some(
+            [(
+                "client_secret".to_string(),
+                k8s_openapi::ByteString(CLIENT_SECRET.as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        api.put_secret("ops", &s);
+        let conn: ClusterPipedreamConnection = serde_json::from_value(json!({
+            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ClusterPipedreamConnection",
+            "metadata": {"name": "default", "uid": "uid-conn"},
+            "spec": {"apiUrl": pd.uri(), "auth": {"oauth": {"clientId": "cid",
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"},
+                "projectId": "proj_P1"}}, "access": access}
+        }))
+        .unwrap();
+        let (cstore, mut cwriter) = reflector::store::<ClusterPipedreamConnection>();
+        cwriter.apply_watcher_event(&watcher::Event::Apply(conn));
+        let (nstore, nwriter) = reflector::store::<PipedreamConnection>();
+        let ctx = Arc::new(Context::new(
+            api.client(),
+            Settings {
+                operator_namespace: "ops".into(),
+                default_connection: Some("default".into()),
+            },
+            [(None, nstore)].into(),
+            cstore,
+            crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
+            Arc::new(Metrics::new()),
+            Clock::manual(t0()),
+            None,
+        ));
+        let h = Self {
+            api,
+            pd,
+            ctx,
+            _writers: (nwriter, cwriter),
+        };
+        h.serve_account(account_json(
+            TOKEN,
+            Some(t0() + SignedDuration::from_hours(1)),
+        ))
+        .await;
+        h
+    }
+
+    /// Replace the account answer (keeps the token endpoint).
+    pub async fn serve(&self, resp: ResponseTemplate) {
+        self.pd.reset().await;
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path("/v1/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"access_token": "pd-api-token", "expires_in": 3600})),
+            )
+            .mount(&self.pd)
+            .await;
+        // Pipedream's Date header agrees with the test clock (skew correction has its own tests).
+        let date = self
+            .ctx
+            .clock
+            .now()
+            .strftime("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let resp = resp.insert_header("date", date.as_str());
+        Mock::given(method("GET"))
+            .and(path_regex("^/v1/connect/proj_P1/accounts/apn_A1$"))
+            .respond_with(resp)
+            .mount(&self.pd)
+            .await;
+    }
+
+    pub async fn serve_account(&self, body: Value) {
+        self.serve(ResponseTemplate::new(200).set_body_json(body))
+            .await;
+    }
+
+    pub async fn pipedream_calls(&self, p: &str) -> usize {
+        self.pd
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().contains(p))
+            .count()
+    }
+
+    /// Reconcile, then feed the written status back as the watch would.
+    pub async fn reconcile(&self, ca: &mut ConnectedAccount) -> Result<Action, Error> {
+        let out = reconcile(Arc::new(ca.clone()), self.ctx.clone()).await;
+        if let Some(s) = self.api.status() {
+            ca.status = Some(serde_json::from_value::<ConnectedAccountStatus>(s).unwrap());
+        }
+        out
+    }
+}
+
+pub fn ca(spec: Value) -> ConnectedAccount {
+    let mut spec_full = json!({"accountId": "apn_A1"});
+    spec_full
+        .as_object_mut()
+        .unwrap()
+        .extend(spec.as_object().cloned().unwrap_or_default());
+    let mut ca: ConnectedAccount = serde_json::from_value(json!({
+        "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+        "metadata": {"name": "gh", "namespace": "team-a", "uid": "uid-gh", "generation": 1},
+        "spec": spec_full
+    }))
+    .unwrap();
+    ca.metadata.resource_version = Some("1".into());
+    ca
+}
+
+fn lines(reqs: &[Recorded]) -> Vec<String> {
+    reqs.iter().map(Recorded::line).collect()
+}
+
+const GET_SECRET: &str = "GET /api/v1/namespaces/team-a/secrets/gh";
+const PATCH_SECRET: &str = "PATCH /api/v1/namespaces/team-a/secrets/gh";
+const READ_CLIENT_SECRET: &str = "GET /api/v1/namespaces/ops/secrets/pd-oauth";
+const PATCH_STATUS: &str =
+    "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh/status";
+const POST_EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/team-a/events";
+
+fn ready(ca: &ConnectedAccount) -> (String, String, String) {
+    let c = ca.ready_condition().expect("Ready condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn secret_value(s: &Secret, k: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[k].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn first_sync_writes_secret_status_and_event_in_order() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    let action = h.reconcile(&mut ca).await.unwrap();
+    let reqs = h.api.take();
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            GET_SECRET,
+            READ_CLIENT_SECRET,
+            PATCH_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ]
+    );
+    assert_eq!(
+        reqs[2].query,
+        "&force=true&fieldManager=pipedream-secrets-operator"
+    );
+    assert!(
+        reqs[2].body.get("stringData").is_none(),
+        "data only, never stringData"
+    );
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "oauth_access_token"), TOKEN);
+    assert_eq!(secret_value(&s, "oauth_uid"), "77");
+    let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("ConnectedAccount", "uid-gh", Some(true))
+    );
+    assert_eq!(
+        s.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "pipedream-secrets-operator"
+    );
+    let ann = s.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        ann["pipedream-secrets.io/expires-at"],
+        "2026-11-22T10:00:00Z"
+    );
+    assert_eq!(ann["pipedream-secrets.io/connected-account"], "team-a/gh");
+    let st = ca.status.clone().unwrap();
+    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(st.expires_at.as_deref(), Some("2026-11-22T10:00:00Z"));
+    assert_eq!(
+        st.connection.as_deref(),
+        Some("ClusterPipedreamConnection/default")
+    );
+    assert_eq!(st.account.as_ref().unwrap().app.as_deref(), Some("github"));
+    assert!(st.data_hash.as_ref().unwrap().starts_with("sha256:"));
+    let next: Timestamp = st.next_sync_time.as_deref().unwrap().parse().unwrap();
+    let lead = "2026-11-22T10:00:00Z"
+        .parse::<Timestamp>()
+        .unwrap()
+        .duration_since(next);
+    assert!(
+        lead >= SignedDuration::from_mins(5) && lead <= SignedDuration::from_secs(330),
+        "{lead:?}"
+    );
+    assert_eq!(
+        action,
+        Action::requeue(Duration::try_from(next.duration_since(t0())).unwrap())
+    );
+    assert_eq!(reqs[4].body["reason"], "SecretCreated");
+    assert_eq!(reqs[4].body["type"], "Normal");
+    assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
+    assert_eq!(h.pipedream_calls("/accounts/apn_A1").await, 1);
+}
+
+#[tokio::test]
+async fn resync_of_fresh_credentials_reads_the_secret_only() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    h.api.take();
+    let before = ca.status.clone();
+    h.ctx.clock.advance(Duration::from_secs(600));
+    let action = h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(
+        lines(&h.api.take()),
+        vec![GET_SECRET],
+        "no Secret write, no status write, no Event"
+    );
+    assert_eq!(ca.status, before);
+    assert_eq!(h.pipedream_calls("/accounts/").await, 1);
+    let next: Timestamp = before.unwrap().next_sync_time.unwrap().parse().unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::try_from(next.duration_since(h.ctx.clock.now())).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn rotation_before_expiry_rewrites_the_secret() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    h.api.take();
+    let next: Timestamp = ca
+        .status
+        .as_ref()
+        .unwrap()
+        .next_sync_time
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    h.ctx
+        .clock
+        .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+    assert!(h.ctx.clock.now() < "2026-11-22T10:00:00Z".parse::<Timestamp>().unwrap());
+    h.serve_account(account_json(
+        "gho_ROTATED_2",
+        Some(t0() + SignedDuration::from_hours(2)),
+    ))
+    .await;
+    h.reconcile(&mut ca).await.unwrap();
+    let reqs = h.api.take();
+    assert_eq!(
+        lines(&reqs),
+        vec![GET_SECRET, PATCH_SECRET, PATCH_STATUS, POST_EVENT]
+    );
+    assert_eq!(reqs[3].body["reason"], "SecretUpdated");
+    assert_eq!(
+        secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
+        "gho_ROTATED_2"
+    );
+    assert_eq!(
+        ca.status.as_ref().unwrap().expires_at.as_deref(),
+        Some("2026-11-22T11:00:00Z")
+    );
+    assert_eq!(
+        h.pipedream_calls("/oauth/token").await,
+        0,
+        "the connection token is still cached"
+    );
+}
+
+#[tokio::test]
+async fn restart_recovers_the_schedule_from_status_without_fetching() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    // A new process: empty caches, same API server and clock.
+    let h2 = Harness::new().await;
+    h2.api
+        .put_secret("team-a", &h.api.secret("team-a", "gh").unwrap());
+    h2.api.take();
+    h2.ctx.clock.advance(Duration::from_secs(120));
+    let action = h2.reconcile(&mut ca).await.unwrap();
+    assert_eq!(lines(&h2.api.take()), vec![GET_SECRET]);
+    assert_eq!(
+        h2.pipedream_calls("/").await,
+        0,
+        "fresh credentials are not re-fetched after a restart"
+    );
+    assert!(matches!(action, a if a != Action::await_change()));
+}
+
+#[tokio::test]
+async fn upstream_failures_keep_the_last_good_secret() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (ResponseTemplate::new(500), "UpstreamError"),
+        (
+            ResponseTemplate::new(200).set_body_string("{not json"),
+            "UpstreamError",
+        ),
+        (
+            ResponseTemplate::new(429).insert_header("retry-after", "45"),
+            "RateLimited",
+        ),
+        (
+            ResponseTemplate::new(404).set_body_json(json!({"error": "record not found"})),
+            "AccountNotFound",
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(
+                json!({"id": "apn_A1", "healthy": false, "error": "token refresh failed"}),
+            ),
+            "AccountUnhealthy",
+        ),
+        (
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": "apn_A1", "healthy": false, "dead": true})),
+            "AccountDead",
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(
+                json!({"id": "apn_A1", "healthy": true, "app": {"name_slug": "github"}}),
+            ),
+            "CredentialsUnavailable",
+        ),
+    ];
+    for (resp, reason) in cases {
+        let h = Harness::new().await;
+        let mut ca = ca(json!({}));
+        h.reconcile(&mut ca).await.unwrap();
+        let good = h.api.secret("team-a", "gh").unwrap();
+        let next: Timestamp = ca
+            .status
+            .as_ref()
+            .unwrap()
+            .next_sync_time
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        h.ctx
+            .clock
+            .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+        h.serve(resp).await;
+        h.api.take();
+        let action = h.reconcile(&mut ca).await.unwrap();
+        let reqs = h.api.take();
+        assert_eq!(
+            lines(&reqs),
+            vec![GET_SECRET, PATCH_STATUS, POST_EVENT],
+            "{reason}"
+        );
+        assert_eq!(
+            h.api.secret("team-a", "gh").unwrap(),
+            good,
+            "{reason}: Secret untouched"
+        );
+        let (status, got, _) = ready(&ca);
+        assert_eq!((status.as_str(), got.as_str()), ("False", reason));
+        assert_eq!(reqs[2].body["type"], "Warning");
+        assert_eq!(reqs[2].body["reason"], reason);
+        let st = ca.status.as_ref().unwrap();
+        assert_eq!(
+            st.expires_at.as_deref(),
+            Some("2026-11-22T10:00:00Z"),
+            "{reason}: last good expiry kept"
+        );
+        // The retry lands before the held credentials expire (rate limits honour Retry-After).
+        let until_expiry = "2026-11-22T10:00:00Z"
+            .parse::<Timestamp>()
+            .unwrap()
+            .duration_since(h.ctx.clock.now());
+        let Some(delay) = requeue_of(&action) else {
+            panic!("{reason}: no requeue")
+        };
+        assert!(
+            SignedDuration::try_from(delay).unwrap() < until_expiry,
+            "{reason}: {delay:?}"
+        );
+        if reason == "RateLimited" {
+            assert!(delay >= Duration::from_secs(45));
+        }
+    }
+}
+
+fn requeue_of(a: &Action) -> Option<Duration> {
+    (0..=7200u64)
+        .map(Duration::from_secs)
+        .find(|d| Action::requeue(*d) == *a)
+}
+
+#[tokio::test]
+async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
+    // InvalidSpec (template syntax), found before any I/O.
+    let h = Harness::new().await;
+    let mut bad = ca(
+        json!({"target": {"template": {"data": {"TOKEN": "{{ credentials.oauth_access_token "}}}}),
+    );
+    h.reconcile(&mut bad).await.unwrap();
+    assert_eq!(lines(&h.api.take()), vec![PATCH_STATUS, POST_EVENT]);
+    let (_, reason, msg) = ready(&bad);
+    assert_eq!(reason, "InvalidSpec");
+    assert!(msg.contains("spec.target.template.data[TOKEN]"), "{msg}");
+    assert_eq!(h.pipedream_calls("/").await, 0);
+
+    // InvalidSpec (template needs a credential field the account lacks), after the fetch.
+    let h = Harness::new().await;
+    let mut ca1 = ca(json!({"target": {"template": {"data": {"K": "{{ credentials.api_key }}"}}}}));
+    h.reconcile(&mut ca1).await.unwrap();
+    assert_eq!(ready(&ca1).1, "InvalidSpec");
+    assert!(h.api.secret("team-a", "gh").is_none());
+
+    // InvalidSpec (durations the schema cannot bound exactly).
+    let h = Harness::new().await;
+    let mut ca2 = ca(json!({"refresh": {"beforeExpiry": "1s"}}));
+    h.reconcile(&mut ca2).await.unwrap();
+    assert!(ready(&ca2).2.contains("spec.refresh.beforeExpiry"));
+
+    // ConnectionNotFound.
+    let h = Harness::new().await;
+    let mut ca3 = ca(json!({"connectionRef": {"kind": "PipedreamConnection", "name": "nope"}}));
+    h.reconcile(&mut ca3).await.unwrap();
+    assert_eq!(ready(&ca3).1, "ConnectionNotFound");
+    assert!(ready(&ca3).2.contains("team-a/nope"));
+
+    // ConnectionNotReady: the client-secret Secret is gone.
+    let h = Harness::new().await;
+    h.api.delete_secret("ops", "pd-oauth");
+    let mut ca4 = ca(json!({}));
+    h.reconcile(&mut ca4).await.unwrap();
+    assert_eq!(ready(&ca4).1, "ConnectionNotReady");
+    assert!(ready(&ca4).2.contains("ops/pd-oauth"));
+
+    // AccessDenied: namespace not admitted, and account narrowing not satisfied.
+    let h = Harness::with_access(json!([{"namespaces": ["team-b"]}])).await;
+    let mut ca5 = ca(json!({}));
+    h.reconcile(&mut ca5).await.unwrap();
+    assert_eq!(ready(&ca5).1, "AccessDenied");
+    assert_eq!(h.pipedream_calls("/").await, 0);
+    let h = Harness::with_access(
+        json!([{"namespaces": ["team-a"], "externalUserIds": ["someone-else"]}]),
+    )
+    .await;
+    let mut ca6 = ca(json!({}));
+    h.reconcile(&mut ca6).await.unwrap();
+    assert_eq!(ready(&ca6).1, "AccessDenied");
+    assert!(
+        h.api.secret("team-a", "gh").is_none(),
+        "nothing written before access is checked"
+    );
+
+    // AuthFailed: Pipedream rejects the OAuth client.
+    let h = Harness::new().await;
+    h.pd.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&h.pd)
+        .await;
+    let mut ca7 = ca(json!({}));
+    h.reconcile(&mut ca7).await.unwrap();
+    assert_eq!(ready(&ca7).1, "AuthFailed");
+
+    // Expired: Pipedream returns credentials that have already expired; retried soon, not written.
+    let h = Harness::new().await;
+    h.serve_account(account_json(
+        TOKEN,
+        Some(t0() - SignedDuration::from_mins(1)),
+    ))
+    .await;
+    let mut ca8 = ca(json!({}));
+    let action = h.reconcile(&mut ca8).await.unwrap();
+    assert_eq!(ready(&ca8).1, "Expired");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert!(h.api.secret("team-a", "gh").is_none());
+
+    // SecretConflict: a Secret of that name belongs to someone else.
+    let h = Harness::new().await;
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("gh".into());
+    foreign.data = Some([("x".to_string(), k8s_openapi::ByteString(b"theirs".to_vec()))].into());
+    h.api.put_secret("team-a", &foreign);
+    let mut ca9 = ca(json!({}));
+    h.reconcile(&mut ca9).await.unwrap();
+    assert_eq!(
+        lines(&h.api.take()),
+        vec![GET_SECRET, PATCH_STATUS, POST_EVENT]
+    );
+    assert_eq!(ready(&ca9).1, "SecretConflict");
+    assert_eq!(
+        h.api.secret("team-a", "gh").unwrap().data,
+        foreign.data,
+        "foreign Secret untouched"
+    );
+    assert_eq!(
+        h.pipedream_calls("/").await,
+        0,
+        "no Pipedream call for a Secret we may not write"
+    );
+}
+
+#[tokio::test]
+async fn merge_writes_only_our_keys_into_an_existing_secret() {
+    let h = Harness::new().await;
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("gh".into());
+    theirs.data = Some(
+        [(
+            "other".to_string(),
+            k8s_openapi::ByteString(b"keep".to_vec()),
+        )]
+        .into(),
+    );
+    h.api.put_secret("team-a", &theirs);
+    let mut ca = ca(
+        json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "Synced");
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "other"), "keep");
+    assert_eq!(secret_value(&s, "TOKEN"), TOKEN);
+    assert!(s.metadata.owner_references.is_none());
+}
+
+#[tokio::test]
+async fn force_sync_annotation_fetches_once_per_new_value() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    ca.metadata.annotations = Some(
+        [(
+            "pipedream-secrets.io/force-sync".to_string(),
+            "1".to_string(),
+        )]
+        .into(),
+    );
+    h.ctx.clock.advance(Duration::from_secs(10));
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(h.pipedream_calls("/accounts/").await, 2);
+    assert_eq!(
+        ca.status.as_ref().unwrap().last_force_sync.as_deref(),
+        Some("1")
+    );
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        2,
+        "the same value does not fetch again"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_from_the_last_fetch_without_a_new_call() {
+    let h = Harness::new().await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    let mut edited = h.api.secret("team-a", "gh").unwrap();
+    edited.data.as_mut().unwrap().insert(
+        "oauth_access_token".into(),
+        k8s_openapi::ByteString(b"hand-edit".to_vec()),
+    );
+    h.api.put_secret("team-a", &edited);
+    h.api.take();
+    h.reconcile(&mut ca).await.unwrap();
+    let reqs = h.api.take();
+    // Same data, same clock: the status is already right and is not rewritten.
+    assert_eq!(lines(&reqs), vec![GET_SECRET, PATCH_SECRET, POST_EVENT]);
+    assert_eq!(reqs[2].body["reason"], "DriftCorrected");
+    assert_eq!(
+        secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
+        TOKEN
+    );
+    h.api.delete_secret("team-a", "gh");
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(
+        secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
+        TOKEN
+    );
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        1,
+        "repairs reuse the last fetch"
+    );
+}
+
+#[tokio::test]
+async fn accounts_shared_by_several_connected_accounts_are_fetched_once() {
+    let h = Harness::new().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(300))
+                .set_body_json(account_json(
+                    TOKEN,
+                    Some(t0() + SignedDuration::from_hours(1)),
+                )),
+        )
+        .mount(&h.pd)
+        .await;
+    h.pd.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "t", "expires_in": 3600})),
+        )
+        .mount(&h.pd)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(300))
+                .set_body_json(account_json(
+                    TOKEN,
+                    Some(t0() + SignedDuration::from_hours(1)),
+                )),
+        )
+        .mount(&h.pd)
+        .await;
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        let mut c = ca(json!({"target": {"name": format!("gh-{i}")}}));
+        c.metadata.name = Some(format!("gh-{i}"));
+        c.metadata.uid = Some(format!("uid-{i}"));
+        let ctx = h.ctx.clone();
+        handles.push(tokio::spawn(
+            async move { reconcile(Arc::new(c), ctx).await },
+        ));
+    }
+    for hd in handles {
+        hd.await.unwrap().unwrap();
+    }
+    assert_eq!(h.pipedream_calls("/accounts/").await, 1);
+    assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
+    for i in 0..4 {
+        assert!(h.api.secret("team-a", &format!("gh-{i}")).is_some());
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_api_failures_abort_without_writes_and_back_off() {
+    let h = Harness::new().await;
+    h.api.fail("PATCH", "/secrets/gh", 500);
+    let mut ca = ca(json!({}));
+    let err = h.reconcile(&mut ca).await.unwrap_err();
+    assert!(matches!(err, Error::WriteSecret(_)));
+    assert!(ca.status.is_none());
+    let a1 = error_policy(Arc::new(ca.clone()), &err, h.ctx.clone());
+    let a2 = error_policy(Arc::new(ca.clone()), &err, h.ctx.clone());
+    assert!(
+        requeue_of(&a1).unwrap() < requeue_of(&a2).unwrap(),
+        "backoff grows"
+    );
+    h.api.heal();
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "Synced");
+}
+
+#[tokio::test]
+async fn rollout_restart_targets_are_patched_only_when_data_changes() {
+    let h = Harness::new().await;
+    let mut ca = ca(
+        json!({"rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}], "minRestartInterval": "1m"}),
+    );
+    h.reconcile(&mut ca).await.unwrap();
+    assert!(
+        !lines(&h.api.take())
+            .iter()
+            .any(|l| l.contains("deployments")),
+        "no restart on first sync"
+    );
+    let next: Timestamp = ca
+        .status
+        .as_ref()
+        .unwrap()
+        .next_sync_time
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    h.ctx
+        .clock
+        .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+    h.serve_account(account_json(
+        "gho_NEW",
+        Some(t0() + SignedDuration::from_hours(2)),
+    ))
+    .await;
+    h.reconcile(&mut ca).await.unwrap();
+    let reqs = h.api.take();
+    let patch = reqs
+        .iter()
+        .find(|r| r.path == "/apis/apps/v1/namespaces/team-a/deployments/web")
+        .expect("restart");
+    assert!(patch.body["spec"]["template"]["metadata"]["annotations"]["pipedream-secrets.io/restartedAt"].is_string());
+    assert_eq!(
+        ca.status.as_ref().unwrap().restarted_data_hash,
+        ca.status.as_ref().unwrap().data_hash
+    );
+}
+
+/// A full sync at debug level: no credential or client secret appears in logs, status, Events or Secret
+/// annotations.
+#[tokio::test]
+async fn credential_values_never_reach_logs_status_or_events() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .json()
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = Harness::new().await;
+    let mut ca = ca(
+        json!({"target": {"template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    h.reconcile(&mut ca).await.unwrap();
+    // A failing pass too (errors are where secrets leak).
+    h.ctx.clock.advance(Duration::from_secs(3600));
+    h.serve(ResponseTemplate::new(400).set_body_json(json!({"error": {"account": ["mismatch"]}})))
+        .await;
+    h.reconcile(&mut ca).await.unwrap();
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("synced"), "the capture works: {logs}");
+    let recorded: String = h
+        .api
+        .take()
+        .iter()
+        .filter(|r| !r.path.contains("/secrets/gh"))
+        .map(|r| r.body.to_string())
+        .collect();
+    let status = serde_json::to_string(&ca.status).unwrap();
+    for secret in [TOKEN, CLIENT_SECRET, "pd-api-token"] {
+        assert!(!logs.contains(secret), "log leaks {secret}");
+        assert!(!recorded.contains(secret), "status/Event leaks {secret}");
+        assert!(!status.contains(secret));
+        assert!(
+            !format!(
+                "{:?}",
+                h.ctx
+                    .accounts
+                    .peek("ClusterPipedreamConnection/default", "apn_A1")
+                    .await
+            )
+            .contains(secret)
+        );
+    }
+    assert_eq!(
+        secret_value(&h.api.secret("team-a", "gh").unwrap(), "TOKEN"),
+        TOKEN,
+        "the Secret itself has it"
+    );
+    let _ = BTreeMap::<String, String>::new();
+}
+
+#[tokio::test]
+async fn namespace_selector_access_reads_namespace_labels() {
+    let h = Harness::with_access(
+        json!([{"namespaceSelector": {"matchLabels": {"pipedream": "allowed"}}}]),
+    )
+    .await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(
+        ready(&ca).1,
+        "AccessDenied",
+        "unlabelled (here: unknown) namespace is refused"
+    );
+    assert!(lines(&h.api.take()).contains(&"GET /api/v1/namespaces/team-a".to_string()));
+    h.api.put_namespace(
+        "team-a",
+        [("pipedream".to_string(), "allowed".to_string())].into(),
+    );
+    h.ctx.clock.advance(Duration::from_secs(120));
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "Synced");
+}
