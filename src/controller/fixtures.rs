@@ -152,6 +152,21 @@ impl MockApi {
                     "metadata": {"name": name, "namespace": ns}, "spec": {"accountId": "apn_A1"}, "status": body["status"]}),
                 )
             }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pipedream-secrets.io",
+                    "v1alpha1",
+                    "clusterpipedreamconnections",
+                    name,
+                    "status",
+                ],
+            ) => (
+                200,
+                json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ClusterPipedreamConnection",
+                    "metadata": {"name": name}, "spec": {"auth": {"apiKey": {"secretRef": {"name": "x", "key": "k"}}}}, "status": body["status"]}),
+            ),
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => (201, body),
             ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => (200, body),
             ("GET", ["api", "v1", "namespaces", ns]) => match st.namespaces.get(*ns) {

@@ -1,5 +1,6 @@
 //! Controllers and their wiring.
 
+mod connection;
 mod context;
 mod reconcile;
 mod resolve;
@@ -110,7 +111,7 @@ pub async fn run(
         config.instance.clone(),
     ));
 
-    let mut controllers = Vec::new();
+    let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut ca_stores = Vec::new();
     for scope in &scopes {
         let (cas, secrets, conns): (Api<ConnectedAccount>, Api<Secret>, Api<PipedreamConnection>) =
@@ -164,14 +165,42 @@ pub async fn run(
             .with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone());
         let ctx = ctx.clone();
-        controllers.push(c.run(reconcile, error_policy, ctx).for_each(|res| {
-            match res {
-                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-                Err(controller::Error::ObjectNotFound(obj)) => debug!(object = %obj, "object gone"),
-                Err(e) => warn!(error = %e, "controller error"),
-            }
-            future::ready(())
-        }));
+        controllers.push(Box::pin(
+            c.run(reconcile, error_policy, ctx).for_each(log_result),
+        ));
+    }
+
+    for scope in &scopes {
+        let conns: Api<PipedreamConnection> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        controllers.push(Box::pin(
+            Controller::new(conns, watcher::Config::default().any_semantic())
+                .graceful_shutdown_on(shutdown.clone())
+                .run(
+                    connection::reconcile_namespaced,
+                    connection::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(log_result),
+        ));
+    }
+    if scopes == vec![None] {
+        // Cluster connections are cluster-scoped: only a cluster-wide install checks them.
+        controllers.push(Box::pin(
+            Controller::new(
+                Api::<ClusterPipedreamConnection>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                connection::reconcile_cluster,
+                connection::error_policy,
+                ctx.clone(),
+            )
+            .for_each(log_result),
+        ));
     }
 
     let readiness = {
@@ -200,6 +229,17 @@ pub async fn run(
     Ok(())
 }
 
+fn log_result<K: kube::Resource, E: std::error::Error, Q: std::error::Error>(
+    res: Result<(ObjectRef<K>, kube::runtime::controller::Action), controller::Error<E, Q>>,
+) -> future::Ready<()> {
+    match res {
+        Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+        Err(controller::Error::ObjectNotFound(obj)) => debug!(object = %obj, "object gone"),
+        Err(e) => warn!(error = %e, "controller error"),
+    }
+    future::ready(())
+}
+
 fn referencing(
     store: &Store<ConnectedAccount>,
     kind: ConnectionKind,
@@ -226,4 +266,4 @@ fn referencing(
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

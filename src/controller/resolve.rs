@@ -108,7 +108,7 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
     }
 }
 
-fn build(
+pub(super) fn build(
     ctx: &Context,
     id: String,
     spec: &impl ConnectionSettingsSerialize,
