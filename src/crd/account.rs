@@ -35,8 +35,18 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(s|m|h))+$";
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = "1"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(name = "Next Sync", type_ = "date", json_path = ".status.nextSyncTime"),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.expiresAt",
+        description = "Expiry of the credentials in the Secret (RFC 3339; a date column would print future times as <invalid>)"
+    ),
+    printcolumn(
+        name = "Next Sync",
+        type_ = "string",
+        json_path = ".status.nextSyncTime",
+        description = "When the operator fetches next (RFC 3339)"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
