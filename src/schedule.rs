@@ -92,10 +92,16 @@ fn next_fetch_exact(
     jitter: f64,
     stale_attempt: u32,
 ) -> NextFetch {
-    let after_refresh = obs
-        .next_refresh_at
-        .filter(|t| *t > now)
-        .map(|t| add(t, AFTER_REFRESH_DELAY));
+    // "Shortly after" Pipedream's refresh, but never past expiry: with a short refresh lead, half the lead.
+    let after_refresh = obs.next_refresh_at.filter(|t| *t > now).map(|t| {
+        let delay = match obs.expires_at.map(|e| e.duration_since(t)) {
+            Some(lead) if lead > SignedDuration::ZERO => {
+                AFTER_REFRESH_DELAY.min(Duration::try_from(lead / 2).unwrap_or(AFTER_REFRESH_DELAY))
+            }
+            _ => AFTER_REFRESH_DELAY,
+        };
+        add(t, delay)
+    });
     let due = match obs.expires_at {
         Some(exp) => {
             let spread = (policy.before_expiry / 10)
@@ -115,7 +121,17 @@ fn next_fetch_exact(
     // Inside the margin already: Pipedream has not refreshed yet, or the token lives shorter than the margin.
     let at = match after_refresh {
         Some(r) => r,
-        None => add(now, stale_backoff(stale_attempt)),
+        None => {
+            // Retry soon, and while the credentials still work, well before they stop.
+            let mut backoff = stale_backoff(stale_attempt);
+            if let Some(left) = obs
+                .expires_at
+                .and_then(|e| Duration::try_from(e.duration_since(now)).ok())
+            {
+                backoff = backoff.min(left / 2);
+            }
+            add(now, backoff)
+        }
     };
     NextFetch {
         at: at.max(add(now, MIN_DELAY)),
@@ -316,6 +332,33 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, vec![5, 10, 20, 40, 60, 60, 60]);
+    }
+
+    #[test]
+    fn short_refresh_leads_and_stale_backoff_stay_before_expiry() {
+        // Pipedream refreshes 4 s before a 12 s token expires; our margin is 5 s.
+        let issued = ts("2026-11-22T09:00:00Z");
+        let obs = Observed {
+            expires_at: Some(ts("2026-11-22T09:00:12Z")),
+            next_refresh_at: Some(ts("2026-11-22T09:00:08Z")),
+        };
+        let policy = Policy {
+            before_expiry: Duration::from_secs(5),
+            interval: POLICY.interval,
+        };
+        let first = next_fetch(issued, obs, policy, 0.0, 0);
+        assert_eq!(first.at, ts("2026-11-22T09:00:07Z"));
+        // Fetched at 7 s, before Pipedream refreshed: retry right after its refresh, still before expiry.
+        let again = next_fetch(first.at, obs, policy, 0.0, 0);
+        assert!(again.stale);
+        assert_eq!(again.at, ts("2026-11-22T09:00:10Z"));
+        // No next_refresh_at: the backoff is cut to half the remaining life.
+        let bare = Observed {
+            expires_at: obs.expires_at,
+            next_refresh_at: None,
+        };
+        let n = next_fetch(ts("2026-11-22T09:00:08Z"), bare, policy, 0.0, 3);
+        assert_eq!(n.at, ts("2026-11-22T09:00:10Z"));
     }
 
     #[test]

@@ -203,27 +203,37 @@ pub async fn run(
         ));
     }
 
+    // Reflectors run in the background; controllers start only once the connection stores are complete, so the
+    // first reconciles never see a half-filled store (and report a connection as missing).
+    let reflectors: Vec<_> = background.into_iter().map(tokio::spawn).collect();
+    let mut shutdown_wait = shutdown.clone();
+    for s in connections.values() {
+        tokio::select! {
+            r = s.wait_until_ready() => { let _ = r; }
+            _ = &mut shutdown_wait => return Ok(()),
+        }
+    }
+    tokio::select! {
+        r = cluster_store.wait_until_ready() => { let _ = r; }
+        _ = &mut shutdown_wait => return Ok(()),
+    }
     let readiness = {
         let ready = ready.clone();
-        let stores: Vec<_> = ca_stores;
-        let conn_stores: Vec<_> = connections.into_values().collect();
         async move {
-            for s in &stores {
+            for s in &ca_stores {
                 let _ = s.wait_until_ready().await;
             }
-            for s in &conn_stores {
-                let _ = s.wait_until_ready().await;
-            }
-            let _ = cluster_store.wait_until_ready().await;
             ready.store(true, Ordering::SeqCst);
             info!("caches synced; ready");
+            future::pending::<()>().await;
         }
     };
-    let bg = future::join_all(background);
     tokio::select! {
         _ = future::join_all(controllers) => {},
-        _ = bg => {},
-        _ = future::join(readiness, future::pending::<()>()) => {},
+        _ = readiness => {},
+    }
+    for r in reflectors {
+        r.abort();
     }
     ready.store(false, Ordering::SeqCst);
     Ok(())

@@ -135,6 +135,19 @@ async fn reconcile_inner(ca: &ConnectedAccount, ctx: &Context) -> Result<Action,
         .get(FORCE_SYNC_ANNOTATION)
         .filter(|v| status.last_force_sync.as_ref() != Some(*v))
         .cloned();
+    // A failed object waits for its retry time: its own status write must not trigger another attempt (and
+    // another Pipedream call). A spec change or a new force-sync value retries at once.
+    let next_due = status.next_sync_time.as_deref().and_then(parse_ts);
+    let failed = ready_of(&status.conditions).is_some_and(|(s, _)| s == "False");
+    let spec_changed = status.observed_generation != ca.metadata.generation;
+    if failed
+        && forced.is_none()
+        && !spec_changed
+        && let Some(next) = next_due.filter(|t| now < *t)
+    {
+        debug!(retry_at = %format_ts(next), "waiting for the retry time");
+        return Ok(Action::requeue(until(now, next)));
+    }
     match sync(ca, ctx, now, &status, forced.is_some()).await? {
         Ok(done) => {
             ctx.clear_failures(&uid);

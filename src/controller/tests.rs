@@ -855,3 +855,33 @@ async fn namespace_selector_access_reads_namespace_labels() {
     h.reconcile(&mut ca).await.unwrap();
     assert_eq!(ready(&ca).1, "Synced");
 }
+
+/// Regression: the status write of a failure triggers a watch event; that pass must not retry (and call
+/// Pipedream) before the retry time, or the object loops.
+#[tokio::test]
+async fn a_failed_object_waits_for_its_retry_time_without_requests() {
+    let h = Harness::new().await;
+    h.serve(ResponseTemplate::new(503)).await;
+    let mut ca = ca(json!({}));
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "UpstreamError");
+    let calls = h.pipedream_calls("/accounts/").await;
+    h.api.take();
+    let action = h.reconcile(&mut ca).await.unwrap();
+    assert!(h.api.take().is_empty(), "no API request while waiting");
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        calls,
+        "no Pipedream call while waiting"
+    );
+    assert!(requeue_of(&action).is_some_and(|d| d >= Duration::from_secs(1)));
+    // A spec change retries at once.
+    ca.metadata.generation = Some(2);
+    h.serve_account(account_json(
+        TOKEN,
+        Some(t0() + SignedDuration::from_hours(1)),
+    ))
+    .await;
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "Synced");
+}

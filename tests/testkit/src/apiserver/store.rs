@@ -27,7 +27,7 @@ pub struct ApiError {
     /// Field causes (for `Invalid`).
     pub causes: Vec<(String, String)>,
     /// (group, kind, name) of the object concerned.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
 }
 
 impl ApiError {
@@ -44,7 +44,8 @@ impl ApiError {
     /// `metav1.Status` JSON.
     pub fn status(&self) -> Value {
         let mut details = json!({"causes": self.causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>()});
-        if let Some((group, kind, name)) = &self.details {
+        if let Some(d) = &self.details {
+            let (group, kind, name) = &**d;
             details["group"] = json!(group);
             details["kind"] = json!(kind);
             details["name"] = json!(name);
@@ -269,6 +270,7 @@ impl Store {
     }
 
     /// Replace (PUT), optionally of the status subresource. A stale `metadata.resourceVersion` is a conflict.
+    #[allow(clippy::too_many_arguments)]
     pub fn replace(
         &mut self,
         group: &str,
@@ -761,7 +763,11 @@ fn invalid(kind: &Kind, name: &str, causes: Vec<(String, String)>) -> ApiError {
         e.message = format!("{} \"{name}\" is invalid: {detail}", kind.kind);
     }
     e.causes = causes;
-    e.details = Some((kind.group.clone(), kind.kind.clone(), name.to_string()));
+    e.details = Some(Box::new((
+        kind.group.clone(),
+        kind.kind.clone(),
+        name.to_string(),
+    )));
     e
 }
 

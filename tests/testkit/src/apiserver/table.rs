@@ -5,6 +5,9 @@ use serde_json_path::JsonPath;
 
 use super::catalog::Kind;
 
+/// Computes one cell of a row.
+type Getter = Box<dyn Fn(&Value) -> Value>;
+
 fn col(name: &str, type_: &str, priority: i64, description: &str) -> Value {
     json!({"name": name, "type": type_, "format": if name == "Name" { "name" } else { "" }, "description": description, "priority": priority})
 }
@@ -58,8 +61,7 @@ pub fn table(kind: &Kind, objects: &[Value], rv: u64) -> Value {
         0,
         "Name must be unique within a namespace.",
     )];
-    let mut getters: Vec<Box<dyn Fn(&Value) -> Value>> =
-        vec![Box::new(|o: &Value| o["metadata"]["name"].clone())];
+    let mut getters: Vec<Getter> = vec![Box::new(|o: &Value| o["metadata"]["name"].clone())];
     if kind.schema.is_some() {
         let mut printer = kind.printer_columns.clone();
         if printer.is_empty() {

@@ -1,0 +1,270 @@
+//! Whole-system harness: the test kit's emulator and fake Pipedream in-process, the real operator binary as a child
+//! process pointed at them with a kubeconfig.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use pdso_testkit::apiserver::ApiServer;
+use pdso_testkit::pipedream::{FakeAccount, FakePipedream, Seed};
+use serde_json::{Value, json};
+
+pub const CLIENT_ID: &str = "oa_system";
+pub const CLIENT_SECRET: &str = "system-client-secret";
+
+pub struct Env {
+    pub api: ApiServer,
+    pub pd: FakePipedream,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub operator: Option<Child>,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_operator();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn oauth_account(id: &str, lifetime: Option<u64>, lead: u64) -> FakeAccount {
+    FakeAccount {
+        id: id.into(),
+        project_id: "proj_sys".into(),
+        credentials:
+            json!({"oauth_access_token": format!("tok-{id}"), "oauth_refresh_token": "refresh"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        lifetime_secs: lifetime,
+        refresh_lead_secs: lead,
+        ..Default::default()
+    }
+}
+
+impl Env {
+    pub async fn start(accounts: Vec<FakeAccount>) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let api = ApiServer::start().await.unwrap();
+        let pd = FakePipedream::start(Seed {
+            clients: [(CLIENT_ID.to_string(), CLIENT_SECRET.to_string())].into(),
+            accounts,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        api.apply_crd_dir(std::path::Path::new("crds")).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "pdso-system-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let env = Self {
+            api,
+            pd,
+            client,
+            kubeconfig,
+            operator: None,
+            log: dir.join("operator.log"),
+            dir,
+        };
+        for ns in ["ops", "team-a"] {
+            env.apply("v1", "Namespace", None, ns, json!({})).await;
+        }
+        env.apply(
+            "v1",
+            "Secret",
+            Some("ops"),
+            "pd-oauth",
+            json!({"stringData": {"client_secret": CLIENT_SECRET}}),
+        )
+        .await;
+        env.apply("pipedream-secrets.io/v1alpha1", "ClusterPipedreamConnection", None, "default", json!({"spec": {
+            "apiUrl": env.pd.url(),
+            "auth": {"oauth": {"clientId": CLIENT_ID, "projectId": "proj_sys",
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"}}},
+            "access": [{"namespaces": ["team-a"]}]}})).await;
+        env
+    }
+
+    /// Server-side apply of any object.
+    pub async fn apply(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+    ) -> Value {
+        self.try_apply(api_version, kind, ns, name, body)
+            .await
+            .unwrap()
+    }
+
+    pub async fn try_apply(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+    ) -> Result<Value, kube::Error> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+        let api: Api<kube::core::DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        let mut obj = body;
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        obj["metadata"]["name"] = json!(name);
+        let out = api
+            .patch(
+                name,
+                &PatchParams::apply("system-test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        Ok(serde_json::to_value(out).unwrap())
+    }
+
+    pub fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
+            .args([
+                "run",
+                "--operator-namespace",
+                "ops",
+                "--default-connection",
+                "default",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.operator = Some(child);
+    }
+
+    pub fn stop_operator(&mut self) {
+        if let Some(mut c) = self.operator.take() {
+            // SIGTERM for a graceful stop, then make sure.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            for _ in 0..50 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        self.api.get("", "secrets", ns, name)
+    }
+
+    pub fn ca(&self, name: &str) -> Option<Value> {
+        self.api
+            .get("pipedream-secrets.io", "connectedaccounts", "team-a", name)
+    }
+
+    pub fn ready_reason(&self, name: &str) -> Option<String> {
+        let ca = self.ca(name)?;
+        ca["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or("")
+                )
+            })
+    }
+
+    /// Poll until `f` returns Some, failing with `what` after `secs`.
+    pub async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {secs}s waiting for {what}\n--- operator log tail ---\n{}",
+                    tail(&self.logs())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    s.lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str()?)
+        .ok()?;
+    String::from_utf8(b).ok()
+}

@@ -1,0 +1,334 @@
+//! Whole-system tests: the real operator binary against the test kit's Kubernetes API emulator and fake Pipedream.
+
+mod support;
+
+use std::time::Duration;
+
+use pdso_testkit::apiserver::ApiFault;
+use pdso_testkit::pipedream::{Fault, FaultKind};
+use serde_json::json;
+use support::{Env, oauth_account, secret_value};
+
+fn account_spec(extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"accountId": "apn_Sys1", "refresh": {"beforeExpiry": "5s"}});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    json!({"spec": spec})
+}
+
+async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        name,
+        account_spec(extra),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_delete() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({"target": {"labels": {"team": "a"}}})).await;
+    let s = env
+        .wait("the Secret", 20, || env.secret("team-a", "gh"))
+        .await;
+    assert_eq!(
+        secret_value(&s, "oauth_access_token").as_deref(),
+        Some("tok-apn_Sys1-g1")
+    );
+    assert_eq!(
+        secret_value(&s, "oauth_refresh_token").as_deref(),
+        Some("refresh")
+    );
+    assert_eq!(
+        s["metadata"]["ownerReferences"][0]["kind"],
+        "ConnectedAccount"
+    );
+    assert_eq!(s["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(s["metadata"]["labels"]["team"], "a");
+    assert_eq!(
+        s["metadata"]["annotations"]["pipedream-secrets.io/connected-account"],
+        "team-a/gh"
+    );
+    assert!(s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"].is_string());
+    env.wait("Ready", 10, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+    // Deleting the ConnectedAccount garbage-collects the Secret.
+    env.api.with_store(|st| {
+        st.delete(
+            "pipedream-secrets.io",
+            "connectedaccounts",
+            "team-a",
+            "gh",
+            false,
+        )
+        .unwrap()
+    });
+    assert!(env.secret("team-a", "gh").is_none());
+    // Retain keeps it.
+    create_ca(
+        &env,
+        "kept",
+        json!({"target": {"deletionPolicy": "Retain"}}),
+    )
+    .await;
+    env.wait("the retained Secret", 20, || env.secret("team-a", "kept"))
+        .await;
+    env.api.with_store(|st| {
+        st.delete(
+            "pipedream-secrets.io",
+            "connectedaccounts",
+            "team-a",
+            "kept",
+            false,
+        )
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.secret("team-a", "kept").is_some(),
+        "Retain keeps the Secret"
+    );
+    let logs = env.logs();
+    assert!(
+        !logs.contains("tok-apn_Sys1") && !logs.contains(support::CLIENT_SECRET),
+        "no secret in logs"
+    );
+}
+
+/// 12-second tokens that Pipedream refreshes 4 s before expiry, for five cycles: the Secret never holds an expired
+/// token, and the operator makes about one fetch per token lifetime.
+#[tokio::test]
+async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(12), 4)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+        .await;
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(45) {
+        let s = env.secret("team-a", "gh").unwrap();
+        let exp: jiff::Timestamp = s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            exp > jiff::Timestamp::now(),
+            "the Secret holds a token that expired at {exp}"
+        );
+        seen.insert(secret_value(&s, "oauth_access_token").unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Pipedream refreshes every 8 s: 45 s show at least five distinct tokens.
+    assert!(seen.len() >= 5, "tokens seen: {seen:?}");
+    let fetches = env.pd.count("connect_account");
+    assert!(
+        fetches <= 2 * seen.len() + 2,
+        "{fetches} fetches for {} tokens",
+        seen.len()
+    );
+    assert_eq!(
+        env.pd.count("token"),
+        1,
+        "one OAuth token for the whole run"
+    );
+}
+
+#[tokio::test]
+async fn restart_does_not_refetch_fresh_credentials() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("Ready", 20, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+    let before = env.pd.count("connect_account");
+    env.stop_operator();
+    env.start_operator();
+    // Wait until the new process has reconciled (it reads the Secret), then some more.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        env.logs().matches("caches synced").count() >= 2,
+        "second operator started"
+    );
+    assert_eq!(
+        env.pd.count("connect_account"),
+        before,
+        "fresh credentials are not fetched again after a restart"
+    );
+}
+
+#[tokio::test]
+async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+        .await;
+    env.pd.add_fault(Fault {
+        path: "/accounts/".into(),
+        kind: FaultKind::Status { status: 503 },
+        count: None,
+    });
+    env.wait("UpstreamError", 30, || {
+        (env.ready_reason("gh").as_deref() == Some("False/UpstreamError")).then_some(())
+    })
+    .await;
+    let during = env.secret("team-a", "gh").unwrap();
+    assert!(
+        secret_value(&during, "oauth_access_token").is_some_and(|t| !t.is_empty()),
+        "never blanked"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.secret("team-a", "gh").unwrap()["data"],
+        during["data"],
+        "the last good data stays during the outage"
+    );
+    env.pd.clear_faults();
+    env.wait("recovery", 40, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("Ready", 20, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+    // Rotate at Pipedream (old tokens revoked) and in the cluster; force a sync (past the 2 s single-flight window).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
+    env.apply(
+        "v1",
+        "Secret",
+        Some("ops"),
+        "pd-oauth",
+        json!({"stringData": {"client_secret": "rotated-secret"}}),
+    )
+    .await;
+    let mut body = account_spec(json!({}));
+    body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "1"}});
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gh",
+        body,
+    )
+    .await;
+    env.wait("a second token", 20, || {
+        (env.pd.count("token") >= 2).then_some(())
+    })
+    .await;
+    env.wait("forced sync handled", 20, || {
+        let ca = env.ca("gh")?;
+        (ca["status"]["lastForceSync"] == "1"
+            && env.ready_reason("gh").as_deref() == Some("True/Synced"))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubernetes_api_faults_do_not_lose_the_secret() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+        .await;
+    // Secret writes fail and watches drop for a while; the operator retries and carries on.
+    env.api.add_fault(ApiFault {
+        verb: "patch".into(),
+        resource: "secrets".into(),
+        status: Some(500),
+        count: Some(3),
+        ..Default::default()
+    });
+    env.api.add_fault(ApiFault {
+        verb: "watch".into(),
+        drop_watch_after_ms: Some(500),
+        count: Some(5),
+        ..Default::default()
+    });
+    let first = secret_value(&env.secret("team-a", "gh").unwrap(), "oauth_access_token").unwrap();
+    env.wait("a rotation despite faults", 45, || {
+        let s = env.secret("team-a", "gh")?;
+        (secret_value(&s, "oauth_access_token")? != first).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_connected_accounts_are_rejected_at_admission() {
+    let env = Env::start(vec![]).await;
+    let cases = [
+        (
+            json!({"spec": {"accountId": "not-an-id"}}),
+            "spec.accountId",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"creationPolicy": "Sometimes"}}}),
+            "spec.target.creationPolicy",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"creationPolicy": "Merge"}}}),
+            "creationPolicy Merge requires deletionPolicy Retain",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "refresh": {"beforeExpiry": "1s"}}}),
+            "refresh.beforeExpiry must be at least 5s",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "refresh": {"interval": "soon"}}}),
+            "spec.refresh.interval",
+        ),
+    ];
+    for (body, needle) in cases {
+        let err = env
+            .try_apply(
+                "pipedream-secrets.io/v1alpha1",
+                "ConnectedAccount",
+                Some("team-a"),
+                "bad",
+                body,
+            )
+            .await
+            .unwrap_err();
+        let kube::Error::Api(status) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(status.code, 422, "{needle}");
+        assert!(
+            status.message.contains(needle),
+            "{needle} not in {}",
+            status.message
+        );
+    }
+    assert!(env.ca("bad").is_none());
+    // A cluster connection's Secret ref without a namespace (CEL on a field named `namespace`).
+    let err = env
+        .try_apply("pipedream-secrets.io/v1alpha1", "ClusterPipedreamConnection", None, "nons", json!({"spec": {"auth": {"oauth": {
+            "clientId": "c", "projectId": "proj_x", "clientSecretRef": {"name": "s", "key": "k"}}}}}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("clientSecretRef.namespace is required"),
+        "{err}"
+    );
+}
