@@ -55,6 +55,7 @@ pub struct ApiFault {
 struct Extra {
     faults: Vec<ApiFault>,
     audit: BTreeSet<(String, String)>,
+    counts: std::collections::BTreeMap<(String, String), u64>,
 }
 
 /// Handle to a running emulator.
@@ -186,6 +187,17 @@ impl ApiServer {
             .clone()
     }
 
+    /// How many requests of `verb` on `resource` were made.
+    pub fn count(&self, verb: &str, resource: &str) -> u64 {
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Get an object as JSON (`group` "" for core).
     pub fn get(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
         self.with_store(|s| {
@@ -200,6 +212,9 @@ impl ApiServer {
     fn take_fault(&self, verb: &str, resource: &str) -> Option<ApiFault> {
         let mut x = self.extra.lock().unwrap_or_else(|p| p.into_inner());
         x.audit.insert((verb.to_string(), resource.to_string()));
+        *x.counts
+            .entry((verb.to_string(), resource.to_string()))
+            .or_insert(0) += 1;
         let pos = x.faults.iter().position(|f| {
             (f.verb.is_empty() || f.verb == verb)
                 && (f.resource.is_empty() || f.resource == resource)
@@ -431,6 +446,17 @@ async fn resource(
     let fault = s.take_fault(verb, &audit_resource);
     if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if verb == "watch" && fault.as_ref().and_then(|f| f.status) == Some(410) {
+        // Like a real API server: an expired resourceVersion is a 200 stream with one ERROR event.
+        let gone = ApiError::new(410, "Expired", "too old resource version (injected)");
+        let line = format!("{}\n", json!({"type": "ERROR", "object": gone.status()}));
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            line,
+        )
+            .into_response();
     }
     if let Some(code) = fault.as_ref().and_then(|f| f.status) {
         return error(&ApiError::new(

@@ -1,0 +1,412 @@
+//! The test kit's Kubernetes API emulator behaves like an API server where the operator and kubectl depend on it.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Config, ResourceExt};
+use pdso_testkit::apiserver::{ApiFault, ApiServer};
+use pipedream_secrets_operator::crd::ConnectedAccount;
+use serde_json::json;
+
+async fn setup() -> (ApiServer, Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = ApiServer::start().await.unwrap();
+    api.apply_crd_dir(std::path::Path::new("crds")).unwrap();
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&api.kubeconfig()).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    (api, Client::try_from(config).unwrap())
+}
+
+fn secret(name: &str, labels: serde_json::Value) -> Secret {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "stringData": {"k": "v"}}),
+    )
+    .unwrap()
+}
+
+async fn apply_ca(
+    client: &Client,
+    body: serde_json::Value,
+) -> Result<ConnectedAccount, kube::Error> {
+    let api: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let mut obj = json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount", "metadata": {"name": "ca"}});
+    obj.as_object_mut()
+        .unwrap()
+        .extend(body.as_object().cloned().unwrap());
+    api.patch(
+        "ca",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+}
+
+fn invalid_message(r: Result<ConnectedAccount, kube::Error>) -> String {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+        other => panic!("expected 422 Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_rejects_a_bad_account_id_pattern() {
+    let (_api, client) = setup().await;
+    let msg = invalid_message(apply_ca(&client, json!({"spec": {"accountId": "acct_123"}})).await);
+    assert!(
+        msg.contains("spec.accountId") && msg.contains("^apn_[A-Za-z0-9]+$"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn admission_rejects_an_unknown_enum_value() {
+    let (_api, client) = setup().await;
+    let msg = invalid_message(
+        apply_ca(
+            &client,
+            json!({"spec": {"accountId": "apn_A1", "target": {"deletionPolicy": "Keep"}}}),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.target.deletionPolicy") && msg.contains("Unsupported value"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn admission_evaluates_cel_rules_after_defaulting() {
+    let (_api, client) = setup().await;
+    // deletionPolicy defaults to Delete, so Merge alone breaks the CEL rule.
+    let msg = invalid_message(
+        apply_ca(
+            &client,
+            json!({"spec": {"accountId": "apn_A1", "target": {"creationPolicy": "Merge"}}}),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("creationPolicy Merge requires deletionPolicy Retain"),
+        "{msg}"
+    );
+    let ok = apply_ca(&client, json!({"spec": {"accountId": "apn_A1", "target": {"creationPolicy": "Merge", "deletionPolicy": "Retain"}}})).await.unwrap();
+    assert_eq!(
+        ok.spec.refresh.before_expiry, "5m",
+        "schema defaults applied"
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_resource_version() {
+    let (_api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let a = secrets
+        .create(&PostParams::default(), &secret("a", json!({})))
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("b", json!({})))
+        .await
+        .unwrap();
+    let rv = a.resource_version().unwrap();
+    let mut stream = secrets
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(3), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match first {
+        WatchEvent::Added(s) => {
+            assert_eq!(s.name_any(), "b", "only changes after the given version")
+        }
+        other => panic!("{other:?}"),
+    }
+    secrets.delete("a", &DeleteParams::default()).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(3), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Deleted(s) => assert_eq!(s.name_any(), "a"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn expired_resource_versions_get_410_and_the_kube_watcher_relists() {
+    let (api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let a = secrets
+        .create(&PostParams::default(), &secret("a", json!({})))
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("b", json!({})))
+        .await
+        .unwrap();
+    api.with_store(|s| s.compact());
+    let mut stream = secrets
+        .watch(
+            &WatchParams::default().timeout(5),
+            &a.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // The kube-rs watcher: its first watch drops, the resume is answered 410 Gone, so it lists again.
+    api.add_fault(ApiFault {
+        verb: "watch".into(),
+        resource: "secrets".into(),
+        drop_watch_after_ms: Some(300),
+        count: Some(1),
+        ..Default::default()
+    });
+    api.add_fault(ApiFault {
+        verb: "watch".into(),
+        resource: "secrets".into(),
+        status: Some(410),
+        count: Some(1),
+        ..Default::default()
+    });
+    let (store, writer) = reflector::store::<Secret>();
+    let w = reflector::reflector(writer, watcher(secrets.clone(), watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    let task = tokio::spawn(w.for_each(|_| futures::future::ready(())));
+    store.wait_until_ready().await.unwrap();
+    assert_eq!(api.count("list", "secrets"), 1);
+    secrets.delete("b", &DeleteParams::default()).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("c", json!({})))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if api.count("list", "secrets") >= 2 && store.state().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        api.count("watch", "secrets") >= 3,
+        "watch, 410'd resume, watch after re-list"
+    );
+    assert_eq!(api.count("list", "secrets"), 2, "re-listed after 410 Gone");
+    let mut names: Vec<String> = store.state().iter().map(|s| s.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["a", "c"],
+        "the store is right after the re-list"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_managers_conflicts_and_removals() {
+    let (_api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let body = |labels: serde_json::Value, data: serde_json::Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": labels}, "data": data});
+    secrets
+        .patch(
+            "s",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(body(
+                json!({"a": "1", "x": "1"}),
+                json!({"k1": "djE=", "k2": "djI="}),
+            )),
+        )
+        .await
+        .unwrap();
+    let conflict = secrets
+        .patch(
+            "s",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(body(json!({"a": "2"}), json!({}))),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&conflict, kube::Error::Api(s) if s.code == 409),
+        "{conflict:?}"
+    );
+    secrets
+        .patch(
+            "s",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(body(json!({"a": "2"}), json!({}))),
+        )
+        .await
+        .unwrap();
+    // alice stops applying x and k2: they go; a now belongs to bob and stays.
+    let s = secrets
+        .patch(
+            "s",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(body(json!({}), json!({"k1": "djE="}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.labels().get("a").map(String::as_str), Some("2"));
+    assert!(!s.labels().contains_key("x"));
+    let keys: Vec<&String> = s.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, vec!["k1"]);
+    // An unchanged apply is a no-op: same resourceVersion.
+    let again = secrets
+        .patch(
+            "s",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(body(json!({}), json!({"k1": "djE="}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), s.resource_version());
+    // A stale replace is a conflict.
+    let mut stale = s.clone();
+    stale.metadata.resource_version = Some("1".into());
+    assert!(
+        matches!(secrets.replace("s", &PostParams::default(), &stale).await, Err(kube::Error::Api(e)) if e.code == 409)
+    );
+}
+
+#[tokio::test]
+async fn status_is_a_subresource_and_generation_follows_the_spec() {
+    let (_api, client) = setup().await;
+    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let ca = apply_ca(
+        &client,
+        json!({"spec": {"accountId": "apn_A1"}, "status": {"secretName": "ignored"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ca.metadata.generation, Some(1));
+    assert!(
+        ca.status.is_none(),
+        "status is ignored on the main resource"
+    );
+    let st = json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount", "status": {"secretName": "ca"}});
+    let ca = cas
+        .patch_status("ca", &PatchParams::apply("op"), &Patch::Apply(&st))
+        .await
+        .unwrap();
+    assert_eq!(ca.status.unwrap().secret_name.as_deref(), Some("ca"));
+    assert_eq!(
+        ca.metadata.generation,
+        Some(1),
+        "status writes do not bump generation"
+    );
+    let ca = apply_ca(&client, json!({"spec": {"accountId": "apn_B2"}}))
+        .await
+        .unwrap();
+    assert_eq!(ca.metadata.generation, Some(2));
+    assert_eq!(
+        ca.status.unwrap().secret_name.as_deref(),
+        Some("ca"),
+        "spec writes keep status"
+    );
+}
+
+#[tokio::test]
+async fn finalizers_delay_deletion_and_owners_garbage_collect_dependents() {
+    let (_api, client) = setup().await;
+    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let ca = apply_ca(
+        &client,
+        json!({"metadata": {"name": "ca", "finalizers": ["x/y"]}, "spec": {"accountId": "apn_A1"}}),
+    )
+    .await
+    .unwrap();
+    let mut owned = secret("owned", json!({}));
+    owned.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "pipedream-secrets.io/v1alpha1".into(),
+            kind: "ConnectedAccount".into(),
+            name: "ca".into(),
+            uid: ca.uid().unwrap(),
+            controller: Some(true),
+            ..Default::default()
+        },
+    ]);
+    secrets
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
+    cas.delete("ca", &DeleteParams::default()).await.unwrap();
+    let marked = cas.get("ca").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert!(
+        secrets.get_opt("owned").await.unwrap().is_some(),
+        "dependents stay while the owner is finalizing"
+    );
+    cas.patch(
+        "ca",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cas.get_opt("ca").await.unwrap().is_none());
+    assert!(
+        secrets.get_opt("owned").await.unwrap().is_none(),
+        "garbage-collected with its owner"
+    );
+}
+
+#[tokio::test]
+async fn lists_filter_by_labels_and_fields_and_paginate() {
+    let (_api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    for (n, l) in [
+        ("a", json!({"m": "ours"})),
+        ("b", json!({"m": "ours"})),
+        ("c", json!({"m": "theirs"})),
+    ] {
+        secrets
+            .create(&PostParams::default(), &secret(n, l))
+            .await
+            .unwrap();
+    }
+    let ours = secrets
+        .list(&ListParams::default().labels("m=ours"))
+        .await
+        .unwrap();
+    assert_eq!(ours.items.len(), 2);
+    let named = secrets
+        .list(&ListParams::default().fields("metadata.name=c"))
+        .await
+        .unwrap();
+    assert_eq!(named.items[0].name_any(), "c");
+    let page = secrets.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    let token = page.metadata.continue_.clone().unwrap();
+    let rest = secrets
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.metadata.continue_.is_none());
+    let set = secrets
+        .list(&ListParams::default().labels("m in (theirs)"))
+        .await
+        .unwrap();
+    assert_eq!(set.items.len(), 1);
+}
