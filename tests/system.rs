@@ -28,7 +28,7 @@ async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_delete() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
     env.start_operator();
@@ -104,7 +104,7 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
 
 /// 12-second tokens that Pipedream refreshes 4 s before expiry, for five cycles: the Secret never holds an expired
 /// token, and the operator makes about one fetch per token lifetime.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(12), 4)]).await;
     env.start_operator();
@@ -142,7 +142,7 @@ async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_does_not_refetch_fresh_credentials() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
     env.start_operator();
@@ -167,7 +167,7 @@ async fn restart_does_not_refetch_fresh_credentials() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
     env.start_operator();
@@ -201,7 +201,7 @@ async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
     env.start_operator();
@@ -244,7 +244,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_api_faults_do_not_lose_the_secret() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
     env.start_operator();
@@ -273,7 +273,7 @@ async fn kubernetes_api_faults_do_not_lose_the_secret() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_connected_accounts_are_rejected_at_admission() {
     let env = Env::start(vec![]).await;
     let cases = [

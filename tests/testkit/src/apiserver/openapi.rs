@@ -63,7 +63,7 @@ pub fn group_version(kinds: &[Kind], gv: &str) -> Option<Value> {
             || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         );
         schema["x-kubernetes-group-version-kind"] = gvk;
-        if let Some(props) = schema["properties"].as_object_mut() {
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
             props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
             props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
             props

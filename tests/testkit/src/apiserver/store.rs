@@ -324,8 +324,9 @@ impl Store {
         let bad = |e: String| ApiError::new(400, "BadRequest", e);
         if content_type.starts_with("application/apply-patch") {
             let text = std::str::from_utf8(body).map_err(|e| bad(e.to_string()))?;
-            let applied: Value = serde_saphyr::from_str(text)
+            let mut applied: Value = serde_saphyr::from_str(text)
                 .map_err(|e| bad(format!("error decoding YAML: {e}")))?;
+            normalize(&mut applied);
             return self.apply(&kind, key, old, applied, manager, force, status, ns);
         }
         let old = old.ok_or_else(|| not_found(&kind, name))?;
@@ -418,6 +419,14 @@ impl Store {
         for (p, v) in &applied_leaves {
             for (mgr, owned) in owners.iter() {
                 if mgr != manager && owned.contains(p) && existing.get(p) != Some(v) {
+                    if std::env::var_os("KUBE_EMULATOR_DEBUG").is_some() {
+                        eprintln!(
+                            "conflict at {}:\n  have {}\n  want {}",
+                            p.join("."),
+                            existing.get(p).map(|x| x.to_string()).unwrap_or_default(),
+                            v
+                        );
+                    }
                     conflicts.push((p.join("."), format!("conflict with \"{mgr}\"")));
                 }
             }
@@ -574,6 +583,7 @@ impl Store {
         mut new: Value,
         status: bool,
     ) -> Result<Value, ApiError> {
+        normalize(&mut new);
         new["apiVersion"] = json!(kind.api_version());
         new["kind"] = json!(kind.kind);
         if let Some(old) = &old {
@@ -781,6 +791,23 @@ fn fold_string_data(obj: &mut Value) {
                 base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
             obj["data"][k] = json!(enc);
         }
+    }
+}
+
+/// Numbers compare by value, as in the API server (Go decodes JSON numbers alike): `1000.0` is stored as `1000`.
+pub fn normalize(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            {
+                *v = json!(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        Value::Object(m) => m.values_mut().for_each(normalize),
+        _ => {}
     }
 }
 
