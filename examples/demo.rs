@@ -4,7 +4,6 @@
 //! example connection and ConnectedAccount (with 30-second tokens), and prints every write of the Secret with
 //! timestamps, showing each refresh landing before the previous token expires. No cluster, no Pipedream account.
 
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
@@ -25,20 +24,42 @@ fn now() -> String {
 async fn apply(client: &Client, yaml_file: &str, edit: impl Fn(&mut Value)) -> Result<(), String> {
     let text = std::fs::read_to_string(yaml_file).map_err(|e| format!("{yaml_file}: {e}"))?;
     for doc in text.split("\n---").filter(|d| d.contains("kind:")) {
-        let mut obj: Value = serde_saphyr::from_str(doc).map_err(|e| format!("{yaml_file}: {e}"))?;
+        let mut obj: Value =
+            serde_saphyr::from_str(doc).map_err(|e| format!("{yaml_file}: {e}"))?;
         edit(&mut obj);
         let (group, version) = match obj["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
-            None => (String::new(), obj["apiVersion"].as_str().unwrap_or("v1").to_string()),
+            None => (
+                String::new(),
+                obj["apiVersion"].as_str().unwrap_or("v1").to_string(),
+            ),
         };
-        let gvk = kube::core::GroupVersionKind::gvk(&group, &version, obj["kind"].as_str().unwrap_or_default());
-        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| e.to_string())?;
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let api: Api<kube::core::DynamicObject> = match (caps.scope, obj["metadata"]["namespace"].as_str()) {
-            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
-            _ => Api::all_with(client.clone(), &ar),
-        };
-        api.patch(&name, &PatchParams::apply("demo").force(), &Patch::Apply(&obj)).await.map_err(|e| format!("{name}: {e}"))?;
+        let gvk = kube::core::GroupVersionKind::gvk(
+            &group,
+            &version,
+            obj["kind"].as_str().unwrap_or_default(),
+        );
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let api: Api<kube::core::DynamicObject> =
+            match (caps.scope, obj["metadata"]["namespace"].as_str()) {
+                (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
+                _ => Api::all_with(client.clone(), &ar),
+            };
+        api.patch(
+            &name,
+            &PatchParams::apply("demo").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
 }
@@ -46,7 +67,10 @@ async fn apply(client: &Client, yaml_file: &str, edit: impl Fn(&mut Value)) -> R
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cycles: Option<usize> = std::env::args().skip_while(|a| a != "--cycles").nth(1).and_then(|n| n.parse().ok());
+    let cycles: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--cycles")
+        .nth(1)
+        .and_then(|n| n.parse().ok());
 
     let api = ApiServer::start().await.map_err(|e| e.to_string())?;
     api.apply_crd_dir(std::path::Path::new("crds"))?;
@@ -55,7 +79,10 @@ async fn main() -> Result<(), String> {
         accounts: vec![FakeAccount {
             id: "apn_Ab12Cd3".into(),
             project_id: "proj_demo".into(),
-            credentials: json!({"oauth_access_token": "gho_demo", "oauth_refresh_token": "r"}).as_object().cloned().unwrap_or_default(),
+            credentials: json!({"oauth_access_token": "gho_demo", "oauth_refresh_token": "r"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             lifetime_secs: Some(LIFETIME),
             refresh_lead_secs: 10,
             ..Default::default()
@@ -64,14 +91,28 @@ async fn main() -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    let kubeconfig = std::env::temp_dir().join(format!("pdso-demo-{}.kubeconfig", std::process::id()));
-    api.write_kubeconfig(&kubeconfig).map_err(|e| e.to_string())?;
-    println!("{}  Kubernetes API emulator on {} (kubeconfig: {})", now(), api.url(), kubeconfig.display());
-    println!("{}  fake Pipedream on {} ({LIFETIME}s tokens, refreshed by Pipedream 10s before expiry)", now(), pd.url());
-
-    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig).map_err(|e| e.to_string())?, &KubeConfigOptions::default())
-        .await
+    let kubeconfig =
+        std::env::temp_dir().join(format!("pdso-demo-{}.kubeconfig", std::process::id()));
+    api.write_kubeconfig(&kubeconfig)
         .map_err(|e| e.to_string())?;
+    println!(
+        "{}  Kubernetes API emulator on {} (kubeconfig: {})",
+        now(),
+        api.url(),
+        kubeconfig.display()
+    );
+    println!(
+        "{}  fake Pipedream on {} ({LIFETIME}s tokens, refreshed by Pipedream 10s before expiry)",
+        now(),
+        pd.url()
+    );
+
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kubeconfig).map_err(|e| e.to_string())?,
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let client = Client::try_from(config).map_err(|e| e.to_string())?;
     let url = pd.url();
     apply(&client, "examples/namespaces.yaml", |_| {}).await?;
@@ -85,8 +126,14 @@ async fn main() -> Result<(), String> {
         }
     })
     .await?;
-    apply(&client, "examples/connectedaccount-oauth.yaml", |o| o["spec"]["refresh"]["beforeExpiry"] = json!("5s")).await?;
-    println!("{}  applied examples/connection-oauth.yaml and examples/connectedaccount-oauth.yaml", now());
+    apply(&client, "examples/connectedaccount-oauth.yaml", |o| {
+        o["spec"]["refresh"]["beforeExpiry"] = json!("5s")
+    })
+    .await?;
+    println!(
+        "{}  applied examples/connection-oauth.yaml and examples/connectedaccount-oauth.yaml",
+        now()
+    );
 
     // The operator, in this process, against the emulator.
     let args = RunArgs {
@@ -100,8 +147,14 @@ async fn main() -> Result<(), String> {
         log_level: "warn".into(),
         pod_name: None,
     };
-    let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(args, kubeconfig.clone()));
-    println!("{}  operator started; watching Secret team-a/github-bot-credentials (Ctrl-C to stop)\n", now());
+    let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(
+        args,
+        kubeconfig.clone(),
+    ));
+    println!(
+        "{}  operator started; watching Secret team-a/github-bot-credentials (Ctrl-C to stop)\n",
+        now()
+    );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "team-a");
     let wc = watcher::Config::default().fields("metadata.name=github-bot-credentials");

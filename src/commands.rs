@@ -45,11 +45,18 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 }
 
 /// `run` against the cluster of a given kubeconfig file (the local demo uses this).
-pub async fn run_with_kubeconfig(args: RunArgs, kubeconfig: std::path::PathBuf) -> Result<(), String> {
+pub async fn run_with_kubeconfig(
+    args: RunArgs,
+    kubeconfig: std::path::PathBuf,
+) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log_level);
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| e.to_string())?;
-    let client = Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+        .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client =
+        Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     run_with_client(args, client).await
 }
 
