@@ -146,6 +146,9 @@ async fn main() -> Result<(), String> {
         log_format: LogFormat::Text,
         log_level: "warn".into(),
         pod_name: None,
+        leader_election: true,
+        leader_election_lease: "pipedream-secrets-operator".into(),
+        leader_election_duration_seconds: 15,
     };
     let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(
         args,

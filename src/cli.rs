@@ -84,9 +84,22 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG syntax), e.g. `info` or `pipedream_secrets_operator=debug`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Pod name, used as the Event reporting instance.
+    /// Pod name, used as the Event reporting instance and the leader-election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Lease-based leader election: only the Lease holder reconciles; standbys keep caches warm.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease (in the operator namespace).
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE",
+        default_value = "pipedream-secrets-operator"
+    )]
+    pub leader_election_lease: String,
+    /// Lease duration in seconds: how long a dead leader blocks a standby.
+    #[arg(long, env = "LEADER_ELECTION_DURATION_SECONDS", default_value_t = 15)]
+    pub leader_election_duration_seconds: u64,
 }
 
 impl RunArgs {

@@ -88,6 +88,12 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
         instance: args.pod_name.clone(),
+        leader_election: args.leader_election.then(|| {
+            (
+                args.leader_election_lease.clone(),
+                args.leader_election_duration_seconds.max(2),
+            )
+        }),
     };
     info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, "starting");
     controller::run(client, config, metrics, ready, shutdown).await?;

@@ -187,6 +187,16 @@ async fn faults_rate_limits_and_rotated_client_secrets() {
         c.fetch_account("apn_A1").await,
         Err(PipedreamError::Transport { .. })
     ));
+    // A body trickling in slower than the client timeout is a timeout, not a half-parsed account.
+    f.add_fault(Fault {
+        path: "/accounts/".into(),
+        kind: FaultKind::SlowBody { ms: 200 },
+        count: Some(2),
+    });
+    assert!(matches!(
+        c.fetch_account("apn_A1").await,
+        Err(PipedreamError::Transport { .. })
+    ));
     f.clear_faults();
     f.set_rate_limit(Some((1, 60)));
     let e = c

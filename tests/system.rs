@@ -332,3 +332,65 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
         "{err}"
     );
 }
+
+/// Two replicas: one leads; when it dies the standby takes the Lease and carries on without re-fetching fresh
+/// credentials (the schedule lives in status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_takes_over_without_refetching() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait("Ready", 20, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+    let leaders = |env: &Env| env.logs().matches("became leader").count();
+    assert_eq!(leaders(&env), 1, "exactly one leader");
+    let lease = env
+        .api
+        .get(
+            "coordination.k8s.io",
+            "leases",
+            "ops",
+            "pipedream-secrets-operator",
+        )
+        .expect("Lease");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leader_pid = env
+        .operator_pids()
+        .into_iter()
+        .find(|p| holder.ends_with(&format!("-{p}")))
+        .expect("leader pid");
+    let fetches = env.pd.count("connect_account");
+    env.kill_operator(leader_pid);
+    env.wait("the standby to lead", 20, || {
+        (leaders(&env) == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.pd.count("connect_account"),
+        fetches,
+        "no re-fetch of fresh credentials at takeover"
+    );
+    // The new leader works: a forced sync goes through it.
+    let mut body = account_spec(json!({}));
+    body["metadata"] =
+        json!({"annotations": {"pipedream-secrets.io/force-sync": "after-failover"}});
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gh",
+        body,
+    )
+    .await;
+    env.wait("a sync by the new leader", 20, || {
+        (env.ca("gh")?["status"]["lastForceSync"] == "after-failover").then_some(())
+    })
+    .await;
+}

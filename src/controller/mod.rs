@@ -2,6 +2,7 @@
 
 mod connection;
 mod context;
+mod leader;
 mod reconcile;
 mod resolve;
 mod restart;
@@ -40,8 +41,10 @@ pub struct RunConfig {
     pub concurrency: u16,
     /// Timeout of each Pipedream request.
     pub request_timeout: std::time::Duration,
-    /// Pod name, for Event reporting.
+    /// Pod name, for Event reporting and the leader-election identity.
     pub instance: Option<String>,
+    /// Leader election (Lease name, duration), or none to always reconcile.
+    pub leader_election: Option<(String, u64)>,
 }
 
 fn reflect<K>(api: Api<K>) -> (Store<K>, BoxFuture<'static, ()>)
@@ -217,6 +220,28 @@ pub async fn run(
         r = cluster_store.wait_until_ready() => { let _ = r; }
         _ = &mut shutdown_wait => return Ok(()),
     }
+    // Standbys are ready once the connection caches are warm; the leader additionally lists ConnectedAccounts.
+    let mut leadership = None;
+    if let Some((lease, duration)) = &config.leader_election {
+        ready.store(true, Ordering::SeqCst);
+        let identity = config
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        match leader::acquire(
+            client.clone(),
+            &config.settings.operator_namespace,
+            lease,
+            &identity,
+            *duration,
+            shutdown.clone(),
+        )
+        .await?
+        {
+            Some(l) => leadership = Some(l),
+            None => return Ok(()),
+        }
+    }
     let readiness = {
         let ready = ready.clone();
         async move {
@@ -228,15 +253,36 @@ pub async fn run(
             future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = future::join_all(controllers) => {},
-        _ = readiness => {},
+    let outcome = {
+        let lost = async {
+            match leadership.as_mut() {
+                Some(l) => l.lost().await,
+                None => future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = future::join_all(controllers) => Ok(()),
+            _ = readiness => Ok(()),
+            _ = lost => Err("lost the leader-election Lease; exiting so that only one replica writes".to_string()),
+        }
+    };
+    ready.store(false, Ordering::SeqCst);
+    if let Some(l) = leadership
+        && outcome.is_ok()
+    {
+        l.release().await;
     }
     for r in reflectors {
         r.abort();
     }
-    ready.store(false, Ordering::SeqCst);
-    Ok(())
+    outcome
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pipedream-secrets-operator".into())
 }
 
 fn log_result<K: kube::Resource, E: std::error::Error, Q: std::error::Error>(

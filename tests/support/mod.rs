@@ -21,7 +21,7 @@ pub struct Env {
     pub pd: FakePipedream,
     pub client: Client,
     pub kubeconfig: PathBuf,
-    pub operator: Option<Child>,
+    pub operators: Vec<Child>,
     pub log: PathBuf,
     dir: PathBuf,
 }
@@ -80,7 +80,7 @@ impl Env {
             pd,
             client,
             kubeconfig,
-            operator: None,
+            operators: Vec::new(),
             log: dir.join("operator.log"),
             dir,
         };
@@ -171,11 +171,25 @@ impl Env {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.operator = Some(child);
+        self.operators.push(child);
+    }
+
+    /// Process ids of the running operators.
+    pub fn operator_pids(&self) -> Vec<u32> {
+        self.operators.iter().map(Child::id).collect()
+    }
+
+    /// SIGKILL one operator (no graceful release of anything).
+    pub fn kill_operator(&mut self, pid: u32) {
+        if let Some(i) = self.operators.iter().position(|c| c.id() == pid) {
+            let mut c = self.operators.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn stop_operator(&mut self) {
-        if let Some(mut c) = self.operator.take() {
+        while let Some(mut c) = self.operators.pop() {
             // SIGTERM for a graceful stop, then make sure.
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -183,7 +197,7 @@ impl Env {
                 .status();
             for _ in 0..50 {
                 if c.try_wait().ok().flatten().is_some() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

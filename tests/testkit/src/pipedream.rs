@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -149,6 +150,8 @@ pub enum FaultKind {
     WrongEnvelope,
     /// Answer 200 with a body that is not JSON at all.
     NotJson,
+    /// Answer normally, but send the body in 16-byte chunks `ms` apart.
+    SlowBody { ms: u64 },
 }
 
 /// Fault rule: requests whose path contains `path` get `kind`, `count` times (none = until cleared).
@@ -436,6 +439,20 @@ async fn guarded(
                         }
                         Some(FaultKind::WrongEnvelope) => {
                             axum::Json(wrong_envelope(v)).into_response()
+                        }
+                        Some(FaultKind::SlowBody { ms }) => {
+                            let bytes = v.to_string().into_bytes();
+                            let chunks: Vec<Bytes> =
+                                bytes.chunks(16).map(Bytes::copy_from_slice).collect();
+                            let stream = futures::stream::iter(chunks).then(move |c| async move {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                Ok::<_, std::convert::Infallible>(c)
+                            });
+                            (
+                                [("content-type", "application/json")],
+                                axum::body::Body::from_stream(stream),
+                            )
+                                .into_response()
                         }
                         _ => axum::Json(v).into_response(),
                     },
