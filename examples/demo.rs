@@ -146,6 +146,7 @@ async fn main() -> Result<(), String> {
         log_format: LogFormat::Text,
         log_level: "warn".into(),
         pod_name: None,
+        disable_cluster_connections: false,
         leader_election: true,
         leader_election_lease: "pipedream-secrets-operator".into(),
         leader_election_duration_seconds: 15,

@@ -87,6 +87,9 @@ pub struct RunArgs {
     /// Pod name, used as the Event reporting instance and the leader-election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Do not watch or use ClusterPipedreamConnections (namespace-scoped installs without cluster-wide RBAC).
+    #[arg(long, env = "DISABLE_CLUSTER_CONNECTIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub disable_cluster_connections: bool,
     /// Lease-based leader election: only the Lease holder reconciles; standbys keep caches warm.
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,

@@ -84,6 +84,7 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
         settings: Settings {
             operator_namespace: args.operator_namespace.clone(),
             default_connection: args.default_connection.clone(),
+            cluster_connections_disabled: args.disable_cluster_connections,
         },
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),

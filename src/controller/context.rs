@@ -75,6 +75,8 @@ pub struct Settings {
     pub operator_namespace: String,
     /// ClusterPipedreamConnection used when a ConnectedAccount names none.
     pub default_connection: Option<String>,
+    /// ClusterPipedreamConnections are not watched (namespace-scoped install).
+    pub cluster_connections_disabled: bool,
 }
 
 /// One Pipedream client per connection, rebuilt when the connection's spec changes.

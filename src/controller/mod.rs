@@ -100,8 +100,17 @@ pub async fn run(
         connections.insert(scope.clone(), store);
         background.push(fut);
     }
-    let (cluster_store, fut) = reflect(Api::<ClusterPipedreamConnection>::all(client.clone()));
-    background.push(fut);
+    let cluster_store = if config.settings.cluster_connections_disabled {
+        // An empty, complete store: nothing cluster-scoped is watched.
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
+    } else {
+        let (store, fut) = reflect(Api::<ClusterPipedreamConnection>::all(client.clone()));
+        background.push(fut);
+        store
+    };
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -152,8 +161,11 @@ pub async fn run(
                         &conn.name_any(),
                     )
                 },
-            )
-            .watches(
+            );
+        let c = if config.settings.cluster_connections_disabled {
+            c
+        } else {
+            c.watches(
                 Api::<ClusterPipedreamConnection>::all(client.clone()),
                 watcher::Config::default(),
                 move |conn: ClusterPipedreamConnection| {
@@ -165,6 +177,8 @@ pub async fn run(
                     )
                 },
             )
+        };
+        let c = c
             .with_config(controller::Config::default().concurrency(config.concurrency))
             .graceful_shutdown_on(shutdown.clone());
         let ctx = ctx.clone();
@@ -189,7 +203,7 @@ pub async fn run(
                 .for_each(log_result),
         ));
     }
-    if scopes == vec![None] {
+    if scopes == vec![None] && !config.settings.cluster_connections_disabled {
         // Cluster connections are cluster-scoped: only a cluster-wide install checks them.
         controllers.push(Box::pin(
             Controller::new(

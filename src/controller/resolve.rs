@@ -64,6 +64,14 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 }),
             )
         }
+        ConnectionKind::ClusterPipedreamConnection if ctx.settings.cluster_connections_disabled => {
+            Ok(Err(SyncFailure::new(
+                Reason::ConnectionNotFound,
+                format!(
+                    "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
+                ),
+            )))
+        }
         ConnectionKind::ClusterPipedreamConnection => {
             let Some(conn) = ctx.cluster_connections.get(&ObjectRef::new(&name)) else {
                 return Ok(Err(SyncFailure::new(

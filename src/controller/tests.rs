@@ -88,6 +88,7 @@ impl Harness {
             Settings {
                 operator_namespace: "ops".into(),
                 default_connection: Some("default".into()),
+                cluster_connections_disabled: false,
             },
             [(None, nstore)].into(),
             cstore,
@@ -654,36 +655,15 @@ async fn drift_is_repaired_from_the_last_fetch_without_a_new_call() {
 #[tokio::test]
 async fn accounts_shared_by_several_connected_accounts_are_fetched_once() {
     let h = Harness::new().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_millis(300))
-                .set_body_json(account_json(
-                    TOKEN,
-                    Some(t0() + SignedDuration::from_hours(1)),
-                )),
-        )
-        .mount(&h.pd)
-        .await;
-    h.pd.reset().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "t", "expires_in": 3600})),
-        )
-        .mount(&h.pd)
-        .await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_delay(Duration::from_millis(300))
-                .set_body_json(account_json(
-                    TOKEN,
-                    Some(t0() + SignedDuration::from_hours(1)),
-                )),
-        )
-        .mount(&h.pd)
-        .await;
+    h.serve(
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_millis(300))
+            .set_body_json(account_json(
+                TOKEN,
+                Some(t0() + SignedDuration::from_hours(1)),
+            )),
+    )
+    .await;
     let mut handles = Vec::new();
     for i in 0..4 {
         let mut c = ca(json!({"target": {"name": format!("gh-{i}")}}));
@@ -789,7 +769,9 @@ async fn credential_values_never_reach_logs_status_or_events() {
         .with_writer(move || writer.clone())
         .json()
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Process-wide (set once): a thread-local subscriber can miss events when other tests register the same
+    // callsites concurrently. Other tests' logs land here too, and none may leak either.
+    let _ = tracing::subscriber::set_global_default(subscriber);
     let h = Harness::new().await;
     let mut ca = ca(
         json!({"target": {"template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
