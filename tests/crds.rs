@@ -5,7 +5,7 @@ use std::process::Command;
 
 use pipedream_secrets_operator::crd::{all_crds, crd_file_name};
 
-const FIX: &str = "run `cargo run -- crd --dir crds` and commit the result";
+const FIX: &str = "run `cargo run -- crd --dir crds && cp crds/*.yaml charts/pipedream-secrets-operator/files/crds/` and commit the result";
 
 #[test]
 fn crds_directory_matches_the_code() {
@@ -26,6 +26,22 @@ fn crds_directory_matches_the_code() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(present, expected, "unexpected files in crds/; {FIX}");
+}
+
+#[test]
+fn the_helm_chart_ships_the_same_crds() {
+    for crd in all_crds() {
+        let file = crd_file_name(&crd);
+        let ours = std::fs::read_to_string(format!("crds/{file}")).unwrap();
+        let chart = std::fs::read_to_string(format!(
+            "charts/pipedream-secrets-operator/files/crds/{file}"
+        ))
+        .unwrap_or_else(|e| panic!("chart copy of {file}: {e}; {FIX}"));
+        assert!(
+            ours == chart,
+            "charts/pipedream-secrets-operator/files/crds/{file} differs from crds/; {FIX}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,21 @@
+# syntax=docker/dockerfile:1
+# Static (musl) release binary in a distroless, non-root image with no shell.
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY crds ./crds
+COPY tests/testkit ./tests/testkit
+RUN cargo build --release --locked --bin pipedream-secrets-operator \
+ && strip target/release/pipedream-secrets-operator
+
+FROM gcr.io/distroless/static-debian12:nonroot
+LABEL org.opencontainers.image.title="pipedream-secrets-operator" \
+      org.opencontainers.image.description="Keeps Pipedream connected-account credentials fresh in Kubernetes Secrets" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /src/target/release/pipedream-secrets-operator /usr/local/bin/pipedream-secrets-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/pipedream-secrets-operator"]
+CMD ["run"]

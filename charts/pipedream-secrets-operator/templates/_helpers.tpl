@@ -1,0 +1,67 @@
+{{- define "pdso.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pdso.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pdso.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "pdso.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pdso.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pdso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pdso.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pdso.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pdso.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Rules every install needs on ConnectedAccounts, PipedreamConnections and Secrets. */}}
+{{- define "pdso.namespacedRules" -}}
+# Watched by the controllers (kube-rs watchers list and watch; nothing reads single objects).
+- apiGroups: [pipedream-secrets.io]
+  resources: [connectedaccounts, pipedreamconnections]
+  verbs: [list, watch]
+# Status is written by server-side apply.
+- apiGroups: [pipedream-secrets.io]
+  resources: [connectedaccounts/status, pipedreamconnections/status]
+  verbs: [patch]
+# get: the target Secret (ownership and drift check) and connection Secrets; list/watch: the metadata-only,
+# label-selected watch of written Secrets; create/patch: server-side apply of the target (creating needs create).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+# Events on transitions; repeats are patched into an event series.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.rolloutRestarts.enabled }}
+# spec.rolloutRestartTargets: pod-template annotation patch.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [patch]
+{{- end }}
+{{- end -}}

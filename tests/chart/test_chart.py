@@ -1,0 +1,223 @@
+"""Chart tests with the real Helm v4 engine: lint, render five value sets, strict Kubernetes schema validation,
+our own kinds through the API emulator's admission, and assertions on security, RBAC and arguments."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "pipedream-secrets-operator"
+VALUES = Path(__file__).parent / "values"
+K8S_VERSION = "1.33.0"
+VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha"]
+OUR_GROUP = "pipedream-secrets.io"
+
+
+def values(name):
+    if name == "default":
+        return {}
+    return yaml.safe_load((VALUES / f"{name}.yaml").read_text())
+
+
+def render(vals, namespace="pipedream-secrets-operator"):
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(vals, name="pdso", namespace=namespace)
+    docs = []
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """The test kit's API emulator with our CRDs: admission for our own kinds."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(ROOT / "target" / "debug" / "kube-emulator"), "--listen", f"127.0.0.1:{port}", "--crds", str(ROOT / "crds")],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/version")
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait()
+
+
+def admit(url, doc):
+    group, version = doc["apiVersion"].split("/")
+    plural = {"ClusterPipedreamConnection": "clusterpipedreamconnections", "PipedreamConnection": "pipedreamconnections",
+              "ConnectedAccount": "connectedaccounts"}[doc["kind"]]
+    ns = doc["metadata"].get("namespace")
+    path = f"/apis/{group}/{version}/" + (f"namespaces/{ns}/" if ns else "") + plural
+    req = urllib.request.Request(url + path + "?fieldValidation=Strict", data=json.dumps(doc).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(req)
+    except urllib.error.HTTPError as e:
+        pytest.fail(f"{doc['kind']} {doc['metadata']['name']} rejected: {e.read().decode()}")
+
+
+def test_lint_has_no_errors():
+    result = helm.lint(str(CHART))
+    assert result["errors"] == [], result
+    assert all(m["severity"] < 2 for m in result["messages"]), result["messages"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_values_match_the_schema(name):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values(name))
+
+
+def test_schema_rejects_bad_values():
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad in [{"replicaCount": 0}, {"logging": {"format": "xml"}}, {"unknownKey": 1},
+                    {"defaultConnection": {"oauth": {"projectId": "nope"}}}]:
+            with pytest.raises(helm.HelmError):
+                chart.validate_schema(bad)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_manifests_validate_strictly(name, emulator):
+    docs = render(values(name))
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith(OUR_GROUP + "/"):
+            admit(emulator, doc)
+        elif doc["kind"] == "ServiceMonitor":
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            assert doc["spec"]["endpoints"][0]["port"] == "http-metrics"
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_pod_is_hardened(name):
+    dep = by_kind(render(values(name)), "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    c = pod["containers"][0]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsUser"] != 0
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+
+# Every (apiGroup, resource, verb) the operator's code uses, and why (see the chart's rbac templates).
+USED = {
+    (OUR_GROUP, "connectedaccounts"): {"list", "watch"},
+    (OUR_GROUP, "pipedreamconnections"): {"list", "watch"},
+    (OUR_GROUP, "clusterpipedreamconnections"): {"list", "watch"},
+    (OUR_GROUP, "connectedaccounts/status"): {"patch"},
+    (OUR_GROUP, "pipedreamconnections/status"): {"patch"},
+    (OUR_GROUP, "clusterpipedreamconnections/status"): {"patch"},
+    ("", "secrets"): {"get", "list", "watch", "create", "patch"},
+    ("", "namespaces"): {"get"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"patch"},
+    ("apps", "statefulsets"): {"patch"},
+    ("apps", "daemonsets"): {"patch"},
+}
+
+
+def grants(docs):
+    out = set()
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        out.add((g, r, v, role["kind"], role["metadata"].get("namespace")))
+    return out
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rbac_grants_only_what_the_code_uses(name):
+    docs = render(values(name))
+    for g, r, v, _, _ in grants(docs):
+        assert "*" not in (g, r, v), "no wildcards"
+        assert v in USED.get((g, r), set()), f"unused grant {v} on {g}/{r}"
+    apps = {(g, r) for g, r, _, _, _ in grants(docs) if g == "apps"}
+    assert bool(apps) == bool(values(name).get("rolloutRestarts", {}).get("enabled")), "apps only for rollout restarts"
+    assert not any(r == "secrets" and v == "delete" for _, r, v, _, _ in grants(docs))
+
+
+def test_scoped_install_renders_roles_only_in_watched_namespaces():
+    docs = render(values("scoped"))
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    namespaces = sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role") if "leader" not in r["metadata"]["name"])
+    assert namespaces == ["team-a", "team-b"]
+    assert not any(r == "clusterpipedreamconnections" for _, r, _, _, _ in grants(docs))
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespaces=team-a,team-b" in args and "--disable-cluster-connections=true" in args
+    assert not by_kind(docs, "CustomResourceDefinition"), "crds.install false"
+    with pytest.raises(helm.HelmError):
+        render({"rbac": {"scoped": True}})
+
+
+def test_values_reach_the_container_args():
+    args = by_kind(render(values("ha")), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--concurrency=16" in args
+    assert "--leader-election=true" in args, "forced on with replicaCount > 1"
+    assert "--leader-election-lease=pdso-pipedream-secrets-operator" in args
+    dep = by_kind(render(values("ha")), "Deployment")[0]
+    assert dep["spec"]["replicas"] == 3
+    args = by_kind(render(values("apikey")), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--default-connection=workspace" in args and "--log-format=text" in args and "--log-level=debug" in args
+    single = by_kind(render({"leaderElection": {"enabled": False}}), "Deployment")[0]
+    assert single["spec"]["strategy"]["type"] == "Recreate", "no overlapping writers without leader election"
+
+
+def test_default_connection_is_bootstrapped_from_values():
+    conn = by_kind(render(values("oauth")), "ClusterPipedreamConnection")[0]
+    oauth = conn["spec"]["auth"]["oauth"]
+    assert oauth["clientSecretRef"] == {"name": "pd-oauth", "key": "client_secret", "namespace": "pipedream-secrets-operator"}
+    assert oauth["projectId"] == "proj_abc123"
+    assert conn["spec"]["access"][0]["externalUserIds"] == ["tenant-42"]
+    key = by_kind(render(values("apikey")), "ClusterPipedreamConnection")[0]
+    assert key["spec"]["auth"]["apiKey"]["credentialsPath"] == "credentials"
+    with pytest.raises(helm.HelmError):
+        render({"defaultConnection": {"enabled": True, "oauth": {"clientId": "x"}}})
+
+
+def test_chart_crds_are_the_crds_directory_with_keep():
+    chart_files = sorted(p.name for p in (CHART / "files" / "crds").iterdir())
+    assert chart_files == sorted(p.name for p in (ROOT / "crds").iterdir())
+    for name in chart_files:
+        assert (CHART / "files" / "crds" / name).read_text() == (ROOT / "crds" / name).read_text(), name
+    rendered = {d["metadata"]["name"]: d for d in by_kind(render({}), "CustomResourceDefinition")}
+    for name in chart_files:
+        crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+        got = rendered[crd["metadata"]["name"]]
+        assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert got["spec"] == crd["spec"]
