@@ -152,6 +152,19 @@ impl Harness {
             .count()
     }
 
+    /// Move the test clock to the ConnectedAccount's `status.nextSyncTime`.
+    pub fn advance_to_next_sync(&self, ca: &ConnectedAccount) {
+        let next: Timestamp = ca
+            .status
+            .as_ref()
+            .and_then(|s| s.next_sync_time.as_deref())
+            .and_then(|t| t.parse().ok())
+            .expect("status.nextSyncTime");
+        self.ctx.clock.advance(
+            Duration::try_from(next.duration_since(self.ctx.clock.now())).unwrap_or_default(),
+        );
+    }
+
     /// Reconcile, then feed the written status back as the watch would.
     pub async fn reconcile(&self, ca: &mut ConnectedAccount) -> Result<Action, Error> {
         let out = reconcile(Arc::new(ca.clone()), self.ctx.clone()).await;
@@ -297,18 +310,7 @@ async fn rotation_before_expiry_rewrites_the_secret() {
     let mut ca = ca(json!({}));
     h.reconcile(&mut ca).await.unwrap();
     h.api.take();
-    let next: Timestamp = ca
-        .status
-        .as_ref()
-        .unwrap()
-        .next_sync_time
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    h.ctx
-        .clock
-        .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+    h.advance_to_next_sync(&ca);
     assert!(h.ctx.clock.now() < "2026-11-22T10:00:00Z".parse::<Timestamp>().unwrap());
     h.serve_account(account_json(
         "gho_ROTATED_2",
@@ -397,18 +399,7 @@ async fn upstream_failures_keep_the_last_good_secret() {
         let mut ca = ca(json!({}));
         h.reconcile(&mut ca).await.unwrap();
         let good = h.api.secret("team-a", "gh").unwrap();
-        let next: Timestamp = ca
-            .status
-            .as_ref()
-            .unwrap()
-            .next_sync_time
-            .as_deref()
-            .unwrap()
-            .parse()
-            .unwrap();
-        h.ctx
-            .clock
-            .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+        h.advance_to_next_sync(&ca);
         h.serve(resp).await;
         h.api.take();
         let action = h.reconcile(&mut ca).await.unwrap();
@@ -716,18 +707,7 @@ async fn rollout_restart_targets_are_patched_only_when_data_changes() {
             .any(|l| l.contains("deployments")),
         "no restart on first sync"
     );
-    let next: Timestamp = ca
-        .status
-        .as_ref()
-        .unwrap()
-        .next_sync_time
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    h.ctx
-        .clock
-        .advance(Duration::try_from(next.duration_since(t0())).unwrap());
+    h.advance_to_next_sync(&ca);
     h.serve_account(account_json(
         "gho_NEW",
         Some(t0() + SignedDuration::from_hours(2)),

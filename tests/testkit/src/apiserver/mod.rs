@@ -514,17 +514,9 @@ async fn resource(
             Err(e) => error(&e),
         },
         ("POST", None) => {
-            let obj: Value = match serde_json::from_slice(&body)
-                .or_else(|_| serde_saphyr::from_str(&String::from_utf8_lossy(&body)))
-            {
+            let obj = match parse_body(&body) {
                 Ok(v) => v,
-                Err(e) => {
-                    return error(&ApiError::new(
-                        400,
-                        "BadRequest",
-                        format!("invalid body: {e}"),
-                    ));
-                }
+                Err(e) => return error(&e),
             };
             respond(
                 s.with_store(|st| st.create(&kind.group, &kind.plural, &ns, obj, &manager)),
@@ -532,15 +524,9 @@ async fn resource(
             )
         }
         ("PUT", Some(name)) => {
-            let obj: Value = match serde_json::from_slice(&body) {
+            let obj = match parse_body(&body) {
                 Ok(v) => v,
-                Err(e) => {
-                    return error(&ApiError::new(
-                        400,
-                        "BadRequest",
-                        format!("invalid body: {e}"),
-                    ));
-                }
+                Err(e) => return error(&e),
             };
             respond(
                 s.with_store(|st| {
@@ -587,6 +573,13 @@ async fn resource(
             format!("{method} is not supported here"),
         )),
     }
+}
+
+/// A request body: JSON, or YAML (which kubectl may send).
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .or_else(|_| serde_saphyr::from_str(&String::from_utf8_lossy(body)))
+        .map_err(|e| ApiError::new(400, "BadRequest", format!("invalid body: {e}")))
 }
 
 fn respond(r: Result<Value, ApiError>, code: u16) -> Response {
