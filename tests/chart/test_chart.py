@@ -221,3 +221,44 @@ def test_chart_crds_are_the_crds_directory_with_keep():
         got = rendered[crd["metadata"]["name"]]
         assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert got["spec"] == crd["spec"]
+
+
+def test_checkov_finds_nothing_unexplained(tmp_path):
+    for name in VALUE_SETS:
+        docs = [d for d in render(values(name)) if d["kind"] != "CustomResourceDefinition"]
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
+    checkov = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "checkov"
+    if not checkov.exists():
+        checkov = ROOT / ".venv" / "bin" / "checkov"
+    out = subprocess.run([str(checkov), "-d", str(tmp_path), "--framework", "kubernetes", "--skip-download", "--compact", "-o", "json"],
+                         capture_output=True, text=True, check=False)
+    reports = json.loads(out.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [(c["check_id"], c["resource"]) for r in reports for c in r["results"]["failed_checks"]]
+    assert failed == [], f"checkov findings without a reason in the chart: {failed}"
+    skipped = [c for r in reports for c in r["results"].get("skipped_checks", [])]
+    assert skipped, "the accepted findings are reported as skipped"
+    annotations = by_kind(render({}), "Deployment")[0]["metadata"]["annotations"]
+    reasons = dict(v.split("=", 1) for k, v in annotations.items() if k.startswith("checkov.io/skip"))
+    for c in skipped:
+        assert len(reasons.get(c["check_id"], "")) > 20, f"{c['check_id']} is skipped without a reason in the chart"
+    assert sum(r["summary"]["passed"] for r in reports) > 100
+
+
+def test_rbac_matches_what_the_operator_used_in_the_system_tests():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    files = sorted((target / "tmp" / "rbac-audit").glob("*.json"))
+    assert files, "no audit recorded: run `cargo test --test system` first (the README's test command does)"
+    used = {(e["group"], e["resource"], e["verb"]) for f in files for e in json.loads(f.read_text())}
+    granted = {(g, r, v) for g, r, v, _, _ in grants(render({}))}
+    missing = used - granted
+    assert not missing, f"the operator used {sorted(missing)} but the chart does not grant it"
+    # Grants the system tests do not exercise, each with its reason.
+    justified = {
+        ("", "secrets", "create"): "server-side apply that creates a Secret needs create",
+        ("", "namespaces", "get"): "namespaceSelector access rules of ClusterPipedreamConnections",
+        ("events.k8s.io", "events", "patch"): "repeated Events become a patched event series",
+        ("pipedream-secrets.io", "pipedreamconnections/status", "patch"): "status of namespaced connections",
+    }
+    unused = granted - used - set(justified)
+    assert not unused, f"the chart grants {sorted(unused)}, which the operator never used and nothing justifies"

@@ -21,6 +21,8 @@ pub struct Env {
     pub pd: FakePipedream,
     pub client: Client,
     pub kubeconfig: PathBuf,
+    /// The operator's kubeconfig: its requests are audited as user `operator`.
+    pub operator_kubeconfig: PathBuf,
     pub operators: Vec<Child>,
     pub log: PathBuf,
     dir: PathBuf,
@@ -29,6 +31,7 @@ pub struct Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop_operator();
+        record_operator_audit(&self.api);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -68,6 +71,8 @@ impl Env {
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
+        let operator_kubeconfig = dir.join("operator.kubeconfig");
+        std::fs::write(&operator_kubeconfig, api.kubeconfig_for("operator")).unwrap();
         let config = Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kubeconfig).unwrap(),
             &KubeConfigOptions::default(),
@@ -80,6 +85,7 @@ impl Env {
             pd,
             client,
             kubeconfig,
+            operator_kubeconfig,
             operators: Vec::new(),
             log: dir.join("operator.log"),
             dir,
@@ -166,7 +172,7 @@ impl Env {
                 "--log-level",
                 "debug",
             ])
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.operator_kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -250,6 +256,26 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Append what the operator did (verb, group, resource) to `$CARGO_TARGET_TMPDIR/rbac-audit/`; the chart tests
+/// compare it with the chart's RBAC.
+fn record_operator_audit(api: &ApiServer) {
+    let used: Vec<Value> = api
+        .audit_of("operator")
+        .into_iter()
+        .map(|(verb, group, resource)| json!({"verb": verb, "group": group, "resource": resource}))
+        .collect();
+    if used.is_empty() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-audit");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!("{}-{}.json", std::process::id(), rand_suffix()));
+    let _ = std::fs::write(
+        file,
+        serde_json::to_string_pretty(&used).unwrap_or_default(),
+    );
 }
 
 fn tail(s: &str) -> String {

@@ -55,6 +55,8 @@ pub struct ApiFault {
 struct Extra {
     faults: Vec<ApiFault>,
     audit: BTreeSet<(String, String)>,
+    /// (user, verb, group, resource) — the user is the bearer token of the request.
+    audit_by_user: BTreeSet<(String, String, String, String)>,
     counts: std::collections::BTreeMap<(String, String), u64>,
 }
 
@@ -103,9 +105,15 @@ impl ApiServer {
 
     /// A kubeconfig pointing at this server.
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for("emulator")
+    }
+
+    /// A kubeconfig whose requests are attributed to `user` in the audit.
+    pub fn kubeconfig_for(&self, user: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {}\nusers:\n- name: emulator\n  user:\n    token: emulator\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\n",
-            self.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {}\nusers:\n- name: emulator\n  user:\n    token: {}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\n",
+            self.url(),
+            user
         )
     }
 
@@ -187,6 +195,16 @@ impl ApiServer {
             .clone()
     }
 
+    /// Every (verb, group, resource) that requests authenticated as `user` made.
+    pub fn audit_of(&self, user: &str) -> BTreeSet<(String, String, String)> {
+        let x = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        x.audit_by_user
+            .iter()
+            .filter(|a| a.0 == user)
+            .map(|(_, v, g, r)| (v.clone(), g.clone(), r.clone()))
+            .collect()
+    }
+
     /// How many requests of `verb` on `resource` were made.
     pub fn count(&self, verb: &str, resource: &str) -> u64 {
         self.extra
@@ -243,8 +261,14 @@ async fn compact(State(s): State<ApiServer>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn audit(State(s): State<ApiServer>) -> axum::Json<Vec<(String, String)>> {
-    axum::Json(s.audit().into_iter().collect())
+async fn audit(State(s): State<ApiServer>) -> axum::Json<Vec<Value>> {
+    let x = s.extra.lock().unwrap_or_else(|p| p.into_inner());
+    axum::Json(
+        x.audit_by_user
+            .iter()
+            .map(|(u, v, g, r)| json!({"user": u, "verb": v, "group": g, "resource": r}))
+            .collect(),
+    )
 }
 
 fn json_response(code: u16, v: &Value) -> Response {
@@ -443,6 +467,22 @@ async fn resource(
         Some(sub) => format!("{}/{sub}", r.plural),
         None => r.plural.clone(),
     };
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("anonymous")
+        .to_string();
+    s.extra
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .audit_by_user
+        .insert((
+            user,
+            verb.to_string(),
+            r.group.clone(),
+            audit_resource.clone(),
+        ));
     let fault = s.take_fault(verb, &audit_resource);
     if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
