@@ -28,6 +28,19 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Authenticate with a connection and optionally fetch one account: prints health and expiry, never secret
+    /// values. Exits non-zero when Pipedream refuses.
+    Check {
+        /// Connection name: a ClusterPipedreamConnection, or a PipedreamConnection with --namespace.
+        #[arg(long)]
+        connection: String,
+        /// Namespace of a (namespaced) PipedreamConnection.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Account to fetch (`apn_…`).
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Render a ConnectedAccount's Secret data offline from a credentials or account JSON file.
     Render {
         /// ConnectedAccount manifest (YAML or JSON); only spec.target.template is used.

@@ -176,3 +176,107 @@ pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// `check`: authenticate with a connection, optionally fetch one account, print what matters (no secret values).
+pub async fn check(
+    connection: String,
+    namespace: Option<String>,
+    account: Option<String>,
+) -> Result<(), String> {
+    use crate::crd::{ClusterPipedreamConnection, PipedreamConnection};
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let (id, settings, loader) = match &namespace {
+        Some(ns) => {
+            let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
+                .get(&connection)
+                .await
+                .map_err(|e| format!("PipedreamConnection {ns}/{connection}: {e}"))?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, Some(ns))?;
+            (
+                format!("PipedreamConnection/{ns}/{connection}"),
+                settings,
+                loader,
+            )
+        }
+        None => {
+            let c = Api::<ClusterPipedreamConnection>::all(client.clone())
+                .get(&connection)
+                .await
+                .map_err(|e| format!("ClusterPipedreamConnection {connection}: {e}"))?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, None)?;
+            (
+                format!("ClusterPipedreamConnection/{connection}"),
+                settings,
+                loader,
+            )
+        }
+    };
+    let mode = match &settings.mode {
+        pipedream::ApiMode::Connect {
+            project_id,
+            environment,
+        } => {
+            format!("oauth, project {project_id}, {}", environment.as_str())
+        }
+        pipedream::ApiMode::ApiKey { path } => format!("apiKey, {path:?}"),
+    };
+    println!("connection    {id} ({}, {mode})", settings.api_url);
+    let http =
+        pipedream::http_client(std::time::Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let pd = pipedream::PipedreamClient::new(http, settings, loader, None);
+    pd.check_auth()
+        .await
+        .map_err(|e| format!("auth failed: {e}"))?;
+    println!("auth          ok");
+    let Some(account_id) = account else {
+        return Ok(());
+    };
+    let fetched = pd
+        .fetch_account(&account_id)
+        .await
+        .map_err(|e| format!("account {account_id}: {e}"))?;
+    let a = fetched.account;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("account       {}", a.id);
+    println!("app           {}", show(a.app_slug().map(str::to_string)));
+    println!("external id   {}", show(a.external_id.clone()));
+    println!("healthy       {}", show(a.healthy.map(|b| b.to_string())));
+    println!("dead          {}", show(a.dead.map(|b| b.to_string())));
+    if let Some(e) = &a.error {
+        println!(
+            "error         {}",
+            e.to_string().chars().take(200).collect::<String>()
+        );
+    }
+    let left = a
+        .expires_at
+        .as_deref()
+        .and_then(crate::schedule::parse_ts)
+        .map(|t| {
+            format!(
+                " (in {}s)",
+                t.duration_since(jiff::Timestamp::now()).as_secs()
+            )
+        })
+        .unwrap_or_default();
+    println!("expires at    {}{left}", show(a.expires_at.clone()));
+    println!("next refresh  {}", show(a.next_refresh_at.clone()));
+    match &a.credentials {
+        Some(c) => {
+            let names: Vec<&String> = c.expose().keys().collect();
+            println!(
+                "credentials   {} field(s): {} (values not shown)",
+                names.len(),
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        None => println!("credentials   none returned (OAuth accounts need your own OAuth client)"),
+    }
+    Ok(())
+}

@@ -9,6 +9,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Crd { dir }) => commands::crd(dir.as_deref()),
         Some(Command::Render { file, credentials }) => commands::render(&file, &credentials),
+        Some(Command::Check {
+            connection,
+            namespace,
+            account,
+        }) => block_on(commands::check(connection, namespace, account)),
         Some(Command::Run(args)) => block_on(commands::run(args)),
         None => block_on(commands::run(cli.run)),
     };

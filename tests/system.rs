@@ -394,3 +394,45 @@ async fn leader_failover_takes_over_without_refetching() {
     })
     .await;
 }
+
+/// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_health_and_expiry_without_secret_values() {
+    let env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
+            .arg("check")
+            .args(args)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--connection", "default", "--account", "apn_Sys1"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "auth          ok",
+        "healthy       true",
+        "expires at",
+        "oauth_access_token",
+        "values not shown",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+    assert!(
+        !text.contains("tok-apn_Sys1") && !text.contains(support::CLIENT_SECRET),
+        "no secret values:\n{text}"
+    );
+    let missing = run(&["--connection", "default", "--account", "apn_Nope1"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("account not found"));
+    env.pd
+        .rotate_client(support::CLIENT_ID, "someone-rotated-it");
+    let refused = run(&["--connection", "default"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("auth failed"));
+}

@@ -21,6 +21,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 pub use reconcile::{error_policy, reconcile, validate_spec};
+pub use resolve::client_parts;
 pub use restart::RESTARTED_AT_ANNOTATION;
 use tracing::{debug, info, warn};
 

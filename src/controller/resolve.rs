@@ -122,8 +122,19 @@ pub(super) fn build(
     spec: &impl ConnectionSettingsSerialize,
     namespace: Option<&str>,
 ) -> Result<Arc<PipedreamClient>, SyncFailure> {
+    let (settings, loader) = client_parts(ctx.client.clone(), spec, namespace)
+        .map_err(|m| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}")))?;
+    Ok(ctx.pipedream_client(&id, &spec.fingerprint(), settings, loader))
+}
+
+/// Client settings and a Secret-reading credential loader for a connection spec. `namespace` is the namespaced
+/// connection's own namespace (None for a cluster connection, whose refs name theirs).
+pub fn client_parts(
+    client: Client,
+    spec: &impl ConnectionSettings,
+    namespace: Option<&str>,
+) -> Result<(ClientSettings, MaterialLoader), String> {
     let auth = spec.auth();
-    let not_ready = |m: &str| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"));
     let (mode, refs) = match (&auth.oauth, &auth.api_key) {
         (Some(o), None) => (
             ApiMode::Connect {
@@ -142,20 +153,17 @@ pub(super) fn build(
             },
             Refs::ApiKey(k.secret_ref.clone()),
         ),
-        _ => {
-            return Err(not_ready(
-                "spec.auth must set exactly one of oauth or apiKey",
-            ));
-        }
+        _ => return Err("spec.auth must set exactly one of oauth or apiKey".into()),
     };
     let settings = ClientSettings {
         api_url: spec.api_url().to_string(),
         mode,
         rate_limit: spec.rate_limit(),
     };
-    let fingerprint = spec.fingerprint();
-    let loader = loader(ctx.client.clone(), refs, namespace.map(str::to_string));
-    Ok(ctx.pipedream_client(&id, &fingerprint, settings, loader))
+    Ok((
+        settings,
+        loader(client, refs, namespace.map(str::to_string)),
+    ))
 }
 
 /// Connection specs serialize to a fingerprint: a changed spec means a new client.
