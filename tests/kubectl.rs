@@ -79,10 +79,7 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
     );
 
     env.start_operator();
-    env.wait("Ready", 20, || {
-        (env.ready_reason("github-bot").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("github-bot", 20).await;
 
     let table = ok(&env, &["get", "pdca", "-n", "team-a"]);
     let header = table.lines().next().unwrap();

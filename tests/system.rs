@@ -55,10 +55,7 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
         "team-a/gh"
     );
     assert!(s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"].is_string());
-    env.wait("Ready", 10, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("gh", 10).await;
     // Deleting the ConnectedAccount garbage-collects the Secret.
     env.api.with_store(|st| {
         st.delete(
@@ -147,10 +144,7 @@ async fn restart_does_not_refetch_fresh_credentials() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("Ready", 20, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("gh", 20).await;
     let before = env.pd.count("connect_account");
     env.stop_operator();
     env.start_operator();
@@ -195,10 +189,7 @@ async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
         "the last good data stays during the outage"
     );
     env.pd.clear_faults();
-    env.wait("recovery", 40, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("gh", 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,10 +197,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("Ready", 20, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("gh", 20).await;
     // Rotate at Pipedream (old tokens revoked) and in the cluster; force a sync (past the 2 s single-flight window).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
@@ -341,10 +329,7 @@ async fn leader_failover_takes_over_without_refetching() {
     env.start_operator();
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("Ready", 20, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
-    })
-    .await;
+    env.wait_synced("gh", 20).await;
     let leaders = |env: &Env| env.logs().matches("became leader").count();
     assert_eq!(leaders(&env), 1, "exactly one leader");
     let lease = env

@@ -148,7 +148,13 @@ async fn reconcile_inner(ca: &ConnectedAccount, ctx: &Context) -> Result<Action,
         debug!(retry_at = %format_ts(next), "waiting for the retry time");
         return Ok(Action::requeue(until(now, next)));
     }
-    match sync(ca, ctx, now, &status, forced.is_some()).await? {
+    let pass = Pass {
+        now,
+        forced: forced.is_some(),
+        spec_changed,
+        next_due,
+    };
+    match sync(ca, ctx, &status, pass).await? {
         Ok(done) => {
             ctx.clear_failures(&uid);
             finish_success(ca, ctx, now, status, done, forced).await
@@ -182,13 +188,27 @@ fn observed(c: &CachedFetch) -> Result<Observed, SyncFailure> {
 
 type SyncResult = Result<Result<Success, SyncFailure>, Error>;
 
+/// What `reconcile` already worked out about this pass.
+#[derive(Clone, Copy)]
+struct Pass {
+    now: Timestamp,
+    forced: bool,
+    spec_changed: bool,
+    next_due: Option<Timestamp>,
+}
+
 async fn sync(
     ca: &ConnectedAccount,
     ctx: &Context,
-    now: Timestamp,
     status: &ConnectedAccountStatus,
-    forced: bool,
+    pass: Pass,
 ) -> SyncResult {
+    let Pass {
+        now,
+        forced,
+        spec_changed,
+        next_due,
+    } = pass;
     let validated = match validate_spec(ca) {
         Ok(v) => v,
         Err(f) => return Ok(Err(f)),
@@ -219,8 +239,6 @@ async fn sync(
         )));
     }
 
-    let spec_changed = status.observed_generation != ca.metadata.generation;
-    let next_due = status.next_sync_time.as_deref().and_then(parse_ts);
     let due = next_due.is_none_or(|t| now >= t);
     let last_ok = ready_of(&status.conditions).is_some_and(|(s, _)| s == "True");
     let drifted = match (&existing, &status.data_hash) {

@@ -59,22 +59,19 @@ pub async fn maybe_restart(
     let patch = serde_json::json!({
         "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: stamp } } } }
     });
-    let pp = PatchParams::apply(MANAGER);
     let mut done = Vec::new();
     for t in &ca.spec.rollout_restart_targets {
+        let client = ctx.client.clone();
         let res = match t.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-                .patch(&t.name, &pp, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-                .patch(&t.name, &pp, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-                .patch(&t.name, &pp, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
+            WorkloadKind::Deployment => {
+                patch_template::<Deployment>(client, &ns, &t.name, &patch).await
+            }
+            WorkloadKind::StatefulSet => {
+                patch_template::<StatefulSet>(client, &ns, &t.name, &patch).await
+            }
+            WorkloadKind::DaemonSet => {
+                patch_template::<DaemonSet>(client, &ns, &t.name, &patch).await
+            }
         };
         match res {
             Ok(()) => done.push(format!("{:?}/{}", t.kind, t.name)),
@@ -90,4 +87,23 @@ pub async fn maybe_restart(
             done.join(", ")
         ),
     })
+}
+
+/// Merge-patch a workload's pod-template annotation.
+async fn patch_template<K>(
+    client: kube::Client,
+    ns: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client, ns)
+        .patch(name, &PatchParams::apply(MANAGER), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
 }

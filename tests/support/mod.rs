@@ -240,6 +240,14 @@ impl Env {
             })
     }
 
+    /// Wait until ConnectedAccount `name` (in team-a) is Ready=True/Synced.
+    pub async fn wait_synced(&self, name: &str, secs: u64) {
+        self.wait("Ready=True/Synced", secs, || {
+            (self.ready_reason(name).as_deref() == Some("True/Synced")).then_some(())
+        })
+        .await;
+    }
+
     /// Poll until `f` returns Some, failing with `what` after `secs`.
     pub async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);

@@ -530,6 +530,14 @@ fn bearer_ok(fake: &FakePipedream, headers: &HeaderMap, allow_api_key: bool) -> 
     i.tokens.get(b).is_some_and(|exp| *exp > now) || (allow_api_key && i.api_keys.contains(b))
 }
 
+/// The `x-pd-environment` header, lower-cased (the header is case-insensitive in Pipedream's docs).
+fn environment(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-pd-environment")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+}
+
 fn include_credentials(q: &HashMap<String, String>) -> bool {
     matches!(
         q.get("include_credentials").map(String::as_str),
@@ -545,10 +553,7 @@ async fn connect_retrieve(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let env = headers
-        .get("x-pd-environment")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
+    let env = environment(&headers);
     let authed = bearer_ok(&fake, &headers, false);
     let acct = fake.account(&id);
     guarded(
@@ -584,10 +589,7 @@ async fn connect_list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let env = headers
-        .get("x-pd-environment")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
+    let env = environment(&headers);
     let authed = bearer_ok(&fake, &headers, false);
     let ids: Vec<String> = fake.lock().accounts.keys().cloned().collect();
     let all: Vec<FakeAccount> = ids.iter().filter_map(|id| fake.account(id)).collect();
