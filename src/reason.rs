@@ -105,7 +105,9 @@ impl From<PipedreamError> for SyncFailure {
     fn from(e: PipedreamError) -> Self {
         let reason = match &e {
             PipedreamError::LoadCredentials(_) => Reason::ConnectionNotReady,
-            PipedreamError::Unauthorized { .. } => Reason::AuthFailed,
+            PipedreamError::Unauthorized { .. } | PipedreamError::Forbidden { .. } => {
+                Reason::AuthFailed
+            }
             PipedreamError::NotFound { .. } => Reason::AccountNotFound,
             PipedreamError::RateLimited { .. } => Reason::RateLimited,
             PipedreamError::Status { .. }

@@ -464,8 +464,13 @@ fn retry_after_accepts_seconds_http_dates_ms_and_reset() {
         Some(Duration::from_secs(30))
     );
     assert_eq!(
+        retry_after(&h("retry-after", "Sun, 22 Nov 2026 09:00:45 GMT"), now),
+        Some(Duration::from_secs(45))
+    );
+    // Capped at 60 s, like the official SDKs.
+    assert_eq!(
         retry_after(&h("retry-after", "Sun, 22 Nov 2026 09:01:30 GMT"), now),
-        Some(Duration::from_secs(90))
+        Some(Duration::from_secs(60))
     );
     assert_eq!(
         retry_after(&h("retry-after", "Sun, 22 Nov 2026 08:00:00 GMT"), now),
@@ -476,8 +481,8 @@ fn retry_after_accepts_seconds_http_dates_ms_and_reset() {
         Some(Duration::from_millis(1500))
     );
     assert_eq!(
-        retry_after(&h("x-ratelimit-reset", "1795338060"), now),
-        Some(Duration::from_secs(60))
+        retry_after(&h("x-ratelimit-reset", "1795338030"), now),
+        Some(Duration::from_secs(30))
     );
     assert_eq!(retry_after(&h("retry-after", "soon"), now), None);
 }

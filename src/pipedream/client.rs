@@ -20,6 +20,17 @@ use crate::metrics::Metrics;
 const TOKEN_REFRESH_BUFFER: Duration = Duration::from_secs(120);
 /// `expires_in` assumed when the token answer omits it (Pipedream documents 1 h).
 const DEFAULT_TOKEN_LIFETIME: u64 = 3600;
+/// A token is refreshed at least this often, whatever lifetime Pipedream claims.
+const MAX_TOKEN_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Token lifetimes above this are not believed: the answer is malformed.
+const ABSURD_TOKEN_LIFETIME: u64 = 366 * 24 * 3600;
+/// A token that fails with 401 is dropped and re-minted at most this often (a 401 on one bad account must not
+/// mint a token per fetch).
+const FORCED_REMINT_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest response body read from Pipedream.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest server-imposed wait honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Pause before the single quick retry of a transient failure.
 const TRANSIENT_RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -93,6 +104,7 @@ pub struct PipedreamClient {
     token: Mutex<Option<Token>>,
     api_key: Mutex<Option<SecretString>>,
     generation: std::sync::atomic::AtomicU64,
+    last_forced_remint: std::sync::Mutex<Option<Instant>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -138,6 +150,7 @@ impl PipedreamClient {
             token: Mutex::new(None),
             api_key: Mutex::new(None),
             generation: 0.into(),
+            last_forced_remint: std::sync::Mutex::new(None),
             metrics,
         }
     }
@@ -204,10 +217,12 @@ impl PipedreamClient {
                         server_time,
                     });
                 }
-                Err(PipedreamError::Unauthorized { .. }) if !reauthed => {
+                Err(e @ PipedreamError::Unauthorized { .. }) if !reauthed => {
                     // A rotated client secret or revoked token: drop what we hold and try once more.
                     reauthed = true;
-                    self.invalidate(generation).await;
+                    if !self.invalidate(generation).await {
+                        return Err(e);
+                    }
                 }
                 Err(e) if e.is_transient() && !retried => {
                     retried = true;
@@ -218,13 +233,26 @@ impl PipedreamClient {
         }
     }
 
-    async fn invalidate(&self, generation: u64) {
+    /// Drop the credential that just got a 401 so the next call re-reads the Secret and re-authenticates; false
+    /// (nothing dropped) when that already happened within [`FORCED_REMINT_INTERVAL`].
+    async fn invalidate(&self, generation: u64) -> bool {
+        {
+            let mut last = self
+                .last_forced_remint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < FORCED_REMINT_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
         let mut token = self.token.lock().await;
         if token.as_ref().is_some_and(|t| t.generation == generation) {
             *token = None;
         }
         drop(token);
         *self.api_key.lock().await = None;
+        true
     }
 
     /// The bearer for account calls and the generation of the token it came from.
@@ -309,14 +337,16 @@ impl PipedreamClient {
                 message: "empty access_token".into(),
             });
         }
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
+        let lifetime = token_lifetime(parsed.expires_in.as_ref())?;
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         Ok(Token {
             value: parsed.access_token,
-            refresh_at: Instant::now() + refresh_after(lifetime),
+            refresh_at: Instant::now()
+                .checked_add(refresh_after(lifetime))
+                .unwrap_or_else(Instant::now),
             generation,
         })
     }
@@ -339,14 +369,11 @@ impl PipedreamClient {
             Ok(resp) => {
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                match resp.bytes().await {
+                match read_capped(resp, endpoint).await {
                     Ok(b) => (status, headers, b),
                     Err(e) => {
                         self.observe(endpoint, "error", started);
-                        return Err(PipedreamError::Transport {
-                            endpoint,
-                            message: transport_message(&e),
-                        });
+                        return Err(e);
                     }
                 }
             }
@@ -358,7 +385,7 @@ impl PipedreamClient {
                 });
             }
         };
-        self.observe(endpoint, status.as_str(), started);
+        self.observe(endpoint, status_label(status), started);
         if status.is_success() {
             return Ok((headers, body));
         }
@@ -372,12 +399,92 @@ impl PipedreamClient {
     }
 }
 
-/// When to refresh a token of the given lifetime: 2 min early, or at half-life for tokens under 4 min.
+/// When to refresh a token of the given lifetime: 2 min early, or at half-life for tokens under 4 min; at least
+/// daily.
 pub fn refresh_after(lifetime: Duration) -> Duration {
-    if lifetime < TOKEN_REFRESH_BUFFER * 2 {
+    let at = if lifetime < TOKEN_REFRESH_BUFFER * 2 {
         lifetime / 2
     } else {
         lifetime - TOKEN_REFRESH_BUFFER
+    };
+    at.min(MAX_TOKEN_REFRESH)
+}
+
+/// The token's `expires_in`: absent means Pipedream's documented hour; negative, fractional-overflowing or
+/// absurdly long lifetimes make the answer malformed.
+fn token_lifetime(expires_in: Option<&Value>) -> Result<Duration, PipedreamError> {
+    let secs = match expires_in {
+        None | Some(Value::Null) => DEFAULT_TOKEN_LIFETIME,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0 && *f <= ABSURD_TOKEN_LIFETIME as f64)
+                    .map(|f| f as u64)
+            })
+            .filter(|s| *s <= ABSURD_TOKEN_LIFETIME)
+            .ok_or_else(|| PipedreamError::Malformed {
+                endpoint: "token",
+                message: "expires_in is not a number of seconds below a year".into(),
+            })?,
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Read a body of at most [`MAX_BODY_BYTES`], streamed: a longer one (declared or not) is a malformed answer and
+/// is not read further.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<bytes::Bytes, PipedreamError> {
+    let too_big = || PipedreamError::Malformed {
+        endpoint,
+        message: format!("body larger than {MAX_BODY_BYTES} bytes"),
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => {
+                return Err(PipedreamError::Transport {
+                    endpoint,
+                    message: transport_message(&e),
+                });
+            }
+        }
+    }
+}
+
+/// A bounded label for an HTTP status: the codes Pipedream documents, else the class.
+pub fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
     }
 }
 
@@ -442,7 +549,13 @@ fn error_text(body: &[u8]) -> Option<String> {
         Value::Null => return None,
         other => other.to_string(),
     };
-    Some(text.chars().take(200).collect())
+    // It reaches status and Events: printable characters only, and short.
+    Some(
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect(),
+    )
 }
 
 fn map_status(
@@ -454,7 +567,16 @@ fn map_status(
     let code = status.as_u16();
     let message = error_text(body);
     match code {
-        401 | 403 => PipedreamError::Unauthorized {
+        401 => PipedreamError::Unauthorized {
+            endpoint,
+            status: code,
+        },
+        // A 403 on the token endpoint refuses the client; on an account it concerns that account only.
+        403 if endpoint == "token" => PipedreamError::Unauthorized {
+            endpoint,
+            status: code,
+        },
+        403 => PipedreamError::Forbidden {
             endpoint,
             status: code,
         },
@@ -483,7 +605,8 @@ fn map_status(
     }
 }
 
-/// `Retry-After` (seconds or HTTP date), then `retry-after-ms`, then `X-RateLimit-Reset` (epoch seconds).
+/// `Retry-After` (seconds or HTTP date), then `retry-after-ms`, then `X-RateLimit-Reset` (epoch seconds), capped
+/// at [`MAX_RETRY_AFTER`] like the official SDKs. Unparsable, negative or non-finite values are ignored.
 pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
     let get = |name: &str| {
         headers
@@ -491,22 +614,27 @@ pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(v) = get("retry-after") {
-        if let Ok(secs) = v.parse::<f64>() {
-            return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    let until = |at: Timestamp| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+    let raw = if let Some(v) = get("retry-after") {
+        match v.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+            }
+            Ok(_) => None,
+            Err(_) => parse_http_date(v).map(until),
         }
-        if let Some(at) = parse_http_date(v) {
-            return Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO));
-        }
-    }
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
-        return Some(Duration::from_millis(ms));
-    }
-    if let Some(reset) = get("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok()) {
-        let at = Timestamp::from_second(reset).ok()?;
-        return Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO));
-    }
-    None
+    } else if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
+        Some(Duration::from_millis(ms))
+    } else if let Some(reset) = get("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok()) {
+        Some(
+            Timestamp::from_second(reset)
+                .map(until)
+                .unwrap_or(Duration::MAX),
+        )
+    } else {
+        None
+    };
+    raw.map(|d| d.min(MAX_RETRY_AFTER))
 }
 
 /// Parse an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).

@@ -11,6 +11,9 @@ pub enum PipedreamError {
     /// Pipedream rejected the OAuth client credentials or API key (401/403).
     #[error("Pipedream rejected the connection's credentials (HTTP {status}) on {endpoint}")]
     Unauthorized { endpoint: &'static str, status: u16 },
+    /// Pipedream refused this connection access to one account (403).
+    #[error("Pipedream refused access (HTTP {status}) on {endpoint}")]
+    Forbidden { endpoint: &'static str, status: u16 },
     /// The account does not exist for these credentials (404, or 400 "record not found").
     #[error("account not found (HTTP {status}){}", fmt_msg(.message))]
     NotFound {

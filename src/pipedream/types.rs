@@ -131,6 +131,7 @@ impl Account {
 #[derive(Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: SecretString,
+    /// Kept raw: a hostile or broken server may send anything here.
     #[serde(default)]
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<Value>,
 }
