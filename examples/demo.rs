@@ -150,6 +150,7 @@ async fn main() -> Result<(), String> {
         leader_election: true,
         leader_election_lease: "pipedream-secrets-operator".into(),
         leader_election_duration_seconds: 15,
+        allowed_api_hosts: vec!["api.pipedream.com".into()],
     };
     let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(
         args,

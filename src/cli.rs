@@ -101,11 +101,25 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// Do not watch or use ClusterPipedreamConnections (namespace-scoped installs without cluster-wide RBAC).
-    #[arg(long, env = "DISABLE_CLUSTER_CONNECTIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    /// `--disable-cluster-connections` alone means true; `=false` also works.
+    #[arg(long, env = "DISABLE_CLUSTER_CONNECTIONS", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub disable_cluster_connections: bool,
     /// Lease-based leader election: only the Lease holder reconciles; standbys keep caches warm.
-    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    /// `--leader-election=false` disables it.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// Hosts a namespaced PipedreamConnection's spec.apiUrl may name, comma-separated (`*.example.com` allows
+    /// subdomains). Plain http is accepted only for loopback hosts. ClusterPipedreamConnections are the cluster
+    /// admin's and are not restricted.
+    #[arg(
+        long,
+        env = "ALLOWED_API_HOSTS",
+        value_delimiter = ',',
+        default_value = "api.pipedream.com"
+    )]
+    pub allowed_api_hosts: Vec<String>,
     /// Name of the Lease (in the operator namespace).
     #[arg(
         long,

@@ -85,6 +85,7 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
             operator_namespace: args.operator_namespace.clone(),
             default_connection: args.default_connection.clone(),
             cluster_connections_disabled: args.disable_cluster_connections,
+            allowed_api_hosts: controller::AllowedHosts::new(args.allowed_api_hosts.clone()),
         },
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
@@ -164,7 +165,7 @@ pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
     let data = match &tpl {
         Some(t) => template::render(&t.data, &creds, &account, account.expires_at.as_deref())
             .map_err(|e| e.to_string())?,
-        None => template::raw_data(&creds).0,
+        None => template::raw_data(&creds, None).0,
     };
     let out: std::collections::BTreeMap<String, String> = data
         .into_iter()

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod pipedream;
 pub mod reason;

@@ -1,7 +1,12 @@
-//! Prometheus metrics. Every label value is bounded: endpoints and statuses are fixed sets, results are Ready
-//! reasons, objects are namespace/name pairs of our own resources. No error text, no secret data.
+//! Prometheus metrics, following cert-manager's and External Secrets' conventions: absolute timestamps per object
+//! (true whenever scraped), a ready gauge by reason, counters by result, and controller-style process metrics.
+//!
+//! Every label value is bounded: endpoints, statuses, results, reasons and error kinds come from fixed lists;
+//! objects are namespace/name pairs of our own resources (one series per object, removed when it is deleted). No
+//! error text, no secret data.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,24 +15,50 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use crate::identity::ConnectionId;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    endpoint: String,
-    status: String,
+    endpoint: &'static str,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
-    endpoint: String,
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+/// Labels of a connection: kind, namespace (empty for a ClusterPipedreamConnection), name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+impl From<&ConnectionId> for ConnectionLabels {
+    fn from(id: &ConnectionId) -> Self {
+        Self {
+            kind: id.kind.as_str(),
+            namespace: id.namespace.clone().unwrap_or_default(),
+            name: id.name.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,31 +67,182 @@ struct ObjectLabels {
     name: String,
 }
 
-/// Expiry of each synced credential, reported as seconds from now at scrape time.
-#[derive(Debug, Default)]
-struct ExpiryCollector {
-    expiries: Arc<Mutex<BTreeMap<(String, String), Timestamp>>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    namespace: String,
+    name: String,
+    reason: &'static str,
 }
 
-impl Collector for ExpiryCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let now = Timestamp::now();
-        let snapshot: Vec<_> = match self.expiries.lock() {
-            Ok(m) => m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            Err(_) => return Ok(()),
+/// What the metrics show about one ConnectedAccount.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ObjectGauges {
+    /// Expiry of the credentials in its Secret.
+    pub expires_at: Option<Timestamp>,
+    /// When it is fetched next.
+    pub next_sync: Option<Timestamp>,
+    /// Last time its Secret was written or confirmed against Pipedream.
+    pub last_sync: Option<Timestamp>,
+    /// Ready status and reason.
+    pub ready: Option<(bool, &'static str)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ConnectionGauges {
+    ready: Option<bool>,
+    token_expires_at: Option<Timestamp>,
+}
+
+/// Queue figures of one connection's fetch dispatcher.
+#[derive(Clone, Debug)]
+pub struct QueueStats {
+    /// The connection.
+    pub id: ConnectionId,
+    /// Requests waiting.
+    pub queued: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+}
+
+type Source<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
+
+#[derive(Default)]
+struct State {
+    objects: Mutex<BTreeMap<(String, String), ObjectGauges>>,
+    connections: Mutex<BTreeMap<ConnectionLabels, ConnectionGauges>>,
+    queues: Source<Vec<QueueStats>>,
+    due: Source<i64>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("State")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn secs(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+fn gauge<S: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (S, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct StateCollector(Arc<State>);
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.0;
+        let objects: Vec<((String, String), ObjectGauges)> = lock(&state.objects)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let ol = |k: &(String, String)| ObjectLabels {
+            namespace: k.0.clone(),
+            name: k.1.clone(),
         };
-        let gauge_type = ConstGauge::new(0.0f64).metric_type();
-        let mut metric = encoder.encode_descriptor(
-            "credentials_expiry_seconds",
-            "Seconds until the credentials now in each synced Secret expire (negative: already expired)",
-            None,
-            gauge_type,
+        gauge(
+            &mut enc,
+            "connectedaccount_credentials_expiration_timestamp_seconds",
+            "Expiry of the credentials in each ConnectedAccount's Secret (Unix seconds; absent when they do not expire)",
+            objects
+                .iter()
+                .filter_map(|(k, o)| Some((ol(k), secs(o.expires_at?)))),
         )?;
-        for ((namespace, name), at) in snapshot {
-            let labels = ObjectLabels { namespace, name };
-            let secs = at.duration_since(now).as_secs_f64();
-            ConstGauge::new(secs).encode(metric.encode_family(&labels)?)?;
-        }
+        gauge(
+            &mut enc,
+            "connectedaccount_next_sync_timestamp_seconds",
+            "When each ConnectedAccount is fetched from Pipedream next (Unix seconds)",
+            objects
+                .iter()
+                .filter_map(|(k, o)| Some((ol(k), secs(o.next_sync?)))),
+        )?;
+        gauge(
+            &mut enc,
+            "connectedaccount_last_sync_timestamp_seconds",
+            "Last time each ConnectedAccount's Secret was written or confirmed against Pipedream (Unix seconds)",
+            objects
+                .iter()
+                .filter_map(|(k, o)| Some((ol(k), secs(o.last_sync?)))),
+        )?;
+        gauge(
+            &mut enc,
+            "connectedaccount_ready",
+            "1 when the ConnectedAccount is Ready, 0 when not; the reason label is its Ready reason",
+            objects.iter().filter_map(|(k, o)| {
+                let (ready, reason) = o.ready?;
+                Some((
+                    ReadyLabels {
+                        namespace: k.0.clone(),
+                        name: k.1.clone(),
+                        reason,
+                    },
+                    if ready { 1.0 } else { 0.0 },
+                ))
+            }),
+        )?;
+        let conns: Vec<(ConnectionLabels, ConnectionGauges)> = lock(&state.connections)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        gauge(
+            &mut enc,
+            "connection_ready",
+            "1 when the operator can authenticate to Pipedream with the connection, 0 when not",
+            conns
+                .iter()
+                .filter_map(|(k, c)| Some((k.clone(), if c.ready? { 1.0 } else { 0.0 }))),
+        )?;
+        gauge(
+            &mut enc,
+            "connection_token_expiration_timestamp_seconds",
+            "Expiry of the connection's current Pipedream OAuth token (Unix seconds)",
+            conns
+                .iter()
+                .filter_map(|(k, c)| Some((k.clone(), secs(c.token_expires_at?)))),
+        )?;
+        let queues = lock(&state.queues)
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default();
+        gauge(
+            &mut enc,
+            "connection_fetch_queue_depth",
+            "Fetches waiting in each connection's queue (rate limit, in-flight cap or Retry-After)",
+            queues
+                .iter()
+                .map(|q| (ConnectionLabels::from(&q.id), q.queued as f64)),
+        )?;
+        gauge(
+            &mut enc,
+            "connection_fetches_in_flight",
+            "Fetches in flight per connection",
+            queues
+                .iter()
+                .map(|q| (ConnectionLabels::from(&q.id), q.in_flight as f64)),
+        )?;
+        let due = lock(&state.due).as_ref().map_or(0, |f| f());
+        let m = enc.encode_descriptor(
+            "reconcile_queue_depth",
+            "ConnectedAccounts whose reconcile is due or waiting for a fetch",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        ConstGauge::new(due).encode(m)?;
         Ok(())
     }
 }
@@ -73,9 +255,12 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<EndpointLabels, Histogram>,
     reconcile_duration: Histogram,
-    /// Times a request waited for the client-side rate limiter.
-    pub rate_limit_waits: Counter,
-    expiries: Arc<Mutex<BTreeMap<(String, String), Timestamp>>>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    rate_limit_waits: Family<ConnectionLabels, Counter>,
+    rate_limit_wait_seconds: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
+    in_flight: Gauge,
+    leader: Gauge,
+    state: Arc<State>,
 }
 
 impl Default for Metrics {
@@ -84,78 +269,120 @@ impl Default for Metrics {
     }
 }
 
+/// Decrements the in-flight gauge when a reconcile ends.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
     /// Register every metric under the `pipedream_secrets` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("pipedream_secrets");
+        let mut r = Registry::with_prefix("pipedream_secrets");
+        r.register(
+            "build",
+            "Version and commit of the running operator",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("PDSO_GIT_COMMIT")),
+            ]),
+        );
         let syncs = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        r.register(
             "syncs",
-            "ConnectedAccount syncs by result (the Ready reason)",
+            "ConnectedAccount syncs by result (Synced or the failing Ready reason)",
             syncs.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        r.register(
             "pipedream_requests",
-            "Requests to Pipedream by endpoint and HTTP status",
+            "Requests to Pipedream by endpoint and HTTP status (error: no answer)",
             requests.clone(),
         );
         let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.01, 2.0, 12))
         });
-        registry.register(
+        r.register(
             "pipedream_request_duration_seconds",
             "Latency of requests to Pipedream",
             request_duration.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register(
+        r.register(
             "reconcile_duration_seconds",
             "Duration of ConnectedAccount reconciles",
             reconcile_duration.clone(),
         );
-        let rate_limit_waits = Counter::default();
-        registry.register(
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        r.register(
+            "reconcile_errors",
+            "Reconciles ended by a Kubernetes API failure, by the failed action",
+            reconcile_errors.clone(),
+        );
+        let rate_limit_waits = Family::<ConnectionLabels, Counter>::default();
+        r.register(
             "rate_limit_waits",
-            "Requests that waited for the per-connection client-side rate limiter",
+            "Requests that waited for the connection's client-side rate limiter",
             rate_limit_waits.clone(),
         );
-        let collector = ExpiryCollector::default();
-        let expiries = collector.expiries.clone();
-        registry.register_collector(Box::new(collector));
+        let rate_limit_wait_seconds =
+            Family::<ConnectionLabels, Counter<f64, AtomicU64>>::default();
+        r.register(
+            "rate_limit_wait_seconds",
+            "Time requests spent waiting for the connection's client-side rate limiter",
+            rate_limit_wait_seconds.clone(),
+        );
+        let in_flight = Gauge::default();
+        r.register(
+            "reconciles_in_flight",
+            "ConnectedAccount reconciles running now",
+            in_flight.clone(),
+        );
+        let leader = Gauge::default();
+        r.register(
+            "leader",
+            "1 on the replica that holds the leader-election Lease (or runs without election), 0 on standbys",
+            leader.clone(),
+        );
+        let state = Arc::new(State::default());
+        r.register_collector(Box::new(StateCollector(state.clone())));
         Self {
-            registry,
+            registry: r,
             syncs,
             requests,
             request_duration,
             reconcile_duration,
+            reconcile_errors,
             rate_limit_waits,
-            expiries,
+            rate_limit_wait_seconds,
+            in_flight,
+            leader,
+            state,
         }
     }
 
-    /// Count one sync outcome.
-    pub fn count_sync(&self, result: &str) {
-        self.syncs
-            .get_or_create(&ResultLabels {
-                result: result.to_string(),
-            })
-            .inc();
+    /// Count one sync outcome (`Synced` or a Ready reason).
+    pub fn count_sync(&self, result: &'static str) {
+        self.syncs.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Count and time one Pipedream request.
-    pub fn observe_request(&self, endpoint: &str, status: &str, elapsed: Duration) {
+    pub fn observe_request(&self, endpoint: &'static str, status: &'static str, elapsed: Duration) {
         self.requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.into(),
-                status: status.into(),
-            })
+            .get_or_create(&RequestLabels { endpoint, status })
             .inc();
         self.request_duration
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.into(),
-            })
+            .get_or_create(&EndpointLabels { endpoint })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A reconcile starts; the returned guard ends it.
+    pub fn reconcile_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
     }
 
     /// Time one reconcile.
@@ -163,15 +390,75 @@ impl Metrics {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Record (or clear) the expiry of the credentials synced for one ConnectedAccount.
-    pub fn set_expiry(&self, namespace: &str, name: &str, expires_at: Option<Timestamp>) {
-        if let Ok(mut m) = self.expiries.lock() {
-            let key = (namespace.to_string(), name.to_string());
-            match expires_at {
-                Some(t) => m.insert(key, t),
-                None => m.remove(&key),
-            };
-        }
+    /// Count a reconcile ended by a Kubernetes API failure.
+    pub fn count_reconcile_error(&self, error: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { error })
+            .inc();
+    }
+
+    /// A request of connection `id` waited `waited` for the rate limiter.
+    pub fn count_rate_limit_wait(&self, id: &ConnectionId, waited: Duration) {
+        let l = ConnectionLabels::from(id);
+        self.rate_limit_waits.get_or_create(&l).inc();
+        self.rate_limit_wait_seconds
+            .get_or_create(&l)
+            .inc_by(waited.as_secs_f64());
+    }
+
+    /// This replica leads (or not).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Update what the metrics show about ConnectedAccount `namespace/name`.
+    pub fn set_object(&self, namespace: &str, name: &str, f: impl FnOnce(&mut ObjectGauges)) {
+        let mut m = lock(&self.state.objects);
+        f(m.entry((namespace.to_string(), name.to_string()))
+            .or_default());
+    }
+
+    /// What the metrics show about one ConnectedAccount (tests).
+    pub fn object(&self, namespace: &str, name: &str) -> Option<ObjectGauges> {
+        lock(&self.state.objects)
+            .get(&(namespace.to_string(), name.to_string()))
+            .copied()
+    }
+
+    /// Drop a deleted ConnectedAccount's series.
+    pub fn forget_object(&self, namespace: &str, name: &str) {
+        lock(&self.state.objects).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Record whether connection `id` can authenticate.
+    pub fn set_connection_ready(&self, id: &ConnectionId, ready: bool) {
+        lock(&self.state.connections)
+            .entry(id.into())
+            .or_default()
+            .ready = Some(ready);
+    }
+
+    /// Record the expiry of connection `id`'s OAuth token.
+    pub fn set_token_expiry(&self, id: &ConnectionId, at: Option<Timestamp>) {
+        lock(&self.state.connections)
+            .entry(id.into())
+            .or_default()
+            .token_expires_at = at;
+    }
+
+    /// Drop a deleted connection's series.
+    pub fn forget_connection(&self, id: &ConnectionId) {
+        lock(&self.state.connections).remove(&ConnectionLabels::from(id));
+    }
+
+    /// Where the fetch queue figures come from (read at scrape time).
+    pub fn set_queue_source(&self, f: impl Fn() -> Vec<QueueStats> + Send + Sync + 'static) {
+        *lock(&self.state.queues) = Some(Box::new(f));
+    }
+
+    /// Where the reconcile queue depth comes from (read at scrape time).
+    pub fn set_due_source(&self, f: impl Fn() -> i64 + Send + Sync + 'static) {
+        *lock(&self.state.due) = Some(Box::new(f));
     }
 
     /// OpenMetrics text of every metric.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::pipedream::PipedreamError;
+use crate::schedule::FailureClass;
 
 /// A Ready condition reason. The strings are API: alerts and scripts key on them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,6 +36,8 @@ pub enum Reason {
     SecretConflict,
     /// Pipedream returned credentials that have already expired.
     Expired,
+    /// The API server refused the Secret write (a permission or a limit, not a transient failure).
+    SecretWriteFailed,
 }
 
 impl Reason {
@@ -55,22 +58,48 @@ impl Reason {
             Self::UpstreamError => "UpstreamError",
             Self::SecretConflict => "SecretConflict",
             Self::Expired => "Expired",
+            Self::SecretWriteFailed => "SecretWriteFailed",
         }
     }
 
-    /// Failures a retry cannot fix soon without someone changing something: retried slowly.
-    pub fn needs_intervention(self) -> bool {
+    /// Every reason, in documentation order.
+    pub const ALL: [Reason; 15] = [
+        Self::Synced,
+        Self::InvalidSpec,
+        Self::ConnectionNotFound,
+        Self::ConnectionNotReady,
+        Self::AccessDenied,
+        Self::AuthFailed,
+        Self::AccountNotFound,
+        Self::AccountUnhealthy,
+        Self::AccountDead,
+        Self::CredentialsUnavailable,
+        Self::RateLimited,
+        Self::UpstreamError,
+        Self::SecretConflict,
+        Self::Expired,
+        Self::SecretWriteFailed,
+    ];
+
+    /// How a failure with this reason is retried.
+    pub fn class(self) -> FailureClass {
+        match self {
+            Self::RateLimited | Self::UpstreamError | Self::Expired | Self::Synced => {
+                FailureClass::Transient
+            }
+            Self::AccountUnhealthy => FailureClass::Unhealthy,
+            _ => FailureClass::Permanent,
+        }
+    }
+
+    /// Failures a change to the connection can fix: retried as soon as the connection changes.
+    pub fn about_connection(self) -> bool {
         matches!(
             self,
-            Self::InvalidSpec
-                | Self::ConnectionNotFound
+            Self::ConnectionNotFound
                 | Self::ConnectionNotReady
                 | Self::AccessDenied
                 | Self::AuthFailed
-                | Self::AccountNotFound
-                | Self::AccountDead
-                | Self::CredentialsUnavailable
-                | Self::SecretConflict
         )
     }
 }
@@ -142,6 +171,12 @@ pub enum Error {
     /// Reading a namespace for access rules failed.
     #[error("reading namespace failed: {0}")]
     ReadNamespace(#[source] kube::Error),
+    /// Removing the ownerReference of a retained Secret on deletion failed.
+    #[error("releasing the retained Secret failed: {0}")]
+    ReleaseSecret(#[source] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("updating the finalizer failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -152,6 +187,8 @@ impl Error {
             Self::WriteSecret(_) => "write_secret",
             Self::WriteStatus(_) => "write_status",
             Self::ReadNamespace(_) => "read_namespace",
+            Self::ReleaseSecret(_) => "release_secret",
+            Self::Finalizer(_) => "finalizer",
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The desired Secret, its data hash, and whether the operator may write an existing Secret. Pure functions.
+//!
+//! Owner and Orphan Secrets are the operator's: one field manager (`pipedream-secrets-operator`), the
+//! `managed-by` label and an owner annotation naming the ConnectedAccount. A Merge target belongs to someone else:
+//! each ConnectedAccount applies with a field manager of its own (`pipedream-secrets.io/<uid>`), so server-side
+//! apply keeps every writer's keys, and touches only its keys, one annotation naming it and the watch label.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -10,8 +15,13 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{
     ACCOUNT_ID_ANNOTATION, ConnectedAccount, CreationPolicy, DeletionPolicy, EXPIRES_AT_ANNOTATION,
-    MANAGED_BY_LABEL, MANAGER, OWNER_ANNOTATION,
+    MANAGED_BY_LABEL, MANAGER, OWNER_ANNOTATION, WATCH_LABEL,
 };
+
+/// Prefix of a Merge writer's annotation: `merge.pipedream-secrets.io/<uid>: <name>`.
+pub const MERGE_ANNOTATION_PREFIX: &str = "merge.pipedream-secrets.io/";
+/// Prefix of a Merge writer's field manager: `pipedream-secrets.io/<uid>`.
+pub const MERGE_MANAGER_PREFIX: &str = "pipedream-secrets.io/";
 
 /// `sha256:<hex>` over the data, keys sorted, each key and value length-prefixed.
 pub fn data_hash<'a>(data: impl IntoIterator<Item = (&'a String, &'a [u8])>) -> String {
@@ -28,22 +38,53 @@ pub fn data_hash<'a>(data: impl IntoIterator<Item = (&'a String, &'a [u8])>) -> 
     format!("sha256:{hex}")
 }
 
-/// Hash of the keys of `existing` that the operator writes (all of them, unless `Merge`).
-pub fn existing_hash(existing: &Secret, keys: Option<&BTreeMap<String, Vec<u8>>>) -> String {
-    let data = existing.data.clone().unwrap_or_default();
-    match keys {
-        Some(ours) => data_hash(
-            data.iter()
-                .filter(|(k, _)| ours.contains_key(*k))
-                .map(|(k, v)| (k, v.0.as_slice())),
-        ),
-        None => data_hash(data.iter().map(|(k, v)| (k, v.0.as_slice()))),
+/// The field manager a ConnectedAccount writes its Secret with.
+pub fn field_manager(ca: &ConnectedAccount) -> String {
+    match ca.spec.target.creation_policy {
+        CreationPolicy::Merge => format!("{MERGE_MANAGER_PREFIX}{}", ca.uid().unwrap_or_default()),
+        _ => MANAGER.to_string(),
     }
+}
+
+/// The data keys `manager` owns in `existing`, from its managed fields; `None` when the server reported none.
+pub fn keys_owned_by(existing: &Secret, manager: &str) -> Option<BTreeSet<String>> {
+    let entries = existing.metadata.managed_fields.as_ref()?;
+    if entries.is_empty() {
+        return None;
+    }
+    Some(
+        entries
+            .iter()
+            .filter(|e| e.manager.as_deref() == Some(manager))
+            .filter_map(|e| e.fields_v1.as_ref()?.0.get("f:data")?.as_object())
+            .flat_map(|m| {
+                m.keys()
+                    .filter_map(|k| k.strip_prefix("f:").map(str::to_string))
+            })
+            .collect(),
+    )
+}
+
+/// Hash of the keys of `existing` that `manager` owns (every key when the server reports no managed fields).
+/// Keys another manager added are not ours to restore, so they do not count as drift.
+pub fn existing_hash(existing: &Secret, manager: &str) -> String {
+    let data = existing.data.clone().unwrap_or_default();
+    let ours = keys_owned_by(existing, manager);
+    data_hash(
+        data.iter()
+            .filter(|(k, _)| ours.as_ref().is_none_or(|o| o.contains(*k)))
+            .map(|(k, v)| (k, v.0.as_slice())),
+    )
 }
 
 /// The `namespace/name` value of the owner annotation.
 pub fn owner_id(ca: &ConnectedAccount) -> String {
     format!("{}/{}", ca.namespace().unwrap_or_default(), ca.name_any())
+}
+
+/// This ConnectedAccount's Merge annotation key.
+pub fn merge_annotation(ca: &ConnectedAccount) -> String {
+    format!("{MERGE_ANNOTATION_PREFIX}{}", ca.uid().unwrap_or_default())
 }
 
 /// Whether the Secret should carry a controller ownerReference (and so be garbage-collected with the CR).
@@ -52,24 +93,30 @@ pub fn wants_owner_ref(ca: &ConnectedAccount) -> bool {
         && ca.spec.target.deletion_policy == DeletionPolicy::Delete
 }
 
-/// The Secret to server-side apply: only the fields the operator owns.
+/// The Secret to server-side apply: only the fields this ConnectedAccount owns.
 pub fn desired_secret(
     ca: &ConnectedAccount,
     data: &BTreeMap<String, Vec<u8>>,
     expires_at: Option<&str>,
 ) -> Secret {
     let target = &ca.spec.target;
-    let mut labels = target.labels.clone();
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
-    let mut annotations = target.annotations.clone();
-    annotations.insert(OWNER_ANNOTATION.into(), owner_id(ca));
-    annotations.insert(ACCOUNT_ID_ANNOTATION.into(), ca.spec.account_id.clone());
-    if let Some(exp) = expires_at {
-        annotations.insert(EXPIRES_AT_ANNOTATION.into(), exp.to_string());
+    let merge = target.creation_policy == CreationPolicy::Merge;
+    let mut labels = BTreeMap::from([(WATCH_LABEL.to_string(), "true".to_string())]);
+    let mut annotations = BTreeMap::new();
+    if merge {
+        annotations.insert(merge_annotation(ca), ca.name_any());
+    } else {
+        labels.extend(target.labels.clone());
+        labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+        annotations.extend(target.annotations.clone());
+        annotations.insert(OWNER_ANNOTATION.into(), owner_id(ca));
+        annotations.insert(ACCOUNT_ID_ANNOTATION.into(), ca.spec.account_id.clone());
+        if let Some(exp) = expires_at {
+            annotations.insert(EXPIRES_AT_ANNOTATION.into(), exp.to_string());
+        }
     }
     let owner_references =
         wants_owner_ref(ca).then(|| ca.controller_owner_ref(&()).into_iter().collect());
-    let merge = target.creation_policy == CreationPolicy::Merge;
     Secret {
         metadata: ObjectMeta {
             name: Some(ca.secret_name()),
@@ -80,11 +127,7 @@ pub fn desired_secret(
             ..Default::default()
         },
         // A Merge target's type belongs to whoever created it.
-        type_: if merge {
-            None
-        } else {
-            Some(target.type_.clone().unwrap_or_else(|| "Opaque".into()))
-        },
+        type_: (!merge).then(|| target.type_.clone().unwrap_or_else(|| "Opaque".into())),
         data: Some(
             data.iter()
                 .map(|(k, v)| (k.clone(), ByteString(v.clone())))
@@ -98,6 +141,13 @@ pub fn desired_secret(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict(pub String);
 
+fn merge_writers(existing: &Secret) -> impl Iterator<Item = (&str, &String)> {
+    existing
+        .annotations()
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(MERGE_ANNOTATION_PREFIX)?, v)))
+}
+
 /// May this ConnectedAccount write `existing`?
 pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), Conflict> {
     let name = existing.name_any();
@@ -106,46 +156,104 @@ pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), C
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true));
-    if let Some(c) = controller
-        && Some(&c.uid) == uid.as_ref()
-    {
+    if controller.is_some_and(|c| Some(&c.uid) == uid.as_ref()) {
         return Ok(());
     }
-    let ours = existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGER)
-        && existing.annotations().get(OWNER_ANNOTATION) == Some(&owner_id(ca));
-    if let Some(c) = controller {
-        // Someone else controls it; only Merge may add keys, and never to a Secret another ConnectedAccount writes.
-        if ca.spec.target.creation_policy == CreationPolicy::Merge && c.kind != "ConnectedAccount" {
-            return Ok(());
+    let owner = existing.annotations().get(OWNER_ANNOTATION);
+    if ca.spec.target.creation_policy == CreationPolicy::Merge {
+        // Someone else's Secret: add keys, unless another ConnectedAccount owns it outright.
+        if let Some(c) = controller.filter(|c| c.kind == "ConnectedAccount") {
+            return Err(Conflict(format!(
+                "Secret {name} is controlled by ConnectedAccount {}",
+                c.name
+            )));
         }
+        if let Some(other) = owner {
+            return Err(Conflict(format!(
+                "Secret {name} is written by ConnectedAccount {other}"
+            )));
+        }
+        return Ok(());
+    }
+    if let Some(c) = controller {
         return Err(Conflict(format!(
             "Secret {name} is controlled by {} {}",
             c.kind, c.name
         )));
     }
-    if ours {
+    // Ours by the annotation naming this ConnectedAccount (the managed-by label is shared and may be restored
+    // by others, so it is not proof).
+    if owner == Some(&owner_id(ca)) {
         return Ok(());
     }
-    if let Some(other) = existing.annotations().get(OWNER_ANNOTATION) {
+    if let Some(other) = owner {
         return Err(Conflict(format!(
             "Secret {name} is written by ConnectedAccount {other}"
         )));
     }
-    if ca.spec.target.creation_policy == CreationPolicy::Merge {
-        return Ok(());
+    if let Some((_, other)) = merge_writers(existing).next() {
+        return Err(Conflict(format!(
+            "Secret {name} belongs to someone else; ConnectedAccount {other} merges keys into it (use creationPolicy: Merge)"
+        )));
     }
     Err(Conflict(format!(
         "Secret {name} already exists and is not managed by this ConnectedAccount; delete it, pick another spec.target.name, or set creationPolicy: Merge"
     )))
 }
 
-/// True when `existing` already matches `desired` in every field the operator writes.
-pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
-    let data_ok = desired.data.as_ref().is_none_or(|want| {
-        let have = existing.data.clone().unwrap_or_default();
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
-            && (desired.type_.is_none() || have.keys().all(|k| want.contains_key(k)))
-    });
+/// A key of `keys` that another, still existing ConnectedAccount already writes into a Merge target.
+/// `exists(uid)` tells whether the ConnectedAccount with that UID still exists (a deleted writer's keys are free).
+pub fn merge_conflict<'a>(
+    ca: &ConnectedAccount,
+    existing: &Secret,
+    keys: impl IntoIterator<Item = &'a String>,
+    exists: impl Fn(&str) -> bool,
+) -> Option<Conflict> {
+    let me = ca.uid().unwrap_or_default();
+    let others: Vec<(&str, &String)> = merge_writers(existing)
+        .filter(|(uid, _)| *uid != me && exists(uid))
+        .collect();
+    for key in keys {
+        for (uid, other) in &others {
+            let owned = keys_owned_by(existing, &format!("{MERGE_MANAGER_PREFIX}{uid}"));
+            if owned.is_some_and(|o| o.contains(key)) {
+                return Some(Conflict(format!(
+                    "key {key} of Secret {} is already written by ConnectedAccount {other}",
+                    existing.name_any()
+                )));
+            }
+        }
+    }
+    None
+}
+
+/// Why `desired` cannot be applied over `existing` as is: a Secret's `type` never changes.
+pub fn type_conflict(existing: &Secret, desired: &Secret) -> Option<String> {
+    let want = desired.type_.as_deref()?;
+    let have = existing.type_.as_deref().unwrap_or("Opaque");
+    (have != want).then(|| {
+        format!(
+            "spec.target.type: Secret {} has type {have}, and a Secret's type cannot change; delete the Secret or set type {have}",
+            existing.name_any()
+        )
+    })
+}
+
+/// Bytes of data a Secret would hold (Kubernetes allows about 1 MiB per Secret).
+pub fn data_size(data: &BTreeMap<String, Vec<u8>>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// True when `existing` already matches `desired` in every field `manager` writes.
+pub fn up_to_date(existing: &Secret, desired: &Secret, manager: &str) -> bool {
+    let have = existing.data.clone().unwrap_or_default();
+    let want = desired.data.clone().unwrap_or_default();
+    let data_ok = want.iter().all(|(k, v)| have.get(k) == Some(v))
+        // A key we wrote before and no longer want: applying again removes it.
+        && keys_owned_by(existing, manager).is_none_or(|ours| ours.iter().all(|k| want.contains_key(k)))
+        && (keys_owned_by(existing, manager).is_some()
+            || desired.type_.is_none()
+            || have.keys().all(|k| want.contains_key(k)));
     let subset = |want: &Option<BTreeMap<String, String>>, have: &BTreeMap<String, String>| {
         want.as_ref()
             .is_none_or(|w| w.iter().all(|(k, v)| have.get(k) == Some(v)))
@@ -163,166 +271,8 @@ pub fn up_to_date(existing: &Secret, desired: &Secret) -> bool {
         && subset(&desired.metadata.labels, existing.labels())
         && subset(&desired.metadata.annotations, existing.annotations())
         && owner_ok
-        && desired
-            .type_
-            .as_ref()
-            .is_none_or(|t| existing.type_.as_deref().unwrap_or("Opaque") == t)
+        && type_conflict(existing, desired).is_none()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{ConnectedAccountSpec, TargetSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
-    fn ca(policy: CreationPolicy, deletion: DeletionPolicy) -> ConnectedAccount {
-        let mut spec: ConnectedAccountSpec =
-            serde_json::from_value(serde_json::json!({"accountId": "apn_A1"})).unwrap();
-        spec.target = TargetSpec {
-            creation_policy: policy,
-            deletion_policy: deletion,
-            labels: [("team".to_string(), "a".to_string())].into(),
-            ..Default::default()
-        };
-        let mut ca = ConnectedAccount::new("gh", spec);
-        ca.metadata.namespace = Some("team-a".into());
-        ca.metadata.uid = Some("uid-1".into());
-        ca
-    }
-
-    fn data() -> BTreeMap<String, Vec<u8>> {
-        [("token".to_string(), b"v1".to_vec())].into()
-    }
-
-    #[test]
-    fn hash_is_order_independent_and_value_sensitive() {
-        let a: BTreeMap<String, Vec<u8>> =
-            [("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())].into();
-        let h = data_hash(a.iter().map(|(k, v)| (k, v.as_slice())));
-        assert!(h.starts_with("sha256:") && h.len() == 71);
-        let rev: Vec<(String, Vec<u8>)> = a.clone().into_iter().rev().collect();
-        assert_eq!(h, data_hash(rev.iter().map(|(k, v)| (k, v.as_slice()))));
-        // "a"+"b1" must not collide with "ab"+"1".
-        let x: BTreeMap<String, Vec<u8>> = [("ab".into(), b"1".to_vec())].into();
-        let y: BTreeMap<String, Vec<u8>> = [("a".into(), b"b1".to_vec())].into();
-        assert_ne!(
-            data_hash(x.iter().map(|(k, v)| (k, v.as_slice()))),
-            data_hash(y.iter().map(|(k, v)| (k, v.as_slice())))
-        );
-    }
-
-    #[test]
-    fn owner_policy_sets_controller_ref_labels_and_annotations() {
-        let ca = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
-        let s = desired_secret(&ca, &data(), Some("2026-11-22T10:00:00Z"));
-        let o = &s.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.uid.as_str(), o.controller),
-            ("ConnectedAccount", "uid-1", Some(true))
-        );
-        let l = s.metadata.labels.as_ref().unwrap();
-        assert_eq!(l[MANAGED_BY_LABEL], MANAGER);
-        assert_eq!(l["team"], "a");
-        let a = s.metadata.annotations.as_ref().unwrap();
-        assert_eq!(a[OWNER_ANNOTATION], "team-a/gh");
-        assert_eq!(a[EXPIRES_AT_ANNOTATION], "2026-11-22T10:00:00Z");
-        assert_eq!(s.type_.as_deref(), Some("Opaque"));
-        assert!(up_to_date(&s, &s));
-        // Retain: no ownerReference, so garbage collection keeps it.
-        assert!(
-            desired_secret(
-                &self::ca(CreationPolicy::Owner, DeletionPolicy::Retain),
-                &data(),
-                None
-            )
-            .metadata
-            .owner_references
-            .is_none()
-        );
-    }
-
-    #[test]
-    fn foreign_secrets_are_refused_unless_merge() {
-        let mine = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
-        let mut foreign = Secret::default();
-        foreign.metadata.name = Some("gh".into());
-        assert!(
-            check_ownership(&mine, &foreign)
-                .unwrap_err()
-                .0
-                .contains("not managed")
-        );
-        assert!(
-            check_ownership(&ca(CreationPolicy::Merge, DeletionPolicy::Retain), &foreign).is_ok()
-        );
-        foreign.metadata.owner_references = Some(vec![OwnerReference {
-            kind: "Deployment".into(),
-            name: "web".into(),
-            uid: "other".into(),
-            controller: Some(true),
-            ..Default::default()
-        }]);
-        assert!(
-            check_ownership(&mine, &foreign)
-                .unwrap_err()
-                .0
-                .contains("Deployment web")
-        );
-        // Our own Secret, by ownerReference or by managed-by label plus owner annotation.
-        let own = desired_secret(&mine, &data(), None);
-        assert!(check_ownership(&mine, &own).is_ok());
-        let retained = desired_secret(
-            &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
-            &data(),
-            None,
-        );
-        assert!(
-            check_ownership(
-                &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
-                &retained
-            )
-            .is_ok()
-        );
-        // Written by another ConnectedAccount: refused even with Merge.
-        let mut other = ca(CreationPolicy::Merge, DeletionPolicy::Retain);
-        other.metadata.name = Some("other".into());
-        assert!(
-            check_ownership(&other, &retained)
-                .unwrap_err()
-                .0
-                .contains("team-a/gh")
-        );
-    }
-
-    #[test]
-    fn up_to_date_detects_data_label_and_owner_changes() {
-        let c = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
-        let want = desired_secret(&c, &data(), None);
-        let mut edited = want.clone();
-        edited
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("token".into(), ByteString(b"hand-edited".to_vec()));
-        assert!(!up_to_date(&edited, &want));
-        let mut extra = want.clone();
-        extra
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("stale".into(), ByteString(b"x".to_vec()));
-        assert!(!up_to_date(&extra, &want));
-        let mut unlabeled = want.clone();
-        unlabeled.metadata.labels = None;
-        assert!(!up_to_date(&unlabeled, &want));
-        let retain = desired_secret(
-            &ca(CreationPolicy::Owner, DeletionPolicy::Retain),
-            &data(),
-            None,
-        );
-        assert!(
-            !up_to_date(&want, &retain),
-            "ownerReference must be dropped when switching to Retain"
-        );
-    }
-}
+mod tests;

@@ -63,7 +63,12 @@ fn account(id: &str, creds: serde_json::Value) -> serde_json::Value {
 /// controller checks auth at startup, so one such connection crash-looped the operator for every tenant.
 #[tokio::test]
 async fn huge_token_lifetimes_are_malformed_answers_not_panics() {
-    for expires_in in [json!(u64::MAX), json!(1e300), json!(-5), json!(31_622_400_000u64)] {
+    for expires_in in [
+        json!(u64::MAX),
+        json!(1e300),
+        json!(-5),
+        json!(31_622_400_000u64),
+    ] {
         let server = MockServer::start().await;
         token(
             &server,
@@ -73,7 +78,13 @@ async fn huge_token_lifetimes_are_malformed_answers_not_panics() {
         let (c, _) = client(server.uri());
         let err = c.check_auth().await.unwrap_err();
         assert!(
-            matches!(err, PipedreamError::Malformed { endpoint: "token", .. }),
+            matches!(
+                err,
+                PipedreamError::Malformed {
+                    endpoint: "token",
+                    ..
+                }
+            ),
             "{expires_in}: {err:?}"
         );
     }
@@ -190,7 +201,9 @@ async fn a_403_on_one_account_keeps_the_shared_token() {
         .await;
     Mock::given(method("GET"))
         .and(path("/v1/connect/proj_P1/accounts/apn_Ok1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(account("apn_Ok1", json!({"k": "v"}))))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(account("apn_Ok1", json!({"k": "v"}))),
+        )
         .mount(&server)
         .await;
     let (c, loads) = client(server.uri());

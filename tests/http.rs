@@ -23,11 +23,17 @@ async fn health_readiness_and_metrics() {
     metrics.count_sync("Synced");
     metrics.count_sync("UpstreamError");
     metrics.observe_request("connect_account", "200", Duration::from_millis(20));
-    metrics.set_expiry(
-        "team-a",
-        "gh",
-        Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600)),
-    );
+    let exp: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+    metrics.set_object("team-a", "gh", |o| {
+        o.expires_at = Some(exp);
+        o.ready = Some((true, "Synced"));
+    });
+    metrics.set_object("team-a", "gone", |o| o.ready = Some((false, "AccountDead")));
+    metrics.forget_object("team-a", "gone");
+    let conn = pipedream_secrets_operator::identity::ConnectionId::cluster("default");
+    metrics.set_connection_ready(&conn, true);
+    metrics.count_rate_limit_wait(&conn, Duration::from_millis(250));
+    metrics.set_leader(true);
     let resp = get("/metrics").await.unwrap();
     assert!(
         resp.headers()["content-type"]
@@ -41,10 +47,25 @@ async fn health_readiness_and_metrics() {
         "pipedream_secrets_syncs_total{result=\"UpstreamError\"} 1",
         "pipedream_secrets_pipedream_requests_total{endpoint=\"connect_account\",status=\"200\"} 1",
         "pipedream_secrets_pipedream_request_duration_seconds_count{endpoint=\"connect_account\"} 1",
-        "pipedream_secrets_credentials_expiry_seconds{namespace=\"team-a\",name=\"gh\"} 59",
+        "# TYPE pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds gauge",
+        "pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds{namespace=\"team-a\",name=\"gh\"} 1795341600.0",
+        "pipedream_secrets_connectedaccount_ready{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1.0",
+        "pipedream_secrets_connection_ready{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1.0",
+        "pipedream_secrets_rate_limit_waits_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1",
+        "pipedream_secrets_rate_limit_wait_seconds_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 0.25",
         "pipedream_secrets_reconcile_duration_seconds",
-        "pipedream_secrets_rate_limit_waits_total 0",
+        "pipedream_secrets_reconcile_queue_depth 0",
+        "pipedream_secrets_leader 1",
+        "pipedream_secrets_build_info{version=\"",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    assert!(
+        !text.contains("name=\"gone\""),
+        "deleted objects leave no series"
+    );
+    assert!(
+        !text.contains("credentials_expiry_seconds"),
+        "the relative gauge is gone"
+    );
 }

@@ -67,7 +67,11 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
         )
         .unwrap()
     });
-    assert!(env.secret("team-a", "gh").is_none());
+    // The operator's finalizer goes first, then garbage collection takes the Secret.
+    env.wait("the Secret to be garbage-collected", 20, || {
+        (env.ca("gh").is_none() && env.secret("team-a", "gh").is_none()).then_some(())
+    })
+    .await;
     // Retain keeps it.
     create_ca(
         &env,
@@ -87,6 +91,10 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
         )
         .unwrap()
     });
+    env.wait("the retained ConnectedAccount to go", 20, || {
+        env.ca("kept").is_none().then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         env.secret("team-a", "kept").is_some(),

@@ -12,11 +12,14 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::Context;
-use super::resolve::{ConnectionSettingsSerialize, build};
+use super::resolve::{kube_error_summary, runtime};
 use super::status::{ready_of, upsert_condition};
-use crate::crd::{ClusterPipedreamConnection, ConnectionStatus, MANAGER, PipedreamConnection};
+use crate::crd::{
+    ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, MANAGER, PipedreamConnection,
+};
+use crate::identity::ConnectionId;
 use crate::reason::{Error, Reason, SyncFailure};
-use crate::schedule;
+use crate::schedule::{self, FailureClass};
 
 /// Re-check a healthy connection this often (the token is cached, so this costs a call about once an hour).
 pub const RECHECK: Duration = Duration::from_secs(600);
@@ -26,18 +29,9 @@ pub async fn reconcile_cluster(
     conn: Arc<ClusterPipedreamConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let id = format!("ClusterPipedreamConnection/{}", conn.name_any());
     let api: Api<ClusterPipedreamConnection> = Api::all(ctx.client.clone());
-    check(
-        &*conn,
-        &conn.spec,
-        conn.status.as_ref(),
-        id,
-        None,
-        api,
-        &ctx,
-    )
-    .await
+    let id = ConnectionId::cluster(conn.name_any());
+    check(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
 }
 
 /// Reconcile a namespaced PipedreamConnection.
@@ -46,48 +40,49 @@ pub async fn reconcile_namespaced(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let ns = conn.namespace().unwrap_or_default();
-    let id = format!("PipedreamConnection/{ns}/{}", conn.name_any());
     let api: Api<PipedreamConnection> = Api::namespaced(ctx.client.clone(), &ns);
-    check(
-        &*conn,
-        &conn.spec,
-        conn.status.as_ref(),
-        id,
-        Some(&ns),
-        api,
-        &ctx,
-    )
-    .await
+    let id = ConnectionId::namespaced(ns, conn.name_any());
+    check(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
 }
 
 async fn check<K, S>(
     obj: &K,
     spec: &S,
     old: Option<&ConnectionStatus>,
-    id: String,
-    namespace: Option<&str>,
+    id: ConnectionId,
     api: Api<K>,
     ctx: &Context,
 ) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: ConnectionSettingsSerialize,
+    S: ConnectionSettings,
 {
     let now = ctx.clock.now();
     let uid = obj.meta().uid.clone().unwrap_or_default();
+    let old = old.cloned().unwrap_or_default();
+    let generation = obj.meta().generation;
+    // A failed connection waits for its retry time: its own status write must not trigger another token request.
+    let mem = ctx.object(&uid);
+    if old.observed_generation == generation
+        && let Some(at) = mem.retry_at.filter(|t| now < *t)
+    {
+        return Ok(Action::requeue(schedule::until(now, at)));
+    }
     let oauth = spec.auth().oauth.is_some();
-    let outcome: Result<(), SyncFailure> = match build(ctx, id, spec, namespace) {
-        Ok(client) => client.check_auth().await.map_err(SyncFailure::from),
+    let outcome: Result<(), SyncFailure> = match runtime(ctx, id.clone(), spec) {
+        Ok(rt) => rt.client.check_auth().await.map_err(SyncFailure::from),
         Err(f) => Err(f),
     };
-    let old = old.cloned().unwrap_or_default();
+    let now = ctx.clock.now();
     let mut st = old.clone();
-    let generation = obj.meta().generation;
     st.observed_generation = generation;
     st.auth_mode = Some(if oauth { "oauth" } else { "apiKey" }.to_string());
-    let (action, event) = match &outcome {
+    let (delay, event) = match &outcome {
         Ok(()) => {
-            ctx.clear_failures(&uid);
+            ctx.update_object(&uid, |o| {
+                o.failures = 0;
+                o.retry_at = None;
+            });
             let (reason, msg) = if oauth {
                 (
                     "Authenticated",
@@ -109,39 +104,48 @@ where
                 now,
             );
             (
-                Action::requeue(RECHECK),
+                RECHECK,
                 (EventType::Normal, reason.to_string(), msg.to_string()),
             )
         }
         Err(f) => {
-            let attempt = ctx.record_failure(&uid);
-            let delay = schedule::error_backoff(
-                now,
-                attempt - 1,
-                None,
-                f.retry_after,
-                f.reason.needs_intervention(),
-            );
-            let reason = if f.reason == Reason::ConnectionNotReady {
-                "ConnectionNotReady"
-            } else {
-                f.reason.as_str()
+            let attempt = ctx.update_object(&uid, |o| {
+                o.failures = o.failures.saturating_add(1);
+                o.failures
+            });
+            // A tenant's disallowed apiUrl is a spec problem of the connection itself.
+            let reason =
+                if f.reason == Reason::ConnectionNotReady && f.message.contains("spec.apiUrl") {
+                    Reason::InvalidSpec
+                } else {
+                    f.reason
+                };
+            let class = match reason {
+                Reason::RateLimited | Reason::UpstreamError => FailureClass::Transient,
+                _ => FailureClass::Permanent,
             };
+            let delay = schedule::after_failure(now, attempt - 1, None, class, f.retry_after).delay;
+            ctx.update_object(&uid, |o| o.retry_at = Some(schedule::add(now, delay)));
             upsert_condition(
                 &mut st.conditions,
                 "Ready",
                 false,
-                reason,
+                reason.as_str(),
                 &f.message,
                 generation,
                 now,
             );
             (
-                Action::requeue(delay),
-                (EventType::Warning, reason.to_string(), f.message.clone()),
+                delay,
+                (
+                    EventType::Warning,
+                    reason.as_str().to_string(),
+                    f.message.clone(),
+                ),
             )
         }
     };
+    ctx.metrics.set_connection_ready(&id, outcome.is_ok());
     if st != old {
         let body = serde_json::json!({
             "apiVersion": K::api_version(&()),
@@ -165,10 +169,10 @@ where
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-            warn!(error = %super::resolve::kube_error_summary(&e), "publishing an Event failed");
+            warn!(error = %kube_error_summary(&e), "publishing an Event failed");
         }
     }
-    Ok(action)
+    Ok(Action::requeue(delay))
 }
 
 #[derive(Serialize)]
@@ -178,61 +182,21 @@ struct Wrapper<'a>(&'a ConnectionStatus);
 /// Backoff for Kubernetes API failures on connections.
 pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     let uid = obj.meta().uid.clone().unwrap_or_default();
-    let attempt = ctx.record_failure(&uid);
-    let delay = schedule::error_backoff(ctx.clock.now(), attempt - 1, None, None, false);
+    let attempt = ctx.update_object(&uid, |o| {
+        o.failures = o.failures.saturating_add(1);
+        o.failures
+    });
+    let delay = schedule::after_failure(
+        ctx.clock.now(),
+        attempt - 1,
+        None,
+        FailureClass::Transient,
+        None,
+    )
+    .delay;
     warn!(error = %err, attempt, "connection reconcile failed");
     Action::requeue(delay)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::controller::tests::Harness;
-
-    #[tokio::test]
-    async fn connection_status_reports_authentication() {
-        let h = Harness::new().await;
-        let conn = h.ctx.cluster_connections.state()[0].clone();
-        let action = reconcile_cluster(conn.clone(), h.ctx.clone())
-            .await
-            .unwrap();
-        assert_eq!(action, Action::requeue(RECHECK));
-        let reqs = h.api.take();
-        let status = reqs
-            .iter()
-            .find(|r| {
-                r.path
-                    .ends_with("/clusterpipedreamconnections/default/status")
-            })
-            .expect("status patch");
-        assert_eq!(
-            status.body["status"]["conditions"][0]["reason"],
-            "Authenticated"
-        );
-        assert_eq!(status.body["status"]["authMode"], "oauth");
-        // Pipedream refuses the client: AuthFailed.
-        h.pd.reset().await;
-        wiremock::Mock::given(wiremock::matchers::method("POST"))
-            .respond_with(wiremock::ResponseTemplate::new(401))
-            .mount(&h.pd)
-            .await;
-        let h2 = Harness::new().await;
-        h2.pd.reset().await;
-        wiremock::Mock::given(wiremock::matchers::method("POST"))
-            .respond_with(wiremock::ResponseTemplate::new(401))
-            .mount(&h2.pd)
-            .await;
-        let conn2 = h2.ctx.cluster_connections.state()[0].clone();
-        reconcile_cluster(conn2, h2.ctx.clone()).await.unwrap();
-        let reqs = h2.api.take();
-        let status = reqs.iter().find(|r| r.path.ends_with("/status")).unwrap();
-        assert_eq!(
-            status.body["status"]["conditions"][0]["reason"],
-            "AuthFailed"
-        );
-        assert!(
-            reqs.iter()
-                .any(|r| r.method == "POST" && r.body["reason"] == "AuthFailed")
-        );
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! Shared state of the reconcilers: API client, caches, Pipedream clients, clock, metrics.
+//! Shared state of the reconcilers: API client, caches, connection runtimes, clock, metrics, per-object memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,11 +9,10 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
-use crate::crd::{ClusterPipedreamConnection, MANAGER, PipedreamConnection};
-use crate::metrics::Metrics;
-use crate::pipedream::{
-    ClientSettings, FetchedAccount, MaterialLoader, PipedreamClient, PipedreamError,
-};
+use super::fetch::{Fetcher, Triggers};
+use crate::crd::{ClusterPipedreamConnection, ConnectedAccount, MANAGER, PipedreamConnection};
+use crate::identity::AccountKey;
+use crate::metrics::{Metrics, QueueStats};
 
 /// Wall clock. Tests use a clock driven by (paused) tokio time.
 #[derive(Clone, Debug)]
@@ -68,6 +67,70 @@ impl Clock {
     }
 }
 
+/// Hosts a tenant's `PipedreamConnection.spec.apiUrl` may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// Exact host names, or `*.suffix` for any subdomain of `suffix`.
+    pub fn new(hosts: impl IntoIterator<Item = String>) -> Self {
+        Self(
+            hosts
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Why `api_url` may not be used by a tenant's connection, if it may not: the host must be listed, and plain
+    /// `http` is only for loopback hosts (tests).
+    pub fn check(&self, api_url: &str) -> Result<(), String> {
+        let url = reqwest::Url::parse(api_url)
+            .map_err(|_| format!("spec.apiUrl {api_url:?} is not a URL"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("spec.apiUrl {api_url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("spec.apiUrl must not carry credentials".into());
+        }
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            s => {
+                return Err(format!(
+                    "spec.apiUrl uses {s}; only https is allowed (http only for loopback hosts)"
+                ));
+            }
+        }
+        let listed = self.0.iter().any(|a| match a.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => *a == host,
+        });
+        if listed {
+            Ok(())
+        } else {
+            Err(format!(
+                "spec.apiUrl host {host} is not among the operator's allowed Pipedream hosts ({}); ask the cluster admin (--allowed-api-hosts)",
+                self.0.join(", ")
+            ))
+        }
+    }
+}
+
+impl Default for AllowedHosts {
+    fn default() -> Self {
+        Self::new(["api.pipedream.com".to_string()])
+    }
+}
+
 /// Operator-wide settings the reconciler needs.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -77,92 +140,26 @@ pub struct Settings {
     pub default_connection: Option<String>,
     /// ClusterPipedreamConnections are not watched (namespace-scoped install).
     pub cluster_connections_disabled: bool,
+    /// Hosts a namespaced PipedreamConnection may point at.
+    pub allowed_api_hosts: AllowedHosts,
 }
 
-/// One Pipedream client per connection, rebuilt when the connection's spec changes.
-#[derive(Default)]
-pub struct ClientRegistry {
-    clients: Mutex<HashMap<String, (String, Arc<PipedreamClient>)>>,
-}
-
-impl ClientRegistry {
-    /// The client for connection `id` whose spec serializes to `fingerprint`.
-    pub fn get_or_build(
-        &self,
-        id: &str,
-        fingerprint: &str,
-        build: impl FnOnce() -> PipedreamClient,
-    ) -> Arc<PipedreamClient> {
-        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((fp, c)) = map.get(id)
-            && fp == fingerprint
-        {
-            return c.clone();
-        }
-        let client = Arc::new(build());
-        map.insert(id.to_string(), (fingerprint.to_string(), client.clone()));
-        client
-    }
-}
-
-/// A fetch result shared between ConnectedAccounts naming the same account.
-#[derive(Clone, Debug)]
-pub struct CachedFetch {
-    /// The answer.
-    pub fetched: FetchedAccount,
-    /// Local time the answer arrived.
-    pub at: Timestamp,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<CachedFetch>>>;
-
-/// Single-flight fetches per (connection, account): concurrent callers wait for one request, and later callers
-/// reuse its answer while it is fresh for them. Also the source for drift repair without a new fetch.
-#[derive(Default)]
-pub struct AccountCache {
-    slots: Mutex<HashMap<(String, String), Slot>>,
-}
-
-impl AccountCache {
-    /// Return a cached fetch that `reuse` accepts, or fetch (once, however many callers wait).
-    pub async fn fetch(
-        &self,
-        connection: &str,
-        account_id: &str,
-        client: &PipedreamClient,
-        clock: &Clock,
-        reuse: impl Fn(&CachedFetch) -> bool,
-    ) -> Result<(CachedFetch, bool), PipedreamError> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .entry((connection.to_string(), account_id.to_string()))
-                .or_default()
-                .clone()
-        };
-        let mut guard = slot.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| reuse(c)) {
-            return Ok((c.clone(), true));
-        }
-        let fetched = client.fetch_account(account_id).await?;
-        let entry = CachedFetch {
-            fetched,
-            at: clock.now(),
-        };
-        *guard = Some(entry.clone());
-        Ok((entry, false))
-    }
-
-    /// The cached fetch, if any, without fetching.
-    pub async fn peek(&self, connection: &str, account_id: &str) -> Option<CachedFetch> {
-        let slot = {
-            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .get(&(connection.to_string(), account_id.to_string()))
-                .cloned()
-        }?;
-        slot.lock().await.clone()
-    }
+/// What the operator remembers about one ConnectedAccount between passes (lost on restart, by design: the
+/// schedule survives in status).
+#[derive(Clone, Debug, Default)]
+pub struct ObjectState {
+    /// Consecutive failed passes.
+    pub failures: u32,
+    /// Not before this time after a failure (also written to status, except for short waits).
+    pub retry_at: Option<Timestamp>,
+    /// The fetch this object asked for: the account and the answer count at the time.
+    pub asked: Option<(AccountKey, u64)>,
+    /// Last time a force-sync made it fetch.
+    pub last_forced: Option<Timestamp>,
+    /// The connection's resourceVersion when a connection-related failure happened: a change retries at once.
+    pub failed_connection_version: Option<String>,
+    /// When the controller will next reconcile it (queue-depth metric).
+    pub next_pass: Option<Timestamp>,
 }
 
 /// Everything a reconcile needs.
@@ -175,26 +172,23 @@ pub struct Context {
     pub connections: BTreeMap<Option<String>, Store<PipedreamConnection>>,
     /// Cluster connections.
     pub cluster_connections: Store<ClusterPipedreamConnection>,
-    /// Pipedream clients.
-    pub pipedream: ClientRegistry,
+    /// ConnectedAccounts, per watched scope (filled in by `run`; empty in unit tests).
+    pub accounts: Mutex<Vec<Store<ConnectedAccount>>>,
+    /// Connection runtimes and account answers.
+    pub fetcher: Fetcher,
     /// Shared HTTP client for Pipedream.
     pub http: reqwest::Client,
-    /// Account fetch cache.
-    pub accounts: AccountCache,
     /// Event recorder.
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Clock.
     pub clock: Clock,
-    /// Consecutive failures per object UID (error backoff).
-    pub failures: Mutex<HashMap<String, u32>>,
-    /// Consecutive fetches that returned credentials inside the refresh margin, per object UID.
-    pub stale: Mutex<HashMap<String, u32>>,
+    objects: Mutex<HashMap<String, ObjectState>>,
 }
 
 impl Context {
-    /// Build a context.
+    /// Build a context. `triggers` carries "fetch done" back to the controllers.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
@@ -205,7 +199,8 @@ impl Context {
         metrics: Arc<Metrics>,
         clock: Clock,
         instance: Option<String>,
-    ) -> Self {
+        triggers: Triggers,
+    ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -213,76 +208,112 @@ impl Context {
                 instance,
             },
         );
-        Self {
+        let ctx = Arc::new(Self {
             client,
             settings,
             connections,
             cluster_connections,
-            pipedream: ClientRegistry::default(),
+            accounts: Mutex::default(),
+            fetcher: Fetcher::new(triggers, clock.clone()),
             http,
-            accounts: AccountCache::default(),
             recorder,
-            metrics,
+            metrics: metrics.clone(),
             clock,
-            failures: Mutex::default(),
-            stale: Mutex::default(),
-        }
+            objects: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&ctx);
+        metrics.set_queue_source(move || {
+            weak.upgrade().map_or_else(Vec::new, |c| {
+                c.fetcher
+                    .runtimes()
+                    .iter()
+                    .map(|rt| QueueStats {
+                        id: rt.key.id.clone(),
+                        queued: rt.queued(),
+                        in_flight: rt.in_flight(),
+                    })
+                    .collect()
+            })
+        });
+        let weak = Arc::downgrade(&ctx);
+        metrics.set_due_source(move || {
+            weak.upgrade().map_or(0, |c| {
+                let now = c.clock.now();
+                c.lock_objects()
+                    .values()
+                    .filter(|o| o.asked.is_some() || o.next_pass.is_some_and(|t| t <= now))
+                    .count() as i64
+            })
+        });
+        ctx
     }
 
-    /// Build (or reuse) the Pipedream client of a connection.
-    pub fn pipedream_client(
-        &self,
-        id: &str,
-        fingerprint: &str,
-        settings: ClientSettings,
-        loader: MaterialLoader,
-    ) -> Arc<PipedreamClient> {
-        self.pipedream.get_or_build(id, fingerprint, || {
-            PipedreamClient::new(
-                self.http.clone(),
-                settings,
-                loader,
-                Some(self.metrics.clone()),
-            )
-        })
+    fn lock_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Increment and return the failure count of an object.
-    pub fn record_failure(&self, uid: &str) -> u32 {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(uid.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+    /// A copy of what is remembered about object `uid`.
+    pub fn object(&self, uid: &str) -> ObjectState {
+        self.lock_objects().get(uid).cloned().unwrap_or_default()
     }
 
-    /// Forget an object's failures.
-    pub fn clear_failures(&self, uid: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
+    /// Change what is remembered about object `uid`.
+    pub fn update_object<T>(&self, uid: &str, f: impl FnOnce(&mut ObjectState) -> T) -> T {
+        f(self.lock_objects().entry(uid.to_string()).or_default())
     }
 
-    /// How many fetches in a row returned credentials already inside the refresh margin.
-    pub fn stale_count(&self, uid: &str) -> u32 {
-        self.stale
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uid)
-            .copied()
-            .unwrap_or(0)
+    /// Forget a deleted object.
+    pub fn forget_object(&self, uid: &str) {
+        self.lock_objects().remove(uid);
     }
 
-    /// Count one more stale fetch, or reset the counter.
-    pub fn set_stale(&self, uid: &str, stale: bool) {
-        let mut s = self.stale.lock().unwrap_or_else(|p| p.into_inner());
-        if stale {
-            *s.entry(uid.to_string()).or_insert(0) += 1;
-        } else {
-            s.remove(uid);
-        }
+    /// Whether a ConnectedAccount with this UID exists (Merge writers that were deleted free their keys). Without
+    /// stores (unit tests) every writer counts as existing.
+    pub fn account_exists(&self, uid: &str) -> bool {
+        let stores = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        stores.is_empty()
+            || stores.iter().any(|s| {
+                s.state()
+                    .iter()
+                    .any(|ca| ca.metadata.uid.as_deref() == Some(uid))
+            })
     }
 }
 
 /// Default request timeout towards Pipedream.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 7): a namespaced `apiUrl` could name any host (limited SSRF from inside the cluster).
+    #[test]
+    fn tenant_api_urls_must_name_an_allowed_host_over_https() {
+        let a = AllowedHosts::default();
+        assert!(a.check("https://api.pipedream.com").is_ok());
+        assert!(a.check("https://API.pipedream.com/").is_ok());
+        for bad in [
+            "https://evil.example",
+            "http://api.pipedream.com",
+            "https://api.pipedream.com.evil.example",
+            "https://user:pw@api.pipedream.com",
+            "http://10.0.0.1:8080",
+            "http://169.254.169.254/latest",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(a.check(bad).is_err(), "{bad}");
+        }
+        let tests = AllowedHosts::new(["127.0.0.1".into(), "*.pipedream.com".into(), "::1".into()]);
+        assert!(tests.check("http://127.0.0.1:8081").is_ok());
+        assert!(tests.check("http://[::1]:8081").is_ok());
+        assert!(tests.check("https://api2.pipedream.com").is_ok());
+        assert!(tests.check("https://pipedream.com.evil.example").is_err());
+        let m = a.check("https://evil.example").unwrap_err();
+        assert!(
+            m.contains("evil.example") && m.contains("--allowed-api-hosts"),
+            "{m}"
+        );
+    }
+}

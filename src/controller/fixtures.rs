@@ -32,7 +32,7 @@ struct State {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     requests: Vec<Recorded>,
     faults: Vec<(String, String, u16)>,
-    status: Option<Value>,
+    status: BTreeMap<String, Value>,
 }
 
 /// The mock server's shared state.
@@ -75,12 +75,19 @@ impl MockApi {
             query: query.into(),
             body: body.clone(),
         });
-        if let Some((_, _, code)) = st
+        if let Some((_, p, code)) = st
             .faults
             .iter()
             .find(|(m, p, _)| m == method && path.contains(p.as_str()))
         {
-            return (*code, status_body(*code, "InjectedFault"));
+            let mut body = status_body(*code, "InjectedFault");
+            if *code == 422 && p.contains("secrets") {
+                body["message"] = json!(
+                    "Secret \"gh\" is invalid: metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string or consist of alphanumeric characters"
+                );
+                body["reason"] = json!("Invalid");
+            }
+            return (*code, body);
         }
         let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, seg.as_slice()) {
@@ -145,13 +152,46 @@ impl MockApi {
                     "status",
                 ],
             ) => {
-                st.status = Some(body["status"].clone());
+                st.status.insert(name.to_string(), body["status"].clone());
                 (
                     200,
                     json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
                     "metadata": {"name": name, "namespace": ns}, "spec": {"accountId": "apn_A1"}, "status": body["status"]}),
                 )
             }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pipedream-secrets.io",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "connectedaccounts",
+                    name,
+                ],
+            ) => (
+                200,
+                json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                    "metadata": {"name": name, "namespace": ns, "uid": "uid-gh"}, "spec": {"accountId": "apn_A1"}}),
+            ),
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pipedream-secrets.io",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "pipedreamconnections",
+                    name,
+                    "status",
+                ],
+            ) => (
+                200,
+                json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "PipedreamConnection",
+                    "metadata": {"name": name, "namespace": ns}, "spec": {"auth": {"apiKey": {"secretRef": {"name": "x", "key": "k"}}}}, "status": body["status"]}),
+            ),
             (
                 "PATCH",
                 [
@@ -245,8 +285,8 @@ impl MockApi {
         std::mem::take(&mut self.0.lock().unwrap().requests)
     }
 
-    /// The last status written.
-    pub fn status(&self) -> Option<Value> {
-        self.0.lock().unwrap().status.clone()
+    /// The last status written for ConnectedAccount `name`.
+    pub fn status_of(&self, name: &str) -> Option<Value> {
+        self.0.lock().unwrap().status.get(name).cloned()
     }
 }

@@ -2,7 +2,9 @@
 
 mod connection;
 mod context;
+mod fetch;
 mod leader;
+mod plan;
 mod reconcile;
 mod resolve;
 mod restart;
@@ -13,23 +15,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use context::*;
+pub use fetch::{AccountCache, Attempt, CachedFetch, MAX_IN_FLIGHT, Triggers};
 use futures::future::{BoxFuture, Shared};
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
-pub use reconcile::{error_policy, reconcile, validate_spec};
+use kube::{Api, Client, Resource, ResourceExt};
+pub use plan::{FORCE_DEBOUNCE, Validated, validate_spec};
+pub use reconcile::{error_policy, reconcile};
 pub use resolve::client_parts;
 pub use restart::RESTARTED_AT_ANNOTATION;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::crd::{
-    ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, MANAGED_BY_LABEL, MANAGER,
-    PipedreamConnection,
+    ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, OWNER_ANNOTATION,
+    PipedreamConnection, WATCH_LABEL,
 };
+use crate::identity::ConnectionId;
 use crate::metrics::Metrics;
+use crate::secret::MERGE_ANNOTATION_PREFIX;
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -48,7 +56,19 @@ pub struct RunConfig {
     pub leader_election: Option<(String, u64)>,
 }
 
-fn reflect<K>(api: Api<K>) -> (Store<K>, BoxFuture<'static, ()>)
+/// Keep only what the operator reads: managed fields and the last-applied annotation can be most of an object.
+fn strip<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    on_delete: impl Fn(&K) + Send + 'static,
+) -> (Store<K>, BoxFuture<'static, ()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -59,19 +79,45 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let fut = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|r| {
-        if let Err(e) = r {
-            warn!(error = %e, "connection watch failed");
-        }
-        future::ready(())
-    });
+    let fut = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .for_each(move |r| {
+            match r {
+                Ok(watcher::Event::Delete(obj)) => on_delete(&obj),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "connection watch failed"),
+            }
+            future::ready(())
+        });
     (store, Box::pin(fut))
+}
+
+/// The ConnectedAccounts a Secret event concerns: named by its owner annotation, its Merge annotations, or its
+/// controller ownerReference. Works for Secrets without an ownerReference (Retain, Orphan, Merge).
+pub fn accounts_of_secret(s: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<ConnectedAccount>> {
+    let ns = s.namespace().unwrap_or_default();
+    let mut out: Vec<ObjectRef<ConnectedAccount>> = Vec::new();
+    for (k, v) in s.annotations() {
+        if k == OWNER_ANNOTATION {
+            if let Some((owner_ns, name)) = v.split_once('/')
+                && owner_ns == ns
+            {
+                out.push(ObjectRef::new(name).within(&ns));
+            }
+        } else if k.starts_with(MERGE_ANNOTATION_PREFIX) {
+            out.push(ObjectRef::new(v).within(&ns));
+        }
+    }
+    for o in s.owner_references() {
+        if o.kind == "ConnectedAccount" {
+            out.push(ObjectRef::new(&o.name).within(&ns));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup();
+    out
 }
 
 /// Run every controller until `shutdown` resolves. `ready` turns true once all caches have synced.
@@ -89,7 +135,22 @@ pub async fn run(
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
-
+    let mut triggers = Triggers::default();
+    let trigger_streams: Vec<_> = scopes
+        .iter()
+        .map(|s| triggers.subscribe(s.clone()))
+        .collect();
+    // The context exists before the connection watches (they report deletions to it).
+    let ctx_cell: Arc<std::sync::OnceLock<std::sync::Weak<Context>>> = Arc::default();
+    let forget = {
+        let cell = ctx_cell.clone();
+        move |id: ConnectionId| {
+            if let Some(ctx) = cell.get().and_then(std::sync::Weak::upgrade) {
+                ctx.fetcher.remove(&id);
+                ctx.metrics.forget_connection(&id);
+            }
+        }
+    };
     let mut background: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut connections = BTreeMap::new();
     for scope in &scopes {
@@ -97,7 +158,13 @@ pub async fn run(
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let (store, fut) = reflect(api);
+        let forget = forget.clone();
+        let (store, fut) = reflect(api, move |c: &PipedreamConnection| {
+            forget(ConnectionId::namespaced(
+                c.namespace().unwrap_or_default(),
+                c.name_any(),
+            ))
+        });
         connections.insert(scope.clone(), store);
         background.push(fut);
     }
@@ -108,49 +175,65 @@ pub async fn run(
         writer.apply_watcher_event(&watcher::Event::InitDone);
         store
     } else {
-        let (store, fut) = reflect(Api::<ClusterPipedreamConnection>::all(client.clone()));
+        let forget = forget.clone();
+        let (store, fut) = reflect(
+            Api::<ClusterPipedreamConnection>::all(client.clone()),
+            move |c: &ClusterPipedreamConnection| forget(ConnectionId::cluster(c.name_any())),
+        );
         background.push(fut);
         store
     };
 
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         config.settings.clone(),
         connections.clone(),
         cluster_store.clone(),
         http,
-        metrics,
+        metrics.clone(),
         Clock::System,
         config.instance.clone(),
-    ));
+        triggers,
+    );
+    let _ = ctx_cell.set(Arc::downgrade(&ctx));
 
     let mut controllers: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut ca_stores = Vec::new();
-    for scope in &scopes {
-        let (cas, secrets, conns): (Api<ConnectedAccount>, Api<Secret>, Api<PipedreamConnection>) =
-            match scope {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-                None => (
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                ),
-            };
-        let c = Controller::new(cas, watcher::Config::default().any_semantic());
-        let store = c.store();
+    for (scope, trigger) in scopes.iter().zip(trigger_streams) {
+        let (cas, secrets, conns): (
+            Api<ConnectedAccount>,
+            Api<PartialObjectMeta<Secret>>,
+            Api<PipedreamConnection>,
+        ) = match scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+        let (store, writer) = reflector::store();
+        let accounts = watcher(cas, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(strip)
+            .reflect(writer)
+            .applied_objects();
         ca_stores.push(store.clone());
         let s1 = store.clone();
         let s2 = store.clone();
-        let c = c
-            // Metadata-only, label-selected: no cache of unrelated Secrets.
-            .owns(
-                secrets,
-                watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")),
-            )
+        let secret_events = watcher(
+            secrets,
+            watcher::Config::default().labels(&format!("{WATCH_LABEL}=true")),
+        )
+        .default_backoff()
+        .touched_objects();
+        let c = Controller::for_stream(accounts, store)
+            // Metadata-only and label-selected: no cache of Secrets, and only ours cause events.
+            .watches_stream(secret_events, |s| accounts_of_secret(&s))
             .watches(
                 conns,
                 watcher::Config::default(),
@@ -162,7 +245,8 @@ pub async fn run(
                         &conn.name_any(),
                     )
                 },
-            );
+            )
+            .reconcile_on(UnboundedReceiverStream::new(trigger));
         let c = if config.settings.cluster_connections_disabled {
             c
         } else {
@@ -187,6 +271,7 @@ pub async fn run(
             c.run(reconcile, error_policy, ctx).for_each(log_result),
         ));
     }
+    *ctx.accounts.lock().unwrap_or_else(|p| p.into_inner()) = ca_stores.clone();
 
     for scope in &scopes {
         let conns: Api<PipedreamConnection> = match scope {
@@ -257,6 +342,7 @@ pub async fn run(
             None => return Ok(()),
         }
     }
+    metrics.set_leader(true);
     let readiness = {
         let ready = ready.clone();
         async move {
@@ -281,6 +367,7 @@ pub async fn run(
             _ = lost => Err("lost the leader-election Lease; exiting so that only one replica writes".to_string()),
         }
     };
+    metrics.set_leader(false);
     ready.store(false, Ordering::SeqCst);
     if let Some(l) = leadership
         && outcome.is_ok()

@@ -1,15 +1,17 @@
-//! Which connection a ConnectedAccount uses, whether it may, and the Pipedream client for it.
+//! Which connection a ConnectedAccount uses, whether it may, and the connection runtime for it.
 
 use std::sync::Arc;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Context;
+use super::fetch::Runtime;
 use crate::access::{self, Admission};
 use crate::crd::{ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
+use crate::identity::{ConnectionId, ConnectionKey};
 use crate::pipedream::{
     ApiMode, AuthMaterial, ClientSettings, MaterialLoader, PipedreamClient, SecretString,
 };
@@ -17,70 +19,95 @@ use crate::reason::{Error, Reason, SyncFailure};
 
 /// A usable connection.
 pub struct Resolved {
-    /// `Kind/name` (namespaced kind: `Kind/namespace/name`).
-    pub id: String,
-    /// The client.
-    pub client: Arc<PipedreamClient>,
+    /// Identity and fingerprint: every cache is keyed by it.
+    pub key: ConnectionKey,
+    /// Its client and fetch queue.
+    pub runtime: Arc<Runtime>,
     /// Narrowing the fetched account must satisfy.
     pub admission: Admission,
+    /// The connection's resourceVersion (a failure caused by the connection is retried when it changes).
+    pub version: Option<String>,
 }
 
-/// Outcome of resolution: a Kubernetes API failure aborts the reconcile, a `SyncFailure` goes to status.
-pub type ResolveResult = Result<Result<Resolved, SyncFailure>, Error>;
+/// Outcome of resolution: a Kubernetes API failure aborts the reconcile, a `SyncFailure` goes to status (with the
+/// connection's resourceVersion, when it exists).
+pub type ResolveResult = Result<Result<Resolved, (SyncFailure, Option<String>)>, Error>;
+
+/// The connection a ConnectedAccount names (or the default one).
+pub fn connection_of(ca: &ConnectedAccount, ctx: &Context) -> Result<ConnectionId, SyncFailure> {
+    let ns = ca.namespace().unwrap_or_default();
+    match &ca.spec.connection_ref {
+        Some(r) if r.kind == ConnectionKind::PipedreamConnection => {
+            Ok(ConnectionId::namespaced(ns, &r.name))
+        }
+        Some(r) => Ok(ConnectionId::cluster(&r.name)),
+        None => match &ctx.settings.default_connection {
+            Some(n) => Ok(ConnectionId::cluster(n)),
+            None => Err(SyncFailure::new(
+                Reason::ConnectionNotFound,
+                "spec.connectionRef is not set and the operator has no --default-connection",
+            )),
+        },
+    }
+}
 
 /// Resolve `spec.connectionRef` (or the default connection).
 pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
     let ns = ca.namespace().unwrap_or_default();
-    let (kind, name) = match &ca.spec.connection_ref {
-        Some(r) => (r.kind, r.name.clone()),
-        None => match &ctx.settings.default_connection {
-            Some(n) => (ConnectionKind::ClusterPipedreamConnection, n.clone()),
-            None => {
-                return Ok(Err(SyncFailure::new(
-                    Reason::ConnectionNotFound,
-                    "spec.connectionRef is not set and the operator has no --default-connection",
-                )));
-            }
-        },
+    let id = match connection_of(ca, ctx) {
+        Ok(id) => id,
+        Err(f) => return Ok(Err((f, None))),
     };
-    match kind {
+    let name = id.name.clone();
+    match id.kind {
         ConnectionKind::PipedreamConnection => {
             let store = ctx
                 .connections
                 .get(&Some(ns.clone()))
                 .or_else(|| ctx.connections.get(&None));
             let Some(conn) = store.and_then(|s| s.get(&ObjectRef::new(&name).within(&ns))) else {
-                return Ok(Err(SyncFailure::new(
-                    Reason::ConnectionNotFound,
-                    format!("spec.connectionRef: PipedreamConnection {ns}/{name} not found"),
+                return Ok(Err((
+                    SyncFailure::new(
+                        Reason::ConnectionNotFound,
+                        format!("spec.connectionRef: PipedreamConnection {ns}/{name} not found"),
+                    ),
+                    None,
                 )));
             };
-            let id = format!("PipedreamConnection/{ns}/{name}");
-            Ok(
-                build(ctx, id, &conn.spec, Some(&ns)).map(|client| Resolved {
-                    id: format!("PipedreamConnection/{name}"),
-                    client,
+            let version = conn.meta().resource_version.clone();
+            Ok(runtime(ctx, id, &conn.spec)
+                .map(|runtime| Resolved {
+                    key: runtime.key.clone(),
+                    runtime,
                     admission: Admission::Unrestricted,
-                }),
-            )
+                    version: version.clone(),
+                })
+                .map_err(|f| (f, version)))
         }
         ConnectionKind::ClusterPipedreamConnection if ctx.settings.cluster_connections_disabled => {
-            Ok(Err(SyncFailure::new(
-                Reason::ConnectionNotFound,
-                format!(
-                    "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
+            Ok(Err((
+                SyncFailure::new(
+                    Reason::ConnectionNotFound,
+                    format!(
+                        "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
+                    ),
                 ),
+                None,
             )))
         }
         ConnectionKind::ClusterPipedreamConnection => {
             let Some(conn) = ctx.cluster_connections.get(&ObjectRef::new(&name)) else {
-                return Ok(Err(SyncFailure::new(
-                    Reason::ConnectionNotFound,
-                    format!(
-                        "ClusterPipedreamConnection {name} not found (spec.connectionRef or --default-connection)"
+                return Ok(Err((
+                    SyncFailure::new(
+                        Reason::ConnectionNotFound,
+                        format!(
+                            "ClusterPipedreamConnection {name} not found (spec.connectionRef or --default-connection)"
+                        ),
                     ),
+                    None,
                 )));
             };
+            let version = conn.meta().resource_version.clone();
             let labels = if access::needs_namespace_labels(&conn.spec.access) {
                 let api: Api<Namespace> = Api::all(ctx.client.clone());
                 api.get_opt(&ns)
@@ -97,34 +124,53 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 &ctx.settings.operator_namespace,
             );
             if admission == Admission::Denied {
-                return Ok(Err(SyncFailure::new(
-                    Reason::AccessDenied,
-                    format!(
-                        "namespace {ns} is not admitted by the access rules of ClusterPipedreamConnection {name}"
+                return Ok(Err((
+                    SyncFailure::new(
+                        Reason::AccessDenied,
+                        format!(
+                            "namespace {ns} is not admitted by the access rules of ClusterPipedreamConnection {name}"
+                        ),
                     ),
+                    version,
                 )));
             }
-            let id = format!("ClusterPipedreamConnection/{name}");
-            Ok(
-                build(ctx, id.clone(), &conn.spec, None).map(|client| Resolved {
-                    id,
-                    client,
+            Ok(runtime(ctx, id, &conn.spec)
+                .map(|runtime| Resolved {
+                    key: runtime.key.clone(),
+                    runtime,
                     admission,
-                }),
-            )
+                    version: version.clone(),
+                })
+                .map_err(|f| (f, version)))
         }
     }
 }
 
-pub(super) fn build(
+/// The runtime (client and fetch queue) of connection `id` with `spec`, rebuilt when the spec changed. A tenant's
+/// own connection may only name an allowed Pipedream host.
+pub(super) fn runtime(
     ctx: &Context,
-    id: String,
-    spec: &impl ConnectionSettingsSerialize,
-    namespace: Option<&str>,
-) -> Result<Arc<PipedreamClient>, SyncFailure> {
-    let (settings, loader) = client_parts(ctx.client.clone(), spec, namespace)
-        .map_err(|m| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}")))?;
-    Ok(ctx.pipedream_client(&id, &spec.fingerprint(), settings, loader))
+    id: ConnectionId,
+    spec: &impl ConnectionSettings,
+) -> Result<Arc<Runtime>, SyncFailure> {
+    let not_ready = |m: String| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"));
+    if id.tenant_controlled() {
+        ctx.settings
+            .allowed_api_hosts
+            .check(spec.api_url())
+            .map_err(not_ready)?;
+    }
+    let (settings, loader) =
+        client_parts(ctx.client.clone(), spec, id.namespace.as_deref()).map_err(not_ready)?;
+    let key = ConnectionKey::new(id.clone(), spec);
+    Ok(ctx.fetcher.runtime(&key, settings.rate_limit, || {
+        PipedreamClient::new(
+            ctx.http.clone(),
+            settings,
+            loader,
+            Some((ctx.metrics.clone(), id)),
+        )
+    }))
 }
 
 /// Client settings and a Secret-reading credential loader for a connection spec. `namespace` is the namespaced
@@ -165,15 +211,6 @@ pub fn client_parts(
         loader(client, refs, namespace.map(str::to_string)),
     ))
 }
-
-/// Connection specs serialize to a fingerprint: a changed spec means a new client.
-pub trait ConnectionSettingsSerialize: ConnectionSettings + serde::Serialize {
-    /// JSON of the spec.
-    fn fingerprint(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-impl<T: ConnectionSettings + serde::Serialize> ConnectionSettingsSerialize for T {}
 
 #[derive(Clone)]
 enum Refs {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
@@ -27,10 +28,11 @@ pub struct Harness {
     pub api: MockApi,
     pub pd: MockServer,
     pub ctx: Arc<Context>,
-    _writers: (
+    triggered: Arc<(std::sync::Mutex<Vec<String>>, tokio::sync::Notify)>,
+    writers: std::sync::Mutex<(
         Writer<PipedreamConnection>,
         Writer<ClusterPipedreamConnection>,
-    ),
+    )>,
 }
 
 fn t0() -> Timestamp {
@@ -46,6 +48,17 @@ pub fn account_json(token: &str, expires_at: Option<Timestamp>) -> Value {
     })
 }
 
+async fn mount_token(pd: &MockServer) {
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path("/v1/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "pd-api-token", "expires_in": 3600})),
+        )
+        .mount(pd)
+        .await;
+}
+
 impl Harness {
     pub async fn new() -> Self {
         Self::with_access(json!([{"namespaces": ["team-a"]}])).await
@@ -54,14 +67,7 @@ impl Harness {
     pub async fn with_access(access: Value) -> Self {
         let api = MockApi::default();
         let pd = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(wiremock::matchers::path("/v1/oauth/token"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"access_token": "pd-api-token", "expires_in": 3600})),
-            )
-            .mount(&pd)
-            .await;
+        mount_token(&pd).await;
         let mut s = Secret::default();
         s.metadata.name = Some("pd-oauth".into());
         s.data = Some(
@@ -74,7 +80,7 @@ impl Harness {
         api.put_secret("ops", &s);
         let conn: ClusterPipedreamConnection = serde_json::from_value(json!({
             "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ClusterPipedreamConnection",
-            "metadata": {"name": "default", "uid": "uid-conn"},
+            "metadata": {"name": "default", "uid": "uid-conn", "resourceVersion": "1"},
             "spec": {"apiUrl": pd.uri(), "auth": {"oauth": {"clientId": "cid",
                 "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"},
                 "projectId": "proj_P1"}}, "access": access}
@@ -83,12 +89,23 @@ impl Harness {
         let (cstore, mut cwriter) = reflector::store::<ClusterPipedreamConnection>();
         cwriter.apply_watcher_event(&watcher::Event::Apply(conn));
         let (nstore, nwriter) = reflector::store::<PipedreamConnection>();
-        let ctx = Arc::new(Context::new(
+        let mut triggers = Triggers::default();
+        let mut rx = triggers.subscribe(None);
+        let triggered: Arc<(std::sync::Mutex<Vec<String>>, tokio::sync::Notify)> = Arc::default();
+        let sink = triggered.clone();
+        tokio::spawn(async move {
+            while let Some(o) = rx.recv().await {
+                sink.0.lock().unwrap().push(o.name);
+                sink.1.notify_waiters();
+            }
+        });
+        let ctx = Context::new(
             api.client(),
             Settings {
                 operator_namespace: "ops".into(),
                 default_connection: Some("default".into()),
                 cluster_connections_disabled: false,
+                allowed_api_hosts: AllowedHosts::new(["127.0.0.1".to_string()]),
             },
             [(None, nstore)].into(),
             cstore,
@@ -96,12 +113,14 @@ impl Harness {
             Arc::new(Metrics::new()),
             Clock::manual(t0()),
             None,
-        ));
+            triggers,
+        );
         let h = Self {
             api,
             pd,
             ctx,
-            _writers: (nwriter, cwriter),
+            triggered,
+            writers: std::sync::Mutex::new((nwriter, cwriter)),
         };
         h.serve_account(account_json(
             TOKEN,
@@ -111,17 +130,35 @@ impl Harness {
         h
     }
 
+    /// Add a tenant's `PipedreamConnection/pd` in `ns`, with an API key Secret, pointing at `url`.
+    pub fn add_namespaced_connection(&self, ns: &str, url: &str) {
+        let conn: PipedreamConnection = serde_json::from_value(json!({
+            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "PipedreamConnection",
+            "metadata": {"name": "pd", "namespace": ns, "uid": format!("uid-pd-{ns}"), "resourceVersion": "1"},
+            "spec": {"apiUrl": url, "auth": {"apiKey": {"secretRef": {"name": "pd-key", "key": "api_key"}}}}
+        }))
+        .unwrap();
+        self.writers
+            .lock()
+            .unwrap()
+            .0
+            .apply_watcher_event(&watcher::Event::Apply(conn));
+        let mut s = Secret::default();
+        s.metadata.name = Some("pd-key".into());
+        s.data = Some(
+            [(
+                "api_key".to_string(),
+                k8s_openapi::ByteString(format!("key-{ns}").into_bytes()),
+            )]
+            .into(),
+        );
+        self.api.put_secret(ns, &s);
+    }
+
     /// Replace the account answer (keeps the token endpoint).
     pub async fn serve(&self, resp: ResponseTemplate) {
         self.pd.reset().await;
-        Mock::given(method("POST"))
-            .and(wiremock::matchers::path("/v1/oauth/token"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"access_token": "pd-api-token", "expires_in": 3600})),
-            )
-            .mount(&self.pd)
-            .await;
+        mount_token(&self.pd).await;
         // Pipedream's Date header agrees with the test clock (skew correction has its own tests).
         let date = self
             .ctx
@@ -165,13 +202,40 @@ impl Harness {
         );
     }
 
-    /// Reconcile, then feed the written status back as the watch would.
+    /// Reconcile, feeding the written status back as the watch would; when the pass asked the dispatcher for a
+    /// fetch, wait for its trigger and run the pass it triggers, as the controller would.
     pub async fn reconcile(&self, ca: &mut ConnectedAccount) -> Result<Action, Error> {
-        let out = reconcile(Arc::new(ca.clone()), self.ctx.clone()).await;
-        if let Some(s) = self.api.status() {
-            ca.status = Some(serde_json::from_value::<ConnectedAccountStatus>(s).unwrap());
+        let uid = ca.metadata.uid.clone().unwrap_or_default();
+        loop {
+            let out = reconcile(Arc::new(ca.clone()), self.ctx.clone()).await;
+            if let Some(s) = self.api.status_of(&ca.name_any()) {
+                ca.status = Some(serde_json::from_value::<ConnectedAccountStatus>(s).unwrap());
+            }
+            if out.is_err() || self.ctx.object(&uid).asked.is_none() {
+                return out;
+            }
+            if !self.wait_triggered(&ca.name_any()).await {
+                return out;
+            }
         }
-        out
+    }
+
+    /// Wait (up to 15 s) until the dispatcher triggers ConnectedAccount `name`; consumes the trigger.
+    pub async fn wait_triggered(&self, name: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let notified = self.triggered.1.notified();
+            {
+                let mut t = self.triggered.0.lock().unwrap();
+                if let Some(i) = t.iter().position(|n| n == name) {
+                    t.remove(i);
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -183,7 +247,8 @@ pub fn ca(spec: Value) -> ConnectedAccount {
         .extend(spec.as_object().cloned().unwrap_or_default());
     let mut ca: ConnectedAccount = serde_json::from_value(json!({
         "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-        "metadata": {"name": "gh", "namespace": "team-a", "uid": "uid-gh", "generation": 1},
+        "metadata": {"name": "gh", "namespace": "team-a", "uid": "uid-gh", "generation": 1,
+                     "finalizers": [crate::crd::FINALIZER]},
         "spec": spec_full
     }))
     .unwrap();
@@ -217,22 +282,24 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     let mut ca = ca(json!({}));
     let action = h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
+    // Pass 1 asks the connection's dispatcher (which mints the token); its answer triggers pass 2, which writes.
     assert_eq!(
         lines(&reqs),
         vec![
             GET_SECRET,
             READ_CLIENT_SECRET,
+            GET_SECRET,
             PATCH_SECRET,
             PATCH_STATUS,
             POST_EVENT
         ]
     );
     assert_eq!(
-        reqs[2].query,
+        reqs[3].query,
         "&force=true&fieldManager=pipedream-secrets-operator"
     );
     assert!(
-        reqs[2].body.get("stringData").is_none(),
+        reqs[3].body.get("stringData").is_none(),
         "data only, never stringData"
     );
     let s = h.api.secret("team-a", "gh").unwrap();
@@ -275,8 +342,8 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
         action,
         Action::requeue(Duration::try_from(next.duration_since(t0())).unwrap())
     );
-    assert_eq!(reqs[4].body["reason"], "SecretCreated");
-    assert_eq!(reqs[4].body["type"], "Normal");
+    assert_eq!(reqs[5].body["reason"], "SecretCreated");
+    assert_eq!(reqs[5].body["type"], "Normal");
     assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
     assert_eq!(h.pipedream_calls("/accounts/apn_A1").await, 1);
 }
@@ -321,9 +388,15 @@ async fn rotation_before_expiry_rewrites_the_secret() {
     let reqs = h.api.take();
     assert_eq!(
         lines(&reqs),
-        vec![GET_SECRET, PATCH_SECRET, PATCH_STATUS, POST_EVENT]
+        vec![
+            GET_SECRET,
+            GET_SECRET,
+            PATCH_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ]
     );
-    assert_eq!(reqs[3].body["reason"], "SecretUpdated");
+    assert_eq!(reqs[4].body["reason"], "SecretUpdated");
     assert_eq!(
         secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
         "gho_ROTATED_2"
@@ -406,7 +479,7 @@ async fn upstream_failures_keep_the_last_good_secret() {
         let reqs = h.api.take();
         assert_eq!(
             lines(&reqs),
-            vec![GET_SECRET, PATCH_STATUS, POST_EVENT],
+            vec![GET_SECRET, GET_SECRET, PATCH_STATUS, POST_EVENT],
             "{reason}"
         );
         assert_eq!(
@@ -416,8 +489,8 @@ async fn upstream_failures_keep_the_last_good_secret() {
         );
         let (status, got, _) = ready(&ca);
         assert_eq!((status.as_str(), got.as_str()), ("False", reason));
-        assert_eq!(reqs[2].body["type"], "Warning");
-        assert_eq!(reqs[2].body["reason"], reason);
+        assert_eq!(reqs[3].body["type"], "Warning");
+        assert_eq!(reqs[3].body["reason"], reason);
         let st = ca.status.as_ref().unwrap();
         assert_eq!(
             st.expires_at.as_deref(),
@@ -519,7 +592,7 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     h.reconcile(&mut ca7).await.unwrap();
     assert_eq!(ready(&ca7).1, "AuthFailed");
 
-    // Expired: Pipedream returns credentials that have already expired; retried soon, not written.
+    // Expired: Pipedream returns credentials that have already expired; retried within seconds, not written.
     let h = Harness::new().await;
     h.serve_account(account_json(
         TOKEN,
@@ -529,7 +602,7 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     let mut ca8 = ca(json!({}));
     let action = h.reconcile(&mut ca8).await.unwrap();
     assert_eq!(ready(&ca8).1, "Expired");
-    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
     assert!(h.api.secret("team-a", "gh").is_none());
 
     // SecretConflict: a Secret of that name belongs to someone else.
@@ -661,12 +734,21 @@ async fn accounts_shared_by_several_connected_accounts_are_fetched_once() {
         c.metadata.name = Some(format!("gh-{i}"));
         c.metadata.uid = Some(format!("uid-{i}"));
         let ctx = h.ctx.clone();
-        handles.push(tokio::spawn(
-            async move { reconcile(Arc::new(c), ctx).await },
-        ));
+        handles.push(tokio::spawn(async move {
+            reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+            c
+        }));
     }
+    let mut cas = Vec::new();
     for hd in handles {
-        hd.await.unwrap().unwrap();
+        cas.push(hd.await.unwrap());
+    }
+    for c in &mut cas {
+        assert!(
+            h.wait_triggered(&c.name_any()).await,
+            "every waiter is triggered"
+        );
+        h.reconcile(c).await.unwrap();
     }
     assert_eq!(h.pipedream_calls("/accounts/").await, 1);
     assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
@@ -776,15 +858,23 @@ async fn credential_values_never_reach_logs_status_or_events() {
         assert!(!logs.contains(secret), "log leaks {secret}");
         assert!(!recorded.contains(secret), "status/Event leaks {secret}");
         assert!(!status.contains(secret));
+        let cached: Vec<String> = h
+            .ctx
+            .fetcher
+            .runtimes()
+            .iter()
+            .map(|rt| {
+                let key = crate::identity::AccountKey {
+                    connection: rt.key.clone(),
+                    account_id: "apn_A1".into(),
+                };
+                format!("{:?} {:?}", h.ctx.fetcher.cache.last_ok(&key), rt.client)
+            })
+            .collect();
+        assert!(!cached.is_empty());
         assert!(
-            !format!(
-                "{:?}",
-                h.ctx
-                    .accounts
-                    .peek("ClusterPipedreamConnection/default", "apn_A1")
-                    .await
-            )
-            .contains(secret)
+            !cached.concat().contains(secret),
+            "Debug of cached answers leaks {secret}"
         );
     }
     assert_eq!(
@@ -846,4 +936,321 @@ async fn a_failed_object_waits_for_its_retry_time_without_requests() {
     .await;
     h.reconcile(&mut ca).await.unwrap();
     assert_eq!(ready(&ca).1, "Synced");
+}
+
+fn tenant_ca(ns: &str, name: &str, account: &str) -> ConnectedAccount {
+    let mut c = ca(
+        json!({"accountId": account, "connectionRef": {"kind": "PipedreamConnection", "name": "pd"}}),
+    );
+    c.metadata.namespace = Some(ns.into());
+    c.metadata.name = Some(name.into());
+    c.metadata.uid = Some(format!("uid-{ns}-{name}"));
+    c
+}
+
+async fn key_server(token: &str, expires: Timestamp) -> MockServer {
+    let s = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/accounts/apn_A1$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header(
+                    "date",
+                    t0().strftime("%a, %d %b %Y %H:%M:%S GMT")
+                        .to_string()
+                        .as_str(),
+                )
+                .set_body_json(json!({"data": {
+                    "id": "apn_A1", "healthy": true, "credentials": {"oauth_access_token": token},
+                    "expires_at": expires.to_string()}})),
+        )
+        .mount(&s)
+        .await;
+    s
+}
+
+/// Regression (issue 7, critical): the shared fetch cache was keyed by `PipedreamConnection/{name}` without the
+/// namespace, so team B's same-named connection read team A's cached answer (theft), and B's server could plant
+/// its answer for A's account id in A's Secret (poisoning). Every cache is now keyed by the connection's full
+/// identity and fingerprint.
+#[tokio::test]
+async fn same_named_connections_in_two_namespaces_neither_see_nor_poison_each_other() {
+    let h = Harness::new().await;
+    let victim = key_server("A-token", t0() + SignedDuration::from_hours(1)).await;
+    let attacker = key_server("B-evil", t0() + SignedDuration::from_hours(24 * 300)).await;
+    h.add_namespaced_connection("team-a", &victim.uri());
+    h.add_namespaced_connection("team-b", &attacker.uri());
+    // Theft: A syncs, then B asks for A's account id through its own "pd".
+    let mut a = tenant_ca("team-a", "victim", "apn_A1");
+    h.reconcile(&mut a).await.unwrap();
+    let mut b = tenant_ca("team-b", "thief", "apn_A1");
+    h.reconcile(&mut b).await.unwrap();
+    let token =
+        |ns: &str, name: &str| secret_value(&h.api.secret(ns, name).unwrap(), "oauth_access_token");
+    assert_eq!(token("team-a", "victim"), "A-token");
+    assert_eq!(
+        token("team-b", "thief"),
+        "B-evil",
+        "B only ever gets what its own server says"
+    );
+    // Poisoning: B force-syncs to keep its answer fresh; A's next passes never take it.
+    b.metadata.annotations = Some(
+        [(
+            "pipedream-secrets.io/force-sync".to_string(),
+            "x".to_string(),
+        )]
+        .into(),
+    );
+    h.ctx.clock.advance(Duration::from_secs(30));
+    h.reconcile(&mut b).await.unwrap();
+    let mut a2 = tenant_ca("team-a", "victim2", "apn_A1");
+    a2.spec.target.name = Some("victim2".into());
+    h.reconcile(&mut a2).await.unwrap();
+    h.api.delete_secret("team-a", "victim");
+    h.reconcile(&mut a).await.unwrap();
+    assert_eq!(token("team-a", "victim2"), "A-token");
+    assert_eq!(token("team-a", "victim"), "A-token");
+    assert_eq!(
+        ca_status_connection(&a),
+        Some("PipedreamConnection/pd".to_string())
+    );
+    assert!(!victim.received_requests().await.unwrap().is_empty());
+    assert!(attacker.received_requests().await.unwrap().len() >= 2);
+    for r in victim.received_requests().await.unwrap() {
+        assert_eq!(
+            r.headers["authorization"], "Bearer key-team-a",
+            "A's key only goes to A's server"
+        );
+    }
+    for r in attacker.received_requests().await.unwrap() {
+        assert_eq!(r.headers["authorization"], "Bearer key-team-b");
+    }
+}
+
+fn ca_status_connection(c: &ConnectedAccount) -> Option<String> {
+    c.status.as_ref()?.connection.clone()
+}
+
+/// Fairness (issue 7): a tarpitted tenant connection fills its own queue; another connection's accounts sync
+/// while every tarpitted fetch is still in flight.
+#[tokio::test]
+async fn a_tarpitted_connection_does_not_delay_another_tenants_refresh() {
+    let h = Harness::new().await;
+    let tarpit = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(4)))
+        .mount(&tarpit)
+        .await;
+    h.add_namespaced_connection("team-b", &tarpit.uri());
+    let mut slow = Vec::new();
+    for i in 0..12 {
+        let mut c = tenant_ca("team-b", &format!("slow-{i}"), "apn_A1");
+        c.spec.account_id = format!("apn_Slow{i}");
+        reconcile(Arc::new(c.clone()), h.ctx.clone()).await.unwrap();
+        slow.push(c);
+    }
+    let mut victim = ca(json!({}));
+    h.reconcile(&mut victim).await.unwrap();
+    assert_eq!(ready(&victim).1, "Synced");
+    let triggered = h.triggered.0.lock().unwrap().clone();
+    assert!(
+        triggered.iter().all(|n| !n.starts_with("slow-")),
+        "the victim synced before any tarpitted fetch finished: {triggered:?}"
+    );
+    let rt = h
+        .ctx
+        .fetcher
+        .runtimes()
+        .into_iter()
+        .find(|r| r.key.id.namespace.is_some())
+        .unwrap();
+    assert_eq!(
+        rt.in_flight(),
+        MAX_IN_FLIGHT,
+        "the tarpit holds only its own in-flight slots"
+    );
+    assert_eq!(rt.queued(), 12 - MAX_IN_FLIGHT);
+}
+
+/// Regression (issue 7): a Secret write the API server refuses (invalid label, changed type) only reached the
+/// logs; the ConnectedAccount stayed Ready=True with a stale observedGeneration while the Secret stopped rotating.
+#[tokio::test]
+async fn refused_secret_writes_and_type_changes_reach_status_naming_the_field() {
+    let h = Harness::new().await;
+    h.api.fail("PATCH", "/secrets/gh", 422);
+    let mut c = ca(json!({"target": {"labels": {"team": "bad value!"}}}));
+    h.reconcile(&mut c).await.unwrap();
+    let (status, reason, message) = ready(&c);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.starts_with("spec.target.labels:"), "{message}");
+    assert_eq!(c.status.as_ref().unwrap().observed_generation, Some(1));
+    h.api.heal();
+    // A type change on an existing Secret is reported, never attempted.
+    let h = Harness::new().await;
+    let mut c = ca(json!({}));
+    h.reconcile(&mut c).await.unwrap();
+    c.spec.target.type_ = Some("kubernetes.io/basic-auth".into());
+    c.metadata.generation = Some(2);
+    h.api.take();
+    h.reconcile(&mut c).await.unwrap();
+    let (_, reason, message) = ready(&c);
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.starts_with("spec.target.type:") && message.contains("Opaque"),
+        "{message}"
+    );
+    assert!(!lines(&h.api.take()).contains(&PATCH_SECRET.to_string()));
+    assert_eq!(c.status.as_ref().unwrap().observed_generation, Some(2));
+}
+
+/// Regression (issue 7): switching deletionPolicy to Retain and deleting the ConnectedAccount before the next
+/// pass let garbage collection take the Secret. The finalizer releases it first.
+#[tokio::test]
+async fn deleting_right_after_switching_to_retain_keeps_the_secret() {
+    let h = Harness::new().await;
+    let mut c = ca(json!({}));
+    h.reconcile(&mut c).await.unwrap();
+    assert!(
+        h.api
+            .secret("team-a", "gh")
+            .unwrap()
+            .metadata
+            .owner_references
+            .is_some()
+    );
+    c.spec.target.deletion_policy = crate::crd::DeletionPolicy::Retain;
+    c.metadata.generation = Some(2);
+    c.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t0()));
+    h.api.take();
+    reconcile(Arc::new(c.clone()), h.ctx.clone()).await.unwrap();
+    let reqs = h.api.take();
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            GET_SECRET.to_string(),
+            PATCH_SECRET.to_string(),
+            "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh"
+                .to_string()
+        ]
+    );
+    assert_eq!(reqs[1].body["metadata"]["ownerReferences"], json!([]));
+    assert!(
+        h.api
+            .secret("team-a", "gh")
+            .unwrap()
+            .metadata
+            .owner_references
+            .is_none_or(|o| o.is_empty())
+    );
+    assert!(
+        h.ctx.metrics.object("team-a", "gh").is_none(),
+        "its series are gone"
+    );
+}
+
+/// Regression (issue 8): an answer whose credentials had just expired (Pipedream refreshed late) left the Secret
+/// with the expired token for about a minute. It is polled again within two seconds, status says so once, and
+/// the fresh token is written as soon as Pipedream has it.
+#[tokio::test]
+async fn an_expired_answer_is_polled_within_seconds_until_the_fresh_token_arrives() {
+    let h = Harness::new().await;
+    let mut c = ca(json!({}));
+    h.reconcile(&mut c).await.unwrap();
+    h.ctx.clock.advance(Duration::from_secs(3601));
+    // Pipedream has not refreshed yet: it returns the token that expired a second ago.
+    h.serve_account(account_json(
+        TOKEN,
+        Some(t0() + SignedDuration::from_hours(1)),
+    ))
+    .await;
+    c.metadata.annotations = Some(
+        [(
+            "pipedream-secrets.io/force-sync".to_string(),
+            "1".to_string(),
+        )]
+        .into(),
+    );
+    h.api.take();
+    let a = h.reconcile(&mut c).await.unwrap();
+    assert_eq!(ready(&c).1, "Expired");
+    assert_eq!(a, Action::requeue(Duration::from_secs(1)));
+    let writes = |h: &Harness| {
+        lines(&h.api.take())
+            .iter()
+            .filter(|l| l.ends_with("/status"))
+            .count()
+    };
+    assert_eq!(writes(&h), 1, "one status write for the transition");
+    // Still late a second later: polled again, status not rewritten.
+    h.ctx.clock.advance(Duration::from_secs(1));
+    let a = h.reconcile(&mut c).await.unwrap();
+    assert_eq!(a, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(writes(&h), 0);
+    // Pipedream refreshes: the next poll writes the fresh token.
+    h.ctx.clock.advance(Duration::from_secs(1));
+    h.serve_account(account_json(
+        "gho_FRESH",
+        Some(t0() + SignedDuration::from_hours(2)),
+    ))
+    .await;
+    h.reconcile(&mut c).await.unwrap();
+    assert_eq!(ready(&c).1, "Synced");
+    assert_eq!(
+        secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
+        "gho_FRESH"
+    );
+}
+
+/// Regression (issue 8): dead, missing and refused accounts were polled every 30 s forever once their
+/// credentials had expired. They back off to minutes.
+#[tokio::test]
+async fn permanently_failing_accounts_back_off_to_minutes_after_expiry() {
+    let h = Harness::new().await;
+    let mut c = ca(json!({}));
+    h.reconcile(&mut c).await.unwrap();
+    h.serve(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"id": "apn_A1", "healthy": false, "dead": true})),
+    )
+    .await;
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        h.advance_to_next_sync(&c);
+        h.ctx.clock.advance(Duration::from_secs(3600));
+        let a = h.reconcile(&mut c).await.unwrap();
+        assert_eq!(ready(&c).1, "AccountDead");
+        delays.push(requeue_of(&a).unwrap().as_secs());
+    }
+    assert!(delays.iter().all(|d| *d >= 60), "{delays:?}");
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+}
+
+/// Regression (issue 8): force-sync had no per-object debounce; a tenant flipping the annotation fetched every
+/// time. A second value within 10 s waits for the rest of the window.
+#[tokio::test]
+async fn force_sync_is_debounced_per_object() {
+    let h = Harness::new().await;
+    let mut c = ca(json!({}));
+    h.reconcile(&mut c).await.unwrap();
+    let force = |c: &mut ConnectedAccount, v: &str| {
+        c.metadata.annotations =
+            Some([("pipedream-secrets.io/force-sync".to_string(), v.to_string())].into());
+    };
+    force(&mut c, "1");
+    h.ctx.clock.advance(Duration::from_secs(3));
+    h.reconcile(&mut c).await.unwrap();
+    assert_eq!(h.pipedream_calls("/accounts/").await, 2);
+    force(&mut c, "2");
+    h.ctx.clock.advance(Duration::from_secs(3));
+    let a = h.reconcile(&mut c).await.unwrap();
+    assert_eq!(h.pipedream_calls("/accounts/").await, 2, "debounced");
+    assert_eq!(a, Action::requeue(Duration::from_secs(7)));
+    h.ctx.clock.advance(Duration::from_secs(7));
+    h.reconcile(&mut c).await.unwrap();
+    assert_eq!(h.pipedream_calls("/accounts/").await, 3);
+    assert_eq!(
+        c.status.as_ref().unwrap().last_force_sync.as_deref(),
+        Some("2")
+    );
 }

@@ -96,7 +96,20 @@ pub struct ConnectionRef {
 }
 
 /// Kind of a connection resource.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+)]
 pub enum ConnectionKind {
     /// A namespaced PipedreamConnection in the ConnectedAccount's own namespace.
     PipedreamConnection,

@@ -16,6 +16,10 @@ pub const GROUP: &str = "pipedream-secrets.io";
 pub const MANAGER: &str = "pipedream-secrets-operator";
 /// Label put on every Secret the operator writes; the Secret watch selects on it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Label (value `true`) on every Secret the operator writes into, owned or merged; the Secret watch selects on it.
+pub const WATCH_LABEL: &str = "pipedream-secrets.io/managed";
+/// Finalizer on ConnectedAccounts: on deletion the operator honours `deletionPolicy` and forgets its state.
+pub const FINALIZER: &str = "pipedream-secrets.io/finalizer";
 /// Annotation on a ConnectedAccount whose new value forces an immediate fetch.
 pub const FORCE_SYNC_ANNOTATION: &str = "pipedream-secrets.io/force-sync";
 /// Annotation on a written Secret naming the ConnectedAccount (`namespace/name`) that writes it.

@@ -14,7 +14,11 @@ use tokio::time::Instant;
 
 use super::{Account, PipedreamError, SecretString, TokenResponse};
 use crate::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
+use crate::identity::ConnectionId;
 use crate::metrics::Metrics;
+
+/// Where a client reports: the metrics and the connection it serves.
+pub type Reporting = Option<(Arc<Metrics>, ConnectionId)>;
 
 /// Refresh the OAuth token this long before it expires (the official SDKs use the same buffer).
 const TOKEN_REFRESH_BUFFER: Duration = Duration::from_secs(120);
@@ -105,7 +109,7 @@ pub struct PipedreamClient {
     api_key: Mutex<Option<SecretString>>,
     generation: std::sync::atomic::AtomicU64,
     last_forced_remint: std::sync::Mutex<Option<Instant>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Reporting,
 }
 
 impl std::fmt::Debug for PipedreamClient {
@@ -136,7 +140,7 @@ impl PipedreamClient {
         http: reqwest::Client,
         mut settings: ClientSettings,
         loader: MaterialLoader,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Reporting,
     ) -> Self {
         settings.api_url = settings.api_url.trim_end_matches('/').to_string();
         let rps = NonZeroU32::new(settings.rate_limit.requests_per_second.max(1))
@@ -342,6 +346,12 @@ impl PipedreamClient {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        if let Some((m, id)) = &self.metrics {
+            let at = Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(lifetime).unwrap_or_default())
+                .ok();
+            m.set_token_expiry(id, at);
+        }
         Ok(Token {
             value: parsed.access_token,
             refresh_at: Instant::now()
@@ -358,10 +368,11 @@ impl PipedreamClient {
         req: reqwest::RequestBuilder,
     ) -> Result<(HeaderMap, bytes::Bytes), PipedreamError> {
         if self.limiter.check().is_err() {
-            if let Some(m) = &self.metrics {
-                m.rate_limit_waits.inc();
-            }
+            let waited = std::time::Instant::now();
             self.limiter.until_ready().await;
+            if let Some((m, id)) = &self.metrics {
+                m.count_rate_limit_wait(id, waited.elapsed());
+            }
         }
         let started = std::time::Instant::now();
         let result = req.send().await;
@@ -392,8 +403,8 @@ impl PipedreamClient {
         Err(map_status(endpoint, status, &headers, &body))
     }
 
-    fn observe(&self, endpoint: &'static str, status: &str, started: std::time::Instant) {
-        if let Some(m) = &self.metrics {
+    fn observe(&self, endpoint: &'static str, status: &'static str, started: std::time::Instant) {
+        if let Some((m, _)) = &self.metrics {
             m.observe_request(endpoint, status, started.elapsed());
         }
     }
@@ -469,22 +480,28 @@ async fn read_capped(
 
 /// A bounded label for an HTTP status: the codes Pipedream documents, else the class.
 pub fn status_label(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        408 => "408",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+    const KNOWN: [(u16, &str); 11] = [
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    let code = status.as_u16();
+    match KNOWN.iter().find(|(c, _)| *c == code) {
+        Some((_, label)) => label,
+        None => match code / 100 {
+            2 => "2xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
+        },
     }
 }
 
@@ -614,7 +631,8 @@ pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let until = |at: Timestamp| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+    let until =
+        |at: Timestamp| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
     let raw = if let Some(v) = get("retry-after") {
         match v.parse::<f64>() {
             Ok(secs) if secs.is_finite() && secs >= 0.0 => {
@@ -625,14 +643,10 @@ pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
         }
     } else if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
         Some(Duration::from_millis(ms))
-    } else if let Some(reset) = get("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok()) {
-        Some(
-            Timestamp::from_second(reset)
-                .map(until)
-                .unwrap_or(Duration::MAX),
-        )
     } else {
-        None
+        get("x-ratelimit-reset")
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|reset| Timestamp::from_second(reset).map_or(Duration::MAX, until))
     };
     raw.map(|d| d.min(MAX_RETRY_AFTER))
 }

@@ -21,7 +21,8 @@ pub enum PipedreamError {
         message: Option<String>,
     },
     /// Pipedream answered 429.
-    #[error("rate limited by Pipedream{}", .retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    // No countdown in the text: it reaches status, and a message that changes every second rewrites it.
+    #[error("rate limited by Pipedream")]
     RateLimited { retry_after: Option<Duration> },
     /// Any other HTTP error status.
     #[error("Pipedream answered HTTP {status} on {endpoint}{}", fmt_msg(.message))]

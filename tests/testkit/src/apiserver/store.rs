@@ -332,8 +332,19 @@ impl Store {
         let old = old.ok_or_else(|| not_found(&kind, name))?;
         let mut new = old.clone();
         if content_type.starts_with("application/json-patch+json") {
-            let p: json_patch::Patch =
+            let mut ops: Vec<Value> =
                 serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+            // Like the API server's json-patch library: `test` of a missing path against null succeeds
+            // (kube-rs's finalizer helper relies on it).
+            ops.retain(|op| {
+                !(op["op"] == "test"
+                    && op["value"].is_null()
+                    && op["path"]
+                        .as_str()
+                        .is_some_and(|p| new.pointer(p).is_none()))
+            });
+            let p: json_patch::Patch =
+                serde_json::from_value(Value::Array(ops)).map_err(|e| bad(e.to_string()))?;
             json_patch::patch(&mut new, &p)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
         } else {

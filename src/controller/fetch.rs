@@ -1,0 +1,560 @@
+//! Pipedream fetches run here, not on the controller's workers: one dispatcher per connection takes requests in
+//! order of urgency (expired or missing Secrets first, then by expiry), at most a few in flight, paced by the
+//! connection's rate limiter and paused by `Retry-After`. A reconcile asks for a fetch and returns; the dispatcher
+//! re-triggers it when the answer is in. So a slow or hostile connection delays only its own accounts, and a
+//! large backlog is served most-urgent-first.
+//!
+//! Answers are kept per [`AccountKey`] (connection identity + fingerprint + account), shared by every
+//! ConnectedAccount naming the same account through the same connection, and used to repair drift without a new
+//! call.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use super::Clock;
+use crate::crd::{ConnectedAccount, RateLimit};
+use crate::identity::{AccountKey, ConnectionId, ConnectionKey};
+use crate::pipedream::{FetchedAccount, PipedreamClient, PipedreamError};
+
+/// Requests of one connection in flight at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Requests in flight at once over all of one tenant's (namespace's) own connections.
+pub const MAX_IN_FLIGHT_PER_TENANT: usize = 8;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A successful answer and when it arrived (local clock).
+#[derive(Clone, Debug)]
+pub struct CachedFetch {
+    /// The answer.
+    pub fetched: Arc<FetchedAccount>,
+    /// Local time the answer arrived.
+    pub at: Timestamp,
+}
+
+/// The outcome of one completed attempt.
+#[derive(Clone, Debug)]
+pub enum Attempt {
+    /// Pipedream answered.
+    Ok(CachedFetch),
+    /// It did not.
+    Failed(PipedreamError),
+}
+
+#[derive(Default)]
+struct Slot {
+    ok: Option<CachedFetch>,
+    last: Option<Attempt>,
+    /// Completed attempts so far.
+    generation: u64,
+}
+
+/// Answers per account (as seen through one connection).
+#[derive(Default)]
+pub struct AccountCache {
+    slots: Mutex<HashMap<AccountKey, Slot>>,
+}
+
+impl AccountCache {
+    /// Completed attempts so far for `key` (a later attempt has a higher number).
+    pub fn generation(&self, key: &AccountKey) -> u64 {
+        lock(&self.slots).get(key).map_or(0, |s| s.generation)
+    }
+
+    /// The latest attempt, if one completed after generation `after`.
+    pub fn attempt_after(&self, key: &AccountKey, after: u64) -> Option<Attempt> {
+        let slots = lock(&self.slots);
+        let s = slots.get(key)?;
+        (s.generation > after).then(|| s.last.clone()).flatten()
+    }
+
+    /// The last successful answer, for reuse and drift repair.
+    pub fn last_ok(&self, key: &AccountKey) -> Option<CachedFetch> {
+        lock(&self.slots).get(key).and_then(|s| s.ok.clone())
+    }
+
+    fn complete(
+        &self,
+        key: AccountKey,
+        result: Result<FetchedAccount, PipedreamError>,
+        at: Timestamp,
+    ) {
+        let mut slots = lock(&self.slots);
+        let s = slots.entry(key).or_default();
+        s.generation += 1;
+        s.last = Some(match result {
+            Ok(f) => {
+                let c = CachedFetch {
+                    fetched: Arc::new(f),
+                    at,
+                };
+                s.ok = Some(c.clone());
+                Attempt::Ok(c)
+            }
+            Err(e) => Attempt::Failed(e),
+        });
+    }
+
+    /// Forget answers no ConnectedAccount needs any more (the account is not in `keep`).
+    pub fn retain(&self, keep: impl Fn(&AccountKey) -> bool) {
+        lock(&self.slots).retain(|k, _| keep(k));
+    }
+
+    /// How many accounts have answers.
+    pub fn len(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// No answers at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Routes "this ConnectedAccount's fetch is done" to the controller watching its namespace.
+#[derive(Clone, Default)]
+pub struct Triggers {
+    senders: Vec<(
+        Option<String>,
+        mpsc::UnboundedSender<ObjectRef<ConnectedAccount>>,
+    )>,
+}
+
+impl Triggers {
+    /// A stream of triggers for the controller of `scope` (a namespace, or `None` for all).
+    pub fn subscribe(
+        &mut self,
+        scope: Option<String>,
+    ) -> mpsc::UnboundedReceiver<ObjectRef<ConnectedAccount>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.senders.push((scope, tx));
+        rx
+    }
+
+    fn send(&self, obj: ObjectRef<ConnectedAccount>) {
+        let target = self
+            .senders
+            .iter()
+            .find(|(scope, _)| scope.is_none() || scope.as_deref() == obj.namespace.as_deref());
+        if let Some((_, tx)) = target {
+            let _ = tx.send(obj);
+        }
+    }
+}
+
+struct Entry {
+    needed_by: Timestamp,
+    seq: u64,
+    waiters: HashSet<ObjectRef<ConnectedAccount>>,
+    in_flight: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: BTreeSet<(Timestamp, u64, String)>,
+    entries: HashMap<String, Entry>,
+    in_flight: usize,
+    seq: u64,
+    paused_until: Option<tokio::time::Instant>,
+}
+
+/// One connection as used: its key, its Pipedream client (token, rate limiter) and its fetch queue.
+pub struct Runtime {
+    /// Identity and fingerprint.
+    pub key: ConnectionKey,
+    /// The client.
+    pub client: Arc<PipedreamClient>,
+    rate: RateLimit,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    closed: AtomicBool,
+    tenant: Option<Arc<Semaphore>>,
+}
+
+impl Runtime {
+    /// Ask for `account` to be fetched; `who` is triggered when the answer is in. `needed_by` orders the queue:
+    /// earliest first.
+    pub fn request(&self, account: &str, needed_by: Timestamp, who: ObjectRef<ConnectedAccount>) {
+        let mut q = lock(&self.queue);
+        q.seq += 1;
+        let seq = q.seq;
+        let reorder = match q.entries.get_mut(account) {
+            Some(e) => {
+                e.waiters.insert(who);
+                if !e.in_flight && needed_by < e.needed_by {
+                    let old = (e.needed_by, e.seq, account.to_string());
+                    e.needed_by = needed_by;
+                    e.seq = seq;
+                    Some(old)
+                } else {
+                    None
+                }
+            }
+            None => {
+                q.entries.insert(
+                    account.to_string(),
+                    Entry {
+                        needed_by,
+                        seq,
+                        waiters: [who].into(),
+                        in_flight: false,
+                    },
+                );
+                q.order.insert((needed_by, seq, account.to_string()));
+                None
+            }
+        };
+        if let Some(old) = reorder {
+            q.order.remove(&old);
+            q.order.insert((needed_by, seq, account.to_string()));
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Requests waiting (not yet in flight).
+    pub fn queued(&self) -> usize {
+        lock(&self.queue).order.len()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.queue).in_flight
+    }
+
+    /// Position of `account` in the queue (0 = next), if queued.
+    pub fn position(&self, account: &str) -> Option<usize> {
+        let q = lock(&self.queue);
+        q.order.iter().position(|(_, _, a)| a == account)
+    }
+
+    fn close(&self) -> Vec<ObjectRef<ConnectedAccount>> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let mut q = lock(&self.queue);
+        q.order.clear();
+        q.entries.drain().flat_map(|(_, e)| e.waiters).collect()
+    }
+
+    fn next(&self) -> Next {
+        let mut q = lock(&self.queue);
+        if let Some(until) = q.paused_until {
+            if tokio::time::Instant::now() < until {
+                return Next::Sleep(until);
+            }
+            q.paused_until = None;
+        }
+        if q.in_flight >= MAX_IN_FLIGHT {
+            return Next::Wait;
+        }
+        let Some((_, _, account)) = q.order.pop_first() else {
+            return Next::Wait;
+        };
+        q.in_flight += 1;
+        if let Some(e) = q.entries.get_mut(&account) {
+            e.in_flight = true;
+        }
+        Next::Fetch(account)
+    }
+
+    fn finish(
+        &self,
+        account: &str,
+        pause: Option<Duration>,
+    ) -> HashSet<ObjectRef<ConnectedAccount>> {
+        let mut q = lock(&self.queue);
+        q.in_flight = q.in_flight.saturating_sub(1);
+        if let Some(p) = pause {
+            q.paused_until = Some(tokio::time::Instant::now() + p);
+        }
+        q.entries
+            .remove(account)
+            .map(|e| e.waiters)
+            .unwrap_or_default()
+    }
+}
+
+enum Next {
+    Fetch(String),
+    Sleep(tokio::time::Instant),
+    Wait,
+}
+
+/// Everything the dispatchers share.
+pub struct Fetcher {
+    runtimes: Mutex<HashMap<ConnectionId, Arc<Runtime>>>,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Answers.
+    pub cache: Arc<AccountCache>,
+    triggers: Triggers,
+    clock: Clock,
+}
+
+impl Fetcher {
+    /// A fetcher that reports finished fetches through `triggers`.
+    pub fn new(triggers: Triggers, clock: Clock) -> Self {
+        Self {
+            runtimes: Mutex::default(),
+            tenants: Mutex::default(),
+            cache: Arc::default(),
+            triggers,
+            clock,
+        }
+    }
+
+    /// The runtime of connection `key`, built (and its dispatcher started) when missing or when the connection's
+    /// spec changed. A replaced runtime's waiters are re-triggered so they ask the new one.
+    pub fn runtime(
+        &self,
+        key: &ConnectionKey,
+        rate: RateLimit,
+        build: impl FnOnce() -> PipedreamClient,
+    ) -> Arc<Runtime> {
+        let mut map = lock(&self.runtimes);
+        if let Some(rt) = map.get(&key.id)
+            && rt.key == *key
+            && rt.rate == rate
+        {
+            return rt.clone();
+        }
+        let tenant = key.id.namespace.as_ref().map(|ns| {
+            lock(&self.tenants)
+                .entry(ns.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_TENANT)))
+                .clone()
+        });
+        let rt = Arc::new(Runtime {
+            key: key.clone(),
+            client: Arc::new(build()),
+            rate,
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            tenant,
+        });
+        if let Some(old) = map.insert(key.id.clone(), rt.clone()) {
+            for w in old.close() {
+                self.triggers.send(w);
+            }
+        }
+        drop(map);
+        tokio::spawn(dispatch(
+            rt.clone(),
+            self.cache.clone(),
+            self.triggers.clone(),
+            self.clock.clone(),
+        ));
+        rt
+    }
+
+    /// Stop and forget the runtime of a deleted connection.
+    pub fn remove(&self, id: &ConnectionId) {
+        if let Some(old) = lock(&self.runtimes).remove(id) {
+            for w in old.close() {
+                self.triggers.send(w);
+            }
+        }
+    }
+
+    /// Every live runtime (metrics).
+    pub fn runtimes(&self) -> Vec<Arc<Runtime>> {
+        lock(&self.runtimes).values().cloned().collect()
+    }
+}
+
+async fn dispatch(rt: Arc<Runtime>, cache: Arc<AccountCache>, triggers: Triggers, clock: Clock) {
+    loop {
+        if rt.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        // Registered before looking at the queue, so a request that arrives in between is not missed.
+        let woken = rt.wake.notified();
+        let account = match rt.next() {
+            Next::Fetch(a) => a,
+            Next::Sleep(until) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = woken => {}
+                }
+                continue;
+            }
+            Next::Wait => {
+                woken.await;
+                continue;
+            }
+        };
+        let permit = match &rt.tenant {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let (rt2, cache, triggers, clock) =
+            (rt.clone(), cache.clone(), triggers.clone(), clock.clone());
+        tokio::spawn(async move {
+            let result = rt2.client.fetch_account(&account).await;
+            drop(permit);
+            let pause = match &result {
+                Err(PipedreamError::RateLimited { retry_after }) => {
+                    Some(retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                _ => None,
+            };
+            let key = AccountKey {
+                connection: rt2.key.clone(),
+                account_id: account.clone(),
+            };
+            cache.complete(key, result, clock.now());
+            for w in rt2.finish(&account, pause) {
+                triggers.send(w);
+            }
+            rt2.wake.notify_one();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipedream::{ApiMode, AuthMaterial, ClientSettings, SecretString};
+    use futures::FutureExt;
+
+    fn runtime_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Runtime> {
+        let id = match ns {
+            Some(ns) => ConnectionId::namespaced(ns, "pd"),
+            None => ConnectionId::cluster("pd"),
+        };
+        let spec: crate::crd::PipedreamConnectionSpec = serde_json::from_value(serde_json::json!({
+            "apiUrl": url.clone(), "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
+        .unwrap();
+        let key = ConnectionKey::new(id, &spec);
+        fetcher.runtime(&key, RateLimit::default(), || {
+            PipedreamClient::new(
+                crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
+                ClientSettings {
+                    api_url: url,
+                    mode: ApiMode::ApiKey {
+                        path: crate::crd::CredentialsPath::IncludeCredentials,
+                    },
+                    rate_limit: RateLimit {
+                        requests_per_second: 1000,
+                        burst: 1000,
+                    },
+                },
+                Arc::new(|| async { Ok(AuthMaterial::ApiKey(SecretString::new("k"))) }.boxed()),
+                None,
+            )
+        })
+    }
+
+    fn obj(name: &str) -> ObjectRef<ConnectedAccount> {
+        ObjectRef::new(name).within("team-a")
+    }
+
+    /// The most urgent request goes first, a request for an account already queued joins it, and every waiter is
+    /// triggered once its answer is in.
+    #[tokio::test]
+    async fn requests_are_served_most_urgent_first_and_joined_per_account() {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_delay(Duration::from_millis(200))
+                    .set_body_json(
+                        serde_json::json!({"data": {"id": "apn_X", "credentials": {"k": "v"}}}),
+                    ),
+            )
+            .mount(&server)
+            .await;
+        let mut triggers = Triggers::default();
+        let mut rx = triggers.subscribe(None);
+        let fetcher = Fetcher::new(triggers, Clock::System);
+        let rt = runtime_for(server.uri(), &fetcher, None);
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        // Fill the in-flight slots, then queue three more in reverse urgency.
+        for i in 0..MAX_IN_FLIGHT {
+            rt.request(&format!("apn_Busy{i}"), t(0), obj("busy"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rt.request("apn_Late", t(300), obj("late"));
+        rt.request("apn_Soon", t(100), obj("soon"));
+        rt.request("apn_Now", t(-5), obj("now"));
+        rt.request("apn_Soon", t(100), obj("soon-too"));
+        assert_eq!(rt.queued(), 3);
+        assert_eq!(rt.position("apn_Now"), Some(0));
+        assert_eq!(rt.position("apn_Late"), Some(2));
+        let mut seen = Vec::new();
+        while seen.len() < 4 + MAX_IN_FLIGHT {
+            let o = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if o.name != "busy" {
+                seen.push(o.name);
+            } else {
+                seen.push("busy".into());
+            }
+        }
+        let order: Vec<&String> = seen.iter().filter(|n| *n != "busy").collect();
+        assert_eq!(order[0], "now");
+        assert!(
+            order[1..3].contains(&&"soon".to_string())
+                && order[1..3].contains(&&"soon-too".to_string())
+        );
+        assert_eq!(order[3], "late");
+        let paths: Vec<String> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.url.path().to_string())
+            .collect();
+        assert_eq!(
+            paths.iter().filter(|p| p.ends_with("apn_Soon")).count(),
+            1,
+            "joined"
+        );
+        let key = AccountKey {
+            connection: rt.key.clone(),
+            account_id: "apn_Now".into(),
+        };
+        assert!(matches!(
+            fetcher.cache.attempt_after(&key, 0),
+            Some(Attempt::Ok(_))
+        ));
+        assert!(fetcher.cache.attempt_after(&key, 1).is_none());
+    }
+
+    /// Answers are kept per connection key: the same account through another connection is another slot.
+    #[test]
+    fn answers_are_kept_per_connection_identity() {
+        let cache = AccountCache::default();
+        let spec: crate::crd::PipedreamConnectionSpec = serde_json::from_value(serde_json::json!({
+            "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
+        .unwrap();
+        let a = AccountKey {
+            connection: ConnectionKey::new(ConnectionId::namespaced("team-a", "pd"), &spec),
+            account_id: "apn_A1".into(),
+        };
+        let b = AccountKey {
+            connection: ConnectionKey::new(ConnectionId::namespaced("team-b", "pd"), &spec),
+            account_id: "apn_A1".into(),
+        };
+        let fetched: FetchedAccount = FetchedAccount {
+            account: serde_json::from_value(serde_json::json!({"id": "apn_A1"})).unwrap(),
+            server_time: None,
+        };
+        cache.complete(a.clone(), Ok(fetched), Timestamp::now());
+        assert!(cache.last_ok(&a).is_some());
+        assert!(cache.last_ok(&b).is_none());
+        assert_eq!(cache.generation(&b), 0);
+    }
+}
