@@ -293,6 +293,15 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
             json!({"spec": {"accountId": "apn_X1", "refresh": {"interval": "soon"}}}),
             "spec.refresh.interval",
         ),
+        // Regression (issue 7): keys and values the API server refuses on the Secret only failed the write.
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"template": {"data": {"..x": "{{ expires_at }}"}}}}}),
+            "template keys must be valid Secret keys",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"labels": {"team": "bad value!"}}}}),
+            "spec.target.labels",
+        ),
     ];
     for (body, needle) in cases {
         let err = env

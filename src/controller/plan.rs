@@ -66,6 +66,16 @@ pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
         Duration::ZERO,
     )?;
     let target = &ca.spec.target;
+    for (field, map) in [
+        ("labels", &target.labels),
+        ("annotations", &target.annotations),
+    ] {
+        if let Some(k) = map.keys().find(|k| !is_qualified_name(k)) {
+            return Err(invalid(format!(
+                "spec.target.{field}[{k}]: not a valid key (an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_', '.')"
+            )));
+        }
+    }
     if target.creation_policy != CreationPolicy::Owner
         && target.deletion_policy == DeletionPolicy::Delete
     {
@@ -93,6 +103,36 @@ pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
         },
         min_restart_interval,
     })
+}
+
+/// Label and annotation key syntax, as the API server checks it: `[prefix/]name`, prefix a DNS subdomain of at
+/// most 253 characters, name at most 63 letters, digits, `-`, `_`, `.`, starting and ending alphanumeric.
+pub fn is_qualified_name(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name
+            .chars()
+            .all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 /// What a pass knows before any I/O.
@@ -427,6 +467,43 @@ mod tests {
         assert_eq!(
             wait_for_retry(&f, &later, None),
             Some(ts("2026-11-22T09:40:00Z"))
+        );
+    }
+
+    /// Regression (issue 7): label and annotation keys the API server refuses only failed the Secret write.
+    #[test]
+    fn label_and_annotation_keys_are_checked_before_anything_is_written() {
+        for ok in [
+            "team",
+            "app.kubernetes.io/name",
+            "example.com/a_b-c.d",
+            "A1",
+        ] {
+            assert!(is_qualified_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "x-",
+            "a/b/c",
+            "/x",
+            "Example.com/x",
+            "a b",
+            &"x".repeat(64),
+            "a..b/c",
+        ] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
+        let c: ConnectedAccount = serde_json::from_value(json!({
+            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+            "metadata": {"name": "gh", "namespace": "team-a"},
+            "spec": {"accountId": "apn_A1", "target": {"annotations": {"bad key!": "v"}}}}))
+        .unwrap();
+        let e = validate_spec(&c).unwrap_err();
+        assert!(
+            e.message.starts_with("spec.target.annotations[bad key!]"),
+            "{}",
+            e.message
         );
     }
 

@@ -79,6 +79,36 @@ pub struct ConnectedAccountSpec {
     pub min_restart_interval: String,
 }
 
+fn string_map(max: u32, value: serde_json::Value) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": max,
+        "additionalProperties": value,
+    })
+}
+
+fn label_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(
+        64,
+        serde_json::json!({"type": "string", "maxLength": 63,
+                           "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}),
+    )
+}
+
+fn annotation_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(
+        64,
+        serde_json::json!({"type": "string", "maxLength": 65536}),
+    )
+}
+
+fn template_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    string_map(
+        32,
+        serde_json::json!({"type": "string", "maxLength": 16384}),
+    )
+}
+
 fn default_min_restart_interval() -> String {
     "5m".into()
 }
@@ -146,11 +176,14 @@ pub struct TargetSpec {
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub type_: Option<String>,
-    /// Labels copied onto the Secret.
+    /// Labels copied onto the Secret (not on a Merge target, which belongs to someone else). At most 64; values
+    /// follow the label value syntax (63 characters of letters, digits, `-`, `_`, `.`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map")]
     pub labels: BTreeMap<String, String>,
-    /// Annotations copied onto the Secret.
+    /// Annotations copied onto the Secret (not on a Merge target). At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotation_map")]
     pub annotations: BTreeMap<String, String>,
     /// `Owner` (default): the Secret gets an ownerReference and is garbage-collected with the ConnectedAccount.
     /// `Orphan`: no ownerReference (requires `deletionPolicy: Retain`). `Merge`: write the keys into an existing
@@ -197,7 +230,8 @@ pub struct TemplateSpec {
     /// and `expires_at` (RFC 3339 or none). Filters include `tojson` and `b64encode`. Undefined variables are
     /// errors.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.')"))]
+    #[schemars(schema_with = "template_map")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && k != '..' && !k.startsWith('..'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.'; not '.', '..' or starting with '..')"))]
     pub data: BTreeMap<String, String>,
 }
 
