@@ -25,6 +25,8 @@ pub struct Env {
     pub operator_kubeconfig: PathBuf,
     pub operators: Vec<Child>,
     pub log: PathBuf,
+    /// Extra arguments for every operator started from now on.
+    pub extra_args: Vec<String>,
     dir: PathBuf,
 }
 
@@ -32,7 +34,11 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.stop_operator();
         record_operator_audit(&self.api);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("operator logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -88,6 +94,7 @@ impl Env {
             operator_kubeconfig,
             operators: Vec::new(),
             log: dir.join("operator.log"),
+            extra_args: Vec::new(),
             dir,
         };
         for ns in ["ops", "team-a"] {
@@ -172,6 +179,7 @@ impl Env {
                 "--log-level",
                 "debug",
             ])
+            .args(&self.extra_args)
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
@@ -221,8 +229,47 @@ impl Env {
     }
 
     pub fn ca(&self, name: &str) -> Option<Value> {
+        self.ca_in("team-a", name)
+    }
+
+    pub fn ca_in(&self, ns: &str, name: &str) -> Option<Value> {
         self.api
-            .get("pipedream-secrets.io", "connectedaccounts", "team-a", name)
+            .get("pipedream-secrets.io", "connectedaccounts", ns, name)
+    }
+
+    /// `status/reason` of the Ready condition of ConnectedAccount `ns/name`.
+    pub fn ready_in(&self, ns: &str, name: &str) -> Option<String> {
+        let ca = self.ca_in(ns, name)?;
+        ca["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or("")
+                )
+            })
+    }
+
+    /// Resident memory of a running operator, in KiB (from /proc).
+    pub fn operator_rss_kib(&self, pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Whether every started operator is still running.
+    pub fn operators_alive(&mut self) -> bool {
+        self.operators
+            .iter_mut()
+            .all(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn ready_reason(&self, name: &str) -> Option<String> {
