@@ -134,7 +134,8 @@ def test_pod_is_hardened(name):
 
 # Every (apiGroup, resource, verb) the operator's code uses, and why (see the chart's rbac templates).
 USED = {
-    (OUR_GROUP, "connectedaccounts"): {"list", "watch"},
+    (OUR_GROUP, "connectedaccounts"): {"list", "watch", "patch"},  # patch: the cleanup finalizer
+    (OUR_GROUP, "connectedaccounts/finalizers"): {"update"},  # blockOwnerDeletion on written Secrets
     (OUR_GROUP, "pipedreamconnections"): {"list", "watch"},
     (OUR_GROUP, "clusterpipedreamconnections"): {"list", "watch"},
     (OUR_GROUP, "connectedaccounts/status"): {"patch"},
@@ -190,8 +191,14 @@ def test_values_reach_the_container_args():
     assert "--concurrency=16" in args
     assert "--leader-election=true" in args, "forced on with replicaCount > 1"
     assert "--leader-election-lease=pdso-pipedream-secrets-operator" in args
+    assert "--allowed-api-hosts=api.pipedream.com,api2.pipedream.com" in args
     dep = by_kind(render(values("ha")), "Deployment")[0]
     assert dep["spec"]["replicas"] == 3
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    default_args = by_kind(render({}), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--allowed-api-hosts=api.pipedream.com" in default_args, "tenants may reach only Pipedream by default"
     args = by_kind(render(values("apikey")), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--default-connection=workspace" in args and "--log-format=text" in args and "--log-level=debug" in args
     single = by_kind(render({"leaderElection": {"enabled": False}}), "Deployment")[0]
@@ -259,6 +266,16 @@ def test_rbac_matches_what_the_operator_used_in_the_system_tests():
         ("", "namespaces", "get"): "namespaceSelector access rules of ClusterPipedreamConnections",
         ("events.k8s.io", "events", "patch"): "repeated Events become a patched event series",
         ("pipedream-secrets.io", "pipedreamconnections/status", "patch"): "status of namespaced connections",
+        ("pipedream-secrets.io", "connectedaccounts/finalizers", "update"): "blockOwnerDeletion under OwnerReferencesPermissionEnforcement",
     }
     unused = granted - used - set(justified)
     assert not unused, f"the chart grants {sorted(unused)}, which the operator never used and nothing justifies"
+
+
+def test_network_policy_allows_egress_only_to_dns_the_api_server_and_pipedream_on_443():
+    pol = by_kind(render(values("ha")), "NetworkPolicy")[0]
+    ports = sorted({p["port"] for rule in pol["spec"]["egress"] for p in rule["ports"]})
+    assert ports == [53, 443, 6443], ports
+    pipedream = pol["spec"]["egress"][-1]
+    assert [p["port"] for p in pipedream["ports"]] == [443]
+    assert not by_kind(render({}), "NetworkPolicy"), "off unless enabled (API server ports differ per cluster)"

@@ -49,6 +49,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [pipedream-secrets.io]
   resources: [connectedaccounts/status, pipedreamconnections/status]
   verbs: [patch]
+# The cleanup finalizer (releases Retain Secrets on delete) is added and removed by a JSON patch.
+- apiGroups: [pipedream-secrets.io]
+  resources: [connectedaccounts]
+  verbs: [patch]
+# Written Secrets carry an ownerReference with blockOwnerDeletion; clusters enforcing
+# OwnerReferencesPermissionEnforcement (OpenShift) require update on the owner's finalizers.
+- apiGroups: [pipedream-secrets.io]
+  resources: [connectedaccounts/finalizers]
+  verbs: [update]
 # get: the target Secret (ownership and drift check) and connection Secrets; list/watch: the metadata-only,
 # label-selected watch of written Secrets; create/patch: server-side apply of the target (creating needs create).
 - apiGroups: [""]
