@@ -13,5 +13,6 @@ pub mod pipedream;
 pub mod reason;
 pub mod schedule;
 pub mod secret;
+pub mod simulate;
 pub mod telemetry;
 pub mod template;

@@ -5,9 +5,10 @@
 //! - `R` in the future: right after it (`R + δ`, δ = half the refresh lead, 1–5 s), since that is when a new token
 //!   exists; never later than just after `E`. Steady state: one call per token.
 //! - no usable `R`: at `E − beforeExpiry − jitter`; inside that margin (Pipedream is late), halve the remaining
-//!   life until 20 s are left, then go to just after `E`.
+//!   life while that stays outside the last 20 s, then go to just after `E`.
 //! - `E` passed (or the answer is already expired): every second, then every 2 s, for two minutes; then slower
-//!   (a tenth of the time since expiry, at most a minute). A past or absent `R` never delays this.
+//!   (a tenth of the time since expiry, at most a minute), but always just after a future `R` (Pipedream's
+//!   announced retry of its refresh). A past or absent `R` never delays this.
 //! - no `E`: every `interval` (±10 %).
 //!
 //! Failures back off by class: transient ones fast and always landing before the held credentials expire;
@@ -56,7 +57,7 @@ pub struct Observed {
 /// The next fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextFetch {
-    /// When (whole seconds, at least [`MIN_DELAY`] after `now`).
+    /// When (at least [`MIN_DELAY`] after `now`).
     pub at: Timestamp,
     /// The credentials just fetched are already expired: Pipedream has not refreshed them yet.
     pub expired: bool,
@@ -93,17 +94,6 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
     between(now, at).clamp(MIN_DELAY, MAX_SCHEDULE)
 }
 
-/// Round up to a whole second (status holds whole seconds; the requeue must not precede it).
-fn ceil_second(t: Timestamp) -> Timestamp {
-    let s = t.as_second();
-    let whole = Timestamp::from_second(s).unwrap_or(t);
-    if whole < t {
-        Timestamp::from_second(s.saturating_add(1)).unwrap_or(t)
-    } else {
-        whole
-    }
-}
-
 /// How long to wait before polling credentials that expired `since` ago (Pipedream is late with its refresh).
 pub fn expired_retry(since: Duration) -> Duration {
     if since < Duration::from_secs(5) {
@@ -119,17 +109,41 @@ pub fn expired_retry(since: Duration) -> Duration {
 pub fn after_fetch(now: Timestamp, obs: Observed, policy: Policy, jitter: f64) -> NextFetch {
     let (at, expired) = match obs.expires_at {
         None => (add(now, policy.interval.mul_f64(0.9 + 0.2 * jitter)), false),
-        Some(e) if e <= now => (add(now, expired_retry(between(e, now))), true),
+        Some(e) if e <= now => {
+            // Pipedream announced when it retries its refresh: be there just after, even in the slow phase (and
+            // rather a little later than a slow poll just before it, which would then wait a whole interval).
+            let since = between(e, now);
+            // An announced retry that (on our conservative reading) has just passed may not have happened yet:
+            // keep polling fast for a few seconds.
+            let just_retried = obs
+                .next_refresh_at
+                .is_some_and(|r| r <= now && between(r, now) < AFTER_REFRESH_DELAY);
+            let wait = if just_retried {
+                expired_retry(since).min(Duration::from_secs(2))
+            } else {
+                expired_retry(since)
+            };
+            let poll = add(now, wait);
+            let announced = obs
+                .next_refresh_at
+                .filter(|r| *r > now)
+                .map(|r| add(r, MIN_DELAY));
+            let at = match announced {
+                Some(r) if r <= poll => r,
+                Some(r) if since >= EXPIRED_FAST_WINDOW && r <= add(poll, wait) => r,
+                _ => poll,
+            };
+            (at, true)
+        }
         Some(e) => (
             valid_until(now, e, obs.next_refresh_at, policy, jitter),
             false,
         ),
     };
+    // Exact, not rounded to seconds: rounding up would add up to a second to every expiry-critical wait. Status
+    // shows the time truncated to seconds, so a pass woken at `at` always finds the fetch due.
     let at = at.max(add(now, MIN_DELAY)).min(add(now, MAX_SCHEDULE));
-    NextFetch {
-        at: ceil_second(at),
-        expired,
-    }
+    NextFetch { at, expired }
 }
 
 /// Next fetch while the fetched credentials are valid until `e`.
@@ -142,13 +156,16 @@ fn valid_until(
 ) -> Timestamp {
     let just_after_expiry = add(e, MIN_DELAY);
     if let Some(r) = next_refresh.filter(|r| *r > now) {
-        // A new token exists only from R on: fetching earlier returns this one again.
+        // A new token exists only from R on: fetching earlier returns this one again. A Pipedream that keeps
+        // announcing new retry times is followed at no less than half the remaining life, so the calls per token
+        // stay logarithmic ([`calls_while_valid_bound_announced`]).
         let delta = if r < e {
             (between(r, e) / 2).clamp(MIN_DELAY, AFTER_REFRESH_DELAY)
         } else {
             MIN_DELAY
         };
-        return add(r, delta).min(just_after_expiry);
+        let half_life = add(now, between(now, e) / 2);
+        return add(r, delta).max(half_life).min(just_after_expiry);
     }
     let spread = (policy.before_expiry / 10)
         .min(MAX_EXPIRY_JITTER)
@@ -157,9 +174,10 @@ fn valid_until(
     if due > now {
         return due;
     }
-    // Inside the margin and Pipedream has not refreshed: halve the remaining life, then wait for expiry.
+    // Inside the margin and Pipedream has not refreshed: halve the remaining life while that stays outside the
+    // last 20 s, then wait for expiry.
     let left = between(now, e);
-    if left > LAST_POLL_BEFORE_EXPIRY {
+    if left > LAST_POLL_BEFORE_EXPIRY * 2 {
         add(now, left / 2)
     } else {
         just_after_expiry
@@ -260,17 +278,26 @@ pub fn display_time(t: Timestamp, server: Option<Timestamp>, received: Timestamp
 }
 
 /// The most calls per token the schedule makes while that token is valid and Pipedream has not refreshed it:
-/// the fetch at `E − beforeExpiry`, the halvings down to 20 s before expiry, and one after expiry. Once the token
-/// has expired (Pipedream is late), add at most one call per [`expired_retry`] wait.
+/// one just after Pipedream's announced `next_refresh_at`, the fetch at `E − beforeExpiry`, the halvings down to
+/// 20 s before expiry, and two around expiry (the conservative expiry of second-precision timestamps may be up to
+/// two seconds early, so the first poll "after" it can still see the old token). Once the token has expired
+/// (Pipedream is late), add at most one call per [`expired_retry`] wait.
 pub fn calls_while_valid_bound(policy: Policy) -> u32 {
     let spread = (policy.before_expiry / 10).min(MAX_EXPIRY_JITTER);
     let mut left = (policy.before_expiry + spread).as_secs_f64();
-    let mut calls = 1;
-    while left > LAST_POLL_BEFORE_EXPIRY.as_secs_f64() {
+    let mut calls = 3;
+    while left > 2.0 * LAST_POLL_BEFORE_EXPIRY.as_secs_f64() {
         left /= 2.0;
         calls += 1;
     }
     calls + 1
+}
+
+/// The most calls per token while it is valid when Pipedream keeps moving `next_refresh_at` forward (it retries a
+/// failing refresh and announces each try): each call halves the remaining life, so about `log2(lifetime / 1 s) + 2`.
+pub fn calls_while_valid_bound_announced(lifetime: Duration) -> u32 {
+    let secs = lifetime.as_secs().max(2);
+    (u64::BITS - secs.leading_zeros()) + 2
 }
 
 /// Parse a `spec.refresh`-style duration: one or more `<digits><s|m|h>` (e.g. `90s`, `5m`, `1h30m`).

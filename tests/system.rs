@@ -240,6 +240,69 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     .await;
 }
 
+/// Regression (issue 8 soak): Pipedream rotated first, so accounts failed with AuthFailed and backed off for a
+/// minute or more; updating the Kubernetes Secret afterwards changed nothing until then. The connection now looks
+/// at its Secret every few seconds: the change re-checks it and retries its accounts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    let version = |env: &Env| {
+        env.api
+            .get(
+                "pipedream-secrets.io",
+                "clusterpipedreamconnections",
+                "",
+                "default",
+            )
+            .and_then(|c| {
+                c["status"]["credentialsVersion"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+    };
+    let before = env.wait("credentialsVersion", 20, || version(&env)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
+    let mut body = account_spec(json!({}));
+    body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "1"}});
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gh",
+        body,
+    )
+    .await;
+    env.wait("AuthFailed", 20, || {
+        (env.ready_reason("gh").as_deref() == Some("False/AuthFailed")).then_some(())
+    })
+    .await;
+    env.apply(
+        "v1",
+        "Secret",
+        Some("ops"),
+        "pd-oauth",
+        json!({"stringData": {"client_secret": "rotated-secret"}}),
+    )
+    .await;
+    let updated = std::time::Instant::now();
+    env.wait("Synced with the rotated secret", 15, || {
+        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    })
+    .await;
+    assert!(updated.elapsed() < Duration::from_secs(15));
+    assert_ne!(
+        version(&env),
+        Some(before),
+        "the connection recorded the new Secret version"
+    );
+    let logs = env.logs();
+    assert!(!logs.contains("rotated-secret") && !logs.contains(support::CLIENT_SECRET));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_api_faults_do_not_lose_the_secret() {
     let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;

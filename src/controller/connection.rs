@@ -9,10 +9,10 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Context;
-use super::resolve::{kube_error_summary, runtime};
+use super::resolve::{credentials_version, kube_error_summary, runtime};
 use super::status::{ready_of, upsert_condition};
 use crate::crd::{
     ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, MANAGER, PipedreamConnection,
@@ -23,6 +23,8 @@ use crate::schedule::{self, FailureClass};
 
 /// Re-check a healthy connection this often (the token is cached, so this costs a call about once an hour).
 pub const RECHECK: Duration = Duration::from_secs(600);
+/// How often the credentials Secret's resourceVersion is looked at (one metadata GET per connection).
+pub const CREDENTIALS_POLL: Duration = Duration::from_secs(5);
 
 /// Reconcile a ClusterPipedreamConnection.
 pub async fn reconcile_cluster(
@@ -61,27 +63,46 @@ where
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let old = old.cloned().unwrap_or_default();
     let generation = obj.meta().generation;
-    // A failed connection waits for its retry time: its own status write must not trigger another token request.
+    // Rotated credentials are noticed by looking at the Secret's metadata every few seconds (no Secret watch).
+    let credentials_version = credentials_version(&ctx.client, spec, id.namespace.as_deref()).await;
+    let rotated = old
+        .credentials_version
+        .as_ref()
+        .is_some_and(|v| *v != credentials_version);
+    // Between checks (healthy: every RECHECK; failed: its retry time) nothing is sent to Pipedream, and its own
+    // status write does not trigger another token request.
     let mem = ctx.object(&uid);
     if old.observed_generation == generation
+        && !rotated
         && let Some(at) = mem.retry_at.filter(|t| now < *t)
     {
-        return Ok(Action::requeue(schedule::until(now, at)));
+        return Ok(Action::requeue(
+            schedule::until(now, at).min(CREDENTIALS_POLL),
+        ));
+    }
+    if rotated {
+        info!(connection = %id, "the connection's credentials Secret changed; checking it again");
     }
     let oauth = spec.auth().oauth.is_some();
     let outcome: Result<(), SyncFailure> = match runtime(ctx, id.clone(), spec) {
-        Ok(rt) => rt.client.check_auth().await.map_err(SyncFailure::from),
+        Ok(rt) => {
+            if rotated {
+                rt.client.forget_token().await;
+            }
+            rt.client.check_auth().await.map_err(SyncFailure::from)
+        }
         Err(f) => Err(f),
     };
     let now = ctx.clock.now();
     let mut st = old.clone();
     st.observed_generation = generation;
+    st.credentials_version = Some(credentials_version);
     st.auth_mode = Some(if oauth { "oauth" } else { "apiKey" }.to_string());
     let (delay, event) = match &outcome {
         Ok(()) => {
             ctx.update_object(&uid, |o| {
                 o.failures = 0;
-                o.retry_at = None;
+                o.retry_at = Some(schedule::add(now, RECHECK));
             });
             let (reason, msg) = if oauth {
                 (
@@ -172,7 +193,7 @@ where
             warn!(error = %kube_error_summary(&e), "publishing an Event failed");
         }
     }
-    Ok(Action::requeue(delay))
+    Ok(Action::requeue(delay.min(CREDENTIALS_POLL)))
 }
 
 #[derive(Serialize)]

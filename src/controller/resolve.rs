@@ -212,6 +212,36 @@ pub fn client_parts(
     ))
 }
 
+/// The resourceVersions of the Secret(s) a connection's credentials come from, joined with `,` (`-` for a Secret
+/// that cannot be read): a change means rotated credentials.
+pub async fn credentials_version(
+    client: &Client,
+    spec: &impl ConnectionSettings,
+    namespace: Option<&str>,
+) -> String {
+    let auth = spec.auth();
+    let refs: Vec<&SecretKeyRef> = match (&auth.oauth, &auth.api_key) {
+        (Some(o), _) => o
+            .client_id_secret_ref
+            .iter()
+            .chain(std::iter::once(&o.client_secret_ref))
+            .collect(),
+        (None, Some(k)) => vec![&k.secret_ref],
+        (None, None) => Vec::new(),
+    };
+    let mut versions = Vec::with_capacity(refs.len());
+    for r in refs {
+        let ns = namespace.or(r.namespace.as_deref()).unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let v = match api.get_metadata_opt(&r.name).await {
+            Ok(Some(m)) => m.metadata.resource_version.unwrap_or_default(),
+            _ => "-".to_string(),
+        };
+        versions.push(v);
+    }
+    versions.join(",")
+}
+
 #[derive(Clone)]
 enum Refs {
     OAuth {

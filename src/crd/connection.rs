@@ -229,6 +229,11 @@ pub struct ConnectionStatus {
     /// `oauth` or `apiKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_mode: Option<String>,
+    /// resourceVersion of the Secret(s) holding the connection's credentials when they were last checked. The
+    /// operator looks at the Secret every few seconds: a change (a rotated client secret or API key) re-checks the
+    /// connection and retries its failed ConnectedAccounts at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_version: Option<String>,
 }
 
 /// What the operator needs of either connection kind.

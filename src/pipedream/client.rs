@@ -237,6 +237,12 @@ impl PipedreamClient {
         }
     }
 
+    /// Drop the held token or API key: the connection's Secret changed, so the next call re-reads it.
+    pub async fn forget_token(&self) {
+        *self.token.lock().await = None;
+        *self.api_key.lock().await = None;
+    }
+
     /// Drop the credential that just got a 401 so the next call re-reads the Secret and re-authenticates; false
     /// (nothing dropped) when that already happened within [`FORCED_REMINT_INTERVAL`].
     async fn invalidate(&self, generation: u64) -> bool {

@@ -21,7 +21,11 @@ async fn connection_status_reports_authentication() {
     let action = reconcile_cluster(conn.clone(), h.ctx.clone())
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(RECHECK));
+    // Looked at again in a few seconds (the credentials Secret); Pipedream only after RECHECK.
+    assert_eq!(action, Action::requeue(CREDENTIALS_POLL));
+    let uid = conn.metadata.uid.clone().unwrap_or_default();
+    let next_check = h.ctx.object(&uid).retry_at.expect("next check");
+    assert!(next_check > schedule::add(h.ctx.clock.now(), RECHECK - Duration::from_secs(5)));
     let reqs = h.api.take();
     let status = reqs
         .iter()
@@ -76,7 +80,10 @@ async fn a_failing_connection_waits_for_its_retry_time_and_writes_a_stable_messa
         !first.chars().any(|c| c.is_ascii_digit()),
         "no countdown: {first}"
     );
-    assert_eq!(a1, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(a1, Action::requeue(CREDENTIALS_POLL));
+    let uid = conn.metadata.uid.clone().unwrap_or_default();
+    let retry = h.ctx.object(&uid).retry_at.expect("retry time");
+    assert!(retry >= schedule::add(h.ctx.clock.now(), Duration::from_secs(29)));
     let tokens = h.pd.received_requests().await.unwrap().len();
     // Its own status write comes back as a watch event: no new token request, no write.
     let mut again = (*conn).clone();
@@ -87,7 +94,18 @@ async fn a_failing_connection_waits_for_its_retry_time_and_writes_a_stable_messa
         .await
         .unwrap();
     assert_eq!(h.pd.received_requests().await.unwrap().len(), tokens);
-    assert!(h.api.take().is_empty());
+    // Only the credentials Secret's metadata is read; nothing is written.
+    let writes: Vec<_> = h
+        .api
+        .take()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "{:?}",
+        writes.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
 }
 
 /// Regression (issue 7): a tenant's PipedreamConnection could point `apiUrl` at any host; it must name an

@@ -53,6 +53,8 @@ pub struct FakeAccount {
     pub lifetime_secs: Option<u64>,
     /// Pipedream refreshes this long before expiry (`next_refresh_at = expires_at − lead`).
     pub refresh_lead_secs: u64,
+    /// Pipedream's refresh runs this long after `next_refresh_at` (more than the lead: the token expires first).
+    pub refresh_late_secs: u64,
     /// When the current credentials were issued (fake clock). Set on insert.
     pub issued_at: Option<Timestamp>,
     /// Refresh count so far.
@@ -75,6 +77,7 @@ impl Default for FakeAccount {
             credentials_available: true,
             lifetime_secs: Some(3600),
             refresh_lead_secs: 600,
+            refresh_late_secs: 0,
             issued_at: None,
             generation: 1,
         }
@@ -89,7 +92,9 @@ impl FakeAccount {
         };
         let issued = *self.issued_at.get_or_insert(now);
         let lead = self.refresh_lead_secs.min(life.saturating_sub(1));
-        let period = SignedDuration::from_secs((life - lead).max(1) as i64);
+        let period = SignedDuration::from_secs(
+            (life - lead).saturating_add(self.refresh_late_secs).max(1) as i64,
+        );
         let mut at = issued;
         while now >= at + period {
             at += period;
@@ -152,6 +157,8 @@ pub enum FaultKind {
     NotJson,
     /// Answer normally, but send the body in 16-byte chunks `ms` apart.
     SlowBody { ms: u64 },
+    /// Answer 429 with `Retry-After: secs`, written as seconds or (`http_date`) as an HTTP date.
+    RateLimited { secs: u64, http_date: bool },
 }
 
 /// Fault rule: requests whose path contains `path` get `kind`, `count` times (none = until cleared).
@@ -427,6 +434,19 @@ async fn guarded(
                 "injected fault",
             ),
             Some(FaultKind::NotJson) => (StatusCode::OK, "<html>gateway</html>").into_response(),
+            Some(FaultKind::RateLimited { secs, http_date }) => {
+                let mut r = err(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                let value = if http_date {
+                    (Timestamp::now() + SignedDuration::from_secs(secs as i64))
+                        .strftime("%a, %d %b %Y %H:%M:%S GMT")
+                        .to_string()
+                } else {
+                    secs.to_string()
+                };
+                r.headers_mut()
+                    .insert("retry-after", value.parse().expect("header"));
+                r
+            }
             other => {
                 if let Some(FaultKind::Delay { ms }) = other {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
