@@ -240,6 +240,54 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     .await;
 }
 
+/// Issue 7: a `Retain` Secret (no ownerReference) edited or deleted by hand is repaired at once, from the last
+/// answer and without a new Pipedream call: the label-selected metadata watch maps it back by its annotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
+    use k8s_openapi::api::core::v1::Secret;
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(
+        &env,
+        "kept",
+        json!({"target": {"deletionPolicy": "Retain"}}),
+    )
+    .await;
+    env.wait_synced("kept", 20).await;
+    let s = env.secret("team-a", "kept").unwrap();
+    assert!(
+        s["metadata"]["ownerReferences"].is_null(),
+        "Retain: no ownerReference"
+    );
+    let good = secret_value(&s, "oauth_access_token").unwrap();
+    let fetches = env.pd.count("connect_account");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), "team-a");
+    secrets
+        .patch(
+            "kept",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"oauth_access_token": "tampered"}})),
+        )
+        .await
+        .unwrap();
+    env.wait("the edit repaired", 10, || {
+        let s = env.secret("team-a", "kept")?;
+        (secret_value(&s, "oauth_access_token")? == good).then_some(())
+    })
+    .await;
+    secrets.delete("kept", &Default::default()).await.unwrap();
+    env.wait("the deleted Secret re-created", 10, || {
+        let s = env.secret("team-a", "kept")?;
+        (secret_value(&s, "oauth_access_token")? == good).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.pd.count("connect_account"),
+        fetches,
+        "repaired from the last answer"
+    );
+}
+
 /// Regression (issue 8 soak): Pipedream rotated first, so accounts failed with AuthFailed and backed off for a
 /// minute or more; updating the Kubernetes Secret afterwards changed nothing until then. The connection now looks
 /// at its Secret every few seconds: the change re-checks it and retries its accounts at once.
