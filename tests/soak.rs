@@ -295,14 +295,23 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
         }
         if !secret_updated && rotated_at.is_some_and(|at| at.elapsed() > Duration::from_secs(2)) {
             secret_updated = true;
-            env.apply(
-                "v1",
-                "Secret",
-                Some("ops"),
-                "pd-oauth",
-                json!({"stringData": {"client_secret": ROTATED_SECRET}}),
-            )
-            .await;
+            // The injected API faults hit the test's own writes too: retry until the API server takes it.
+            for attempt in 0.. {
+                let r = env
+                    .try_apply(
+                        "v1",
+                        "Secret",
+                        Some("ops"),
+                        "pd-oauth",
+                        json!({"stringData": {"client_secret": ROTATED_SECRET}}),
+                    )
+                    .await;
+                match r {
+                    Ok(_) => break,
+                    Err(e) if attempt < 20 => eprintln!("soak: updating pd-oauth: {e}; retrying"),
+                    Err(e) => panic!("updating pd-oauth: {e}"),
+                }
+            }
             // Until the operator reads the new secret (it looks every 5 s), Pipedream refuses it: nothing can be
             // fetched.
             grace_until = grace_until.max(Instant::now() + Duration::from_secs(10));
