@@ -1,4 +1,5 @@
-//! Command line: `run` (default), `crd`, `render`.
+//! Command line: `run` (default), `crd`, `check`, `status`, `render`. Installed as `kubectl-pipedream` the same
+//! binary is a kubectl plugin (`kubectl pipedream status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub enum Command {
         /// Account to fetch (`apn_…`).
         #[arg(long)]
         account: Option<String>,
+    },
+    /// List ConnectedAccounts with their Ready reason, expiry horizon and next sync (never secret values).
+    Status {
+        /// Only this namespace (default: all namespaces).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// Render a ConnectedAccount's Secret data offline from a credentials or account JSON file.
     Render {

@@ -14,5 +14,6 @@ pub mod reason;
 pub mod schedule;
 pub mod secret;
 pub mod simulate;
+pub mod status_view;
 pub mod telemetry;
 pub mod template;

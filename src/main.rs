@@ -1,12 +1,37 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use pipedream_secrets_operator::cli::{Cli, Command};
 use pipedream_secrets_operator::commands;
 
 fn main() -> std::process::ExitCode {
     // One rustls provider for kube and reqwest, installed before either builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // Installed as `kubectl-pipedream`, kubectl runs it as `kubectl pipedream …`: same commands, plugin-style help.
+    let plugin = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with("kubectl-pipedream"))
+        })
+        .unwrap_or(false);
+    let cli = if plugin {
+        let matches = Cli::command()
+            .name("kubectl-pipedream")
+            .bin_name("kubectl pipedream")
+            .get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    } else {
+        Cli::parse()
+    };
+    if plugin && cli.command.is_none() {
+        let _ = Cli::command().bin_name("kubectl pipedream").print_help();
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
+        Some(Command::Status { namespace }) => block_on(commands::status(namespace)),
         Some(Command::Crd { dir }) => commands::crd(dir.as_deref()),
         Some(Command::Render { file, credentials }) => commands::render(&file, &credentials),
         Some(Command::Check {

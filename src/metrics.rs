@@ -436,6 +436,10 @@ impl Metrics {
             .entry(id.into())
             .or_default()
             .ready = Some(ready);
+        // The wait counters exist from the start (at 0), so rate() over them works before the first wait.
+        let l = ConnectionLabels::from(id);
+        let _ = self.rate_limit_waits.get_or_create(&l);
+        let _ = self.rate_limit_wait_seconds.get_or_create(&l);
     }
 
     /// Record the expiry of connection `id`'s OAuth token.
@@ -448,7 +452,10 @@ impl Metrics {
 
     /// Drop a deleted connection's series.
     pub fn forget_connection(&self, id: &ConnectionId) {
-        lock(&self.state.connections).remove(&ConnectionLabels::from(id));
+        let l = ConnectionLabels::from(id);
+        lock(&self.state.connections).remove(&l);
+        self.rate_limit_waits.remove(&l);
+        self.rate_limit_wait_seconds.remove(&l);
     }
 
     /// Where the fetch queue figures come from (read at scrape time).

@@ -549,3 +549,195 @@ async fn check_reports_health_and_expiry_without_secret_values() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("auth failed"));
 }
+
+/// Issue 11: a scrape during a whole-system run has every documented metric with its type and labels, and the
+/// expiry timestamp equals the ConnectedAccount's `status.expiresAt`. The scrape is kept for the chart's dashboard
+/// test (`$CARGO_TARGET_TMPDIR/metrics/scrape.txt`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_the_documented_names_types_and_labels() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("scrape.txt"), &scrape).unwrap();
+    // (name without prefix, type, label names of a sample) — the README's metric table.
+    let documented: &[(&str, &str, &[&str])] = &[
+        ("build_info", "info", &["version", "commit"]),
+        ("leader", "gauge", &[]),
+        ("reconciles_in_flight", "gauge", &[]),
+        ("reconcile_queue_depth", "gauge", &[]),
+        ("reconcile_duration_seconds", "histogram", &["le"]),
+        ("syncs_total", "counter", &["result"]),
+        (
+            "pipedream_requests_total",
+            "counter",
+            &["endpoint", "status"],
+        ),
+        (
+            "pipedream_request_duration_seconds",
+            "histogram",
+            &["endpoint", "le"],
+        ),
+        ("connection_ready", "gauge", &["kind", "namespace", "name"]),
+        (
+            "connection_token_expiration_timestamp_seconds",
+            "gauge",
+            &["kind", "namespace", "name"],
+        ),
+        (
+            "connection_fetch_queue_depth",
+            "gauge",
+            &["kind", "namespace", "name"],
+        ),
+        (
+            "connection_fetches_in_flight",
+            "gauge",
+            &["kind", "namespace", "name"],
+        ),
+        (
+            "connectedaccount_credentials_expiration_timestamp_seconds",
+            "gauge",
+            &["namespace", "name"],
+        ),
+        (
+            "connectedaccount_next_sync_timestamp_seconds",
+            "gauge",
+            &["namespace", "name"],
+        ),
+        (
+            "connectedaccount_last_sync_timestamp_seconds",
+            "gauge",
+            &["namespace", "name"],
+        ),
+        (
+            "connectedaccount_ready",
+            "gauge",
+            &["namespace", "name", "reason"],
+        ),
+    ];
+    for (name, kind, labels) in documented {
+        let full = format!("pipedream_secrets_{name}");
+        let family = full
+            .trim_end_matches("_total")
+            .trim_end_matches("_info")
+            .to_string();
+        assert!(
+            scrape.contains(&format!("# TYPE {family} {kind}\n")),
+            "{full}: no `# TYPE {family} {kind}` in\n{scrape}"
+        );
+        let sample_prefix = if *kind == "histogram" {
+            format!("{full}_bucket")
+        } else {
+            full.clone()
+        };
+        let sample = scrape
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{sample_prefix}{{"))
+                    || l.starts_with(&format!("{sample_prefix} "))
+            })
+            .unwrap_or_else(|| panic!("{full}: no sample in\n{scrape}"));
+        let mut got: Vec<&str> = sample
+            .split_once('{')
+            .map(|(_, rest)| rest.split('}').next().unwrap_or(""))
+            .unwrap_or("")
+            .split(',')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .collect();
+        got.sort();
+        let mut want = labels.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{full} labels: {sample}");
+    }
+    let status_expiry: jiff::Timestamp = env.ca("gh").unwrap()["status"]["expiresAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let line = scrape
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds{",
+            ) && l.contains("name=\"gh\"")
+                && l.contains("namespace=\"team-a\"")
+        })
+        .expect("expiry of team-a/gh");
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value as i64, status_expiry.as_second(), "{line}");
+    assert!(
+        scrape.contains("pipedream_secrets_connectedaccount_ready{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("pipedream_secrets_leader 1"), "{scrape}");
+    assert!(!scrape.contains("tok-apn_Sys1"), "no credential in metrics");
+}
+
+/// Issue 11: installed as `kubectl-pipedream` the binary is a kubectl plugin; `kubectl pipedream status` lists
+/// ConnectedAccounts with Ready reason and expiry horizon, and never a secret value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
+    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    let dir = std::env::temp_dir().join(format!("pdso-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("kubectl-pipedream");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &plugin).unwrap();
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(&kubectl)
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["pipedream", "status", "-n", "team-a"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("team-a"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &cols[..5],
+        &["team-a", "gh", "apn_Sys1", "True", "Synced"],
+        "{text}"
+    );
+    assert!(
+        cols[5] == "59m" || cols[5] == "1h",
+        "expiry horizon of a fresh 1 h token: {text}"
+    );
+    assert!(!text.contains("tok-apn_Sys1"));
+    let help = run(&["pipedream", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("kubectl pipedream"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -165,6 +165,15 @@ impl Env {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let metrics_addr = if self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-addr"))
+        {
+            Vec::new()
+        } else {
+            vec!["--metrics-addr", "127.0.0.1:0"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
             .args([
                 "run",
@@ -172,13 +181,12 @@ impl Env {
                 "ops",
                 "--default-connection",
                 "default",
-                "--metrics-addr",
-                "127.0.0.1:0",
                 "--log-format",
                 "json",
                 "--log-level",
                 "debug",
             ])
+            .args(metrics_addr)
             .args(&self.extra_args)
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .stdout(Stdio::null())
