@@ -1,0 +1,443 @@
+//! Load benchmark: the real operator binary (release) against the test kit's emulator and fake Pipedream.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example bench -- --accounts 1000
+//! ```
+//!
+//! Prints a Markdown table and writes JSON (`--json`, default `target/bench-<N>.json`): time until every
+//! ConnectedAccount is Ready and the rate-limit bound, peak and steady RSS, CPU per sync, Pipedream calls over
+//! token cycles against the ideal, create-to-Secret latency while idle, and a restart (re-fetches, time to ready).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::{Api, Client, Config};
+use pdso_testkit::apiserver::ApiServer;
+use pdso_testkit::pipedream::{FakeAccount, FakePipedream, Seed};
+use serde_json::{Value, json};
+
+struct Args {
+    accounts: usize,
+    rate: u32,
+    token_secs: u64,
+    cycles: u32,
+    json: PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        accounts: 1000,
+        rate: 0,
+        token_secs: 0,
+        cycles: 3,
+        json: PathBuf::new(),
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < v.len() {
+        let val = &v[i + 1];
+        match v[i].as_str() {
+            "--accounts" => a.accounts = val.parse().expect("--accounts N"),
+            "--rate" => a.rate = val.parse().expect("--rate R"),
+            "--token-secs" => a.token_secs = val.parse().expect("--token-secs S"),
+            "--cycles" => a.cycles = val.parse().expect("--cycles C"),
+            "--json" => a.json = PathBuf::from(val),
+            other => panic!("unknown flag {other}"),
+        }
+        i += 2;
+    }
+    // Default rate: Pipedream's own limit allows 6.6 reads/s per project; the connection default is 5.
+    if a.rate == 0 {
+        a.rate = if a.accounts <= 2000 { 5 } else { 200 };
+    }
+    // Tokens long enough that one cycle of fetches fits the rate with room to spare.
+    if a.token_secs == 0 {
+        a.token_secs = ((a.accounts as u64 * 3) / u64::from(a.rate)).max(120);
+    }
+    if a.json.as_os_str().is_empty() {
+        a.json = PathBuf::from(format!("target/bench-{}.json", a.accounts));
+    }
+    a
+}
+
+fn operator_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PDSO_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/examples/bench → target/<profile>/pipedream-secrets-operator
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("pipedream-secrets-operator"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --release` first (or set PDSO_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn proc_field(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct Bench {
+    api: ApiServer,
+    pd: FakePipedream,
+    client: Client,
+    kubeconfig: PathBuf,
+    metrics_port: u16,
+    peak_rss_kib: std::cell::Cell<u64>,
+}
+
+impl Bench {
+    fn start_operator(&self) -> Child {
+        Command::new(operator_binary())
+            .args([
+                "run",
+                "--operator-namespace=ops",
+                "--default-connection=default",
+                "--log-level=warn",
+                "--leader-election=false",
+                "--concurrency=16",
+                &format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("operator")
+    }
+
+    fn ready_count(&self) -> usize {
+        self.api.with_store(|s| {
+            let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts") else {
+                return 0;
+            };
+            s.list(&kind, "bench")
+                .iter()
+                .filter(|ca| {
+                    ca["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+                .count()
+        })
+    }
+
+    fn sample(&self, pid: u32) -> u64 {
+        let rss = proc_field(pid, "VmRSS:").unwrap_or(0);
+        self.peak_rss_kib.set(self.peak_rss_kib.get().max(rss));
+        rss
+    }
+
+    async fn apply(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+    ) {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .expect("kind");
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        obj["metadata"]["name"] = json!(name);
+        api.patch(
+            name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .expect("apply");
+    }
+
+    async fn create_accounts(&self, names: Vec<String>) {
+        let (ar, _) = kube::discovery::pinned_kind(
+            &self.client,
+            &GroupVersionKind::gvk("pipedream-secrets.io", "v1alpha1", "ConnectedAccount"),
+        )
+        .await
+        .expect("kind");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), "bench", &ar);
+        stream::iter(names)
+            .for_each_concurrent(16, |name| {
+                let api = api.clone();
+                async move {
+                    let obj = json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                        "metadata": {"name": name},
+                        "spec": {"accountId": format!("apn_Bench{}", name.trim_start_matches("ca-")),
+                                 "refresh": {"beforeExpiry": "30s"}}});
+                    api.patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&obj))
+                        .await
+                        .expect("create");
+                }
+            })
+            .await;
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let a = args();
+    let n = a.accounts;
+    let lead = a.token_secs / 4;
+    eprintln!(
+        "bench: {n} accounts, rate {} req/s, {} s tokens ({} s lead)",
+        a.rate, a.token_secs, lead
+    );
+    let account = |i: usize| FakeAccount {
+        id: format!("apn_Bench{i:05}"),
+        project_id: "proj_bench".into(),
+        credentials: json!({"oauth_access_token": format!("tok-{i}"), "oauth_refresh_token": "r"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        lifetime_secs: Some(a.token_secs),
+        refresh_lead_secs: lead,
+        ..Default::default()
+    };
+    // Latency probes use accounts beyond N.
+    let probes = 20;
+    let api = ApiServer::start().await.expect("emulator");
+    let pd = FakePipedream::start(Seed {
+        clients: [("oa_bench".to_string(), "bench-secret".to_string())].into(),
+        accounts: (0..n + probes).map(account).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("fake pipedream");
+    // Pipedream's documented limit: 2,000 account reads per 5 minutes per project.
+    pd.set_rate_limit(Some((2000, 300)));
+    api.apply_crd_dir(std::path::Path::new("crds"))
+        .expect("crds");
+    let dir = std::env::temp_dir().join(format!("pdso-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kubeconfig).expect("read"),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    let client = Client::try_from(config).expect("client");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let b = Bench {
+        api,
+        pd,
+        client,
+        kubeconfig,
+        metrics_port,
+        peak_rss_kib: Default::default(),
+    };
+    for ns in ["ops", "bench"] {
+        b.apply("v1", "Namespace", None, ns, json!({})).await;
+    }
+    b.apply(
+        "v1",
+        "Secret",
+        Some("ops"),
+        "pd-oauth",
+        json!({"stringData": {"client_secret": "bench-secret"}}),
+    )
+    .await;
+    b.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ClusterPipedreamConnection",
+        None,
+        "default",
+        json!({"spec": {
+        "apiUrl": b.pd.url(),
+        "auth": {"oauth": {"clientId": "oa_bench", "projectId": "proj_bench",
+            "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"}}},
+        "rateLimit": {"requestsPerSecond": a.rate, "burst": 10},
+        "access": [{"namespaces": ["bench"]}]}}),
+    )
+    .await;
+
+    let mut op = b.start_operator();
+    let pid = op.id();
+    let idle_rss = {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        b.sample(pid)
+    };
+    // 1. Initial sync.
+    let started = Instant::now();
+    let cpu0 = cpu_seconds(pid);
+    let names: Vec<String> = (0..n).map(|i| format!("ca-{i:05}")).collect();
+    let creating = b.create_accounts(names);
+    tokio::pin!(creating);
+    let mut created = false;
+    loop {
+        tokio::select! {
+            _ = &mut creating, if !created => { created = true; }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        b.sample(pid);
+        if created && b.ready_count() >= n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(7200),
+            "not all Ready after 2 h"
+        );
+    }
+    let sync_secs = started.elapsed().as_secs_f64();
+    let bound_secs = n as f64 / f64::from(a.rate);
+    let fetches_initial = b.pd.count("connect_account");
+    let cpu_sync = cpu_seconds(pid) - cpu0;
+    let too_many = b.pd.requests().iter().filter(|r| r.status == 429).count();
+    eprintln!(
+        "bench: all {n} Ready after {sync_secs:.1} s (bound {bound_secs:.1} s), {too_many} 429s"
+    );
+
+    // 2. Token cycles: calls over the ideal (one per token Pipedream issues per account).
+    let window = Duration::from_secs((a.token_secs - lead) * u64::from(a.cycles));
+    let before = b.pd.count("connect_account");
+    let cycle_start = Instant::now();
+    let mut steady = Vec::new();
+    while cycle_start.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        steady.push(b.sample(pid));
+    }
+    let calls = b.pd.count("connect_account") - before;
+    let ideal = n as f64 * window.as_secs_f64() / (a.token_secs - lead) as f64;
+    let steady_rss = steady.iter().copied().max().unwrap_or(0);
+
+    // 3. Create-to-Secret latency while otherwise idle.
+    let mut lat = Vec::new();
+    for i in n..n + probes {
+        let name = format!("ca-{i:05}");
+        let t = Instant::now();
+        b.create_accounts(vec![name.clone()]).await;
+        loop {
+            if b.api.get("", "secrets", "bench", &name).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no Secret for {name}"
+            );
+        }
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // 4. Restart: graceful stop, start, count re-fetches for 20 s after ready.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = op.wait();
+    let before = b.pd.count("connect_account");
+    let restarted = Instant::now();
+    op = b.start_operator();
+    let http = reqwest::Client::new();
+    loop {
+        let ok = http
+            .get(format!("http://127.0.0.1:{}/readyz", b.metrics_port))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_after = restarted.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let refetches = b.pd.count("connect_account") - before;
+    let _ = op.kill();
+
+    let total = n + probes;
+    let results: BTreeMap<&str, Value> = [
+        ("accounts", json!(n)),
+        ("rate_per_second", json!(a.rate)),
+        ("token_seconds", json!(a.token_secs)),
+        ("initial_sync_seconds", json!(sync_secs)),
+        ("rate_limit_bound_seconds", json!(bound_secs)),
+        ("sync_over_bound", json!(sync_secs / bound_secs)),
+        ("http_429", json!(too_many)),
+        ("initial_fetches", json!(fetches_initial)),
+        ("idle_rss_mib", json!(idle_rss as f64 / 1024.0)),
+        ("peak_rss_mib", json!(b.peak_rss_kib.get() as f64 / 1024.0)),
+        ("steady_rss_mib", json!(steady_rss as f64 / 1024.0)),
+        (
+            "rss_kib_per_account",
+            json!((steady_rss.saturating_sub(idle_rss)) as f64 / total as f64),
+        ),
+        ("cpu_ms_per_sync", json!(cpu_sync * 1000.0 / n as f64)),
+        ("cycle_calls", json!(calls)),
+        ("cycle_calls_over_ideal", json!(calls as f64 / ideal)),
+        (
+            "create_to_secret_p50_ms",
+            json!(percentile(&mut lat.clone(), 0.5)),
+        ),
+        ("create_to_secret_p99_ms", json!(percentile(&mut lat, 0.99))),
+        ("restart_ready_seconds", json!(ready_after)),
+        ("restart_refetches", json!(refetches)),
+    ]
+    .into_iter()
+    .collect();
+    println!("| metric | value |\n|---|---|");
+    for (k, v) in &results {
+        let v = v.as_f64().map_or(v.to_string(), |f| {
+            if f.fract() == 0.0 {
+                format!("{f:.0}")
+            } else {
+                format!("{f:.2}")
+            }
+        });
+        println!("| {k} | {v} |");
+    }
+    let _ = std::fs::write(
+        &a.json,
+        serde_json::to_string_pretty(&results).unwrap_or_default(),
+    );
+    eprintln!("bench: JSON in {}", a.json.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
