@@ -150,6 +150,7 @@ async fn main() -> Result<(), String> {
         leader_election: true,
         leader_election_lease: "pipedream-secrets-operator".into(),
         leader_election_duration_seconds: 15,
+        shard: Default::default(),
         allowed_api_hosts: vec!["api.pipedream.com".into()],
     };
     let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(
@@ -157,7 +158,7 @@ async fn main() -> Result<(), String> {
         kubeconfig.clone(),
     ));
     println!(
-        "{}  operator started; watching Secret team-a/github-bot-credentials (Ctrl-C to stop)\n",
+        "{}  operator started; watching Secret team-a/github-bot-credentials (Ctrl-C or SIGTERM stops)\n",
         now()
     );
 
@@ -166,9 +167,13 @@ async fn main() -> Result<(), String> {
     let mut stream = watcher(secrets, wc).applied_objects().boxed();
     let mut last_rv = String::new();
     let mut writes = 0usize;
+    // Ctrl-C or SIGTERM (a supervisor, `timeout`, a CI step) stops the demo.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             ev = stream.next() => match ev {
                 Some(Ok(s)) => {
                     if s.resource_version().unwrap_or_default() == last_rv { continue; }

@@ -134,6 +134,10 @@ pub struct RunArgs {
         default_value = "pipedream-secrets-operator"
     )]
     pub leader_election_lease: String,
+    /// This replica's shard of the ConnectedAccounts, `i/n`: it reconciles the accounts whose UID hashes to `i`
+    /// and elects its leader on its own Lease (`<lease>-shard-<i>-of-<n>`). Shard 0 also checks connections.
+    #[arg(long, env = "SHARD", default_value = "0/1")]
+    pub shard: crate::shard::Shard,
     /// Lease duration in seconds: how long a dead leader blocks a standby.
     #[arg(long, env = "LEADER_ELECTION_DURATION_SECONDS", default_value_t = 15)]
     pub leader_election_duration_seconds: u64,

@@ -86,18 +86,19 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
             default_connection: args.default_connection.clone(),
             cluster_connections_disabled: args.disable_cluster_connections,
             allowed_api_hosts: controller::AllowedHosts::new(args.allowed_api_hosts.clone()),
+            shard: args.shard,
         },
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
         instance: args.pod_name.clone(),
         leader_election: args.leader_election.then(|| {
             (
-                args.leader_election_lease.clone(),
+                args.shard.lease_name(&args.leader_election_lease),
                 args.leader_election_duration_seconds.max(2),
             )
         }),
     };
-    info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, "starting");
+    info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, shard = %config.settings.shard, "starting");
     controller::run(client, config, metrics, ready, shutdown).await?;
     match server.await {
         Ok(Ok(())) => {}

@@ -13,6 +13,7 @@ pub mod pipedream;
 pub mod reason;
 pub mod schedule;
 pub mod secret;
+pub mod shard;
 pub mod simulate;
 pub mod status_view;
 pub mod telemetry;

@@ -113,3 +113,120 @@ current-context: x
         "{err}"
     );
 }
+
+/// Parses `args` as the binary does and returns the resulting `run` flags.
+fn run_flags(args: &[&str]) -> Result<pipedream_secrets_operator::cli::RunArgs, String> {
+    use clap::Parser;
+    let cli = pipedream_secrets_operator::cli::Cli::try_parse_from(
+        std::iter::once("pipedream-secrets-operator").chain(args.iter().copied()),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(match cli.command {
+        Some(pipedream_secrets_operator::cli::Command::Run(r)) => r,
+        _ => cli.run,
+    })
+}
+
+#[test]
+fn boolean_flags_work_bare_and_with_a_value() {
+    let r = run_flags(&["run", "--disable-cluster-connections"]).unwrap();
+    assert!(r.disable_cluster_connections);
+    assert!(r.leader_election, "leader election defaults to on");
+    let r = run_flags(&["run", "--leader-election=false"]).unwrap();
+    assert!(!r.leader_election && !r.disable_cluster_connections);
+    let r = run_flags(&[
+        "run",
+        "--leader-election",
+        "--disable-cluster-connections=false",
+    ])
+    .unwrap();
+    assert!(r.leader_election && !r.disable_cluster_connections);
+    // Without a subcommand the same flags apply to `run`.
+    assert!(
+        run_flags(&["--disable-cluster-connections"])
+            .unwrap()
+            .disable_cluster_connections
+    );
+    let err = run_flags(&["run", "--leader-election=maybe"]).unwrap_err();
+    assert!(err.contains("invalid value 'maybe'"), "{err}");
+    // The real binary accepts the bare form too: it gets as far as the (unreachable) cluster.
+    let kubeconfig = tmp(
+        "kubeconfig-bare",
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"http://127.0.0.1:9\"}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    );
+    let out = bin()
+        .args([
+            "run",
+            "--disable-cluster-connections",
+            "--leader-election=false",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot list ConnectedAccounts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_demo_stops_on_sigterm_within_seconds() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    // Cargo builds examples next to the test binaries: target/<profile>/examples/demo.
+    let demo = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/demo");
+    assert!(demo.exists(), "{} not built", demo.display());
+    let mut child = Command::new(&demo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Wait until the demo has written the Secret once: it is in its watch loop.
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains("Secret written") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("demo printed no Secret write: {e}");
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("demo still running 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "demo exited with {status}");
+}

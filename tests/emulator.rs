@@ -410,3 +410,333 @@ async fn lists_filter_by_labels_and_fields_and_paginate() {
         .unwrap();
     assert_eq!(set.items.len(), 1);
 }
+
+/// The installed kubectl against `api`; returns (success, stdout, stderr).
+fn kubectl(api: &ApiServer, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("pdso-emu-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join(format!("kubeconfig-{}", api.kubeconfig().len()));
+    api.write_kubeconfig(&kc).unwrap();
+    let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = std::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", &kc)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); install kubectl or set KUBECTL"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_every_object_across_table_pages() {
+    let (api, _client) = setup().await;
+    api.with_store(|st| {
+        st.create("", "namespaces", "", json!({"metadata": {"name": "t1"}}), "test")
+            .unwrap();
+        for i in 0..2000 {
+            st.create(
+                "pipedream-secrets.io",
+                "connectedaccounts",
+                "t1",
+                json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                       "metadata": {"name": format!("ca-{i:04}")}, "spec": {"accountId": "apn_A1"}}),
+                "test",
+            )
+            .unwrap();
+        }
+    });
+    // kubectl asks for Tables in chunks of 500 and must follow the Table's `continue`.
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        let r = kubectl(
+            &api,
+            &["get", "connectedaccounts", "-n", "t1", "--no-headers"],
+            None,
+        );
+        drop(api);
+        r
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("ca-")).collect();
+    assert_eq!(rows.len(), 2000, "{err}");
+    assert!(rows.contains(&"ca-0000") || rows.iter().any(|r| r.starts_with("ca-1999 ")));
+}
+
+#[tokio::test]
+async fn table_pages_carry_continue_and_remaining_count() {
+    let (api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    for n in ["a", "b", "c"] {
+        secrets
+            .create(&PostParams::default(), &secret(n, json!({})))
+            .await
+            .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let kc: serde_json::Value = serde_saphyr::from_str(&api.kubeconfig()).unwrap();
+    let server = kc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = |q: String| {
+        http.get(format!("{server}/api/v1/namespaces/default/secrets?{q}"))
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .send()
+    };
+    let first: serde_json::Value = get("limit=2".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(first["kind"], "Table");
+    assert_eq!(first["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(first["metadata"]["remainingItemCount"], 1);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let rest: serde_json::Value = get(format!("limit=2&continue={token}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["rows"].as_array().unwrap().len(), 1);
+    assert!(rest["metadata"].get("continue").is_none(), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_a_list_as_get_o_yaml_writes_it() {
+    let (api, _client) = setup().await;
+    let list = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: one, namespace: default}
+  data: {a: "1"}
+- apiVersion: pipedream-secrets.io/v1alpha1
+  kind: ConnectedAccount
+  metadata: {name: two, namespace: default}
+  spec: {accountId: apn_A1}
+"#;
+    let bad = list.replace(
+        "spec: {accountId: apn_A1}",
+        "spec: {accountId: apn_A1, colour: red}",
+    );
+    let api2 = api.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || kubectl(&api2, &["apply", "-f", "-"], Some(list)))
+            .await
+            .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("configmap/one created")
+            && out.contains("connectedaccount.pipedream-secrets.io/two created"),
+        "{out}"
+    );
+    assert!(api.get("", "configmaps", "default", "one").is_some());
+    // Validation still happens: an unknown field in an item is refused (strict field validation, as kubectl asks).
+    let api2 = api.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        kubectl(&api2, &["apply", "--server-side", "-f", "-"], Some(&bad))
+    })
+    .await
+    .unwrap();
+    assert!(!ok && err.contains("colour"), "{out}{err}");
+}
+
+#[tokio::test]
+async fn openapi_v2_is_served_as_json_and_protobuf() {
+    let (api, _client) = setup().await;
+    let kc: serde_json::Value = serde_saphyr::from_str(&api.kubeconfig()).unwrap();
+    let server = kc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{server}/openapi/v2"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["swagger"], "2.0");
+    let ca = &doc["definitions"]["io.pipedream-secrets.v1alpha1.ConnectedAccount"];
+    assert_eq!(
+        ca["x-kubernetes-group-version-kind"][0]["kind"],
+        "ConnectedAccount"
+    );
+    assert!(ca["properties"]["spec"]["properties"]["accountId"].is_object());
+    let pb = http
+        .get(format!("{server}/openapi/v2"))
+        .header(
+            "Accept",
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        pb.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("protobuf")
+    );
+    let bytes = pb.bytes().await.unwrap();
+    // Field 1 (swagger) is the string "2.0".
+    assert_eq!(&bytes[..5], b"\x0a\x032.0");
+}
+
+#[tokio::test]
+async fn dry_run_admits_and_answers_but_persists_and_announces_nothing() {
+    let (api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let rv_before = api.with_store(|st| st.rv());
+    let mut events = secrets
+        .watch(&WatchParams::default(), &rv_before.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let created = secrets
+        .create(&dry, &secret("ghost", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(created.name_any(), "ghost");
+    assert!(secrets.get_opt("ghost").await.unwrap().is_none());
+    // Apply and delete with dryRun change nothing either.
+    secrets
+        .create(&PostParams::default(), &secret("real", json!({"v": "1"})))
+        .await
+        .unwrap();
+    let rv_real = api.with_store(|st| st.rv());
+    let patched = secrets
+        .patch(
+            "real",
+            &PatchParams::apply("test").force().dry_run(),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"v": "2"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.labels()["v"], "2");
+    secrets
+        .delete(
+            "real",
+            &DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let real = secrets.get("real").await.unwrap();
+    assert_eq!(real.labels()["v"], "1");
+    assert_eq!(api.with_store(|st| st.rv()), rv_real, "no write happened");
+    // Admission still runs under dry run.
+    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let bad = cas
+        .patch(
+            "ca",
+            &PatchParams::apply("test").dry_run(),
+            &Patch::Apply(json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount", "spec": {"accountId": "acct_1"}})),
+        )
+        .await;
+    assert!(matches!(bad, Err(kube::Error::Api(s)) if s.code == 422));
+    // The only event the watch saw is the real create.
+    let first = tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first, WatchEvent::Added(s) if s.name_any() == "real"),
+        "{first:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
+        "a dry run reached a watcher"
+    );
+    // kubectl --dry-run=server creates nothing.
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        kubectl(
+            &api,
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry, namespace: default}\n"),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("created (server dry run)"), "{out}{err}");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "default");
+    assert!(cms.get_opt("dry").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn every_write_response_carries_managed_fields() {
+    let (_api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let applied = secrets
+        .patch(
+            "s",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"team": "a"}}, "stringData": {"k": "v"}})),
+        )
+        .await
+        .unwrap();
+    let mf = applied.metadata.managed_fields.clone().unwrap();
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("alice"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(mf[0].fields_type.as_deref(), Some("FieldsV1"));
+    let fields = &mf[0].fields_v1.as_ref().unwrap().0;
+    assert!(
+        fields["f:metadata"]["f:labels"]["f:team"].is_object(),
+        "{fields}"
+    );
+    // Like a real server, ownership is recorded for the fields as applied (`stringData`, not `data`).
+    assert!(fields["f:stringData"]["f:k"].is_object(), "{fields}");
+    // A merge patch by another manager adds an Update entry for the field it changed.
+    let patched = secrets
+        .patch(
+            "s",
+            &PatchParams {
+                field_manager: Some("bob".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"metadata": {"labels": {"owner": "b"}}})),
+        )
+        .await
+        .unwrap();
+    let mf = patched.metadata.managed_fields.unwrap();
+    let bob = mf
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("bob"))
+        .unwrap();
+    assert_eq!(bob.operation.as_deref(), Some("Update"));
+    assert!(bob.fields_v1.as_ref().unwrap().0["f:metadata"]["f:labels"]["f:owner"].is_object());
+    // Reads return them too.
+    let got = secrets.get("s").await.unwrap();
+    assert_eq!(got.metadata.managed_fields.map(|m| m.len()), Some(2));
+}

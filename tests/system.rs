@@ -741,3 +741,98 @@ async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("kubectl pipedream"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--shard 0/2` and `--shard 1/2` split the ConnectedAccounts by UID: each account is fetched once, by its shard,
+/// each shard leads on its own Lease, and a stopped shard's accounts wait for it while the other shard's go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_split_the_accounts_each_on_its_own_lease() {
+    use pipedream_secrets_operator::shard::Shard;
+    let n = 12;
+    let ids: Vec<String> = (0..n).map(|i| format!("apn_Shard{i}")).collect();
+    let mut env = Env::start(
+        ids.iter()
+            .map(|id| oauth_account(id, Some(3600), 600))
+            .collect(),
+    )
+    .await;
+    for s in ["0/2", "1/2"] {
+        env.extra_args = vec!["--shard".into(), s.into()];
+        env.start_operator();
+    }
+    let shard_pids = env.operator_pids();
+    for (i, id) in ids.iter().enumerate() {
+        create_ca(&env, &format!("ca-{i}"), json!({"accountId": id})).await;
+    }
+    for i in 0..n {
+        env.wait_synced(&format!("ca-{i}"), 30).await;
+    }
+    assert_eq!(
+        env.pd.count("connect_account"),
+        n,
+        "each account fetched once, by one shard"
+    );
+    let holder = |lease: &str| {
+        env.api.get("coordination.k8s.io", "leases", "ops", lease)?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let h0 = holder("pipedream-secrets-operator-shard-0-of-2").expect("shard 0 Lease");
+    let h1 = holder("pipedream-secrets-operator-shard-1-of-2").expect("shard 1 Lease");
+    assert!(h0.ends_with(&format!("-{}", shard_pids[0])), "{h0}");
+    assert!(h1.ends_with(&format!("-{}", shard_pids[1])), "{h1}");
+    // Which account is whose, from the UIDs the API server gave them.
+    let one = Shard::new(1, 2).unwrap();
+    let owned_by_1: Vec<usize> = (0..n)
+        .filter(|i| {
+            let uid = env.ca(&format!("ca-{i}")).unwrap()["metadata"]["uid"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            one.owns(&uid)
+        })
+        .collect();
+    assert!(
+        !owned_by_1.is_empty() && owned_by_1.len() < n,
+        "both shards own some of {n} accounts: {owned_by_1:?}"
+    );
+    // Stop shard 1, then force-sync everything: only shard 0's accounts sync.
+    env.kill_operator(shard_pids[1]);
+    let force = |i: usize, id: &str, value: &str| {
+        let mut body = account_spec(json!({"accountId": id}));
+        body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": value}});
+        (format!("ca-{i}"), body)
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let (name, body) = force(i, id, "one");
+        env.apply(
+            "pipedream-secrets.io/v1alpha1",
+            "ConnectedAccount",
+            Some("team-a"),
+            &name,
+            body,
+        )
+        .await;
+    }
+    let forced = |env: &Env, i: usize| {
+        env.ca(&format!("ca-{i}"))
+            .is_some_and(|c| c["status"]["lastForceSync"] == "one")
+    };
+    env.wait("shard 0's accounts to force-sync", 20, || {
+        (0..n)
+            .filter(|i| !owned_by_1.contains(i))
+            .all(|i| forced(&env, i))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in &owned_by_1 {
+        assert!(!forced(&env, *i), "ca-{i} belongs to the stopped shard 1");
+    }
+    // Shard 1 back: its accounts catch up.
+    env.extra_args = vec!["--shard".into(), "1/2".into()];
+    env.start_operator();
+    env.wait("shard 1's accounts to force-sync", 30, || {
+        owned_by_1.iter().all(|i| forced(&env, *i)).then_some(())
+    })
+    .await;
+}

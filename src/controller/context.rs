@@ -142,6 +142,8 @@ pub struct Settings {
     pub cluster_connections_disabled: bool,
     /// Hosts a namespaced PipedreamConnection may point at.
     pub allowed_api_hosts: AllowedHosts,
+    /// The ConnectedAccounts this replica reconciles (and its share of each connection's rate limit).
+    pub shard: crate::shard::Shard,
 }
 
 /// What the operator remembers about one ConnectedAccount between passes (lost on restart, by design: the

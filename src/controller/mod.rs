@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use context::*;
 pub use fetch::{AccountCache, Attempt, CachedFetch, MAX_IN_FLIGHT, Triggers};
 use futures::future::{BoxFuture, Shared};
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -62,6 +62,16 @@ fn strip<K: Resource>(obj: &mut K) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Whether a watch event concerns this shard (events without an object always do).
+fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<ConnectedAccount>) -> bool {
+    match e {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+            shard.owns(o.metadata.uid.as_deref().unwrap_or_default())
+        }
+        watcher::Event::Init | watcher::Event::InitDone => true,
     }
 }
 
@@ -217,8 +227,11 @@ pub async fn run(
             ),
         };
         let (store, writer) = reflector::store();
+        let shard = config.settings.shard;
         let accounts = watcher(cas, watcher::Config::default().any_semantic())
             .default_backoff()
+            // Another shard's accounts are never cached, triggered or reconciled here.
+            .try_filter(move |e| future::ready(in_shard(&shard, e)))
             .modify(strip)
             .reflect(writer)
             .applied_objects();
@@ -273,7 +286,13 @@ pub async fn run(
     }
     *ctx.accounts.lock().unwrap_or_else(|p| p.into_inner()) = ca_stores.clone();
 
-    for scope in &scopes {
+    // One shard writes connection status; the others only read connections.
+    let connection_scopes: &[Option<String>] = if config.settings.shard.checks_connections() {
+        &scopes
+    } else {
+        &[]
+    };
+    for scope in connection_scopes {
         let conns: Api<PipedreamConnection> = match scope {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
@@ -289,7 +308,10 @@ pub async fn run(
                 .for_each(log_result),
         ));
     }
-    if scopes == vec![None] && !config.settings.cluster_connections_disabled {
+    if scopes == vec![None]
+        && !config.settings.cluster_connections_disabled
+        && config.settings.shard.checks_connections()
+    {
         // Cluster connections are cluster-scoped: only a cluster-wide install checks them.
         controllers.push(Box::pin(
             Controller::new(

@@ -160,8 +160,10 @@ pub(super) fn runtime(
             .check(spec.api_url())
             .map_err(not_ready)?;
     }
-    let (settings, loader) =
+    let (mut settings, loader) =
         client_parts(ctx.client.clone(), spec, id.namespace.as_deref()).map_err(not_ready)?;
+    // Every shard has its own client: together they stay within the connection's rate.
+    settings.rate_limit = ctx.settings.shard.share_of(settings.rate_limit);
     let key = ConnectionKey::new(id.clone(), spec);
     Ok(ctx.fetcher.runtime(&key, settings.rate_limit, || {
         PipedreamClient::new(

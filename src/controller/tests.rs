@@ -106,6 +106,7 @@ impl Harness {
                 default_connection: Some("default".into()),
                 cluster_connections_disabled: false,
                 allowed_api_hosts: AllowedHosts::new(["127.0.0.1".to_string()]),
+                shard: Default::default(),
             },
             [(None, nstore)].into(),
             cstore,

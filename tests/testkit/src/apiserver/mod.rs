@@ -348,6 +348,25 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if uri.path().trim_end_matches('/') == "/openapi/v2" {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if accept.contains("protobuf") {
+            return (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                )],
+                openapi::v2_protobuf(),
+            )
+                .into_response();
+        }
+        let kinds = s.with_store(|st| st.kinds());
+        return json_response(200, &openapi::v2_json(&kinds));
+    }
     if let Some(rest) = uri.path().strip_prefix("/openapi/v3") {
         let kinds = s.with_store(|st| st.kinds());
         let rest = rest.trim_matches('/');
@@ -533,6 +552,38 @@ async fn resource(
     let ns = r.ns.clone();
     let strict = q.get("fieldValidation").map(String::as_str) == Some("Strict");
     s.with_store(|st| st.strict = strict);
+    // DeleteOptions may carry it in the body (`{"dryRun": ["All"]}`), as kube-rs and client-go send it.
+    let body_dry_run = method == Method::DELETE
+        && serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|o| o["dryRun"].as_array().cloned())
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        _ if body_dry_run => true,
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return error(&ApiError::new(
+                400,
+                "BadRequest",
+                format!("Invalid dryRun value: {other:?}: valid values are \"All\""),
+            ));
+        }
+    };
+    // A write: with dryRun=All it runs against a snapshot that is then restored, so admission, defaulting,
+    // conflicts and the response are real and nothing persists or reaches a watcher.
+    let write = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| {
+        s.with_store(|st| {
+            if !dry_run {
+                return f(st);
+            }
+            let snapshot = st.clone();
+            st.dry_run = true;
+            let out = f(st);
+            *st = snapshot;
+            out
+        })
+    };
     match (method.as_str(), &r.name) {
         ("GET", None) if watch => watch_stream(
             &s,
@@ -558,8 +609,17 @@ async fn resource(
                 Ok(v) => v,
                 Err(e) => return error(&e),
             };
+            let mut obj = Some(obj);
             respond(
-                s.with_store(|st| st.create(&kind.group, &kind.plural, &ns, obj, &manager)),
+                write(&mut |st| {
+                    st.create(
+                        &kind.group,
+                        &kind.plural,
+                        &ns,
+                        obj.take().unwrap_or_default(),
+                        &manager,
+                    )
+                }),
                 201,
             )
         }
@@ -568,8 +628,10 @@ async fn resource(
                 Ok(v) => v,
                 Err(e) => return error(&e),
             };
+            let mut obj = Some(obj);
             respond(
-                s.with_store(|st| {
+                write(&mut |st| {
+                    let obj = obj.take().unwrap_or_default();
                     st.replace(&kind.group, &kind.plural, &ns, name, obj, status, &manager)
                 }),
                 200,
@@ -583,7 +645,7 @@ async fn resource(
                 .to_string();
             let force = matches!(q.get("force").map(String::as_str), Some("true" | "1"));
             let existed = s.with_store(|st| st.get(&kind, &ns, name).is_ok());
-            let res = s.with_store(|st| {
+            let res = write(&mut |st| {
                 st.patch(
                     &kind.group,
                     &kind.plural,
@@ -603,7 +665,7 @@ async fn resource(
             let orphan = opts["propagationPolicy"] == json!("Orphan")
                 || q.get("propagationPolicy").map(String::as_str) == Some("Orphan");
             respond(
-                s.with_store(|st| st.delete(&kind.group, &kind.plural, &ns, name, orphan)),
+                write(&mut |st| st.delete(&kind.group, &kind.plural, &ns, name, orphan)),
                 200,
             )
         }
@@ -676,13 +738,16 @@ fn list(
     let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
     let next = (start.saturating_add(limit) < items.len())
         .then(|| b64.encode((start + limit).to_string()));
-    if accept.contains("as=Table") {
-        return json_response(200, &table::table(kind, &page, rv));
-    }
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = next {
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(items.len() - start - limit);
+    }
+    if accept.contains("as=Table") {
+        // kubectl's chunked `get` follows the Table's own `metadata.continue`.
+        let mut t = table::table(kind, &page, rv);
+        t["metadata"] = meta;
+        return json_response(200, &t);
     }
     if accept.contains("as=PartialObjectMetadataList") {
         let items: Vec<Value> = page.iter().map(metadata_only).collect();

@@ -76,3 +76,38 @@ pub fn group_version(kinds: &[Kind], gv: &str) -> Option<Value> {
         json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}}),
     )
 }
+
+/// `/openapi/v2` as JSON: custom resource schemas as definitions tagged with their group-version-kind.
+pub fn v2_json(kinds: &[Kind]) -> Value {
+    let mut defs = Map::new();
+    for k in kinds {
+        if let Some(schema) = &k.schema {
+            let mut d = schema.clone();
+            d["x-kubernetes-group-version-kind"] =
+                json!([{"group": k.group, "version": k.version, "kind": k.kind}]);
+            defs.insert(component_name(k), d);
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": defs})
+}
+
+/// `/openapi/v2` as kubectl asks for it (gnostic `openapi_v2.Document` protobuf): `swagger` and `info` only.
+/// kubectl reads it to check `fieldValidation` support and to validate `kind: List` items client-side; with no
+/// definitions it skips the client-side check and the server validates each item (a documented simplification).
+pub fn v2_protobuf() -> Vec<u8> {
+    fn string_field(tag: u8, s: &str) -> Vec<u8> {
+        let mut out = vec![tag, s.len() as u8];
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+    let info: Vec<u8> = [
+        string_field(0x0a, "Kubernetes"),
+        string_field(0x12, "v1.33.0"),
+    ]
+    .concat();
+    let mut doc = string_field(0x0a, "2.0");
+    doc.push(0x12);
+    doc.push(info.len() as u8);
+    doc.extend(info);
+    doc
+}

@@ -73,11 +73,14 @@ pub struct Change {
     pub object: Value,
 }
 
-/// All state.
+/// All state. Cloned to run a `dryRun=All` request against a copy.
+#[derive(Clone)]
 pub struct Store {
     kinds: BTreeMap<(String, String), Kind>,
     objects: BTreeMap<Key, Value>,
     managed: HashMap<Key, BTreeMap<String, BTreeSet<Vec<String>>>>,
+    /// Per object and manager: the last operation (`Apply` or `Update`) and its time, for `managedFields`.
+    manager_ops: HashMap<Key, BTreeMap<String, (&'static str, String)>>,
     rv: u64,
     history: VecDeque<Arc<Change>>,
     /// Oldest resourceVersion a watch may resume from.
@@ -86,6 +89,8 @@ pub struct Store {
     uid: u64,
     /// The current request asked for `fieldValidation=Strict` (unknown fields are errors, not pruned).
     pub strict: bool,
+    /// The current request is `dryRun=All`: nothing reaches watchers (the caller restores a snapshot after).
+    pub dry_run: bool,
 }
 
 fn now() -> String {
@@ -103,12 +108,14 @@ impl Store {
                 .collect(),
             objects: BTreeMap::new(),
             managed: HashMap::new(),
+            manager_ops: HashMap::new(),
             rv: 100,
             history: VecDeque::new(),
             compacted: 100,
             tx,
             uid: 0,
             strict: false,
+            dry_run: false,
         };
         for ns in ["default", "kube-system"] {
             let _ = s.create(
@@ -243,12 +250,54 @@ impl Store {
         }
         self.check_namespace(&kind, ns)?;
         let leaves = leaves_of(&obj, false);
-        let out = self.commit(&kind, key.clone(), None, obj, false)?;
         self.managed
-            .entry(key)
+            .entry(key.clone())
             .or_default()
             .insert(manager.to_string(), leaves);
-        Ok(out)
+        self.touch(&key, manager, "Update");
+        let out = self.commit(&kind, key.clone(), None, obj, false);
+        if out.is_err() {
+            self.forget_managers(&key);
+        }
+        out
+    }
+
+    /// Record `manager`'s latest operation on `key` (shown in `metadata.managedFields`).
+    fn touch(&mut self, key: &Key, manager: &str, op: &'static str) {
+        self.manager_ops
+            .entry(key.clone())
+            .or_default()
+            .insert(manager.to_string(), (op, now()));
+    }
+
+    fn forget_managers(&mut self, key: &Key) {
+        self.managed.remove(key);
+        self.manager_ops.remove(key);
+    }
+
+    /// `metadata.managedFields` as a real server writes it: one entry per manager owning fields, `FieldsV1` trees.
+    fn managed_fields(&self, key: &Key, api_version: &str) -> Vec<Value> {
+        let Some(owners) = self.managed.get(key) else {
+            return Vec::new();
+        };
+        let ops = self.manager_ops.get(key);
+        owners
+            .iter()
+            .filter(|(_, paths)| !paths.is_empty())
+            .map(|(mgr, paths)| {
+                let mut tree = Value::Object(Map::new());
+                for p in paths {
+                    let fp: Vec<String> = p.iter().map(|s| format!("f:{s}")).collect();
+                    set_path(&mut tree, &fp, json!({}));
+                }
+                let (op, time) = ops
+                    .and_then(|o| o.get(mgr))
+                    .cloned()
+                    .unwrap_or(("Update", now()));
+                json!({"manager": mgr, "operation": op, "apiVersion": api_version, "time": time,
+                       "fieldsType": "FieldsV1", "fieldsV1": tree})
+            })
+            .collect()
     }
 
     fn check_namespace(&self, kind: &Kind, ns: &str) -> Result<(), ApiError> {
@@ -301,6 +350,7 @@ impl Store {
             ));
         }
         self.take_ownership(&key, manager, &old, &obj, status);
+        self.touch(&key, manager, "Update");
         self.commit(&kind, key, Some(old), obj, status)
     }
 
@@ -367,6 +417,7 @@ impl Store {
             ));
         }
         self.take_ownership(&key, manager, &old, &new, status);
+        self.touch(&key, manager, "Update");
         self.commit(&kind, key, Some(old), new, status)
     }
 
@@ -417,12 +468,16 @@ impl Store {
             self.check_namespace(kind, ns)?;
             let mut obj = applied;
             obj["metadata"]["name"] = json!(name);
-            let out = self.commit(kind, key.clone(), None, obj, false)?;
-            self.managed.entry(key).or_default().insert(
+            self.managed.entry(key.clone()).or_default().insert(
                 manager.to_string(),
                 applied_leaves.keys().cloned().collect(),
             );
-            return Ok(out);
+            self.touch(&key, manager, "Apply");
+            let out = self.commit(kind, key.clone(), None, obj, false);
+            if out.is_err() {
+                self.forget_managers(&key);
+            }
+            return out;
         };
         let existing = leaf_values(&old, status);
         let owners = self.managed.entry(key.clone()).or_default();
@@ -484,6 +539,7 @@ impl Store {
             manager.to_string(),
             applied_leaves.keys().cloned().collect(),
         );
+        self.touch(&key, manager, "Apply");
         self.commit(kind, key, Some(old), new, status)
     }
 
@@ -521,9 +577,17 @@ impl Store {
         let Some(mut obj) = self.objects.remove(&key) else {
             return Err(not_found(kind, &key.3));
         };
-        self.managed.remove(&key);
+        self.forget_managers(&key);
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let mf = self.managed_fields(&key, &kind.api_version());
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            if mf.is_empty() {
+                m.remove("managedFields");
+            } else {
+                m.insert("managedFields".into(), Value::Array(mf));
+            }
+        }
         self.emit("DELETED", kind, &key.2, obj.clone());
         let uid = obj["metadata"]["uid"]
             .as_str()
@@ -728,6 +792,14 @@ impl Store {
     ) -> Result<Value, ApiError> {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let mf = self.managed_fields(&key, &kind.api_version());
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            if mf.is_empty() {
+                m.remove("managedFields");
+            } else {
+                m.insert("managedFields".into(), Value::Array(mf));
+            }
+        }
         let ns = key.2.clone();
         self.objects.insert(key, obj.clone());
         self.emit(type_, kind, &ns, obj.clone());
@@ -735,6 +807,9 @@ impl Store {
     }
 
     fn emit(&mut self, type_: &'static str, kind: &Kind, ns: &str, object: Value) {
+        if self.dry_run {
+            return;
+        }
         let change = Arc::new(Change {
             rv: self.rv,
             type_,
