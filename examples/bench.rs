@@ -138,15 +138,13 @@ impl Bench {
             let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts") else {
                 return 0;
             };
-            s.list(&kind, "bench")
-                .iter()
-                .filter(|ca| {
-                    ca["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
+            // Counted in place: cloning 10,000 objects twice a second would make the bench the bottleneck.
+            s.count(&kind, "bench", |ca| {
+                ca["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 })
-                .count()
+            })
         })
     }
 

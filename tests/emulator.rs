@@ -740,3 +740,144 @@ async fn every_write_response_carries_managed_fields() {
     let got = secrets.get("s").await.unwrap();
     assert_eq!(got.metadata.managed_fields.map(|m| m.len()), Some(2));
 }
+
+#[tokio::test]
+async fn rbac_enforcement_authorizes_service_accounts_like_the_real_authorizer() {
+    let (api, admin) = setup().await;
+    api.enforce_rbac(true);
+    let user = "system:serviceaccount:ops:op";
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&api.kubeconfig_for(user)).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let sa = Client::try_from(config).unwrap();
+    let apply = |kind: &str, ns: Option<&str>, body: serde_json::Value| {
+        let api = api.clone();
+        let kind = kind.to_string();
+        let ns = ns.map(str::to_string);
+        async move {
+            api.with_store(|st| {
+                let plural = format!("{}s", kind.to_ascii_lowercase());
+                st.create(
+                    "rbac.authorization.k8s.io",
+                    &plural,
+                    ns.as_deref().unwrap_or_default(),
+                    body,
+                    "test",
+                )
+            })
+            .unwrap();
+        }
+    };
+    for ns in ["ops", "team-a"] {
+        api.with_store(|st| {
+            st.create(
+                "",
+                "namespaces",
+                "",
+                json!({"metadata": {"name": ns}}),
+                "test",
+            )
+        })
+        .unwrap();
+    }
+    // Before any binding: forbidden, with the API server's message.
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), "team-a");
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+            assert_eq!(
+                s.message,
+                "secrets is forbidden: User \"system:serviceaccount:ops:op\" cannot list resource \"secrets\" in API group \"\" in the namespace \"team-a\""
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // A Role bound in team-a grants there only.
+    apply("Role", Some("team-a"), json!({"metadata": {"name": "r", "namespace": "team-a"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create"]}]})).await;
+    apply(
+        "RoleBinding",
+        Some("team-a"),
+        json!({"metadata": {"name": "rb", "namespace": "team-a"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "ops"}]}),
+    )
+    .await;
+    secrets.list(&ListParams::default()).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("s", json!({})))
+        .await
+        .unwrap();
+    let denied =
+        |r: Result<Secret, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(denied(
+        secrets
+            .patch("s", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+    ));
+    let other: Api<Secret> = Api::namespaced(sa.clone(), "ops");
+    assert!(
+        denied(other.get("x").await),
+        "the Role grants nothing in ops"
+    );
+    let everywhere: Api<Secret> = Api::all(sa.clone());
+    assert!(
+        everywhere.list(&ListParams::default()).await.is_err(),
+        "nor cluster-wide"
+    );
+    // A ClusterRole through a ClusterRoleBinding: subresources and resourceNames are matched exactly.
+    apply("ClusterRole", None, json!({"metadata": {"name": "cr"}, "rules": [
+        {"apiGroups": ["pipedream-secrets.io"], "resources": ["connectedaccounts"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["pipedream-secrets.io"], "resources": ["connectedaccounts/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["allowed"], "verbs": ["get"]}]})).await;
+    apply(
+        "ClusterRoleBinding",
+        None,
+        json!({"metadata": {"name": "crb"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cr"},
+        "subjects": [{"kind": "Group", "name": "system:serviceaccounts:ops"}]}),
+    )
+    .await;
+    apply_ca(&admin, json!({"spec": {"accountId": "apn_A1"}}))
+        .await
+        .unwrap();
+    let cas: Api<ConnectedAccount> = Api::all(sa.clone());
+    assert_eq!(
+        cas.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    let mine: Api<ConnectedAccount> = Api::namespaced(sa.clone(), "default");
+    mine.patch_status(
+        "ca",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {}})),
+    )
+    .await
+    .unwrap();
+    let spec_patch = mine
+        .patch(
+            "ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+        )
+        .await;
+    assert!(
+        matches!(spec_patch, Err(kube::Error::Api(s)) if s.code == 403),
+        "status/patch is not patch"
+    );
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sa.clone(), "default");
+    let named = cms.get("allowed").await;
+    assert!(
+        matches!(named, Err(kube::Error::Api(s)) if s.code == 404),
+        "allowed by name: reaches the store"
+    );
+    let unnamed = cms.get("other").await;
+    assert!(matches!(unnamed, Err(kube::Error::Api(s)) if s.code == 403));
+    // Other users are administrators; discovery is open to everyone.
+    let all: Api<Secret> = Api::all(admin.clone());
+    all.list(&ListParams::default()).await.unwrap();
+    kube::discovery::Discovery::new(sa).run().await.unwrap();
+}

@@ -162,6 +162,9 @@ pub struct ObjectState {
     pub failed_connection_version: Option<String>,
     /// When the controller will next reconcile it (queue-depth metric).
     pub next_pass: Option<Timestamp>,
+    /// `status.nextSyncTime` as this process last wrote it. The cached object can be older than our own write
+    /// (the Secret's watch event may arrive first); its old time must not count as "due".
+    pub written_next_sync: Option<Timestamp>,
 }
 
 /// Everything a reconcile needs.

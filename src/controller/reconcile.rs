@@ -75,8 +75,11 @@ pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<A
 async fn apply(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
     let now = ctx.clock.now();
-    let facts = Facts::of(ca, now);
     let mem = ctx.object(&uid);
+    let mut facts = Facts::of(ca, now);
+    if mem.written_next_sync.is_some() {
+        facts.next_due = mem.written_next_sync;
+    }
     let conn_version = connection_version(ca, ctx);
     if let Some(at) = plan::wait_for_retry(&facts, &mem, conn_version.as_deref()) {
         debug!(retry_at = %format_ts(at), "waiting for the retry time");
@@ -698,6 +701,10 @@ async fn write_status(
     )
     .await
     .map_err(Error::WriteStatus)?;
+    let written = new.next_sync_time.as_deref().and_then(parse_ts);
+    ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
+        o.written_next_sync = written
+    });
     Ok(())
 }
 

@@ -12,5 +12,12 @@ if ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
-cargo build --quiet --locked -p pdso-testkit --bin kube-emulator
+cargo build --quiet --locked -p pdso-testkit --bin kube-emulator --bin fake-pipedream
+# The operator binary for the install test (the rendered chart's args and env, as its ServiceAccount).
+cargo build --quiet --locked --bin pipedream-secrets-operator
 .venv/bin/python -m pytest -q tests/chart
+# The whole-system tests again, with the emulator enforcing the chart's RBAC and the operator authenticating as
+# the chart's ServiceAccount: a permission the chart lacks fails a test here instead of a production install.
+mkdir -p target/tmp
+.venv/bin/python tests/chart/render_rbac.py > target/tmp/chart-rbac.json
+PDSO_RBAC_MANIFESTS="$PWD/target/tmp/chart-rbac.json" cargo test --quiet --locked --test system

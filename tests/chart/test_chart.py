@@ -341,3 +341,138 @@ def test_dashboard_is_valid_json_and_every_query_names_a_scraped_metric():
                    "pipedream_request_duration_seconds_bucket", "pipedream_requests_total",
                    "rate_limit_wait_seconds_total", "reconcile_queue_depth"):
         assert any(needed in e for e in exprs), needed
+
+
+# Helm's install order (pkg/release/util/kind_sorter.go), for the kinds this chart renders.
+HELM_INSTALL_ORDER = ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+                      "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass",
+                      "PersistentVolume", "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole",
+                      "ClusterRoleList", "ClusterRoleBinding", "ClusterRoleBindingList", "Role", "RoleList",
+                      "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod", "ReplicationController",
+                      "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
+                      "IngressClass", "Ingress", "APIService"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"{url} never answered")
+
+
+def kubeconfig(path, server, token):
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return path
+
+
+def kubectl(kc, *args, stdin=None):
+    out = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(kc), *args],
+                         input=stdin, capture_output=True, text=True)
+    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_account(tmp_path):
+    """The chart installed as Helm would (its order, its manifests) into the emulator with RBAC enforced; the
+    operator binary started with the Deployment's rendered args and env, authenticated as the chart's
+    ServiceAccount; a ConnectedAccount goes through it. A permission missing from the chart fails here."""
+    ns = "pdso-system"
+    api_port, pd_port = free_port(), free_port()
+    api_url, pd_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{pd_port}"
+    seed = {"clients": {"oa_chart": "chart-secret"},
+            "accounts": [{"id": "apn_Chart1", "project_id": "proj_chart", "external_id": "tenant-42",
+                          "credentials": {"oauth_access_token": "tok-chart"}, "lifetime_secs": 3600}]}
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    procs = [
+        subprocess.Popen([str(ROOT / "target/debug/kube-emulator"), "--listen", f"127.0.0.1:{api_port}",
+                          "--enforce-rbac"], stdout=subprocess.DEVNULL),
+        subprocess.Popen([str(ROOT / "target/debug/fake-pipedream"), "--listen", f"127.0.0.1:{pd_port}",
+                          "--accounts", str(tmp_path / "seed.json")], stdout=subprocess.DEVNULL),
+    ]
+    log = open(tmp_path / "operator.log", "w")
+    try:
+        wait_http(api_url + "/version")
+        admin = kubeconfig(tmp_path / "admin", api_url, "admin")
+        vals = {"defaultConnection": {"enabled": True, "apiUrl": pd_url, "mode": "oauth",
+                                      "oauth": {"clientId": "oa_chart", "projectId": "proj_chart",
+                                                "existingSecret": "pd-oauth"},
+                                      "access": [{"namespaces": ["team-a"]}]}}
+        docs = render(vals, namespace=ns)
+        # Helm: CRDs from crds/ first, then the release's manifests in its kind order, custom resources last.
+        rank = {k: i for i, k in enumerate(HELM_INSTALL_ORDER)}
+        docs.sort(key=lambda d: rank.get(d["kind"], len(rank)))
+        kubectl(admin, "apply", "--server-side", "-f", str(ROOT / "crds"))
+        for n in (ns, "team-a"):
+            kubectl(admin, "apply", "--server-side", "-f", "-",
+                    stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+        kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pd-oauth", "namespace": ns},
+            "stringData": {"client_secret": "chart-secret"}}))
+        for doc in docs:
+            doc["metadata"].setdefault("namespace", ns) if doc["kind"] not in (
+                "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPipedreamConnection") else None
+            kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps(doc))
+        deployment = by_kind(docs, "Deployment")[0]
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        sa_user = f"system:serviceaccount:{ns}:{pod['serviceAccountName']}"
+        env = {"KUBECONFIG": str(kubeconfig(tmp_path / "operator", api_url, sa_user)), "PATH": os.environ["PATH"]}
+        field = {"metadata.namespace": ns, "metadata.name": "pdso-0"}
+        for e in container.get("env", []):
+            env[e["name"]] = e["value"] if "value" in e else field[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        # The rendered args, except the listen address (the pod's port would clash on a shared machine).
+        metrics_port = free_port()
+        args = [a for a in container["args"] if not a.startswith("--metrics-addr")]
+        args.append(f"--metrics-addr=127.0.0.1:{metrics_port}")
+        assert any(a.startswith("--default-connection=") for a in args)
+        procs.append(subprocess.Popen([str(ROOT / "target/debug/pipedream-secrets-operator"), *args],
+                                      env=env, stdout=log, stderr=log))
+        kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps({
+            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+            "metadata": {"name": "gh", "namespace": "team-a"}, "spec": {"accountId": "apn_Chart1"}}))
+        ready = None
+        for _ in range(300):
+            ca = json.loads(kubectl(admin, "-n", "team-a", "get", "connectedaccount", "gh", "-o", "json"))
+            ready = next((c for c in ca.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+            if ready and ready["status"] == "True":
+                break
+            time.sleep(0.1)
+        logs = (tmp_path / "operator.log").read_text()
+        assert ready and ready["status"] == "True", f"{ready}\n{logs[-3000:]}"
+        secret = json.loads(kubectl(admin, "-n", "team-a", "get", "secret", "gh", "-o", "json"))
+        assert secret["data"]["oauth_access_token"]
+        assert "forbidden" not in logs.lower(), logs[-3000:]
+        # Leader election ran on the chart's Lease.
+        leases = json.loads(kubectl(admin, "-n", ns, "get", "leases", "-o", "json"))["items"]
+        lease = [a.split("=", 1)[1] for a in args if a.startswith("--leader-election-lease=")]
+        assert [item["metadata"]["name"] for item in leases] == lease, "the default chart elects a leader"
+        # Enforcement is real: the ServiceAccount may not do what the chart does not grant.
+        # (kubectl sends no bearer token over plain http, so this asks directly, as the operator's client does.)
+        req = urllib.request.Request(api_url + "/api/v1/namespaces/team-a/secrets/gh", method="DELETE",
+                                     headers={"Authorization": f"Bearer {sa_user}"})
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(req)
+        status = json.loads(denied.value.read())
+        assert denied.value.code == 403 and status["reason"] == "Forbidden", status
+        assert f'User "{sa_user}" cannot delete resource "secrets"' in status["message"], status
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+        log.close()

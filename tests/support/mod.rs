@@ -113,7 +113,40 @@ impl Env {
             "auth": {"oauth": {"clientId": CLIENT_ID, "projectId": "proj_sys",
                 "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"}}},
             "access": [{"namespaces": ["team-a"]}]}})).await;
+        if let Some(path) = std::env::var_os("PDSO_RBAC_MANIFESTS") {
+            env.run_as_chart_service_account(std::path::Path::new(&path));
+        }
         env
+    }
+
+    /// Load the chart's rendered RBAC (a JSON list, `tests/chart/run.sh` writes it), enforce it, and make the
+    /// operator authenticate as the chart's ServiceAccount: a permission the chart lacks fails the test.
+    fn run_as_chart_service_account(&self, manifests: &std::path::Path) {
+        let text = std::fs::read_to_string(manifests)
+            .unwrap_or_else(|e| panic!("{}: {e}", manifests.display()));
+        let docs: Vec<Value> = serde_json::from_str(&text).unwrap();
+        let mut user = None;
+        for doc in docs {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let plural = format!("{}s", kind.to_ascii_lowercase());
+            let ns = doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(s) = doc["subjects"].as_array().and_then(|s| s.first()) {
+                user = Some(format!(
+                    "system:serviceaccount:{}:{}",
+                    s["namespace"].as_str().unwrap_or_default(),
+                    s["name"].as_str().unwrap_or_default()
+                ));
+            }
+            self.api
+                .with_store(|st| st.create("rbac.authorization.k8s.io", &plural, &ns, doc, "helm"))
+                .unwrap_or_else(|e| panic!("loading {kind}: {}", e.message));
+        }
+        let user = user.expect("a binding for the chart's ServiceAccount");
+        std::fs::write(&self.operator_kubeconfig, self.api.kubeconfig_for(&user)).unwrap();
+        self.api.enforce_rbac(true);
     }
 
     /// Server-side apply of any object.

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod openapi;
+mod rbac;
 mod select;
 mod store;
 mod table;
@@ -58,6 +59,8 @@ struct Extra {
     /// (user, verb, group, resource) — the user is the bearer token of the request.
     audit_by_user: BTreeSet<(String, String, String, String)>,
     counts: std::collections::BTreeMap<(String, String), u64>,
+    /// Service-account users are authorized by the stored RBAC objects (`enforce_rbac`).
+    enforce_rbac: bool,
 }
 
 /// Handle to a running emulator.
@@ -166,6 +169,15 @@ impl ApiServer {
     /// Direct access to the store (tests).
     pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         f(&mut self.store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Authorize service-account users (`system:serviceaccount:<ns>:<name>` bearer tokens) by the stored Roles,
+    /// ClusterRoles and bindings; other users stay unrestricted administrators.
+    pub fn enforce_rbac(&self, on: bool) {
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enforce_rbac = on;
     }
 
     /// Add a fault.
@@ -497,11 +509,30 @@ async fn resource(
         .unwrap_or_else(|p| p.into_inner())
         .audit_by_user
         .insert((
-            user,
+            user.clone(),
             verb.to_string(),
             r.group.clone(),
             audit_resource.clone(),
         ));
+    let enforce = s
+        .extra
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .enforce_rbac;
+    if enforce {
+        let req = rbac::Request {
+            user: &user,
+            verb,
+            group: &r.group,
+            resource: &r.plural,
+            subresource: r.sub.as_deref(),
+            namespace: &r.ns,
+            name: r.name.as_deref(),
+        };
+        if let Err(e) = s.with_store(|st| rbac::authorize(st, &req)) {
+            return error(&e);
+        }
+    }
     let fault = s.take_fault(verb, &audit_resource);
     if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -187,6 +187,16 @@ impl Store {
             .ok_or_else(|| not_found(kind, name))
     }
 
+    /// How many objects of `kind` in `ns` (all namespaces when empty) satisfy `pred`, without copying them.
+    pub fn count(&self, kind: &Kind, ns: &str, pred: impl Fn(&Value) -> bool) -> usize {
+        self.objects
+            .iter()
+            .filter(|((g, p, n, _), v)| {
+                *g == kind.group && *p == kind.plural && (ns.is_empty() || n == ns) && pred(v)
+            })
+            .count()
+    }
+
     /// Objects of a kind in a namespace (or all, with `ns == ""`), sorted by namespace and name.
     pub fn list(&self, kind: &Kind, ns: &str) -> Vec<Value> {
         self.objects

@@ -17,6 +17,10 @@ struct Args {
     /// Apply every CRD YAML file in this directory at startup.
     #[arg(long)]
     crds: Option<PathBuf>,
+    /// Authorize service-account users (bearer token `system:serviceaccount:<ns>:<name>`) by the Roles,
+    /// ClusterRoles and bindings applied to the emulator; other tokens stay administrators.
+    #[arg(long)]
+    enforce_rbac: bool,
 }
 
 #[tokio::main]
@@ -25,6 +29,7 @@ async fn main() -> Result<(), String> {
     let server = ApiServer::start_on(args.listen)
         .await
         .map_err(|e| e.to_string())?;
+    server.enforce_rbac(args.enforce_rbac);
     if let Some(dir) = &args.crds {
         let applied = server.apply_crd_dir(dir)?;
         println!("applied {applied} CRD(s) from {}", dir.display());
