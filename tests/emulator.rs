@@ -881,3 +881,82 @@ async fn rbac_enforcement_authorizes_service_accounts_like_the_real_authorizer()
     all.list(&ListParams::default()).await.unwrap();
     kube::discovery::Discovery::new(sa).run().await.unwrap();
 }
+
+#[tokio::test]
+async fn secrets_are_validated_like_the_api_server_does() {
+    let (_api, client) = setup().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let invalid = |r: Result<Secret, kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+        other => panic!("expected 422, got {other:?}"),
+    };
+    let apply = |name: &str, body: serde_json::Value| {
+        let secrets = secrets.clone();
+        let name = name.to_string();
+        async move {
+            let mut obj = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
+            obj.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().cloned().unwrap());
+            secrets
+                .patch(
+                    &name,
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+        }
+    };
+    let msg = invalid(apply("bad-key", json!({"stringData": {"has space": "v"}})).await);
+    assert!(
+        msg.starts_with("Secret \"bad-key\" is invalid: data[has space]: Invalid value")
+            && msg.contains("regex used for validation is '[-._a-zA-Z0-9]+'"),
+        "{msg}"
+    );
+    let big = "x".repeat(1024 * 1024 + 1);
+    let msg = invalid(apply("too-big", json!({"stringData": {"k": big}})).await);
+    assert!(msg.contains("data: Too long"), "{msg}");
+    // Exactly 1 MiB is fine.
+    apply(
+        "just-fits",
+        json!({"stringData": {"k": "x".repeat(1024 * 1024)}}),
+    )
+    .await
+    .unwrap();
+    // type is immutable; so is data once immutable: true.
+    apply("typed", json!({"type": "Opaque", "stringData": {"k": "v"}}))
+        .await
+        .unwrap();
+    let msg = invalid(
+        apply(
+            "typed",
+            json!({"type": "kubernetes.io/tls", "stringData": {"k": "v"}}),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("type: Invalid value: \"kubernetes.io/tls\": field is immutable"),
+        "{msg}"
+    );
+    apply(
+        "frozen",
+        json!({"immutable": true, "stringData": {"k": "v"}}),
+    )
+    .await
+    .unwrap();
+    let msg = invalid(
+        apply(
+            "frozen",
+            json!({"immutable": true, "stringData": {"k": "changed"}}),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("data: Forbidden: field is immutable when `immutable` is set"),
+        "{msg}"
+    );
+    // Labels of an immutable Secret may still change.
+    apply("frozen", json!({"immutable": true, "metadata": {"name": "frozen", "labels": {"a": "b"}}, "stringData": {"k": "v"}}))
+        .await
+        .unwrap();
+}

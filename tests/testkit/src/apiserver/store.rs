@@ -718,6 +718,7 @@ impl Store {
         }
         if kind.group.is_empty() && kind.plural == "secrets" {
             fold_string_data(&mut new);
+            validate::secret(&new, old.as_ref()).map_err(|c| invalid(kind, &key.3, c))?;
         }
         if kind.schema.is_some() {
             let unknown = validate::prune(kind, &mut new);

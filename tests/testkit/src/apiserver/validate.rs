@@ -246,3 +246,71 @@ fn prune_rec(schema: &Value, v: &mut Value, path: String, unknown: &mut Vec<Stri
         _ => {}
     }
 }
+
+/// A Secret as the API server validates it: keys `[-._a-zA-Z0-9]+`, base64 values, at most 1 MiB of data in all,
+/// `type` fixed once set, `data` fixed once `immutable: true`. Field paths and messages as the server writes them.
+pub fn secret(new: &Value, old: Option<&Value>) -> Result<(), Vec<(String, String)>> {
+    use base64::Engine;
+    let mut causes = Vec::new();
+    let mut total = 0usize;
+    if let Some(data) = new["data"].as_object() {
+        for (k, v) in data {
+            let key_ok = !k.is_empty()
+                && k.len() <= 253
+                && k != "."
+                && k != ".."
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !key_ok {
+                causes.push((
+                    format!("data[{k}]"),
+                    format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+                ));
+            }
+            match v
+                .as_str()
+                .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+            {
+                Some(Ok(bytes)) => total += bytes.len(),
+                _ => causes.push((
+                    format!("data[{k}]"),
+                    "Invalid value: illegal base64 data".to_string(),
+                )),
+            }
+        }
+    }
+    if total > 1024 * 1024 {
+        causes.push((
+            "data".to_string(),
+            format!("Too long: may not be more than {} bytes", 1024 * 1024),
+        ));
+    }
+    if let Some(old) = old {
+        let ty = |v: &Value| v["type"].as_str().unwrap_or("Opaque").to_string();
+        if ty(new) != ty(old) {
+            causes.push((
+                "type".to_string(),
+                format!("Invalid value: {:?}: field is immutable", ty(new)),
+            ));
+        }
+        if old["immutable"] == true {
+            if new["data"] != old["data"] {
+                causes.push((
+                    "data".to_string(),
+                    "Forbidden: field is immutable when `immutable` is set".to_string(),
+                ));
+            }
+            if new["immutable"] != true {
+                causes.push((
+                    "immutable".to_string(),
+                    "Forbidden: field is immutable when `immutable` is set".to_string(),
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(causes)
+    }
+}
