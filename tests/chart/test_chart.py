@@ -45,23 +45,34 @@ def by_kind(docs, kind):
     return [d for d in docs if d["kind"] == kind]
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"{url} never answered")
+
+
 @pytest.fixture(scope="module")
 def emulator():
     """The test kit's API emulator with our CRDs: admission for our own kinds."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [str(ROOT / "target" / "debug" / "kube-emulator"), "--listen", f"127.0.0.1:{port}", "--crds", str(ROOT / "crds")],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/version")
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_http(url + "/version")
     yield url
     proc.terminate()
     proc.wait()
@@ -353,24 +364,6 @@ HELM_INSTALL_ORDER = ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange
                       "IngressClass", "Ingress", "APIService"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url):
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"{url} never answered")
-
-
 def kubeconfig(path, server, token):
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
@@ -423,9 +416,10 @@ def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_ac
         kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pd-oauth", "namespace": ns},
             "stringData": {"client_secret": "chart-secret"}}))
+        cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPipedreamConnection")
         for doc in docs:
-            doc["metadata"].setdefault("namespace", ns) if doc["kind"] not in (
-                "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ClusterPipedreamConnection") else None
+            if doc["kind"] not in cluster_scoped:
+                doc["metadata"].setdefault("namespace", ns)
             kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps(doc))
         deployment = by_kind(docs, "Deployment")[0]
         pod = deployment["spec"]["template"]["spec"]

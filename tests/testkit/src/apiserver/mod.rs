@@ -504,21 +504,16 @@ async fn resource(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("anonymous")
         .to_string();
-    s.extra
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .audit_by_user
-        .insert((
+    let enforce = {
+        let mut extra = s.extra.lock().unwrap_or_else(|p| p.into_inner());
+        extra.audit_by_user.insert((
             user.clone(),
             verb.to_string(),
             r.group.clone(),
             audit_resource.clone(),
         ));
-    let enforce = s
-        .extra
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .enforce_rbac;
+        extra.enforce_rbac
+    };
     if enforce {
         let req = rbac::Request {
             user: &user,

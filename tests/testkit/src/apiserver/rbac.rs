@@ -79,10 +79,8 @@ fn rule_allows(rule: &Value, r: &Request) -> bool {
 }
 
 fn kind(store: &Store, plural: &str) -> Option<Kind> {
-    store
-        .kinds()
-        .into_iter()
-        .find(|k| k.group == RBAC && k.plural == plural)
+    // By key: cloning the whole catalog (CRD schemas included) per binding per request would be wasteful.
+    store.kind(RBAC, "v1", plural)
 }
 
 fn role_rules(store: &Store, role_ref: &Value, binding_ns: &str) -> Vec<Value> {

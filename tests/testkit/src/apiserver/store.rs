@@ -590,14 +590,6 @@ impl Store {
         self.forget_managers(&key);
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let mf = self.managed_fields(&key, &kind.api_version());
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            if mf.is_empty() {
-                m.remove("managedFields");
-            } else {
-                m.insert("managedFields".into(), Value::Array(mf));
-            }
-        }
         self.emit("DELETED", kind, &key.2, obj.clone());
         let uid = obj["metadata"]["uid"]
             .as_str()
