@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Static (musl) release binary in a distroless, non-root image with no shell.
 FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+# make: jemalloc (the operator's allocator) is built from source.
+RUN apk add --no-cache musl-dev make
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

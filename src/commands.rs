@@ -267,7 +267,8 @@ pub async fn check(
     println!("next refresh  {}", show(a.next_refresh_at.clone()));
     match &a.credentials {
         Some(c) => {
-            let names: Vec<&String> = c.expose().keys().collect();
+            let fields = c.expose();
+            let names: Vec<&String> = fields.keys().collect();
             println!(
                 "credentials   {} field(s): {} (values not shown)",
                 names.len(),

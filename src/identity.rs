@@ -100,8 +100,8 @@ impl ConnectionKey {
 /// One Pipedream account as seen through one connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountKey {
-    /// The connection it is fetched through.
-    pub connection: ConnectionKey,
+    /// The connection it is fetched through (shared: one per connection, not one per account).
+    pub connection: std::sync::Arc<ConnectionKey>,
     /// `apn_…`.
     pub account_id: String,
 }

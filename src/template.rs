@@ -447,9 +447,8 @@ fn context(credentials: &Credentials, account: &Account, expires_at: Option<&str
     });
     let creds: serde_json::Map<String, Json> = credentials
         .expose()
-        .iter()
+        .into_iter()
         .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     Value::from_serialize(serde_json::json!({
         "credentials": creds,
@@ -516,7 +515,7 @@ pub fn raw_data(
 ) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
     let mut data = BTreeMap::new();
     let mut skipped = Vec::new();
-    for (k, v) in credentials.expose() {
+    for (k, v) in &credentials.expose() {
         if !is_valid_secret_key(k) {
             skipped.push(k.clone());
             continue;

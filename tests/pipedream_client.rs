@@ -7,10 +7,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use pipedream_secrets_operator::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
 use pipedream_secrets_operator::pipedream::{
-    ApiMode, AuthMaterial, ClientSettings, MaterialLoader, PipedreamClient, PipedreamError,
-    SecretString, http_client, retry_after,
+    ApiMode, AuthMaterial, ClientSettings, Credentials, MaterialLoader, PipedreamClient,
+    PipedreamError, SecretString, http_client, parse_account, retry_after,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -501,4 +501,32 @@ fn secret_types_never_print_their_values() {
         client_secret: SecretString::new("hunter2"),
     };
     assert!(!format!("{m:?}").contains("hunter2"));
+}
+
+/// Credentials are held as compact text (memory per account); every JSON type, nesting, key order, unicode and
+/// huge numbers must come back exactly as Pipedream sent them, and equal answers must compare equal.
+#[test]
+fn credentials_come_back_exactly_as_pipedream_sent_them() {
+    let sent = json!({
+        "oauth_access_token": "tök\u{0}en\"\\/",
+        "z_last": null,
+        "a_first": 12345678901234567890u64,
+        "neg": -1.5e-7,
+        "flag": false,
+        "scopes": ["read", {"nested": [1, 2, {"deep": "x"}]}],
+        "empty": {},
+    });
+    let body = json!({"data": {"id": "apn_X", "credentials": sent}});
+    let a = parse_account("account", body.to_string().as_bytes()).unwrap();
+    let c = a.credentials.clone().unwrap();
+    assert_eq!(Value::Object(c.expose()), sent);
+    assert_eq!(serde_json::to_value(&c).unwrap(), sent);
+    assert!(!c.is_empty());
+    // Field order in the body does not matter.
+    let reordered: serde_json::Map<String, Value> =
+        serde_json::from_str(r#"{"empty":{},"flag":false,"a_first":12345678901234567890,"neg":-1.5e-7,"oauth_access_token":"tök\u0000en\"\\/","scopes":["read",{"nested":[1,2,{"deep":"x"}]}],"z_last":null}"#).unwrap();
+    assert_eq!(Credentials::from_map(reordered), c);
+    assert_eq!(format!("{c:?}"), "Credentials(<7 fields redacted>)");
+    let all_null = Credentials::from_map(serde_json::from_str(r#"{"a":null}"#).unwrap());
+    assert!(all_null.is_empty());
 }

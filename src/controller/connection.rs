@@ -189,7 +189,7 @@ where
             action: "CheckConnection".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = ctx.recorder().publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %kube_error_summary(&e), "publishing an Event failed");
         }
     }

@@ -168,8 +168,8 @@ struct Queue {
 
 /// One connection as used: its key, its Pipedream client (token, rate limiter) and its fetch queue.
 pub struct Runtime {
-    /// Identity and fingerprint.
-    pub key: ConnectionKey,
+    /// Identity and fingerprint, shared by every [`AccountKey`] fetched through it.
+    pub key: Arc<ConnectionKey>,
     /// The client.
     pub client: Arc<PipedreamClient>,
     rate: RateLimit,
@@ -320,7 +320,7 @@ impl Fetcher {
     ) -> Arc<Runtime> {
         let mut map = lock(&self.runtimes);
         if let Some(rt) = map.get(&key.id)
-            && rt.key == *key
+            && *rt.key == *key
             && rt.rate == rate
         {
             return rt.clone();
@@ -332,7 +332,7 @@ impl Fetcher {
                 .clone()
         });
         let rt = Arc::new(Runtime {
-            key: key.clone(),
+            key: Arc::new(key.clone()),
             client: Arc::new(build()),
             rate,
             queue: Mutex::default(),
@@ -541,11 +541,11 @@ mod tests {
             "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
         .unwrap();
         let a = AccountKey {
-            connection: ConnectionKey::new(ConnectionId::namespaced("team-a", "pd"), &spec),
+            connection: ConnectionKey::new(ConnectionId::namespaced("team-a", "pd"), &spec).into(),
             account_id: "apn_A1".into(),
         };
         let b = AccountKey {
-            connection: ConnectionKey::new(ConnectionId::namespaced("team-b", "pd"), &spec),
+            connection: ConnectionKey::new(ConnectionId::namespaced("team-b", "pd"), &spec).into(),
             account_id: "apn_A1".into(),
         };
         let fetched: FetchedAccount = FetchedAccount {

@@ -760,7 +760,7 @@ pub async fn publish(
         action: "Sync".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &ca.object_ref(&())).await {
+    if let Err(e) = ctx.recorder().publish(&ev, &ca.object_ref(&())).await {
         warn!(error = %kube_error_summary(&e), "publishing an Event failed");
     }
 }

@@ -20,7 +20,7 @@ use crate::reason::{Error, Reason, SyncFailure};
 /// A usable connection.
 pub struct Resolved {
     /// Identity and fingerprint: every cache is keyed by it.
-    pub key: ConnectionKey,
+    pub key: Arc<ConnectionKey>,
     /// Its client and fetch queue.
     pub runtime: Arc<Runtime>,
     /// Narrowing the fetched account must satisfy.

@@ -35,28 +35,51 @@ impl fmt::Display for SecretString {
 
 /// The `credentials` object of an account: app-specific keys, values of any JSON type. Debug/Display show only
 /// how many fields there are.
-#[derive(Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Credentials(Map<String, Value>);
+///
+/// Held as compact JSON text: every account's last answer stays in memory for drift repair, and a parsed map costs
+/// several times its text (a B-tree node and a `Value` per field). It is parsed again only to build a Secret.
+#[derive(Clone, PartialEq, Default)]
+pub struct Credentials {
+    /// Compact JSON of the object; keys sorted, so equal maps have equal text.
+    json: Box<str>,
+    fields: usize,
+}
 
 impl Credentials {
     /// Build from a JSON map (tests, `render`).
     pub fn from_map(map: Map<String, Value>) -> Self {
-        Self(map)
+        let fields = map.len();
+        // Serializing a map of JSON values cannot fail.
+        let json = serde_json::to_string(&map)
+            .unwrap_or_default()
+            .into_boxed_str();
+        Self { json, fields }
     }
     /// The fields, for Secret building and templates only.
-    pub fn expose(&self) -> &Map<String, Value> {
-        &self.0
+    pub fn expose(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.json).unwrap_or_default()
     }
     /// True when there is no field with a non-null value.
     pub fn is_empty(&self) -> bool {
-        self.0.values().all(Value::is_null)
+        self.expose().values().all(Value::is_null)
+    }
+}
+
+impl<'de> Deserialize<'de> for Credentials {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Map::<String, Value>::deserialize(d).map(Self::from_map)
+    }
+}
+
+impl Serialize for Credentials {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.expose().serialize(s)
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials(<{} fields redacted>)", self.0.len())
+        write!(f, "Credentials(<{} fields redacted>)", self.fields)
     }
 }
 
