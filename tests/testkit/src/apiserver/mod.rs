@@ -598,19 +598,26 @@ async fn resource(
     };
     // A write: with dryRun=All it runs against a snapshot that is then restored, so admission, defaulting,
     // conflicts and the response are real and nothing persists or reaches a watcher.
+    let warnings = std::cell::RefCell::new(Vec::new());
     let write = |f: &mut dyn FnMut(&mut Store) -> Result<Value, ApiError>| {
         s.with_store(|st| {
-            if !dry_run {
-                return f(st);
-            }
-            let snapshot = st.clone();
-            st.dry_run = true;
-            let out = f(st);
-            *st = snapshot;
+            st.warnings.clear();
+            let out = if dry_run {
+                let snapshot = st.clone();
+                st.dry_run = true;
+                let out = f(st);
+                *st = snapshot;
+                out
+            } else {
+                f(st)
+            };
+            warnings
+                .borrow_mut()
+                .extend(std::mem::take(&mut st.warnings));
             out
         })
     };
-    match (method.as_str(), &r.name) {
+    let mut response = match (method.as_str(), &r.name) {
         ("GET", None) if watch => watch_stream(
             &s,
             &kind,
@@ -700,7 +707,14 @@ async fn resource(
             "MethodNotAllowed",
             format!("{method} is not supported here"),
         )),
+    };
+    // As the API server sends them: `299 - "<text>"`, one header per warning.
+    for w in warnings.take() {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    response
 }
 
 /// A request body: JSON, or YAML (which kubectl may send).
@@ -717,7 +731,10 @@ fn respond(r: Result<Value, ApiError>, code: u16) -> Response {
     }
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(
+    q: &HashMap<String, String>,
+    kind: &Kind,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let l = LabelSelector::parse(
         q.get("labelSelector")
             .map(String::as_str)
@@ -730,7 +747,61 @@ fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelecto
             .unwrap_or_default(),
     )
     .map_err(|e| ApiError::new(400, "BadRequest", e))?;
+    f.check_supported(kind)
+        .map_err(|e| ApiError::new(400, "BadRequest", e))?;
     Ok((l, f))
+}
+
+/// `resourceVersion` / `resourceVersionMatch` of a list. The emulator keeps no history: `Exact` works only at the
+/// current version (older is 410, as for a compacted version); `NotOlderThan` a version not reached yet is 504, as
+/// the API server answers after waiting for it.
+fn list_version_check(q: &HashMap<String, String>, current: u64) -> Result<(), ApiError> {
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let m = q
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .unwrap_or("");
+    if m.is_empty() {
+        return Ok(());
+    }
+    if rv.is_empty() {
+        return Err(ApiError::new(
+            400,
+            "BadRequest",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    let wanted: Option<u64> = rv.parse().ok();
+    match (m, wanted) {
+        (_, None) => Err(ApiError::new(
+            400,
+            "BadRequest",
+            format!("resourceVersion: Invalid value: {rv:?}: must be an integer"),
+        )),
+        ("Exact", Some(0)) => Err(ApiError::new(
+            400,
+            "BadRequest",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        ("Exact" | "NotOlderThan", Some(v)) if v > current => Err(ApiError::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {v}, current: {current}"),
+        )),
+        ("Exact", Some(v)) if v < current => Err(ApiError::new(
+            410,
+            "Expired",
+            format!("too old resource version: {v} ({current})"),
+        )),
+        ("Exact" | "NotOlderThan", Some(_)) => Ok(()),
+        (other, _) => Err(ApiError::new(
+            400,
+            "BadRequest",
+            format!(
+                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+            ),
+        )),
+    }
 }
 
 fn list(
@@ -740,11 +811,14 @@ fn list(
     q: &HashMap<String, String>,
     accept: &str,
 ) -> Response {
-    let (ls, fs) = match selectors(q) {
+    let (ls, fs) = match selectors(q, kind) {
         Ok(x) => x,
         Err(e) => return error(&e),
     };
     let (items, rv) = s.with_store(|st| (st.list(kind, ns), st.rv()));
+    if let Err(e) = list_version_check(q, rv) {
+        return error(&e);
+    }
     let items: Vec<Value> = items
         .into_iter()
         .filter(|o| ls.matches(o) && fs.matches(o))
@@ -796,7 +870,7 @@ fn watch_stream(
     accept: &str,
     drop_after: Option<u64>,
 ) -> Response {
-    let (ls, fs) = match selectors(q) {
+    let (ls, fs) = match selectors(q, kind) {
         Ok(x) => x,
         Err(e) => return error(&e),
     };
@@ -871,12 +945,26 @@ fn watch_stream(
                 .min(timeout);
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
+        // Like the API server's watch cache: a bookmark roughly every interval, and one just before the watch
+        // times out (2 s before its deadline), so the client resumes from the latest version.
+        let before_timeout = tokio::time::sleep_until(
+            deadline
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or(deadline)
+                .max(tokio::time::Instant::now()),
+        );
+        tokio::pin!(before_timeout);
+        let mut final_sent = drop_after.is_some();
+        let bookmark = |last: u64| json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tick.tick(), if bookmarks => {
-                    let b = json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
-                    if tx.send(line("BOOKMARK", &b)).await.is_err() { return; }
+                    if tx.send(line("BOOKMARK", &bookmark(last))).await.is_err() { return; }
+                }
+                _ = &mut before_timeout, if bookmarks && !final_sent => {
+                    final_sent = true;
+                    if tx.send(line("BOOKMARK", &bookmark(last))).await.is_err() { return; }
                 }
                 msg = sub.recv() => match msg {
                     Ok(c) => {

@@ -109,6 +109,36 @@ impl FieldSelector {
         Ok(Self(out))
     }
 
+    /// The API server accepts only the fields a kind declares selectable: `metadata.name` and `metadata.namespace`
+    /// everywhere, plus a few per built-in kind (the ones the operator, kubectl and the tests use).
+    pub fn check_supported(&self, kind: &super::catalog::Kind) -> Result<(), String> {
+        let extra: &[&str] = match (kind.group.as_str(), kind.plural.as_str()) {
+            ("", "secrets") => &["type"],
+            ("", "events") | ("events.k8s.io", "events") => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            ("", "pods") => &["spec.nodeName", "status.phase"],
+            _ => &[],
+        };
+        match self.0.iter().find(|(p, _, _)| {
+            !matches!(p.as_str(), "metadata.name" | "metadata.namespace")
+                && !extra.contains(&p.as_str())
+        }) {
+            Some((p, _, _)) => Err(format!("field label not supported: {p}")),
+            None => Ok(()),
+        }
+    }
+
     /// Whether an object matches.
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, want, eq)| {

@@ -41,12 +41,25 @@ impl ApiError {
             details: None,
         }
     }
+    /// Name the object concerned in `details` (group, resource, name), as the API server does for NotFound,
+    /// AlreadyExists and Conflict.
+    pub fn about(mut self, kind: &Kind, name: &str) -> Self {
+        self.details = Some(Box::new((
+            kind.group.clone(),
+            kind.plural.clone(),
+            name.to_string(),
+        )));
+        self
+    }
+
     /// `metav1.Status` JSON.
     pub fn status(&self) -> Value {
         let mut details = json!({"causes": self.causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>()});
         if let Some(d) = &self.details {
             let (group, kind, name) = &**d;
-            details["group"] = json!(group);
+            if !group.is_empty() {
+                details["group"] = json!(group);
+            }
             details["kind"] = json!(kind);
             details["name"] = json!(name);
         }
@@ -89,6 +102,8 @@ pub struct Store {
     uid: u64,
     /// The current request asked for `fieldValidation=Strict` (unknown fields are errors, not pruned).
     pub strict: bool,
+    /// Warnings of the current request (pruned unknown fields), sent as `Warning` headers.
+    pub warnings: Vec<String>,
     /// The current request is `dryRun=All`: nothing reaches watchers (the caller restores a snapshot after).
     pub dry_run: bool,
 }
@@ -115,6 +130,7 @@ impl Store {
             tx,
             uid: 0,
             strict: false,
+            warnings: Vec::new(),
             dry_run: false,
         };
         for ns in ["default", "kube-system"] {
@@ -256,7 +272,8 @@ impl Store {
                 409,
                 "AlreadyExists",
                 format!("{} \"{name}\" already exists", kind.resource_name()),
-            ));
+            )
+            .about(&kind, &name));
         }
         self.check_namespace(&kind, ns)?;
         let leaves = leaves_of(&obj, false);
@@ -388,6 +405,19 @@ impl Store {
                 .map_err(|e| bad(format!("error decoding YAML: {e}")))?;
             normalize(&mut applied);
             return self.apply(&kind, key, old, applied, manager, force, status, ns);
+        }
+        if content_type.starts_with("application/strategic-merge-patch") && kind.schema.is_some() {
+            // Custom resources have no patch strategy metadata; the API server refuses (kubectl falls back to
+            // a merge patch).
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: \
+                     application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml \
+                     (strategic merge patch is not supported for custom resources: {content_type})"
+                ),
+            ));
         }
         let old = old.ok_or_else(|| not_found(&kind, name))?;
         let mut new = old.clone();
@@ -726,6 +756,8 @@ impl Store {
                     format!(".{}: strict decoding error: {detail}", kind.kind),
                 ));
             }
+            self.warnings
+                .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
             new =
                 validate::admit(kind, &new, old.as_ref()).map_err(|c| invalid(kind, &key.3, c))?;
         } else if let Some(n) = new["metadata"]["name"].as_str()
@@ -842,6 +874,7 @@ fn not_found(kind: &Kind, name: &str) -> ApiError {
         "NotFound",
         format!("{} \"{name}\" not found", kind.resource_name()),
     )
+    .about(kind, name)
 }
 
 fn invalid(kind: &Kind, name: &str, causes: Vec<(String, String)>) -> ApiError {

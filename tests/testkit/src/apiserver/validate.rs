@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::catalog::Kind;
 
 /// Turn an OpenAPI v3 structural schema into a JSON Schema draft 4 document: `nullable` becomes a `null` type,
-/// `format` is dropped (the API server checks few formats), int-or-string loses its type.
+/// `format` is dropped (the API server checks few formats), int-or-string is an integer or a string.
 fn to_json_schema(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
@@ -29,7 +29,7 @@ fn to_json_schema(v: &Value) -> Value {
                 }
             }
             if m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
-                out.remove("type");
+                out.insert("type".into(), serde_json::json!(["integer", "string"]));
             }
             if m.get("nullable") == Some(&Value::Bool(true))
                 && let Some(Value::String(t)) = out.get("type").cloned()
