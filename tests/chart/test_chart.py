@@ -1,4 +1,4 @@
-"""Chart tests with the real Helm v4 engine: lint, render five value sets, strict Kubernetes schema validation,
+"""Chart tests with the real Helm v4 engine: lint, render six value sets, strict Kubernetes schema validation,
 our own kinds through the API emulator's admission, and assertions on security, RBAC and arguments."""
 
 import json
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pipedream-secrets-operator"
 VALUES = Path(__file__).parent / "values"
 K8S_VERSION = "1.33.0"
-VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha"]
+VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha", "sharded"]
 OUR_GROUP = "pipedream-secrets.io"
 
 
@@ -220,6 +220,37 @@ def test_values_reach_the_container_args():
     assert "--default-connection=workspace" in args and "--log-format=text" in args and "--log-level=debug" in args
     single = by_kind(render({"leaderElection": {"enabled": False}}), "Deployment")[0]
     assert single["spec"]["strategy"]["type"] == "Recreate", "no overlapping writers without leader election"
+
+
+def test_sharding_renders_a_deployment_and_pdb_per_shard_with_disjoint_selectors():
+    base = by_kind(render({}), "Deployment")
+    assert len(base) == 1 and not any(a.startswith("--shard") for a in base[0]["spec"]["template"]["spec"]["containers"][0]["args"])
+    name = base[0]["metadata"]["name"]
+    docs = render(values("sharded"))
+    deps = by_kind(docs, "Deployment")
+    assert [d["metadata"]["name"] for d in deps] == [f"{name}-shard-{i}" for i in range(3)]
+    selectors = []
+    for i, d in enumerate(deps):
+        assert d["spec"]["replicas"] == 2
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"--shard={i}/3" in args, args
+        # Every shard runs leader election on the same base name; the operator suffixes -shard-i-of-n itself.
+        assert "--leader-election=true" in args and f"--leader-election-lease={name}" in args, args
+        sel = d["spec"]["selector"]["matchLabels"]
+        assert sel["pipedream-secrets.io/shard"] == str(i)
+        pod_labels = d["spec"]["template"]["metadata"]["labels"]
+        assert all(pod_labels[k] == v for k, v in sel.items()), "the selector matches its own pods"
+        selectors.append(sel)
+    # No pod of one shard matches another shard's selector.
+    for i, d in enumerate(deps):
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        for j, sel in enumerate(selectors):
+            assert (i == j) == all(labels.get(k) == v for k, v in sel.items())
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    assert [p["spec"]["selector"]["matchLabels"] for p in pdbs] == selectors
+    # The Service (and so the ServiceMonitor) selects the pods of every shard.
+    svc = by_kind(docs, "Service")[0]
+    assert all(all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()) for d in deps)
 
 
 def test_default_connection_is_bootstrapped_from_values():
