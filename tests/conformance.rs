@@ -269,6 +269,7 @@ async fn updates_with_a_stale_resource_version_conflict() {
     let (code, v) = s.put(&format!("{CM}/a"), next).await;
     assert_eq!(code, StatusCode::CONFLICT, "{v}");
     assert_status(&v, 409, "Conflict");
+    assert_eq!(v["details"]["name"], "a", "{v}");
     let (_, now) = s.get(&format!("{CM}/a")).await;
     assert_eq!(now["data"]["k"], "2");
     // A no-op patch does not bump the resourceVersion.

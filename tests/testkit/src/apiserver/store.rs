@@ -374,7 +374,8 @@ impl Store {
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     kind.resource_name()
                 ),
-            ));
+            )
+            .about(&kind, name));
         }
         self.take_ownership(&key, manager, &old, &obj, status);
         self.touch(&key, manager, "Update");
@@ -451,10 +452,11 @@ impl Store {
                 409,
                 "Conflict",
                 format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     kind.resource_name()
                 ),
-            ));
+            )
+            .about(&kind, name));
         }
         self.take_ownership(&key, manager, &old, &new, status);
         self.touch(&key, manager, "Update");
