@@ -559,34 +559,20 @@ async fn list_resource_version_and_match_semantics() {
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
     assert_status(&v, 400, "BadRequest");
-    let (code, v) = s
-        .get(&format!(
-            "{CM}?resourceVersion={rv}&resourceVersionMatch=Exact"
-        ))
-        .await;
+    let at = |version: u64, how: &str| {
+        format!("{CM}?resourceVersion={version}&resourceVersionMatch={how}")
+    };
+    let (code, v) = s.get(&at(rv, "Exact")).await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
     s.post(CM, cm("b", json!({}))).await;
-    let (code, v) = s
-        .get(&format!(
-            "{CM}?resourceVersion={rv}&resourceVersionMatch=Exact"
-        ))
-        .await;
+    let (code, v) = s.get(&at(rv, "Exact")).await;
     assert_eq!(code, StatusCode::GONE, "no history kept: {v}");
     assert_status(&v, 410, "Expired");
-    let (code, v) = s
-        .get(&format!(
-            "{CM}?resourceVersion={rv}&resourceVersionMatch=NotOlderThan"
-        ))
-        .await;
+    let (code, v) = s.get(&at(rv, "NotOlderThan")).await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 2);
-    let (code, v) = s
-        .get(&format!(
-            "{CM}?resourceVersion={}&resourceVersionMatch=NotOlderThan",
-            rv + 1000
-        ))
-        .await;
+    let (code, v) = s.get(&at(rv + 1000, "NotOlderThan")).await;
     assert_eq!(code, StatusCode::GATEWAY_TIMEOUT, "{v}");
     assert_status(&v, 504, "Timeout");
     let (code, v) = s

@@ -211,7 +211,7 @@ async fn sync(
         Err((f, version)) => return Ok(Outcome::Failed(f, version)),
     };
     let key = AccountKey {
-        connection: resolved.key.clone(),
+        connection: resolved.key().clone(),
         account_id: ca.spec.account_id.clone(),
     };
     let uid = ca.uid().unwrap_or_default();
@@ -256,7 +256,7 @@ async fn sync(
                 o.last_forced = forced_at;
             }
         });
-        debug!(account = %ca.spec.account_id, connection = %resolved.key.id, "fetch requested");
+        debug!(account = %ca.spec.account_id, connection = %resolved.key().id, "fetch requested");
         return Ok(Outcome::Pending);
     };
     let cached = match answer {
@@ -298,7 +298,7 @@ async fn write_from(
         account,
         id,
         &resolved.admission,
-        &resolved.key.id.to_string(),
+        &resolved.key().id.to_string(),
     ) {
         Ok(c) => c.clone(),
         Err(f) => return Ok(Err(f)),
@@ -417,7 +417,7 @@ async fn write_from(
     .await;
     Ok(Ok(Success {
         secret_name,
-        connection: Some(resolved.key.id.status_ref()),
+        connection: Some(resolved.key().id.status_ref()),
         expires_at,
         next: next.at,
         account: Some(AccountSummary {

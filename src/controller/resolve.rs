@@ -19,14 +19,19 @@ use crate::reason::{Error, Reason, SyncFailure};
 
 /// A usable connection.
 pub struct Resolved {
-    /// Identity and fingerprint: every cache is keyed by it.
-    pub key: Arc<ConnectionKey>,
     /// Its client and fetch queue.
     pub runtime: Arc<Runtime>,
     /// Narrowing the fetched account must satisfy.
     pub admission: Admission,
     /// The connection's resourceVersion (a failure caused by the connection is retried when it changes).
     pub version: Option<String>,
+}
+
+impl Resolved {
+    /// The connection's identity and fingerprint: every cache is keyed by it.
+    pub fn key(&self) -> &Arc<ConnectionKey> {
+        &self.runtime.key
+    }
 }
 
 /// Outcome of resolution: a Kubernetes API failure aborts the reconcile, a `SyncFailure` goes to status (with the
@@ -77,7 +82,6 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
             let version = conn.meta().resource_version.clone();
             Ok(runtime(ctx, id, &conn.spec)
                 .map(|runtime| Resolved {
-                    key: runtime.key.clone(),
                     runtime,
                     admission: Admission::Unrestricted,
                     version: version.clone(),
@@ -136,7 +140,6 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
             }
             Ok(runtime(ctx, id, &conn.spec)
                 .map(|runtime| Resolved {
-                    key: runtime.key.clone(),
                     runtime,
                     admission,
                     version: version.clone(),

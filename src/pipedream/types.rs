@@ -42,18 +42,16 @@ impl fmt::Display for SecretString {
 pub struct Credentials {
     /// Compact JSON of the object; keys sorted, so equal maps have equal text.
     json: Box<str>,
-    fields: usize,
 }
 
 impl Credentials {
     /// Build from a JSON map (tests, `render`).
     pub fn from_map(map: Map<String, Value>) -> Self {
-        let fields = map.len();
         // Serializing a map of JSON values cannot fail.
         let json = serde_json::to_string(&map)
             .unwrap_or_default()
             .into_boxed_str();
-        Self { json, fields }
+        Self { json }
     }
     /// The fields, for Secret building and templates only.
     pub fn expose(&self) -> Map<String, Value> {
@@ -79,7 +77,7 @@ impl Serialize for Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials(<{} fields redacted>)", self.fields)
+        write!(f, "Credentials(<{} fields redacted>)", self.expose().len())
     }
 }
 

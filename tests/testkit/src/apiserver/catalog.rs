@@ -98,7 +98,24 @@ impl Kind {
 
 /// The built-in kinds.
 pub fn builtins() -> Vec<Kind> {
-    vec![
+    let rbac = [
+        ("roles", "Role", true),
+        ("rolebindings", "RoleBinding", true),
+        ("clusterroles", "ClusterRole", false),
+        ("clusterrolebindings", "ClusterRoleBinding", false),
+    ]
+    .map(|(plural, kind, namespaced)| {
+        Kind::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            plural,
+            kind,
+            namespaced,
+            &[],
+            false,
+        )
+    });
+    let mut kinds = vec![
         Kind::builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
         Kind::builtin("", "v1", "secrets", "Secret", true, &[], false),
         Kind::builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
@@ -151,42 +168,6 @@ pub fn builtins() -> Vec<Kind> {
         Kind::builtin("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
         Kind::builtin("", "v1", "services", "Service", true, &["svc"], true),
         Kind::builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "roles",
-            "Role",
-            true,
-            &[],
-            false,
-        ),
-        Kind::builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "rolebindings",
-            "RoleBinding",
-            true,
-            &[],
-            false,
-        ),
-        Kind::builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterroles",
-            "ClusterRole",
-            false,
-            &[],
-            false,
-        ),
-        Kind::builtin(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "clusterrolebindings",
-            "ClusterRoleBinding",
-            false,
-            &[],
-            false,
-        ),
-        Kind::builtin(
             "networking.k8s.io",
             "v1",
             "networkpolicies",
@@ -213,7 +194,9 @@ pub fn builtins() -> Vec<Kind> {
             &["crd", "crds"],
             true,
         ),
-    ]
+    ];
+    kinds.extend(rbac);
+    kinds
 }
 
 /// The kinds a CRD object declares (its served versions).
