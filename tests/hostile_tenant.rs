@@ -114,7 +114,15 @@ async fn connection(env: &Env, ns: &str, name: &str, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
-    let mut env = Env::start(vec![victim_account("apn_Vic1"), victim_account("apn_Vic2")]).await;
+    // Alone in its binary: a cluster-wide operator on the shared control plane, as the chart installs it.
+    let options = support::Options {
+        cluster_wide: true,
+        alone_in_binary: true,
+    };
+    let victims = vec![victim_account("apn_Vic1"), victim_account("apn_Vic2")];
+    let Some(mut env) = Env::start_with(victims, options).await else {
+        return;
+    };
     env.pd.add_api_key("key-team-a");
     let app = axum::Router::new()
         .route("/v1/accounts/{id}", get(hostile))
@@ -133,8 +141,6 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     let internal = l2.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l2, ssrf).await });
 
-    env.apply("v1", "Namespace", None, "team-b", json!({}))
-        .await;
     connection(&env, "team-a", "pd", &env.pd.url()).await;
     connection(&env, "team-b", "pd", &format!("http://{evil}")).await;
     // Each attack that slows its own connection (tarpits, a 429 that pauses it) gets its own.
@@ -213,7 +219,7 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     let mut peak_rss = 0;
     while started.elapsed() < Duration::from_secs(45) {
         for name in ["vic1", "vic2"] {
-            let Some(s) = env.secret("team-a", name) else {
+            let Some(s) = env.secret("team-a", name).await else {
                 assert!(
                     started.elapsed() < Duration::from_secs(15),
                     "{name} not synced in 15 s"
@@ -253,33 +259,36 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     assert!(peak_rss < 96 * 1024, "peak RSS {peak_rss} KiB");
 
     // B's objects say what is wrong, and B's own answers went only to B's Secrets.
-    let reason = |n: &str| env.ready_in("team-b", n).unwrap_or_default();
-    assert_eq!(reason("apn-giant1"), "False/UpstreamError");
-    assert_eq!(reason("apn-endless1"), "False/UpstreamError");
-    assert_eq!(reason("apn-limited1"), "False/RateLimited");
-    assert_eq!(reason("apn-huge1"), "True/Synced");
-    assert_eq!(reason("apn-absurd1"), "False/UpstreamError");
-    assert_eq!(reason("ssrf"), "False/ConnectionNotReady");
-    assert_eq!(reason("bomb"), "False/InvalidSpec");
-    assert_eq!(reason("loop"), "False/InvalidSpec");
+    let reason = async |n: &str| env.ready_in("team-b", n).await.unwrap_or_default();
+    assert_eq!(reason("apn-giant1").await, "False/UpstreamError");
+    assert_eq!(reason("apn-endless1").await, "False/UpstreamError");
+    assert_eq!(reason("apn-limited1").await, "False/RateLimited");
+    assert_eq!(reason("apn-huge1").await, "True/Synced");
+    assert_eq!(reason("apn-absurd1").await, "False/UpstreamError");
+    assert_eq!(reason("ssrf").await, "False/ConnectionNotReady");
+    assert_eq!(reason("bomb").await, "False/InvalidSpec");
+    assert_eq!(reason("loop").await, "False/InvalidSpec");
     assert_eq!(
         hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "the disallowed host was never called"
     );
-    let b_vic = env.secret("team-b", "apn-vic1").expect("B's own Secret");
+    let b_vic = env
+        .secret("team-b", "apn-vic1")
+        .await
+        .expect("B's own Secret");
     assert_eq!(
         secret_value(&b_vic, "oauth_access_token").as_deref(),
         Some("EVIL")
     );
     let conn = env
-        .api
         .get(
-            "pipedream-secrets.io",
-            "pipedreamconnections",
-            "team-b",
+            "pipedream-secrets.io/v1alpha1",
+            "PipedreamConnection",
+            Some("team-b"),
             "ssrf",
         )
+        .await
         .unwrap();
     assert_eq!(conn["status"]["conditions"][0]["reason"], "InvalidSpec");
     let logs = env.logs();

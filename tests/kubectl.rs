@@ -1,5 +1,6 @@
-//! The installed `kubectl` against the test kit's API emulator: CRDs and the examples applied server-side, printer
-//! columns, `get -o yaml`, `delete`. With the operator running, the example Secret appears and `kubectl` shows it.
+//! The installed `kubectl` against a real API server: CRDs applied without warnings, the examples applied
+//! server-side, printer columns, `get -o yaml`, `explain`, an admission error, `delete` with garbage collection by
+//! the real kube-controller-manager. With the operator running, the example Secret appears and `kubectl` shows it.
 
 mod support;
 
@@ -8,10 +9,14 @@ use std::process::Command;
 use support::Env;
 
 fn kubectl(env: &Env, args: &[&str]) -> (bool, String) {
+    kubectl_with(&env.kubeconfig, args)
+}
+
+fn kubectl_with(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let out = Command::new(&bin)
         .args(args)
-        .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); install kubectl or set KUBECTL"));
     let text = format!(
@@ -28,10 +33,17 @@ fn ok(env: &Env, args: &[&str]) -> String {
     text
 }
 
-/// The examples with their placeholders pointed at the fake Pipedream.
+/// The examples with their placeholders pointed at the fake Pipedream, and their namespaces and connection name
+/// this test's.
 fn example(env: &Env, file: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(format!("examples/{file}"))
         .unwrap()
+        .replace("pipedream-secrets-operator", &env.ns("ops"))
+        .replace("team-a", &env.ns("team-a"))
+        .replace(
+            "name: default\n",
+            &format!("name: {}\n", env.cluster("default")),
+        )
         .replace("https://api.pipedream.com", &env.pd.url())
         .replace(
             "replace-with-your-oauth-client-secret",
@@ -46,16 +58,25 @@ fn example(env: &Env, file: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
-    let mut env = Env::start(vec![support::oauth_account("apn_Sys1", Some(3600), 600)]).await;
+async fn kubectl_applies_gets_and_deletes_on_a_real_api_server() {
+    // Alone on the binary's shared control plane: a cluster-wide operator, as the chart installs it.
+    let options = support::Options {
+        cluster_wide: true,
+        alone_in_binary: true,
+    };
+    let accounts = vec![support::oauth_account("apn_Sys1", Some(3600), 600)];
+    let Some(mut env) = support::Env::start_with(accounts, options).await else {
+        return;
+    };
     let applied = ok(&env, &["apply", "--server-side", "-f", "crds/"]);
     assert!(
         applied.contains("connectedaccounts.pipedream-secrets.io serverside-applied"),
         "{applied}"
     );
+    let namespaces = example(&env, "namespaces.yaml");
     ok(
         &env,
-        &["apply", "--server-side", "-f", "examples/namespaces.yaml"],
+        &["apply", "--server-side", "-f", namespaces.to_str().unwrap()],
     );
     let conn = example(&env, "connection-oauth.yaml");
     let out = ok(
@@ -69,7 +90,10 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
         ],
     );
     assert!(
-        out.contains("clusterpipedreamconnection.pipedream-secrets.io/default serverside-applied"),
+        out.contains(&format!(
+            "clusterpipedreamconnection.pipedream-secrets.io/{} serverside-applied",
+            env.cluster("default")
+        )),
         "{out}"
     );
     let ca = example(&env, "connectedaccount-oauth.yaml");
@@ -81,7 +105,8 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
     env.start_operator();
     env.wait_synced("github-bot", 20).await;
 
-    let table = ok(&env, &["get", "pdca", "-n", "team-a"]);
+    let team_a = env.ns("team-a");
+    let table = ok(&env, &["get", "pdca", "-n", &team_a]);
     let header = table.lines().next().unwrap();
     for col in [
         "NAME",
@@ -126,7 +151,7 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
             "secret",
             "github-bot-credentials",
             "-n",
-            "team-a",
+            &team_a,
             "-o",
             "yaml",
         ],
@@ -149,7 +174,7 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
             "pdca",
             "github-bot",
             "-n",
-            "team-a",
+            &team_a,
             "--type",
             "merge",
             "-p",
@@ -158,14 +183,39 @@ async fn kubectl_applies_gets_and_deletes_through_the_emulator() {
     );
     assert!(!rejected && msg.contains("spec.accountId"), "{msg}");
 
-    ok(&env, &["delete", "pdca", "github-bot", "-n", "team-a"]);
-    let gone = kubectl(
-        &env,
-        &["get", "secret", "github-bot-credentials", "-n", "team-a"],
+    ok(&env, &["delete", "pdca", "github-bot", "-n", &team_a]);
+    // The operator's finalizer goes, then kube-controller-manager's garbage collector takes the Secret.
+    env.wait("the Secret garbage-collected", 30, async || {
+        let gone = kubectl(
+            &env,
+            &["get", "secret", "github-bot-credentials", "-n", &team_a],
+        );
+        (!gone.0 && gone.1.contains("not found")).then_some(())
+    })
+    .await;
+}
+
+/// Issue 16: the real API server warns about schema formats it does not know (schemars' `uint32` did, on every
+/// apply); `kubectl apply --server-side -f crds/` onto a fresh control plane prints no warning.
+#[test]
+fn crds_apply_onto_a_real_api_server_without_warnings() {
+    let Some(cp) = pdso_testkit::controlplane::ControlPlane::start_empty() else {
+        return;
+    };
+    let dir = cp.dir().join("kubectl-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("admin.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        cp.kubeconfig(pdso_testkit::controlplane::ADMIN),
+    )
+    .unwrap();
+    let (success, text) = kubectl_with(&kubeconfig, &["apply", "--server-side", "-f", "crds/"]);
+    assert!(success, "{text}");
+    assert_eq!(
+        text.matches("serverside-applied").count(),
+        3,
+        "three CRDs created: {text}"
     );
-    assert!(
-        !gone.0 && gone.1.contains("NotFound") || gone.1.contains("not found"),
-        "garbage-collected: {}",
-        gone.1
-    );
+    assert!(!text.contains("Warning"), "the API server warned:\n{text}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use kube::api::{Patch, PatchParams};
-use kube::core::{DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 use support::{Env, oauth_account};
 
@@ -23,7 +23,15 @@ async fn memory_per_synced_account_stays_within_its_bound() {
     let accounts = (0..ACCOUNTS)
         .map(|i| oauth_account(&format!("apn_Scale{i:05}"), Some(3600), 600))
         .collect();
-    let mut env = Env::start(accounts).await;
+    // Alone in its binary: a cluster-wide operator on the shared control plane, as the chart installs it.
+    let options = support::Options {
+        cluster_wide: true,
+        alone_in_binary: true,
+    };
+    let Some(mut env) = Env::start_with(accounts, options).await else {
+        return;
+    };
+    let (ops, team_a) = (env.ns("ops"), env.ns("team-a"));
     env.apply(
         "pipedream-secrets.io/v1alpha1",
         "ClusterPipedreamConnection",
@@ -32,22 +40,21 @@ async fn memory_per_synced_account_stays_within_its_bound() {
         json!({"spec": {
             "apiUrl": env.pd.url(),
             "auth": {"oauth": {"clientId": support::CLIENT_ID, "projectId": "proj_sys",
-                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"}}},
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
             "rateLimit": {"requestsPerSecond": 1000, "burst": 100},
-            "access": [{"namespaces": ["team-a"]}]}}),
+            "access": [{"namespaces": [team_a]}]}}),
     )
     .await;
     env.start_operator();
     let pid = env.operator_pids()[0];
     // Settle, then take the baseline with the connection in use (one account synced).
-    let (ar, _) = kube::discovery::pinned_kind(
-        &env.client,
-        &GroupVersionKind::gvk("pipedream-secrets.io", "v1alpha1", "ConnectedAccount"),
-    )
-    .await
-    .unwrap();
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "pipedream-secrets.io",
+        "v1alpha1",
+        "ConnectedAccount",
+    ));
     let api: kube::Api<DynamicObject> =
-        kube::Api::namespaced_with(env.client.clone(), "team-a", &ar);
+        kube::Api::namespaced_with(env.client.clone(), &team_a, &ar);
     let create = |i: usize| {
         let api = api.clone();
         async move {
@@ -66,24 +73,19 @@ async fn memory_per_synced_account_stays_within_its_bound() {
     stream::iter(1..ACCOUNTS)
         .for_each_concurrent(16, create)
         .await;
-    let ready = |env: &Env| {
-        env.api.with_store(|s| {
-            let kind = s
-                .kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts")
-                .unwrap();
-            s.list(&kind, "team-a")
-                .iter()
-                .filter(|ca| {
-                    ca["status"]["conditions"].as_array().is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                })
-                .count()
-        })
-    };
-    env.wait("every account synced", 300, || {
-        (ready(&env) >= ACCOUNTS).then_some(())
+    env.wait("every account synced", 300, async || {
+        let cas = env
+            .list(
+                "pipedream-secrets.io/v1alpha1",
+                "ConnectedAccount",
+                "team-a",
+            )
+            .await;
+        let ready = cas
+            .iter()
+            .filter(|ca| support::ready_of(ca).is_some_and(|r| r.starts_with("True/")))
+            .count();
+        (ready >= ACCOUNTS).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -96,14 +96,8 @@ fn generation(token: &str) -> Option<i64> {
     token.rsplit_once("-g")?.1.parse().ok()
 }
 
-fn leader_pid(env: &Env) -> Option<u32> {
-    let lease = env.api.get(
-        "coordination.k8s.io",
-        "leases",
-        "ops",
-        "pipedream-secrets-operator",
-    )?;
-    let holder = lease["spec"]["holderIdentity"].as_str()?.to_string();
+async fn leader_pid(env: &Env) -> Option<u32> {
+    let holder = env.lease_holder("pipedream-secrets-operator").await?;
     env.operator_pids()
         .into_iter()
         .find(|p| holder.ends_with(&format!("-{p}")))
@@ -118,7 +112,7 @@ fn random_fault(env: &Env, rng: &mut Lcg) -> &'static str {
         })
     };
     let api = |verb: &str, resource: &str, f: ApiFault| {
-        env.api.add_fault(ApiFault {
+        env.proxy.add_fault(ApiFault {
             verb: verb.into(),
             resource: resource.into(),
             ..f
@@ -205,7 +199,14 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
     let mut rng = Lcg(seed);
     let base = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
     let (fakes, mut models) = accounts(base);
-    let mut env = Env::start(fakes).await;
+    // Alone in its binary: a cluster-wide operator on the shared control plane, as the chart installs it.
+    let options = support::Options {
+        cluster_wide: true,
+        alone_in_binary: true,
+    };
+    let Some(mut env) = Env::start_with(fakes, options).await else {
+        return;
+    };
     env.extra_args = vec!["--leader-election-duration-seconds=4".into()];
     env.start_operator();
     env.start_operator();
@@ -224,11 +225,11 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
         .iter()
         .map(|m| m.id.to_lowercase().replace('_', "-"))
         .collect();
-    env.wait("every Secret written", 60, || {
-        names
-            .iter()
-            .all(|n| env.secret("team-a", n).is_some())
-            .then_some(())
+    env.wait("every Secret written", 60, async || {
+        for n in &names {
+            env.secret("team-a", n).await?;
+        }
+        Some(())
     })
     .await;
 
@@ -251,6 +252,7 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
         for (i, (m, name)) in models.iter().zip(&names).enumerate() {
             let s = env
                 .secret("team-a", name)
+                .await
                 .unwrap_or_else(|| panic!("{name}: the Secret was deleted"));
             let token = secret_value(&s, "oauth_access_token")
                 .unwrap_or_else(|| panic!("{name}: the Secret was blanked: {}", s["data"]));
@@ -280,7 +282,7 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
         }
         let elapsed = started.elapsed();
         if kills == 0 && elapsed > soak / 3 || kills == 1 && elapsed > soak * 2 / 3 {
-            let pid = leader_pid(&env).expect("a leader");
+            let pid = leader_pid(&env).await.expect("a leader");
             env.kill_operator(pid);
             env.start_operator();
             kills += 1;

@@ -1,4 +1,5 @@
-//! Whole-system tests: the real operator binary against the test kit's Kubernetes API emulator and fake Pipedream.
+//! Whole-system tests: the real operator binary against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager; `tests/support`) and the test kit's fake Pipedream, with API faults from a proxy.
 
 mod support;
 
@@ -30,11 +31,13 @@ async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_delete() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({"target": {"labels": {"team": "a"}}})).await;
     let s = env
-        .wait("the Secret", 20, || env.secret("team-a", "gh"))
+        .wait("the Secret", 20, async || env.secret("team-a", "gh").await)
         .await;
     assert_eq!(
         secret_value(&s, "oauth_access_token").as_deref(),
@@ -52,24 +55,21 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
     assert_eq!(s["metadata"]["labels"]["team"], "a");
     assert_eq!(
         s["metadata"]["annotations"]["pipedream-secrets.io/connected-account"],
-        "team-a/gh"
+        format!("{}/gh", env.ns("team-a"))
     );
     assert!(s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"].is_string());
     env.wait_synced("gh", 10).await;
     // Deleting the ConnectedAccount garbage-collects the Secret.
-    env.api.with_store(|st| {
-        st.delete(
-            "pipedream-secrets.io",
-            "connectedaccounts",
-            "team-a",
-            "gh",
-            false,
-        )
-        .unwrap()
-    });
+    env.delete(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gh",
+    )
+    .await;
     // The operator's finalizer goes first, then garbage collection takes the Secret.
-    env.wait("the Secret to be garbage-collected", 20, || {
-        (env.ca("gh").is_none() && env.secret("team-a", "gh").is_none()).then_some(())
+    env.wait("the Secret to be garbage-collected", 20, async || {
+        (env.ca("gh").await.is_none() && env.secret("team-a", "gh").await.is_none()).then_some(())
     })
     .await;
     // Retain keeps it.
@@ -79,25 +79,24 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
         json!({"target": {"deletionPolicy": "Retain"}}),
     )
     .await;
-    env.wait("the retained Secret", 20, || env.secret("team-a", "kept"))
-        .await;
-    env.api.with_store(|st| {
-        st.delete(
-            "pipedream-secrets.io",
-            "connectedaccounts",
-            "team-a",
-            "kept",
-            false,
-        )
-        .unwrap()
-    });
-    env.wait("the retained ConnectedAccount to go", 20, || {
-        env.ca("kept").is_none().then_some(())
+    env.wait("the retained Secret", 20, async || {
+        env.secret("team-a", "kept").await
+    })
+    .await;
+    env.delete(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "kept",
+    )
+    .await;
+    env.wait("the retained ConnectedAccount to go", 20, async || {
+        env.ca("kept").await.is_none().then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        env.secret("team-a", "kept").is_some(),
+        env.secret("team-a", "kept").await.is_some(),
         "Retain keeps the Secret"
     );
     let logs = env.logs();
@@ -111,15 +110,17 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
 /// expired token, and the operator makes about one fetch per token lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 8)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 8)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+    env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
         .await;
     let started = std::time::Instant::now();
     let mut seen = std::collections::BTreeSet::new();
     while started.elapsed() < Duration::from_secs(55) {
-        let s = env.secret("team-a", "gh").unwrap();
+        let s = env.secret("team-a", "gh").await.unwrap();
         let exp: jiff::Timestamp = s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
             .as_str()
             .unwrap()
@@ -149,7 +150,9 @@ async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_does_not_refetch_fresh_credentials() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -171,28 +174,30 @@ async fn restart_does_not_refetch_fresh_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+    env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
         .await;
     env.pd.add_fault(Fault {
         path: "/accounts/".into(),
         kind: FaultKind::Status { status: 503 },
         count: None,
     });
-    env.wait("UpstreamError", 30, || {
-        (env.ready_reason("gh").as_deref() == Some("False/UpstreamError")).then_some(())
+    env.wait("UpstreamError", 30, async || {
+        (env.ready_reason("gh").await.as_deref() == Some("False/UpstreamError")).then_some(())
     })
     .await;
-    let during = env.secret("team-a", "gh").unwrap();
+    let during = env.secret("team-a", "gh").await.unwrap();
     assert!(
         secret_value(&during, "oauth_access_token").is_some_and(|t| !t.is_empty()),
         "never blanked"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        env.secret("team-a", "gh").unwrap()["data"],
+        env.secret("team-a", "gh").await.unwrap()["data"],
         during["data"],
         "the last good data stays during the outage"
     );
@@ -202,7 +207,9 @@ async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -227,14 +234,14 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
         body,
     )
     .await;
-    env.wait("a second token", 20, || {
+    env.wait("a second token", 20, async || {
         (env.pd.count("token") >= 2).then_some(())
     })
     .await;
-    env.wait("forced sync handled", 20, || {
-        let ca = env.ca("gh")?;
+    env.wait("forced sync handled", 20, async || {
+        let ca = env.ca("gh").await?;
         (ca["status"]["lastForceSync"] == "1"
-            && env.ready_reason("gh").as_deref() == Some("True/Synced"))
+            && env.ready_reason("gh").await.as_deref() == Some("True/Synced"))
         .then_some(())
     })
     .await;
@@ -245,7 +252,9 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
     use k8s_openapi::api::core::v1::Secret;
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(
         &env,
@@ -254,14 +263,14 @@ async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
     )
     .await;
     env.wait_synced("kept", 20).await;
-    let s = env.secret("team-a", "kept").unwrap();
+    let s = env.secret("team-a", "kept").await.unwrap();
     assert!(
         s["metadata"]["ownerReferences"].is_null(),
         "Retain: no ownerReference"
     );
     let good = secret_value(&s, "oauth_access_token").unwrap();
     let fetches = env.pd.count("connect_account");
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), "team-a");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &env.ns("team-a"));
     secrets
         .patch(
             "kept",
@@ -270,14 +279,14 @@ async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
         )
         .await
         .unwrap();
-    env.wait("the edit repaired", 10, || {
-        let s = env.secret("team-a", "kept")?;
+    env.wait("the edit repaired", 10, async || {
+        let s = env.secret("team-a", "kept").await?;
         (secret_value(&s, "oauth_access_token")? == good).then_some(())
     })
     .await;
     secrets.delete("kept", &Default::default()).await.unwrap();
-    env.wait("the deleted Secret re-created", 10, || {
-        let s = env.secret("team-a", "kept")?;
+    env.wait("the deleted Secret re-created", 10, async || {
+        let s = env.secret("team-a", "kept").await?;
         (secret_value(&s, "oauth_access_token")? == good).then_some(())
     })
     .await;
@@ -293,25 +302,36 @@ async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
 /// at its Secret every few seconds: the change re-checks it and retries its accounts at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    // The connection's status (credentialsVersion) is kept by a cluster-wide install only.
+    let options = support::Options {
+        cluster_wide: true,
+        ..Default::default()
+    };
+    let Some(mut env) =
+        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
+    else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
-    let version = |env: &Env| {
-        env.api
-            .get(
-                "pipedream-secrets.io",
-                "clusterpipedreamconnections",
-                "",
-                "default",
-            )
-            .and_then(|c| {
-                c["status"]["credentialsVersion"]
-                    .as_str()
-                    .map(str::to_string)
-            })
+    let version = async |env: &Env| {
+        env.get(
+            "pipedream-secrets.io/v1alpha1",
+            "ClusterPipedreamConnection",
+            None,
+            "default",
+        )
+        .await
+        .and_then(|c| {
+            c["status"]["credentialsVersion"]
+                .as_str()
+                .map(str::to_string)
+        })
     };
-    let before = env.wait("credentialsVersion", 20, || version(&env)).await;
+    let before = env
+        .wait("credentialsVersion", 20, async || version(&env).await)
+        .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
     let mut body = account_spec(json!({}));
@@ -324,8 +344,8 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
         body,
     )
     .await;
-    env.wait("AuthFailed", 20, || {
-        (env.ready_reason("gh").as_deref() == Some("False/AuthFailed")).then_some(())
+    env.wait("AuthFailed", 20, async || {
+        (env.ready_reason("gh").await.as_deref() == Some("False/AuthFailed")).then_some(())
     })
     .await;
     env.apply(
@@ -337,13 +357,13 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
     )
     .await;
     let updated = std::time::Instant::now();
-    env.wait("Synced with the rotated secret", 15, || {
-        (env.ready_reason("gh").as_deref() == Some("True/Synced")).then_some(())
+    env.wait("Synced with the rotated secret", 15, async || {
+        (env.ready_reason("gh").await.as_deref() == Some("True/Synced")).then_some(())
     })
     .await;
     assert!(updated.elapsed() < Duration::from_secs(15));
     assert_ne!(
-        version(&env),
+        version(&env).await,
         Some(before),
         "the connection recorded the new Secret version"
     );
@@ -353,28 +373,34 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_api_faults_do_not_lose_the_secret() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
-    env.wait("the Secret", 20, || env.secret("team-a", "gh"))
+    env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
         .await;
     // Secret writes fail and watches drop for a while; the operator retries and carries on.
-    env.api.add_fault(ApiFault {
+    env.proxy.add_fault(ApiFault {
         verb: "patch".into(),
         resource: "secrets".into(),
         status: Some(500),
         count: Some(3),
         ..Default::default()
     });
-    env.api.add_fault(ApiFault {
+    env.proxy.add_fault(ApiFault {
         verb: "watch".into(),
         drop_watch_after_ms: Some(500),
         count: Some(5),
         ..Default::default()
     });
-    let first = secret_value(&env.secret("team-a", "gh").unwrap(), "oauth_access_token").unwrap();
-    env.wait("a rotation despite faults", 45, || {
-        let s = env.secret("team-a", "gh")?;
+    let first = secret_value(
+        &env.secret("team-a", "gh").await.unwrap(),
+        "oauth_access_token",
+    )
+    .unwrap();
+    env.wait("a rotation despite faults", 45, async || {
+        let s = env.secret("team-a", "gh").await?;
         (secret_value(&s, "oauth_access_token")? != first).then_some(())
     })
     .await;
@@ -382,7 +408,9 @@ async fn kubernetes_api_faults_do_not_lose_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_connected_accounts_are_rejected_at_admission() {
-    let env = Env::start(vec![]).await;
+    let Some(env) = Env::start(vec![]).await else {
+        return;
+    };
     let cases = [
         (
             json!({"spec": {"accountId": "not-an-id"}}),
@@ -435,7 +463,7 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
             status.message
         );
     }
-    assert!(env.ca("bad").is_none());
+    assert!(env.ca("bad").await.is_none());
     // A cluster connection's Secret ref without a namespace (CEL on a field named `namespace`).
     let err = env
         .try_apply("pipedream-secrets.io/v1alpha1", "ClusterPipedreamConnection", None, "nons", json!({"spec": {"auth": {"oauth": {
@@ -453,26 +481,19 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
 /// credentials (the schedule lives in status).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_takes_over_without_refetching() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
     let leaders = |env: &Env| env.logs().matches("became leader").count();
     assert_eq!(leaders(&env), 1, "exactly one leader");
-    let lease = env
-        .api
-        .get(
-            "coordination.k8s.io",
-            "leases",
-            "ops",
-            "pipedream-secrets-operator",
-        )
+    let holder = env
+        .lease_holder("pipedream-secrets-operator")
+        .await
         .expect("Lease");
-    let holder = lease["spec"]["holderIdentity"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let leader_pid = env
         .operator_pids()
         .into_iter()
@@ -480,7 +501,7 @@ async fn leader_failover_takes_over_without_refetching() {
         .expect("leader pid");
     let fetches = env.pd.count("connect_account");
     env.kill_operator(leader_pid);
-    env.wait("the standby to lead", 20, || {
+    env.wait("the standby to lead", 20, async || {
         (leaders(&env) == 2).then_some(())
     })
     .await;
@@ -502,8 +523,8 @@ async fn leader_failover_takes_over_without_refetching() {
         body,
     )
     .await;
-    env.wait("a sync by the new leader", 20, || {
-        (env.ca("gh")?["status"]["lastForceSync"] == "after-failover").then_some(())
+    env.wait("a sync by the new leader", 20, async || {
+        (env.ca("gh").await?["status"]["lastForceSync"] == "after-failover").then_some(())
     })
     .await;
 }
@@ -511,7 +532,9 @@ async fn leader_failover_takes_over_without_refetching() {
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {
-    let env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
             .arg("check")
@@ -520,7 +543,8 @@ async fn check_reports_health_and_expiry_without_secret_values() {
             .output()
             .unwrap()
     };
-    let out = run(&["--connection", "default", "--account", "apn_Sys1"]);
+    let connection = env.cluster("default");
+    let out = run(&["--connection", &connection, "--account", "apn_Sys1"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -540,12 +564,12 @@ async fn check_reports_health_and_expiry_without_secret_values() {
         !text.contains("tok-apn_Sys1") && !text.contains(support::CLIENT_SECRET),
         "no secret values:\n{text}"
     );
-    let missing = run(&["--connection", "default", "--account", "apn_Nope1"]);
+    let missing = run(&["--connection", &connection, "--account", "apn_Nope1"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("account not found"));
     env.pd
         .rotate_client(support::CLIENT_ID, "someone-rotated-it");
-    let refused = run(&["--connection", "default"]);
+    let refused = run(&["--connection", &connection]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("auth failed"));
 }
@@ -560,7 +584,16 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         .local_addr()
         .unwrap()
         .port();
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    // Connection metrics come from the connection status controller: a cluster-wide install.
+    let options = support::Options {
+        cluster_wide: true,
+        ..Default::default()
+    };
+    let Some(mut env) =
+        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
+    else {
+        return;
+    };
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
@@ -664,7 +697,7 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         want.sort();
         assert_eq!(got, want, "{full} labels: {sample}");
     }
-    let status_expiry: jiff::Timestamp = env.ca("gh").unwrap()["status"]["expiresAt"]
+    let status_expiry: jiff::Timestamp = env.ca("gh").await.unwrap()["status"]["expiresAt"]
         .as_str()
         .unwrap()
         .parse()
@@ -675,13 +708,16 @@ async fn metrics_have_the_documented_names_types_and_labels() {
             l.starts_with(
                 "pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds{",
             ) && l.contains("name=\"gh\"")
-                && l.contains("namespace=\"team-a\"")
+                && l.contains(&format!("namespace=\"{}\"", env.ns("team-a")))
         })
         .expect("expiry of team-a/gh");
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(value as i64, status_expiry.as_second(), "{line}");
     assert!(
-        scrape.contains("pipedream_secrets_connectedaccount_ready{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1"),
+        scrape.contains(&format!(
+            "pipedream_secrets_connectedaccount_ready{{namespace=\"{}\",name=\"gh\",reason=\"Synced\"}} 1",
+            env.ns("team-a")
+        )),
         "{scrape}"
     );
     assert!(scrape.contains("pipedream_secrets_leader 1"), "{scrape}");
@@ -692,7 +728,9 @@ async fn metrics_have_the_documented_names_types_and_labels() {
 /// ConnectedAccounts with Ready reason and expiry horizon, and never a secret value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
-    let mut env = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -715,7 +753,8 @@ async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
             .output()
             .unwrap()
     };
-    let out = run(&["pipedream", "status", "-n", "team-a"]);
+    let team_a = env.ns("team-a");
+    let out = run(&["pipedream", "status", "-n", &team_a]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -724,12 +763,12 @@ async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
     );
     let line = text
         .lines()
-        .find(|l| l.starts_with("team-a"))
+        .find(|l| l.starts_with(&team_a))
         .unwrap_or_else(|| panic!("{text}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         &cols[..5],
-        &["team-a", "gh", "apn_Sys1", "True", "Synced"],
+        &[team_a.as_str(), "gh", "apn_Sys1", "True", "Synced"],
         "{text}"
     );
     assert!(
@@ -749,12 +788,13 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
     use pipedream_secrets_operator::shard::Shard;
     let n = 12;
     let ids: Vec<String> = (0..n).map(|i| format!("apn_Shard{i}")).collect();
-    let mut env = Env::start(
-        ids.iter()
-            .map(|id| oauth_account(id, Some(3600), 600))
-            .collect(),
-    )
-    .await;
+    let accounts = ids
+        .iter()
+        .map(|id| oauth_account(id, Some(3600), 600))
+        .collect();
+    let Some(mut env) = Env::start(accounts).await else {
+        return;
+    };
     for s in ["0/2", "1/2"] {
         env.extra_args = vec!["--shard".into(), s.into()];
         env.start_operator();
@@ -771,68 +811,70 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
         n,
         "each account fetched once, by one shard"
     );
-    let holder = |lease: &str| {
-        env.api.get("coordination.k8s.io", "leases", "ops", lease)?["spec"]["holderIdentity"]
-            .as_str()
-            .map(str::to_string)
-    };
-    let h0 = holder("pipedream-secrets-operator-shard-0-of-2").expect("shard 0 Lease");
-    let h1 = holder("pipedream-secrets-operator-shard-1-of-2").expect("shard 1 Lease");
+    let h0 = env
+        .lease_holder("pipedream-secrets-operator-shard-0-of-2")
+        .await
+        .expect("shard 0 Lease");
+    let h1 = env
+        .lease_holder("pipedream-secrets-operator-shard-1-of-2")
+        .await
+        .expect("shard 1 Lease");
     assert!(h0.ends_with(&format!("-{}", shard_pids[0])), "{h0}");
     assert!(h1.ends_with(&format!("-{}", shard_pids[1])), "{h1}");
     // Which account is whose, from the UIDs the API server gave them.
     let one = Shard::new(1, 2).unwrap();
-    let owned_by_1: Vec<usize> = (0..n)
-        .filter(|i| {
-            let uid = env.ca(&format!("ca-{i}")).unwrap()["metadata"]["uid"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            one.owns(&uid)
-        })
-        .collect();
+    let mut owned_by_1: Vec<usize> = Vec::new();
+    for i in 0..n {
+        let ca = env.ca(&format!("ca-{i}")).await.unwrap();
+        if one.owns(ca["metadata"]["uid"].as_str().unwrap()) {
+            owned_by_1.push(i);
+        }
+    }
     assert!(
         !owned_by_1.is_empty() && owned_by_1.len() < n,
         "both shards own some of {n} accounts: {owned_by_1:?}"
     );
     // Stop shard 1, then force-sync everything: only shard 0's accounts sync.
     env.kill_operator(shard_pids[1]);
-    let force = |i: usize, id: &str, value: &str| {
-        let mut body = account_spec(json!({"accountId": id}));
-        body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": value}});
-        (format!("ca-{i}"), body)
-    };
     for (i, id) in ids.iter().enumerate() {
-        let (name, body) = force(i, id, "one");
+        let mut body = account_spec(json!({"accountId": id}));
+        body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "one"}});
         env.apply(
             "pipedream-secrets.io/v1alpha1",
             "ConnectedAccount",
             Some("team-a"),
-            &name,
+            &format!("ca-{i}"),
             body,
         )
         .await;
     }
-    let forced = |env: &Env, i: usize| {
-        env.ca(&format!("ca-{i}"))
-            .is_some_and(|c| c["status"]["lastForceSync"] == "one")
+    // Which of `indices` have handled the forced sync.
+    let forced = async |env: &Env, indices: &[usize]| {
+        let mut done = Vec::new();
+        for i in indices {
+            let ca = env.ca(&format!("ca-{i}")).await;
+            if ca.is_some_and(|c| c["status"]["lastForceSync"] == "one") {
+                done.push(*i);
+            }
+        }
+        done
     };
-    env.wait("shard 0's accounts to force-sync", 20, || {
-        (0..n)
-            .filter(|i| !owned_by_1.contains(i))
-            .all(|i| forced(&env, i))
-            .then_some(())
+    let owned_by_0: Vec<usize> = (0..n).filter(|i| !owned_by_1.contains(i)).collect();
+    env.wait("shard 0's accounts to force-sync", 20, async || {
+        (forced(&env, &owned_by_0).await.len() == owned_by_0.len()).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for i in &owned_by_1 {
-        assert!(!forced(&env, *i), "ca-{i} belongs to the stopped shard 1");
-    }
+    assert_eq!(
+        forced(&env, &owned_by_1).await,
+        Vec::<usize>::new(),
+        "these belong to the stopped shard 1"
+    );
     // Shard 1 back: its accounts catch up.
     env.extra_args = vec!["--shard".into(), "1/2".into()];
     env.start_operator();
-    env.wait("shard 1's accounts to force-sync", 30, || {
-        owned_by_1.iter().all(|i| forced(&env, *i)).then_some(())
+    env.wait("shard 1's accounts to force-sync", 30, async || {
+        (forced(&env, &owned_by_1).await.len() == owned_by_1.len()).then_some(())
     })
     .await;
 }

@@ -169,11 +169,12 @@ pub enum CredentialsPath {
 pub struct RateLimit {
     /// Sustained requests per second (default 5; Pipedream allows 2,000 account reads per 5 minutes per project).
     #[serde(default = "default_rps")]
-    #[schemars(range(min = 1, max = 1000))]
+    // `format: int32`, not schemars' `uint32`: the API server knows no unsigned formats and warns on each apply.
+    #[schemars(range(min = 1, max = 1000), extend("format" = "int32"))]
     pub requests_per_second: u32,
     /// Burst size (default 10).
     #[serde(default = "default_burst")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
     pub burst: u32,
 }
 

@@ -1,41 +1,93 @@
-//! Whole-system harness: the test kit's emulator and fake Pipedream in-process, the real operator binary as a child
-//! process pointed at them with a kubeconfig.
+//! Whole-system harness: a real control plane (etcd, kube-apiserver, kube-controller-manager; see
+//! `pdso_testkit::controlplane`), the test kit's fake Pipedream in-process, and the real operator binary as a child
+//! process. The operator reaches the API server through a fault-injecting proxy, authenticated as user `operator`
+//! (its requests recorded from the audit log for the chart's RBAC test) or, when `PDSO_RBAC_MANIFESTS` names the
+//! chart's rendered RBAC, as the chart's ServiceAccount with a TokenRequest token, so the real RBAC authorizer
+//! decides.
+//!
+//! Tests share their binary's control plane and isolate themselves by namespace: each `Env` has its own
+//! namespaces (`ops-<id>`, `team-a-<id>`, `team-b-<id>`), cluster connection (`default-<id>`) and operator
+//! watching only those namespaces. A test that needs a cluster-wide operator starts its own control plane
+//! ([`Options::cluster_wide`]).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client, Config};
-use pdso_testkit::apiserver::ApiServer;
+use pdso_testkit::controlplane::{self, ControlPlane};
+use pdso_testkit::faultproxy::FaultProxy;
 use pdso_testkit::pipedream::{FakeAccount, FakePipedream, Seed};
 use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "oa_system";
 pub const CLIENT_SECRET: &str = "system-client-secret";
 
+/// The namespaces every `Env` creates (logical names; see [`Env::ns`]).
+const NAMESPACES: [&str; 3] = ["ops", "team-a", "team-b"];
+
+/// Which control plane, and how much of it the operator watches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// A private control plane and an operator watching every namespace (the chart's default install). Without
+    /// it the test shares its binary's control plane and the operator watches only the test's namespaces.
+    pub cluster_wide: bool,
+    /// Share the binary's control plane even when cluster-wide: for test binaries holding a single test.
+    pub alone_in_binary: bool,
+}
+
+enum Plane {
+    Shared(&'static ControlPlane),
+    Own(Box<ControlPlane>),
+}
+
+impl std::ops::Deref for Plane {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        match self {
+            Plane::Shared(c) => c,
+            Plane::Own(c) => c,
+        }
+    }
+}
+
 pub struct Env {
-    pub api: ApiServer,
+    plane: Plane,
+    /// Between the operator and the API server: `env.proxy.add_fault(…)`.
+    pub proxy: FaultProxy,
     pub pd: FakePipedream,
+    /// The administrator, straight to the API server.
     pub client: Client,
+    /// The administrator's kubeconfig (for kubectl and the CLI).
     pub kubeconfig: PathBuf,
-    /// The operator's kubeconfig: its requests are audited as user `operator`.
+    /// The operator's kubeconfig: through the proxy, as [`Env::operator_user`].
     pub operator_kubeconfig: PathBuf,
+    /// Who the operator authenticates as.
+    pub operator_user: String,
     pub operators: Vec<Child>,
     pub log: PathBuf,
     /// Extra arguments for every operator started from now on.
     pub extra_args: Vec<String>,
+    id: String,
+    watch_all: bool,
     dir: PathBuf,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop_operator();
-        record_operator_audit(&self.api);
+        self.check_audit();
         if std::thread::panicking() {
-            eprintln!("operator logs kept in {}", self.dir.display());
+            eprintln!(
+                "operator logs kept in {}; control plane logs in {}",
+                self.dir.display(),
+                self.plane.dir().display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -57,10 +109,51 @@ pub fn oauth_account(id: &str, lifetime: Option<u64>, lead: u64) -> FakeAccount 
     }
 }
 
+/// The plural of the kinds the tests touch.
+fn plural(kind: &str) -> String {
+    format!("{}s", kind.to_ascii_lowercase())
+}
+
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural(kind))
+}
+
+async fn client_from(kubeconfig: &str) -> Client {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
 impl Env {
-    pub async fn start(accounts: Vec<FakeAccount>) -> Self {
+    /// An `Env` on the binary's shared control plane; `None` (the test then returns) when no control plane
+    /// binaries exist and `CI` is not `true`.
+    pub async fn start(accounts: Vec<FakeAccount>) -> Option<Self> {
+        Self::start_with(accounts, Options::default()).await
+    }
+
+    pub async fn start_with(accounts: Vec<FakeAccount>, options: Options) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let api = ApiServer::start().await.unwrap();
+        let plane = if options.cluster_wide && !options.alone_in_binary {
+            Plane::Own(Box::new(ControlPlane::start()?))
+        } else {
+            Plane::Shared(ControlPlane::shared()?)
+        };
+        assert!(
+            plane.crd_warnings().is_empty(),
+            "the API server warned when our CRDs were applied: {:?}",
+            plane.crd_warnings()
+        );
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{:x}{}",
+            std::process::id() & 0xffff,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
         let pd = FakePipedream::start(Seed {
             clients: [(CLIENT_ID.to_string(), CLIENT_SECRET.to_string())].into(),
             accounts,
@@ -68,38 +161,34 @@ impl Env {
         })
         .await
         .unwrap();
-        api.apply_crd_dir(std::path::Path::new("crds")).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "pdso-system-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir = std::env::temp_dir().join(format!("pdso-system-{id}-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).unwrap();
-        let operator_kubeconfig = dir.join("operator.kubeconfig");
-        std::fs::write(&operator_kubeconfig, api.kubeconfig_for("operator")).unwrap();
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let client = Client::try_from(config).unwrap();
-        let env = Self {
-            api,
+        std::fs::write(&kubeconfig, plane.kubeconfig(controlplane::ADMIN)).unwrap();
+        let client = client_from(&plane.kubeconfig(controlplane::ADMIN)).await;
+        let proxy = FaultProxy::start(plane.url(), plane.ca_pem())
+            .await
+            .unwrap();
+        let mut env = Self {
+            plane,
+            proxy,
             pd,
             client,
             kubeconfig,
-            operator_kubeconfig,
+            operator_kubeconfig: dir.join("operator.kubeconfig"),
+            operator_user: controlplane::OPERATOR.to_string(),
             operators: Vec::new(),
             log: dir.join("operator.log"),
             extra_args: Vec::new(),
+            id,
+            watch_all: options.cluster_wide,
             dir,
         };
-        for ns in ["ops", "team-a"] {
+        for ns in NAMESPACES {
             env.apply("v1", "Namespace", None, ns, json!({})).await;
         }
+        let ops = env.ns("ops");
+        let team_a = env.ns("team-a");
         env.apply(
             "v1",
             "Secret",
@@ -108,48 +197,163 @@ impl Env {
             json!({"stringData": {"client_secret": CLIENT_SECRET}}),
         )
         .await;
-        env.apply("pipedream-secrets.io/v1alpha1", "ClusterPipedreamConnection", None, "default", json!({"spec": {
+        env.apply(
+            "pipedream-secrets.io/v1alpha1",
+            "ClusterPipedreamConnection",
+            None,
+            "default",
+            json!({"spec": {
             "apiUrl": env.pd.url(),
             "auth": {"oauth": {"clientId": CLIENT_ID, "projectId": "proj_sys",
-                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": "ops"}}},
-            "access": [{"namespaces": ["team-a"]}]}})).await;
-        if let Some(path) = std::env::var_os("PDSO_RBAC_MANIFESTS") {
-            env.run_as_chart_service_account(std::path::Path::new(&path));
-        }
-        env
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
+            "access": [{"namespaces": [team_a]}]}}),
+        )
+        .await;
+        let token = match std::env::var_os("PDSO_RBAC_MANIFESTS") {
+            Some(path) => {
+                env.run_as_chart_service_account(std::path::Path::new(&path))
+                    .await
+            }
+            None => env.plane.token(controlplane::OPERATOR).to_string(),
+        };
+        std::fs::write(&env.operator_kubeconfig, env.proxy.kubeconfig(&token, None)).unwrap();
+        Some(env)
     }
 
-    /// Load the chart's rendered RBAC (a JSON list, `tests/chart/run.sh` writes it), enforce it, and make the
-    /// operator authenticate as the chart's ServiceAccount: a permission the chart lacks fails the test.
-    fn run_as_chart_service_account(&self, manifests: &std::path::Path) {
+    /// This test's name for a logical namespace (`team-a` → `team-a-<id>`); names already mapped stay.
+    pub fn ns(&self, logical: &str) -> String {
+        let suffix = format!("-{}", self.id);
+        if logical.ends_with(&suffix) {
+            logical.to_string()
+        } else {
+            format!("{logical}{suffix}")
+        }
+    }
+
+    /// This test's name for a cluster-scoped object (`default` → `default-<id>`).
+    pub fn cluster(&self, logical: &str) -> String {
+        self.ns(logical)
+    }
+
+    /// The control plane this test runs on.
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
+    }
+
+    /// Apply the chart's rendered RBAC (a JSON list, `tests/chart/run.sh` writes it, released into `ops`) into
+    /// this test's namespaces, and return a TokenRequest token of the chart's ServiceAccount: a permission the
+    /// chart lacks fails the test.
+    async fn run_as_chart_service_account(&mut self, manifests: &std::path::Path) -> String {
         let text = std::fs::read_to_string(manifests)
             .unwrap_or_else(|e| panic!("{}: {e}", manifests.display()));
         let docs: Vec<Value> = serde_json::from_str(&text).unwrap();
-        let mut user = None;
-        for doc in docs {
-            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-            let plural = format!("{}s", kind.to_ascii_lowercase());
-            let ns = doc["metadata"]["namespace"]
+        let ops = self.ns("ops");
+        let mut account = None;
+        for mut doc in docs {
+            let cluster_scoped = doc["kind"]
                 .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if let Some(s) = doc["subjects"].as_array().and_then(|s| s.first()) {
-                user = Some(format!(
-                    "system:serviceaccount:{}:{}",
-                    s["namespace"].as_str().unwrap_or_default(),
-                    s["name"].as_str().unwrap_or_default()
-                ));
+                .is_some_and(|k| k.starts_with("Cluster"));
+            if cluster_scoped {
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                doc["metadata"]["name"] = json!(self.cluster(&name));
+            } else {
+                let ns = doc["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("ops")
+                    .to_string();
+                doc["metadata"]["namespace"] = json!(self.ns(&ns));
             }
-            self.api
-                .with_store(|st| st.create("rbac.authorization.k8s.io", &plural, &ns, doc, "helm"))
-                .unwrap_or_else(|e| panic!("loading {kind}: {}", e.message));
+            if doc["roleRef"]["kind"] == "ClusterRole" {
+                let name = doc["roleRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                doc["roleRef"]["name"] = json!(self.cluster(&name));
+            }
+            if let Some(subjects) = doc.get_mut("subjects").and_then(Value::as_array_mut) {
+                for s in subjects {
+                    if s["kind"] == "ServiceAccount" {
+                        s["namespace"] = json!(ops);
+                        account = Some(s["name"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+            self.plane.apply(&doc).await.unwrap();
         }
-        let user = user.expect("a binding for the chart's ServiceAccount");
-        std::fs::write(&self.operator_kubeconfig, self.api.kubeconfig_for(&user)).unwrap();
-        self.api.enforce_rbac(true);
+        let account = account.expect("a binding for the chart's ServiceAccount");
+        self.operator_user = format!("system:serviceaccount:{ops}:{account}");
+        self.plane
+            .ensure_service_account(&ops, &account)
+            .await
+            .unwrap();
+        self.plane
+            .service_account_token(&ops, &account)
+            .await
+            .unwrap()
     }
 
-    /// Server-side apply of any object.
+    /// After the test: with the operator as `operator`, record what it requested (`$CARGO_TARGET_TMPDIR/
+    /// rbac-audit/`, which the chart tests compare with the chart's RBAC); as the chart's ServiceAccount, fail on
+    /// any request the API server refused with 403.
+    fn check_audit(&self) {
+        let mine: Vec<_> = self
+            .plane
+            .audit()
+            .into_iter()
+            .filter(|e| e.user == self.operator_user)
+            .collect();
+        if self.operator_user == controlplane::OPERATOR {
+            let used: std::collections::BTreeSet<(String, String, String)> = mine
+                .iter()
+                .map(|e| (e.verb.clone(), e.group.clone(), e.resource.clone()))
+                .collect();
+            if used.is_empty() {
+                return;
+            }
+            let used: Vec<Value> = used
+                .into_iter()
+                .map(|(verb, group, resource)| json!({"verb": verb, "group": group, "resource": resource}))
+                .collect();
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-audit");
+            let _ = std::fs::create_dir_all(&dir);
+            let file = dir.join(format!("{}-{}.json", std::process::id(), self.id));
+            let _ = std::fs::write(
+                file,
+                serde_json::to_string_pretty(&used).unwrap_or_default(),
+            );
+        } else if !std::thread::panicking() {
+            let forbidden: Vec<String> = mine
+                .iter()
+                .filter(|e| e.code == 403)
+                .map(|e| format!("{} {}/{} in {:?}", e.verb, e.group, e.resource, e.namespace))
+                .collect();
+            assert!(
+                forbidden.is_empty(),
+                "the API server refused the chart's ServiceAccount: {forbidden:?}"
+            );
+        }
+    }
+
+    fn api(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
+        let ar = resource(api_version, kind);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), &self.ns(ns), &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        }
+    }
+
+    /// The name an object has on the server: namespaces and other cluster-scoped objects are per test.
+    fn server_name(&self, ns: Option<&str>, name: &str) -> String {
+        match ns {
+            None => self.cluster(name),
+            Some(_) => name.to_string(),
+        }
+    }
+
+    /// Server-side apply of any object (namespaces and cluster-scoped names mapped to this test's).
     pub async fn apply(
         &self,
         api_version: &str,
@@ -171,25 +375,71 @@ impl Env {
         name: &str,
         body: Value,
     ) -> Result<Value, kube::Error> {
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
-        let api: Api<kube::core::DynamicObject> = match ns {
-            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
-            None => Api::all_with(self.client.clone(), &ar),
-        };
+        let name = self.server_name(ns, name);
         let mut obj = body;
         obj["apiVersion"] = json!(api_version);
         obj["kind"] = json!(kind);
         obj["metadata"]["name"] = json!(name);
-        let out = api
+        let out = self
+            .api(api_version, kind, ns)
             .patch(
-                name,
+                &name,
                 &PatchParams::apply("system-test").force(),
                 &Patch::Apply(&obj),
             )
             .await?;
         Ok(serde_json::to_value(out).unwrap())
+    }
+
+    /// Get any object as JSON.
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let name = self.server_name(ns, name);
+        match self.api(api_version, kind, ns).get_opt(&name).await {
+            Ok(o) => o.map(|o| serde_json::to_value(o).unwrap()),
+            Err(e) => panic!("get {kind} {name}: {e}"),
+        }
+    }
+
+    /// List objects of a kind in a namespace as JSON.
+    pub async fn list(&self, api_version: &str, kind: &str, ns: &str) -> Vec<Value> {
+        self.api(api_version, kind, Some(ns))
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .collect()
+    }
+
+    /// Delete any object (background propagation, as kubectl does).
+    pub async fn delete(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) {
+        let name = self.server_name(ns, name);
+        self.api(api_version, kind, ns)
+            .delete(&name, &DeleteParams::background())
+            .await
+            .unwrap();
+    }
+
+    /// Arguments naming this test's namespaces, connection and Lease namespace.
+    fn scope_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--operator-namespace".to_string(),
+            self.ns("ops"),
+            "--default-connection".to_string(),
+            self.cluster("default"),
+        ];
+        if !self.watch_all {
+            let watched: Vec<String> = NAMESPACES.iter().map(|n| self.ns(n)).collect();
+            args.push(format!("--namespaces={}", watched.join(",")));
+        }
+        args
     }
 
     pub fn start_operator(&mut self) {
@@ -208,17 +458,8 @@ impl Env {
             vec!["--metrics-addr", "127.0.0.1:0"]
         };
         let child = Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
-            .args([
-                "run",
-                "--operator-namespace",
-                "ops",
-                "--default-connection",
-                "default",
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-            ])
+            .args(["run", "--log-format", "json", "--log-level", "debug"])
+            .args(self.scope_args())
             .args(metrics_addr)
             .args(&self.extra_args)
             .env("KUBECONFIG", &self.operator_kubeconfig)
@@ -265,33 +506,39 @@ impl Env {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn secret(&self, ns: &str, name: &str) -> Option<Value> {
-        self.api.get("", "secrets", ns, name)
+    pub async fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get("v1", "Secret", Some(ns), name).await
     }
 
-    pub fn ca(&self, name: &str) -> Option<Value> {
-        self.ca_in("team-a", name)
+    pub async fn ca(&self, name: &str) -> Option<Value> {
+        self.ca_in("team-a", name).await
     }
 
-    pub fn ca_in(&self, ns: &str, name: &str) -> Option<Value> {
-        self.api
-            .get("pipedream-secrets.io", "connectedaccounts", ns, name)
+    pub async fn ca_in(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get(
+            "pipedream-secrets.io/v1alpha1",
+            "ConnectedAccount",
+            Some(ns),
+            name,
+        )
+        .await
     }
 
     /// `status/reason` of the Ready condition of ConnectedAccount `ns/name`.
-    pub fn ready_in(&self, ns: &str, name: &str) -> Option<String> {
-        let ca = self.ca_in(ns, name)?;
-        ca["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .map(|c| {
-                format!(
-                    "{}/{}",
-                    c["status"].as_str().unwrap_or(""),
-                    c["reason"].as_str().unwrap_or("")
-                )
-            })
+    pub async fn ready_in(&self, ns: &str, name: &str) -> Option<String> {
+        ready_of(&self.ca_in(ns, name).await?)
+    }
+
+    pub async fn ready_reason(&self, name: &str) -> Option<String> {
+        self.ready_in("team-a", name).await
+    }
+
+    /// The holder of this test's Lease `name` (in its operator namespace).
+    pub async fn lease_holder(&self, name: &str) -> Option<String> {
+        let lease = self
+            .get("coordination.k8s.io/v1", "Lease", Some("ops"), name)
+            .await?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     }
 
     /// Resident memory of a running operator, in KiB (from /proc).
@@ -313,34 +560,19 @@ impl Env {
             .all(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    pub fn ready_reason(&self, name: &str) -> Option<String> {
-        let ca = self.ca(name)?;
-        ca["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .map(|c| {
-                format!(
-                    "{}/{}",
-                    c["status"].as_str().unwrap_or(""),
-                    c["reason"].as_str().unwrap_or("")
-                )
-            })
-    }
-
     /// Wait until ConnectedAccount `name` (in team-a) is Ready=True/Synced.
     pub async fn wait_synced(&self, name: &str, secs: u64) {
-        self.wait("Ready=True/Synced", secs, || {
-            (self.ready_reason(name).as_deref() == Some("True/Synced")).then_some(())
+        self.wait("Ready=True/Synced", secs, async || {
+            (self.ready_reason(name).await.as_deref() == Some("True/Synced")).then_some(())
         })
         .await;
     }
 
     /// Poll until `f` returns Some, failing with `what` after `secs`.
-    pub async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    pub async fn wait<T>(&self, what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Some(v) = f() {
+            if let Some(v) = f().await {
                 return v;
             }
             if std::time::Instant::now() > deadline {
@@ -354,24 +586,19 @@ impl Env {
     }
 }
 
-/// Append what the operator did (verb, group, resource) to `$CARGO_TARGET_TMPDIR/rbac-audit/`; the chart tests
-/// compare it with the chart's RBAC.
-fn record_operator_audit(api: &ApiServer) {
-    let used: Vec<Value> = api
-        .audit_of("operator")
-        .into_iter()
-        .map(|(verb, group, resource)| json!({"verb": verb, "group": group, "resource": resource}))
-        .collect();
-    if used.is_empty() {
-        return;
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbac-audit");
-    let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join(format!("{}-{}.json", std::process::id(), rand_suffix()));
-    let _ = std::fs::write(
-        file,
-        serde_json::to_string_pretty(&used).unwrap_or_default(),
-    );
+/// `status/reason` of an object's Ready condition.
+pub fn ready_of(obj: &Value) -> Option<String> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| {
+            format!(
+                "{}/{}",
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or("")
+            )
+        })
 }
 
 fn tail(s: &str) -> String {

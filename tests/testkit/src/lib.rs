@@ -2,4 +2,6 @@
 //! from tests and as standalone binaries (`kube-emulator`, `fake-pipedream`).
 
 pub mod apiserver;
+pub mod controlplane;
+pub mod faultproxy;
 pub mod pipedream;

@@ -1,0 +1,136 @@
+//! Where the control plane's binaries come from: controller-runtime's envtest convention (`KUBEBUILDER_ASSETS`
+//! names a folder holding them), else the xz archives in `../shared/kube/`, unpacked once into `target/`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The three binaries a control plane needs.
+pub const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// The environment variable envtest reads.
+pub const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
+
+/// Why no control plane can be started here.
+#[derive(Debug, Clone)]
+pub struct Missing(pub String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The repository root (this crate lives in `tests/testkit`).
+pub fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The folder with the archives: `PDSO_KUBE_ARCHIVES`, else `../shared/kube` beside the repository.
+fn archive_dir() -> PathBuf {
+    std::env::var_os("PDSO_KUBE_ARCHIVES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/kube"))
+}
+
+fn executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The folder holding all three binaries, unpacking the archives first when needed.
+pub fn find() -> Result<PathBuf, Missing> {
+    if let Some(dir) = std::env::var_os(ASSETS_VAR).filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        let absent: Vec<&str> = BINARIES
+            .iter()
+            .copied()
+            .filter(|b| !executable(&dir.join(b)))
+            .collect();
+        if absent.is_empty() {
+            return Ok(dir);
+        }
+        return Err(Missing(format!(
+            "{ASSETS_VAR}={} lacks {} (setup-envtest ships etcd and kube-apiserver; copy kube-controller-manager of \
+             the same version from the Kubernetes server release into that folder)",
+            dir.display(),
+            absent.join(", ")
+        )));
+    }
+    let archives = archive_dir();
+    let absent: Vec<String> = BINARIES
+        .iter()
+        .map(|b| format!("{b}.xz"))
+        .filter(|f| !archives.join(f).is_file())
+        .collect();
+    if !absent.is_empty() {
+        return Err(Missing(format!(
+            "no control plane binaries: set {ASSETS_VAR} to a folder with etcd, kube-apiserver and \
+             kube-controller-manager (e.g. from setup-envtest), or provide {} ({} missing)",
+            archives.display(),
+            absent.join(", ")
+        )));
+    }
+    unpack(&archives).map_err(Missing)
+}
+
+/// Unpack the archives into `target/kube-assets/<key>/`, once: the key changes when the archives do, and each
+/// binary is written under a temporary name and renamed, so concurrent test binaries never see half a file.
+fn unpack(archives: &Path) -> Result<PathBuf, String> {
+    let key = archive_key(archives)?;
+    let dir = target_dir().join("kube-assets").join(key);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for bin in BINARIES {
+        let dest = dir.join(bin);
+        if executable(&dest) {
+            continue;
+        }
+        let src = archives.join(format!("{bin}.xz"));
+        let tmp = dir.join(format!(".{bin}.{}", std::process::id()));
+        let result = (|| -> std::io::Result<()> {
+            let mut reader = liblzma::read::XzDecoder::new(std::fs::File::open(&src)?);
+            let mut out = std::fs::File::create(&tmp)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                std::io::Write::write_all(&mut out, &buf[..n])?;
+            }
+            out.sync_all()?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("unpacking {}: {e}", src.display()));
+        }
+    }
+    Ok(dir)
+}
+
+/// A short key for the archives' contents: their checksums file when present, else their sizes.
+fn archive_key(archives: &Path) -> Result<String, String> {
+    let mut text = std::fs::read_to_string(archives.join("SHA256SUMS")).unwrap_or_default();
+    for bin in BINARIES {
+        let f = archives.join(format!("{bin}.xz"));
+        let len = std::fs::metadata(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .len();
+        text.push_str(&format!("{bin}:{len}\n"));
+    }
+    // FNV-1a: stable across runs and toolchains, unlike std's hasher.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}

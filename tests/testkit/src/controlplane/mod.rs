@@ -1,0 +1,764 @@
+//! A real Kubernetes control plane on loopback, as controller-runtime's envtest runs one: etcd, kube-apiserver
+//! (RBAC, static bearer tokens, ServiceAccount token signing, an audit log) and kube-controller-manager (garbage
+//! collection, namespace deletion, ServiceAccounts), on free ports, with kubeconfigs per user and per
+//! ServiceAccount.
+//!
+//! [`ControlPlane::shared`] starts one per test process, shared by tests that isolate themselves by namespace;
+//! [`ControlPlane::start`] starts a private one. Every process stops when its owner is dropped and, for the shared
+//! one (never dropped: it is a `static`), when the test process ends in any way (see [`process`]).
+
+pub mod assets;
+mod process;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use process::Supervised;
+
+/// The administrator (group `system:masters`).
+pub const ADMIN: &str = "admin";
+/// An unrestricted identity for an operator under test (`system:masters`): its requests are in the audit log, so
+/// tests can record what the operator needs.
+pub const OPERATOR: &str = "operator";
+/// Users with no rights beyond what bindings give them (tenants in RBAC tests).
+pub const TENANTS: [&str; 2] = ["alice", "bob"];
+
+/// The field manager this fixture applies with.
+const MANAGER: &str = "pdso-testkit";
+
+/// One audited request (the audit policy records everyone but the administrator and the control plane itself).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditEvent {
+    /// `user.username`, e.g. `system:serviceaccount:ns:name`.
+    pub user: String,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, …
+    pub verb: String,
+    /// API group, empty for core.
+    pub group: String,
+    /// Resource plural, with `/<subresource>` when there is one.
+    pub resource: String,
+    /// Namespace of the object, empty when cluster-scoped.
+    pub namespace: String,
+    /// HTTP status of the answer.
+    pub code: u16,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    dir: PathBuf,
+    url: String,
+    ca_pem: String,
+    tokens: BTreeMap<String, String>,
+    processes: Mutex<Vec<Supervised>>,
+    /// What the API server warned about while the CRDs were installed at startup.
+    crd_warnings: Vec<String>,
+    /// Removes `dir` when this process ends (the shared control plane is never dropped).
+    _cleanup: Option<Supervised>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static SKIP_NOTICE: std::sync::Once = std::sync::Once::new();
+
+impl ControlPlane {
+    /// The test process's control plane, started on first use. `None` (after one line on stderr naming
+    /// `KUBEBUILDER_ASSETS`) when no binaries are found; a panic instead when `CI=true`, so CI fails rather than
+    /// skips.
+    pub fn shared() -> Option<&'static ControlPlane> {
+        static SHARED: OnceLock<Result<Option<ControlPlane>, String>> = OnceLock::new();
+        let started = SHARED.get_or_init(|| match assets::find() {
+            Err(missing) => {
+                if ci() {
+                    Err(format!("CI=true and {missing}"))
+                } else {
+                    SKIP_NOTICE
+                        .call_once(|| eprintln!("skipping real-control-plane tests: {missing}"));
+                    Ok(None)
+                }
+            }
+            Ok(bin) => Self::start_with(&bin, Some(&crds_dir())).map(Some),
+        });
+        match started {
+            Ok(cp) => cp.as_ref(),
+            Err(e) => panic!("control plane: {e}"),
+        }
+    }
+
+    /// A private control plane with the operator's CRDs (for tests that cannot share one), with the same rules as
+    /// [`Self::shared`] when the binaries are missing.
+    pub fn start() -> Option<Self> {
+        Self::start_private(Some(&crds_dir()))
+    }
+
+    /// A private control plane without any CRD.
+    pub fn start_empty() -> Option<Self> {
+        Self::start_private(None)
+    }
+
+    fn start_private(crds: Option<&Path>) -> Option<Self> {
+        match assets::find() {
+            Err(missing) if ci() => panic!("control plane: CI=true and {missing}"),
+            Err(missing) => {
+                SKIP_NOTICE.call_once(|| eprintln!("skipping real-control-plane tests: {missing}"));
+                None
+            }
+            Ok(bin) => {
+                Some(Self::start_with(&bin, crds).unwrap_or_else(|e| panic!("control plane: {e}")))
+            }
+        }
+    }
+
+    /// Start etcd and the API server, install `crds` (before kube-controller-manager starts, as in a cluster where
+    /// CRDs exist before controllers: its garbage collector discovers new resources only every 30 s), then start
+    /// kube-controller-manager.
+    fn start_with(bin: &Path, crds: Option<&Path>) -> Result<Self, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let base = assets::target_dir().join("tmp").join("control-plane");
+        sweep_stale(&base);
+        let dir = base.join(format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cleanup = Supervised::remove_on_exit(&dir)?;
+        let (ca_pem, tokens) = write_credentials(&dir)?;
+        let mut last = String::new();
+        // A port taken between choosing it and binding it fails one attempt, not the run.
+        let mut launched = None;
+        for _ in 0..3 {
+            match launch(bin, &dir, &ca_pem, &tokens) {
+                Ok(up) => {
+                    launched = Some(up);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let (url, processes) = launched.ok_or(last)?;
+        let mut me = Self {
+            dir,
+            url,
+            ca_pem,
+            tokens,
+            processes: Mutex::new(processes),
+            crd_warnings: Vec::new(),
+            _cleanup: Some(cleanup),
+        };
+        if let Some(crds) = crds {
+            me.crd_warnings = block_on(me.install_crds(crds))?;
+        }
+        let kcm = me.start_controller_manager(bin)?;
+        lock(&me.processes).push(kcm);
+        Ok(me)
+    }
+
+    /// kube-controller-manager, as the administrator.
+    fn start_controller_manager(&self, bin: &Path) -> Result<Supervised, String> {
+        let s = |p: &Path| p.display().to_string();
+        let kubeconfig = self.dir.join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, self.kubeconfig(ADMIN)).map_err(|e| e.to_string())?;
+        Supervised::spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", s(&kubeconfig)),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token"
+                    .into(),
+                format!(
+                    "--service-account-private-key-file={}",
+                    s(&self.dir.join("sa.key"))
+                ),
+                format!("--root-ca-file={}", s(&self.dir.join("ca.crt"))),
+                "--use-service-account-credentials=false".into(),
+            ],
+            &self.dir.join("kube-controller-manager.log"),
+        )
+    }
+
+    /// What the API server warned about when the CRDs were installed at startup (nothing, for CRDs that apply
+    /// cleanly).
+    pub fn crd_warnings(&self) -> &[String] {
+        &self.crd_warnings
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The CA that signed the API server's serving certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The bearer token of a static user ([`ADMIN`], [`OPERATOR`], [`TENANTS`]).
+    pub fn token(&self, user: &str) -> &str {
+        self.tokens
+            .get(user)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no static user {user}"))
+    }
+
+    /// A kubeconfig for a static user.
+    pub fn kubeconfig(&self, user: &str) -> String {
+        self.kubeconfig_with_token(self.token(user), None)
+    }
+
+    /// A kubeconfig for any bearer token (a ServiceAccount's, say), with an optional default namespace.
+    pub fn kubeconfig_with_token(&self, token: &str, namespace: Option<&str>) -> String {
+        kubeconfig(&self.url, Some(&self.ca_pem), token, namespace)
+    }
+
+    /// An HTTP client that trusts the API server's certificate.
+    pub fn http_client(&self) -> reqwest::Client {
+        http_client(&self.ca_pem)
+    }
+
+    /// One request as the administrator: (status, body as JSON or a string, `Warning` headers).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Value, Vec<String>), String> {
+        let mut req = self
+            .http_client()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.token(ADMIN));
+        if let Some(b) = body {
+            req = req.header("content-type", content_type).body(b);
+        }
+        let resp = req.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let code = resp.status().as_u16();
+        let warnings = resp
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let text = resp.text().await.map_err(|e| format!("{path}: {e}"))?;
+        Ok((
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            warnings,
+        ))
+    }
+
+    /// Server-side apply of `obj` as the administrator (`force`); returns the `Warning` headers.
+    pub async fn apply(&self, obj: &Value) -> Result<Vec<String>, String> {
+        let path = object_path(obj)?;
+        let (code, body, warnings) = self
+            .request(
+                reqwest::Method::PATCH,
+                &format!("{path}?fieldManager={MANAGER}&force=true"),
+                "application/apply-patch+yaml",
+                Some(obj.to_string()),
+            )
+            .await?;
+        if !(200..300).contains(&code) {
+            return Err(format!("apply {path}: {code} {body}"));
+        }
+        Ok(warnings)
+    }
+
+    /// Apply every CRD in `dir` (one YAML document per file) and wait until each is Established; returns the
+    /// `Warning` headers the API server sent.
+    pub async fn install_crds(&self, dir: &Path) -> Result<Vec<String>, String> {
+        let mut warnings = Vec::new();
+        let mut names = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let crd: Value =
+                serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            names.push(
+                crd["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            warnings.extend(self.apply(&crd).await?);
+        }
+        for name in names {
+            self.wait_established(&name).await?;
+        }
+        Ok(warnings)
+    }
+
+    /// Wait until CRD `name` is Established (its resources are served).
+    pub async fn wait_established(&self, name: &str) -> Result<(), String> {
+        let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, crd, _) = self.request(reqwest::Method::GET, &path, "", None).await?;
+            let established = crd["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+            if established {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("CRD {name} not Established after 30 s: {crd}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Create ServiceAccount `ns/name` if it does not exist (the namespace must).
+    pub async fn ensure_service_account(&self, ns: &str, name: &str) -> Result<(), String> {
+        self.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns}}))
+            .await
+            .map(|_| ())
+    }
+
+    /// A bearer token for ServiceAccount `ns/name` from the TokenRequest API, valid for a day.
+    pub async fn service_account_token(&self, ns: &str, name: &str) -> Result<String, String> {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 86400}});
+        let (code, v, _) = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
+                "application/json",
+                Some(body.to_string()),
+            )
+            .await?;
+        match v["status"]["token"].as_str() {
+            Some(t) if code == 201 || code == 200 => Ok(t.to_string()),
+            _ => Err(format!("TokenRequest for {ns}/{name}: {code} {v}")),
+        }
+    }
+
+    /// A kubeconfig authenticating as ServiceAccount `ns/name` (created if missing) with a TokenRequest token.
+    pub async fn service_account_kubeconfig(&self, ns: &str, name: &str) -> Result<String, String> {
+        self.ensure_service_account(ns, name).await?;
+        let token = self.service_account_token(ns, name).await?;
+        Ok(self.kubeconfig_with_token(&token, Some(ns)))
+    }
+
+    /// `apiserver_request_total` from the API server's `/metrics`, summed by (verb, resource with subresource);
+    /// watches count once each, when they start.
+    pub async fn request_counts(&self) -> Result<BTreeMap<(String, String), u64>, String> {
+        let (code, body, _) = self
+            .request(reqwest::Method::GET, "/metrics", "", None)
+            .await?;
+        let Value::String(text) = body else {
+            return Err(format!("/metrics answered {code} with JSON"));
+        };
+        Ok(parse_request_totals(&text))
+    }
+
+    /// Every audited request so far (all users but the administrator and the control plane's own).
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|e| {
+                let o = &e["objectRef"];
+                let resource = match o["subresource"].as_str() {
+                    Some(sub) => format!("{}/{sub}", o["resource"].as_str().unwrap_or_default()),
+                    None => o["resource"].as_str().unwrap_or_default().to_string(),
+                };
+                AuditEvent {
+                    user: e["user"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    verb: e["verb"].as_str().unwrap_or_default().to_string(),
+                    group: o["apiGroup"].as_str().unwrap_or_default().to_string(),
+                    resource,
+                    namespace: o["namespace"].as_str().unwrap_or_default().to_string(),
+                    code: e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                }
+            })
+            .collect()
+    }
+
+    /// Where the processes' logs and the audit log are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stop every process (SIGKILL; tests need no graceful drain) and wait for them.
+    pub fn stop(&self) {
+        let mut procs = lock(&self.processes);
+        // kube-controller-manager first, etcd last.
+        while let Some(mut p) = procs.pop() {
+            p.kill();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The operator's CRDs, installed into every control plane but [`ControlPlane::start_empty`]'s.
+fn crds_dir() -> PathBuf {
+    assets::repo_root().join("crds")
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Remove data directories of test processes that are gone (interrupted runs).
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Write the CA, the serving certificate, the ServiceAccount signing key, the token file and the audit policy.
+fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let err = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pdso-test-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let serving_key = KeyPair::generate().map_err(err)?;
+    let mut serving =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(err)?;
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let serving_cert = serving.signed_by(&serving_key, &issuer).map_err(err)?;
+    // ES256 ServiceAccount tokens: the API server signs with the private key and verifies with the public one.
+    let sa_key = KeyPair::generate().map_err(err)?;
+    let mut tokens = BTreeMap::new();
+    let mut csv = String::new();
+    let users = [(ADMIN, "system:masters"), (OPERATOR, "system:masters")]
+        .into_iter()
+        .chain(TENANTS.iter().map(|t| (*t, "")));
+    for (i, (user, group)) in users.enumerate() {
+        let token = random_token();
+        csv.push_str(&format!("{token},{user},uid-{i},\"{group}\"\n"));
+        tokens.insert(user.to_string(), token);
+    }
+    let audit_policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+        - level: None\n  users: [admin, \"system:apiserver\", \"system:kube-controller-manager\"]\n\
+        - level: Metadata\n";
+    let files = [
+        ("ca.crt", ca_cert.pem()),
+        ("serving.crt", serving_cert.pem()),
+        ("serving.key", serving_key.serialize_pem()),
+        ("sa.key", sa_key.serialize_pem()),
+        ("sa.pub", sa_key.public_key_pem()),
+        ("tokens.csv", csv),
+        ("audit-policy.yaml", audit_policy.to_string()),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok((ca_cert.pem(), tokens))
+}
+
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|_| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Start etcd, then the API server; `Err` when one fails to come up.
+fn launch(
+    bin: &Path,
+    dir: &Path,
+    ca_pem: &str,
+    tokens: &BTreeMap<String, String>,
+) -> Result<(String, Vec<Supervised>), String> {
+    let s = |p: &Path| p.display().to_string();
+    let (client, peer, secure) = (free_port(), free_port(), free_port());
+    let etcd_url = format!("http://127.0.0.1:{client}");
+    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+    let mut etcd = Supervised::spawn(
+        "etcd",
+        &bin.join("etcd"),
+        &[
+            "--data-dir".into(),
+            s(&dir.join("etcd")),
+            "--listen-client-urls".into(),
+            etcd_url.clone(),
+            "--advertise-client-urls".into(),
+            etcd_url.clone(),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster".into(),
+            format!("default=http://127.0.0.1:{peer}"),
+            "--unsafe-no-fsync".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ],
+        &dir.join("etcd.log"),
+    )?;
+    wait_until(
+        &mut etcd,
+        &dir.join("etcd.log"),
+        Duration::from_secs(20),
+        || {
+            let url = format!("{etcd_url}/health");
+            block_on(async move {
+                reqwest::get(url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        },
+    )?;
+    let url = format!("https://127.0.0.1:{secure}");
+    let mut api = Supervised::spawn(
+        "kube-apiserver",
+        &bin.join("kube-apiserver"),
+        &[
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", s(&dir.join("certs"))),
+            format!("--tls-cert-file={}", s(&dir.join("serving.crt"))),
+            format!("--tls-private-key-file={}", s(&dir.join("serving.key"))),
+            format!("--token-auth-file={}", s(&dir.join("tokens.csv"))),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", s(&dir.join("sa.pub"))),
+            format!(
+                "--service-account-signing-key-file={}",
+                s(&dir.join("sa.key"))
+            ),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            // Hardened clusters check that whoever sets blockOwnerDeletion may update the owner's finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
+            format!("--audit-policy-file={}", s(&dir.join("audit-policy.yaml"))),
+            format!("--audit-log-path={}", s(&dir.join("audit.log"))),
+            "--profiling=false".into(),
+        ],
+        &dir.join("kube-apiserver.log"),
+    )?;
+    let admin = tokens[ADMIN].clone();
+    let ready = {
+        let (url, ca) = (url.clone(), ca_pem.to_string());
+        move || {
+            let (url, ca, admin) = (url.clone(), ca.clone(), admin.clone());
+            block_on(async move {
+                http_client(&ca)
+                    .get(format!("{url}/readyz"))
+                    .bearer_auth(admin)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+        }
+    };
+    if let Err(e) = wait_until(
+        &mut api,
+        &dir.join("kube-apiserver.log"),
+        Duration::from_secs(60),
+        ready,
+    ) {
+        drop(api);
+        drop(etcd);
+        return Err(e);
+    }
+    Ok((url, vec![etcd, api]))
+}
+
+/// Poll `ready` until it holds, failing early (with the log's tail) when the process exits.
+fn wait_until(
+    p: &mut Supervised,
+    log: &Path,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        let tail = || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        if p.exited() {
+            return Err(format!("{} exited during startup:\n{}", p.name, tail()));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} not ready after {}s:\n{}",
+                p.name,
+                limit.as_secs(),
+                tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run a future to completion on a private runtime (callable from inside or outside another runtime).
+fn block_on<F>(f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f)
+        })
+        .join()
+        .expect("block_on thread")
+    })
+}
+
+/// An HTTP client that trusts `ca_pem` only.
+pub fn http_client(ca_pem: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = reqwest::Certificate::from_pem(ca_pem.as_bytes()).into_iter();
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .expect("HTTP client")
+}
+
+/// A kubeconfig for `server` with a bearer token.
+pub fn kubeconfig(
+    server: &str,
+    ca_pem: Option<&str>,
+    token: &str,
+    namespace: Option<&str>,
+) -> String {
+    let ca = ca_pem
+        .map(|pem| {
+            format!(
+                "\n    certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
+    let ns = namespace
+        .map(|n| format!("\n    namespace: {n}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}{ca}\nusers:\n\
+         - name: test\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    \
+         user: test{ns}\ncurrent-context: test\n"
+    )
+}
+
+/// The REST path of an object (`apiVersion`, `kind`, `metadata.name`, `metadata.namespace`), for the kinds the
+/// tests apply: core and grouped kinds whose plural is the lower-cased kind plus `s`, and a few irregular ones.
+pub fn object_path(obj: &Value) -> Result<String, String> {
+    let api_version = obj["apiVersion"].as_str().ok_or("no apiVersion")?;
+    let kind = obj["kind"].as_str().ok_or("no kind")?;
+    let name = obj["metadata"]["name"].as_str().ok_or("no metadata.name")?;
+    let plural = match kind {
+        "NetworkPolicy" => "networkpolicies".to_string(),
+        "PodSecurityPolicy" => "podsecuritypolicies".to_string(),
+        "Ingress" => "ingresses".to_string(),
+        _ => format!("{}s", kind.to_ascii_lowercase()),
+    };
+    let prefix = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    Ok(match obj["metadata"]["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{prefix}/namespaces/{ns}/{plural}/{name}"),
+        _ => format!("{prefix}/{plural}/{name}"),
+    })
+}
+
+/// Sum `apiserver_request_total` samples by (verb, resource[/subresource]).
+pub fn parse_request_totals(text: &str) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split("\",")
+                .filter_map(|kv| kv.split_once("=\""))
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let resource = match label("subresource").as_str() {
+            "" => label("resource"),
+            sub => format!("{}/{sub}", label("resource")),
+        };
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        *out.entry((label("verb").to_ascii_lowercase(), resource))
+            .or_insert(0) += n;
+    }
+    out
+}
