@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Chart tests: installs its Python tools into .venv (pinned) and runs them. Needs the emulator binary.
+# Chart tests: installs its Python tools into .venv (pinned) and runs them against a real control plane (the test
+# kit's control-plane binary; see tests/testkit/src/controlplane).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ ! -x .venv/bin/python ]; then
@@ -12,7 +13,7 @@ if ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
-cargo build --quiet --locked -p pdso-testkit --bin kube-emulator --bin fake-pipedream
+cargo build --quiet --locked -p pdso-testkit --bin control-plane --bin fake-pipedream
 # The operator binary for the install test (the rendered chart's args and env, as its ServiceAccount).
 cargo build --quiet --locked --bin pipedream-secrets-operator
 .venv/bin/python -m pytest -q tests/chart

@@ -1,5 +1,7 @@
 """Chart tests with the real Helm v4 engine: lint, render six value sets, strict Kubernetes schema validation,
-our own kinds through the API emulator's admission, and assertions on security, RBAC and arguments."""
+every rendered object through a real API server's admission (server-side dry run), assertions on security, RBAC
+and arguments, and a Helm-ordered install into the real control plane with the operator running as the chart's
+ServiceAccount."""
 
 import json
 import re
@@ -63,33 +65,50 @@ def wait_http(url):
     pytest.fail(f"{url} never answered")
 
 
+class ControlPlane:
+    """The test kit's `control-plane` binary: etcd, kube-apiserver and kube-controller-manager on loopback."""
+
+    def __init__(self, tmp):
+        self.proc = subprocess.Popen([str(ROOT / "target" / "debug" / "control-plane"), "--kubeconfig-dir", str(tmp)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout=60)
+            err = self.proc.stderr.read()
+            if code == 77:
+                pytest.skip(err.strip())
+            pytest.fail(f"control-plane exited {code}: {err}")
+        self.info = json.loads(line)
+        self.url = self.info["url"]
+
+    def kubeconfig(self, user):
+        return Path(self.info["kubeconfigs"][user])
+
+    def kubeconfig_for_token(self, path, token, namespace=None):
+        """A kubeconfig like the administrator's, with another bearer token."""
+        config = yaml.safe_load(self.kubeconfig("admin").read_text())
+        config["users"][0]["user"]["token"] = token
+        if namespace:
+            config["contexts"][0]["context"]["namespace"] = namespace
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def audit(self):
+        """Every audited request (everyone but the administrator and the control plane's own)."""
+        text = Path(self.info["audit_log"]).read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
-def emulator():
-    """The test kit's API emulator with our CRDs: admission for our own kinds."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(ROOT / "target" / "debug" / "kube-emulator"), "--listen", f"127.0.0.1:{port}", "--crds", str(ROOT / "crds")],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/version")
-    yield url
-    proc.terminate()
-    proc.wait()
-
-
-def admit(url, doc):
-    group, version = doc["apiVersion"].split("/")
-    plural = {"ClusterPipedreamConnection": "clusterpipedreamconnections", "PipedreamConnection": "pipedreamconnections",
-              "ConnectedAccount": "connectedaccounts"}[doc["kind"]]
-    ns = doc["metadata"].get("namespace")
-    path = f"/apis/{group}/{version}/" + (f"namespaces/{ns}/" if ns else "") + plural
-    req = urllib.request.Request(url + path + "?fieldValidation=Strict", data=json.dumps(doc).encode(),
-                                 headers={"content-type": "application/json"}, method="POST")
-    try:
-        urllib.request.urlopen(req)
-    except urllib.error.HTTPError as e:
-        pytest.fail(f"{doc['kind']} {doc['metadata']['name']} rejected: {e.read().decode()}")
+def control_plane(tmp_path_factory):
+    """One real control plane for this module, with our CRDs installed."""
+    cp = ControlPlane(tmp_path_factory.mktemp("control-plane"))
+    yield cp
+    cp.stop()
 
 
 def test_lint_has_no_errors():
@@ -113,13 +132,22 @@ def test_schema_rejects_bad_values():
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_rendered_manifests_validate_strictly(name, emulator):
+def test_rendered_manifests_validate_strictly(name, control_plane):
     docs = render(values(name))
     assert docs
+    admin = control_plane.kubeconfig("admin")
+    for ns in sorted({d["metadata"]["namespace"] for d in docs if d["metadata"].get("namespace")}):
+        kubectl(admin, "apply", "--server-side", "-f", "-",
+                stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
     for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            # The real API server's admission: its schemas (strict field validation), our CRDs' schemas and CEL
+            # rules; a dry run, so nothing is stored.
+            kubectl(admin, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "--validate=strict",
+                    "-f", "-", stdin=json.dumps(doc))
         if doc["apiVersion"].startswith(OUR_GROUP + "/"):
-            admit(emulator, doc)
-        elif doc["kind"] == "ServiceMonitor":
+            continue
+        if doc["kind"] == "ServiceMonitor":
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
             assert doc["spec"]["endpoints"][0]["port"] == "http-metrics"
         elif doc["kind"] == "PrometheusRule":
@@ -395,15 +423,6 @@ HELM_INSTALL_ORDER = ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange
                       "IngressClass", "Ingress", "APIService"]
 
 
-def kubeconfig(path, server, token):
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    return path
-
-
 def kubectl(kc, *args, stdin=None):
     out = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(kc), *args],
                          input=stdin, capture_output=True, text=True)
@@ -411,27 +430,24 @@ def kubectl(kc, *args, stdin=None):
     return out.stdout
 
 
-def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_account(tmp_path):
-    """The chart installed as Helm would (its order, its manifests) into the emulator with RBAC enforced; the
-    operator binary started with the Deployment's rendered args and env, authenticated as the chart's
-    ServiceAccount; a ConnectedAccount goes through it. A permission missing from the chart fails here."""
+def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_service_account(tmp_path, control_plane):
+    """The chart installed as Helm would (its order, its manifests) into a real API server; the operator binary
+    started with the Deployment's rendered args and env, authenticated as the chart's ServiceAccount with a
+    TokenRequest token, so the real RBAC authorizer decides; a ConnectedAccount goes through it. Any request the
+    API server refuses the ServiceAccount fails the test."""
     ns = "pdso-system"
-    api_port, pd_port = free_port(), free_port()
-    api_url, pd_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{pd_port}"
+    pd_port = free_port()
+    pd_url = f"http://127.0.0.1:{pd_port}"
     seed = {"clients": {"oa_chart": "chart-secret"},
             "accounts": [{"id": "apn_Chart1", "project_id": "proj_chart", "external_id": "tenant-42",
                           "credentials": {"oauth_access_token": "tok-chart"}, "lifetime_secs": 3600}]}
     (tmp_path / "seed.json").write_text(json.dumps(seed))
-    procs = [
-        subprocess.Popen([str(ROOT / "target/debug/kube-emulator"), "--listen", f"127.0.0.1:{api_port}",
-                          "--enforce-rbac"], stdout=subprocess.DEVNULL),
-        subprocess.Popen([str(ROOT / "target/debug/fake-pipedream"), "--listen", f"127.0.0.1:{pd_port}",
-                          "--accounts", str(tmp_path / "seed.json")], stdout=subprocess.DEVNULL),
-    ]
+    procs = [subprocess.Popen([str(ROOT / "target/debug/fake-pipedream"), "--listen", f"127.0.0.1:{pd_port}",
+                               "--accounts", str(tmp_path / "seed.json")], stdout=subprocess.DEVNULL)]
     log = open(tmp_path / "operator.log", "w")
     try:
-        wait_http(api_url + "/version")
-        admin = kubeconfig(tmp_path / "admin", api_url, "admin")
+        wait_http(pd_url + "/_fake/stats")
+        admin = control_plane.kubeconfig("admin")
         vals = {"defaultConnection": {"enabled": True, "apiUrl": pd_url, "mode": "oauth",
                                       "oauth": {"clientId": "oa_chart", "projectId": "proj_chart",
                                                 "existingSecret": "pd-oauth"},
@@ -440,7 +456,7 @@ def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_ac
         # Helm: CRDs from crds/ first, then the release's manifests in its kind order, custom resources last.
         rank = {k: i for i, k in enumerate(HELM_INSTALL_ORDER)}
         docs.sort(key=lambda d: rank.get(d["kind"], len(rank)))
-        kubectl(admin, "apply", "--server-side", "-f", str(ROOT / "crds"))
+        kubectl(admin, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         for n in (ns, "team-a"):
             kubectl(admin, "apply", "--server-side", "-f", "-",
                     stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
@@ -451,12 +467,15 @@ def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_ac
         for doc in docs:
             if doc["kind"] not in cluster_scoped:
                 doc["metadata"].setdefault("namespace", ns)
-            kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps(doc))
+            kubectl(admin, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(doc))
         deployment = by_kind(docs, "Deployment")[0]
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        sa_user = f"system:serviceaccount:{ns}:{pod['serviceAccountName']}"
-        env = {"KUBECONFIG": str(kubeconfig(tmp_path / "operator", api_url, sa_user)), "PATH": os.environ["PATH"]}
+        account = pod["serviceAccountName"]
+        sa_user = f"system:serviceaccount:{ns}:{account}"
+        token = kubectl(admin, "-n", ns, "create", "token", account, "--duration=24h").strip()
+        operator_kc = control_plane.kubeconfig_for_token(tmp_path / "operator.kubeconfig", token)
+        env = {"KUBECONFIG": str(operator_kc), "PATH": os.environ["PATH"]}
         field = {"metadata.namespace": ns, "metadata.name": "pdso-0"}
         for e in container.get("env", []):
             env[e["name"]] = e["value"] if "value" in e else field[e["valueFrom"]["fieldRef"]["fieldPath"]]
@@ -486,15 +505,17 @@ def test_helm_install_into_the_emulator_runs_an_account_as_the_charts_service_ac
         leases = json.loads(kubectl(admin, "-n", ns, "get", "leases", "-o", "json"))["items"]
         lease = [a.split("=", 1)[1] for a in args if a.startswith("--leader-election-lease=")]
         assert [item["metadata"]["name"] for item in leases] == lease, "the default chart elects a leader"
-        # Enforcement is real: the ServiceAccount may not do what the chart does not grant.
-        # (kubectl sends no bearer token over plain http, so this asks directly, as the operator's client does.)
-        req = urllib.request.Request(api_url + "/api/v1/namespaces/team-a/secrets/gh", method="DELETE",
-                                     headers={"Authorization": f"Bearer {sa_user}"})
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(req)
-        status = json.loads(denied.value.read())
-        assert denied.value.code == 403 and status["reason"] == "Forbidden", status
-        assert f'User "{sa_user}" cannot delete resource "secrets"' in status["message"], status
+        # The real authorizer decided every request: it allowed them all, and it refuses what the chart does not
+        # grant, in its own words.
+        mine = [e for e in control_plane.audit() if e["user"]["username"] == sa_user]
+        assert mine, "the operator's requests are audited under its ServiceAccount"
+        refused = [(e["verb"], e["objectRef"]) for e in mine if e.get("responseStatus", {}).get("code") == 403]
+        assert not refused, f"the API server refused the chart's ServiceAccount: {refused}"
+        out = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(operator_kc), "-n", "team-a",
+                              "delete", "secret", "gh"], capture_output=True, text=True)
+        assert out.returncode != 0, out.stdout
+        assert f'User "{sa_user}" cannot delete resource "secrets" in API group "" in the namespace "team-a"' \
+            in out.stderr, out.stderr
     finally:
         for p in procs:
             p.terminate()

@@ -1,0 +1,60 @@
+//! Standalone real control plane (etcd, kube-apiserver, kube-controller-manager) on loopback, for scripts and
+//! the chart tests: `control-plane --kubeconfig-dir DIR` writes `admin.kubeconfig`, `operator.kubeconfig` and one
+//! per tenant user, prints one JSON line (`url`, `dir`, `audit_log`, `kubeconfigs`), and runs until its standard
+//! input closes, SIGINT or SIGTERM. Exits 77 (after one line naming `KUBEBUILDER_ASSETS`) when no binaries are
+//! found and `CI` is not `true`.
+use std::path::PathBuf;
+
+use clap::Parser;
+use pdso_testkit::controlplane::{ADMIN, ControlPlane, OPERATOR, TENANTS};
+use serde_json::json;
+
+/// A real Kubernetes control plane on loopback (see the README's test section).
+#[derive(Parser)]
+struct Args {
+    /// Write a kubeconfig per static user here.
+    #[arg(long)]
+    kubeconfig_dir: PathBuf,
+    /// Do not install the operator's CRDs.
+    #[arg(long)]
+    no_crds: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let started = if args.no_crds {
+        ControlPlane::start_empty()
+    } else {
+        ControlPlane::start()
+    };
+    let Some(cp) = started else {
+        std::process::exit(77);
+    };
+    std::fs::create_dir_all(&args.kubeconfig_dir)
+        .map_err(|e| format!("{}: {e}", args.kubeconfig_dir.display()))?;
+    let mut kubeconfigs = serde_json::Map::new();
+    for user in [ADMIN, OPERATOR].into_iter().chain(TENANTS) {
+        let path = args.kubeconfig_dir.join(format!("{user}.kubeconfig"));
+        std::fs::write(&path, cp.kubeconfig(user)).map_err(|e| format!("{}: {e}", path.display()))?;
+        kubeconfigs.insert(user.to_string(), json!(path));
+    }
+    println!(
+        "{}",
+        json!({"url": cp.url(), "dir": cp.dir(), "audit_log": cp.dir().join("audit.log"),
+            "kubeconfigs": kubeconfigs})
+    );
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = stdin_closed => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(cp);
+    Ok(())
+}
