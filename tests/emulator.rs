@@ -1,4 +1,7 @@
 //! The test kit's Kubernetes API emulator behaves like an API server where the operator and kubectl depend on it.
+//! The tests of API semantics run against both the emulator and the real API server (`emulator_and_real::*`,
+//! through kube-rs, so what a client sees is compared); the ones about the emulator's own machinery (compaction,
+//! fault injection, RBAC enforcement, tables, OpenAPI v2) run against the emulator alone.
 
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Config, ResourceExt};
 use pdso_testkit::apiserver::{ApiFault, ApiServer};
+use pdso_testkit::controlplane::{ADMIN, ControlPlane};
 use pipedream_secrets_operator::crd::ConnectedAccount;
 use serde_json::json;
 
@@ -27,6 +31,99 @@ async fn setup() -> (ApiServer, Client) {
     (api, Client::try_from(config).unwrap())
 }
 
+/// Where a differential test runs: a fresh emulator, or the binary's shared real API server in a namespace of
+/// the test's own.
+struct Target {
+    _emulator: Option<ApiServer>,
+    client: Client,
+    ns: String,
+    real: bool,
+}
+
+impl Target {
+    async fn emulator() -> Self {
+        let (api, client) = setup().await;
+        Self {
+            _emulator: Some(api),
+            client,
+            ns: "default".into(),
+            real: false,
+        }
+    }
+
+    /// `None` (the test returns) when no control plane binaries exist and `CI` is not `true`.
+    async fn real() -> Option<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cp = ControlPlane::shared()?;
+        let ns = format!("emulator-semantics-{}", SEQ.fetch_add(1, Ordering::SeqCst));
+        cp.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .await
+            .unwrap();
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::from_yaml(&cp.kubeconfig_with_token(cp.token(ADMIN), Some(&ns))).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        Some(Self {
+            _emulator: None,
+            client: Client::try_from(config).unwrap(),
+            ns,
+            real: true,
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+}
+
+/// Each listed test as `emulator_and_real::emulator::<name>` and `emulator_and_real::real_api_server::<name>`.
+macro_rules! against_both {
+    ($($name:ident),* $(,)?) => {
+        mod emulator_and_real {
+            mod emulator {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        crate::$name(&crate::Target::emulator().await).await;
+                    }
+                )*
+            }
+            mod real_api_server {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        let Some(t) = crate::Target::real().await else {
+                            return;
+                        };
+                        crate::$name(&t).await;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+against_both!(
+    admission_rejects_a_bad_account_id_pattern,
+    admission_rejects_an_unknown_enum_value,
+    admission_evaluates_cel_rules_after_defaulting,
+    watch_resumes_from_a_resource_version,
+    server_side_apply_tracks_managers_conflicts_and_removals,
+    status_is_a_subresource_and_generation_follows_the_spec,
+    finalizers_delay_deletion_and_owners_garbage_collect_dependents,
+    lists_filter_by_labels_and_fields_and_paginate,
+    dry_run_admits_and_answers_but_persists_and_announces_nothing,
+    every_write_response_carries_managed_fields,
+    secrets_are_validated_like_the_api_server_does,
+);
+
 fn secret(name: &str, labels: serde_json::Value) -> Secret {
     serde_json::from_value(
         json!({"metadata": {"name": name, "labels": labels}, "stringData": {"k": "v"}}),
@@ -34,11 +131,16 @@ fn secret(name: &str, labels: serde_json::Value) -> Secret {
     .unwrap()
 }
 
-async fn apply_ca(
+async fn apply_ca(t: &Target, body: serde_json::Value) -> Result<ConnectedAccount, kube::Error> {
+    apply_ca_in(&t.client, &t.ns, body).await
+}
+
+async fn apply_ca_in(
     client: &Client,
+    ns: &str,
     body: serde_json::Value,
 ) -> Result<ConnectedAccount, kube::Error> {
-    let api: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let api: Api<ConnectedAccount> = Api::namespaced(client.clone(), ns);
     let mut obj = json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount", "metadata": {"name": "ca"}});
     obj.as_object_mut()
         .unwrap()
@@ -58,22 +160,18 @@ fn invalid_message(r: Result<ConnectedAccount, kube::Error>) -> String {
     }
 }
 
-#[tokio::test]
-async fn admission_rejects_a_bad_account_id_pattern() {
-    let (_api, client) = setup().await;
-    let msg = invalid_message(apply_ca(&client, json!({"spec": {"accountId": "acct_123"}})).await);
+async fn admission_rejects_a_bad_account_id_pattern(t: &Target) {
+    let msg = invalid_message(apply_ca(t, json!({"spec": {"accountId": "acct_123"}})).await);
     assert!(
         msg.contains("spec.accountId") && msg.contains("^apn_[A-Za-z0-9]+$"),
         "{msg}"
     );
 }
 
-#[tokio::test]
-async fn admission_rejects_an_unknown_enum_value() {
-    let (_api, client) = setup().await;
+async fn admission_rejects_an_unknown_enum_value(t: &Target) {
     let msg = invalid_message(
         apply_ca(
-            &client,
+            t,
             json!({"spec": {"accountId": "apn_A1", "target": {"deletionPolicy": "Keep"}}}),
         )
         .await,
@@ -84,13 +182,11 @@ async fn admission_rejects_an_unknown_enum_value() {
     );
 }
 
-#[tokio::test]
-async fn admission_evaluates_cel_rules_after_defaulting() {
-    let (_api, client) = setup().await;
+async fn admission_evaluates_cel_rules_after_defaulting(t: &Target) {
     // deletionPolicy defaults to Delete, so Merge alone breaks the CEL rule.
     let msg = invalid_message(
         apply_ca(
-            &client,
+            t,
             json!({"spec": {"accountId": "apn_A1", "target": {"creationPolicy": "Merge"}}}),
         )
         .await,
@@ -99,17 +195,15 @@ async fn admission_evaluates_cel_rules_after_defaulting() {
         msg.contains("creationPolicy Merge requires deletionPolicy Retain"),
         "{msg}"
     );
-    let ok = apply_ca(&client, json!({"spec": {"accountId": "apn_A1", "target": {"creationPolicy": "Merge", "deletionPolicy": "Retain"}}})).await.unwrap();
+    let ok = apply_ca(t, json!({"spec": {"accountId": "apn_A1", "target": {"creationPolicy": "Merge", "deletionPolicy": "Retain"}}})).await.unwrap();
     assert_eq!(
         ok.spec.refresh.before_expiry, "5m",
         "schema defaults applied"
     );
 }
 
-#[tokio::test]
-async fn watch_resumes_from_a_resource_version() {
-    let (_api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn watch_resumes_from_a_resource_version(t: &Target) {
+    let secrets: Api<Secret> = t.api();
     let a = secrets
         .create(&PostParams::default(), &secret("a", json!({})))
         .await
@@ -220,10 +314,8 @@ async fn expired_resource_versions_get_410_and_the_kube_watcher_relists() {
     task.abort();
 }
 
-#[tokio::test]
-async fn server_side_apply_tracks_managers_conflicts_and_removals() {
-    let (_api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn server_side_apply_tracks_managers_conflicts_and_removals(t: &Target) {
+    let secrets: Api<Secret> = t.api();
     let body = |labels: serde_json::Value, data: serde_json::Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": labels}, "data": data});
     secrets
         .patch(
@@ -279,6 +371,28 @@ async fn server_side_apply_tracks_managers_conflicts_and_removals() {
         .await
         .unwrap();
     assert_eq!(again.resource_version(), s.resource_version());
+    // An applied object names itself as the URL does; one that creates must name itself.
+    for (url, obj, needle) in [
+        (
+            "new",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
+            "(new based on URL) was undeterminable: name must be provided",
+        ),
+        (
+            "s",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other"}}),
+            "does not match the name on the URL (s)",
+        ),
+    ] {
+        let err = secrets
+            .patch(url, &PatchParams::apply("alice"), &Patch::Apply(obj))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(e) if e.code == 400 && e.message.contains(needle)),
+            "{err:?}"
+        );
+    }
     // A stale replace is a conflict.
     let mut stale = s.clone();
     stale.metadata.resource_version = Some("1".into());
@@ -287,12 +401,10 @@ async fn server_side_apply_tracks_managers_conflicts_and_removals() {
     );
 }
 
-#[tokio::test]
-async fn status_is_a_subresource_and_generation_follows_the_spec() {
-    let (_api, client) = setup().await;
-    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+async fn status_is_a_subresource_and_generation_follows_the_spec(t: &Target) {
+    let cas: Api<ConnectedAccount> = t.api();
     let ca = apply_ca(
-        &client,
+        t,
         json!({"spec": {"accountId": "apn_A1"}, "status": {"secretName": "ignored"}}),
     )
     .await
@@ -313,7 +425,7 @@ async fn status_is_a_subresource_and_generation_follows_the_spec() {
         Some(1),
         "status writes do not bump generation"
     );
-    let ca = apply_ca(&client, json!({"spec": {"accountId": "apn_B2"}}))
+    let ca = apply_ca(t, json!({"spec": {"accountId": "apn_B2"}}))
         .await
         .unwrap();
     assert_eq!(ca.metadata.generation, Some(2));
@@ -324,13 +436,11 @@ async fn status_is_a_subresource_and_generation_follows_the_spec() {
     );
 }
 
-#[tokio::test]
-async fn finalizers_delay_deletion_and_owners_garbage_collect_dependents() {
-    let (_api, client) = setup().await;
-    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn finalizers_delay_deletion_and_owners_garbage_collect_dependents(t: &Target) {
+    let cas: Api<ConnectedAccount> = t.api();
+    let secrets: Api<Secret> = t.api();
     let ca = apply_ca(
-        &client,
+        t,
         json!({"metadata": {"name": "ca", "finalizers": ["x/y"]}, "spec": {"accountId": "apn_A1"}}),
     )
     .await
@@ -365,16 +475,20 @@ async fn finalizers_delay_deletion_and_owners_garbage_collect_dependents() {
     .await
     .unwrap();
     assert!(cas.get_opt("ca").await.unwrap().is_none());
-    assert!(
-        secrets.get_opt("owned").await.unwrap().is_none(),
-        "garbage-collected with its owner"
-    );
+    // The emulator collects inside the delete; a real server's garbage collector shortly after.
+    let mut collected = false;
+    for _ in 0..300 {
+        collected = secrets.get_opt("owned").await.unwrap().is_none();
+        if collected || !t.real {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(collected, "garbage-collected with its owner");
 }
 
-#[tokio::test]
-async fn lists_filter_by_labels_and_fields_and_paginate() {
-    let (_api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn lists_filter_by_labels_and_fields_and_paginate(t: &Target) {
+    let secrets: Api<Secret> = t.api();
     for (n, l) in [
         ("a", json!({"m": "ours"})),
         ("b", json!({"m": "ours"})),
@@ -602,13 +716,17 @@ async fn openapi_v2_is_served_as_json_and_protobuf() {
     assert_eq!(&bytes[..5], b"\x0a\x032.0");
 }
 
-#[tokio::test]
-async fn dry_run_admits_and_answers_but_persists_and_announces_nothing() {
-    let (api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-    let rv_before = api.with_store(|st| st.rv());
+async fn dry_run_admits_and_answers_but_persists_and_announces_nothing(t: &Target) {
+    let secrets: Api<Secret> = t.api();
+    let rv_before = secrets
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     let mut events = secrets
-        .watch(&WatchParams::default(), &rv_before.to_string())
+        .watch(&WatchParams::default(), &rv_before)
         .await
         .unwrap()
         .boxed();
@@ -623,17 +741,16 @@ async fn dry_run_admits_and_answers_but_persists_and_announces_nothing() {
     assert_eq!(created.name_any(), "ghost");
     assert!(secrets.get_opt("ghost").await.unwrap().is_none());
     // Apply and delete with dryRun change nothing either.
-    secrets
+    let before = secrets
         .create(&PostParams::default(), &secret("real", json!({"v": "1"})))
         .await
         .unwrap();
-    let rv_real = api.with_store(|st| st.rv());
     let patched = secrets
         .patch(
             "real",
             &PatchParams::apply("test").force().dry_run(),
             &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"v": "2"}}}),
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "real", "labels": {"v": "2"}}}),
             ),
         )
         .await
@@ -651,17 +768,27 @@ async fn dry_run_admits_and_answers_but_persists_and_announces_nothing() {
         .unwrap();
     let real = secrets.get("real").await.unwrap();
     assert_eq!(real.labels()["v"], "1");
-    assert_eq!(api.with_store(|st| st.rv()), rv_real, "no write happened");
+    assert_eq!(
+        real.resource_version(),
+        before.resource_version(),
+        "no write happened"
+    );
     // Admission still runs under dry run.
-    let cas: Api<ConnectedAccount> = Api::namespaced(client.clone(), "default");
+    let cas: Api<ConnectedAccount> = t.api();
     let bad = cas
         .patch(
             "ca",
             &PatchParams::apply("test").dry_run(),
-            &Patch::Apply(json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount", "spec": {"accountId": "acct_1"}})),
+            &Patch::Apply(
+                json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                "metadata": {"name": "ca"}, "spec": {"accountId": "acct_1"}}),
+            ),
         )
         .await;
-    assert!(matches!(bad, Err(kube::Error::Api(s)) if s.code == 422));
+    assert!(
+        matches!(&bad, Err(kube::Error::Api(s)) if s.code == 422),
+        "{bad:?}"
+    );
     // The only event the watch saw is the real create.
     let first = tokio::time::timeout(Duration::from_secs(2), events.next())
         .await
@@ -678,30 +805,32 @@ async fn dry_run_admits_and_answers_but_persists_and_announces_nothing() {
             .is_err(),
         "a dry run reached a watcher"
     );
-    // kubectl --dry-run=server creates nothing.
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        kubectl(
-            &api,
-            &["apply", "--dry-run=server", "-f", "-"],
-            Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry, namespace: default}\n"),
-        )
-    })
-    .await
-    .unwrap();
-    assert!(ok && out.contains("created (server dry run)"), "{out}{err}");
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "default");
-    assert!(cms.get_opt("dry").await.unwrap().is_none());
+    // kubectl --dry-run=server creates nothing (the chart tests use it against the real server).
+    if let Some(api) = t._emulator.clone() {
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            kubectl(
+                &api,
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry, namespace: default}\n",
+                ),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(ok && out.contains("created (server dry run)"), "{out}{err}");
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = t.api();
+        assert!(cms.get_opt("dry").await.unwrap().is_none());
+    }
 }
 
-#[tokio::test]
-async fn every_write_response_carries_managed_fields() {
-    let (_api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn every_write_response_carries_managed_fields(t: &Target) {
+    let secrets: Api<Secret> = t.api();
     let applied = secrets
         .patch(
             "s",
             &PatchParams::apply("alice"),
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": {"team": "a"}}, "stringData": {"k": "v"}})),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": {"team": "a"}}, "stringData": {"k": "v"}})),
         )
         .await
         .unwrap();
@@ -841,7 +970,7 @@ async fn rbac_enforcement_authorizes_service_accounts_like_the_real_authorizer()
         "subjects": [{"kind": "Group", "name": "system:serviceaccounts:ops"}]}),
     )
     .await;
-    apply_ca(&admin, json!({"spec": {"accountId": "apn_A1"}}))
+    apply_ca_in(&admin, "default", json!({"spec": {"accountId": "apn_A1"}}))
         .await
         .unwrap();
     let cas: Api<ConnectedAccount> = Api::all(sa.clone());
@@ -882,10 +1011,8 @@ async fn rbac_enforcement_authorizes_service_accounts_like_the_real_authorizer()
     kube::discovery::Discovery::new(sa).run().await.unwrap();
 }
 
-#[tokio::test]
-async fn secrets_are_validated_like_the_api_server_does() {
-    let (_api, client) = setup().await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+async fn secrets_are_validated_like_the_api_server_does(t: &Target) {
+    let secrets: Api<Secret> = t.api();
     let invalid = |r: Result<Secret, kube::Error>| match r {
         Err(kube::Error::Api(s)) if s.code == 422 => s.message,
         other => panic!("expected 422, got {other:?}"),

@@ -296,6 +296,29 @@ fn error(e: &ApiError) -> Response {
     json_response(e.code, &e.status())
 }
 
+/// What kube-apiserver answers for a path under `/apis` that no group, version or resource serves: its HTTP mux's
+/// plain-text 404, not a `Status` (under `/api` it is a `Status`).
+fn page_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
+fn not_found_under(path: &str) -> Response {
+    if path.starts_with("/apis") || !path.starts_with("/api/") {
+        page_not_found()
+    } else {
+        error(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ))
+    }
+}
+
 /// Parsed request path.
 struct Route {
     group: String,
@@ -397,11 +420,7 @@ async fn handle(
         };
     }
     let Some(parsed) = parse(uri.path()) else {
-        return error(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return not_found_under(uri.path());
     };
     match parsed {
         Parsed::Root(r) => discovery_root(&s, r),
@@ -409,11 +428,7 @@ async fn handle(
             let kinds = s.with_store(|st| st.kinds());
             match kinds.iter().find(|k| k.group == g) {
                 Some(k) => json_response(200, &group_json(&k.group, &k.version)),
-                None => error(&ApiError::new(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )),
+                None => page_not_found(),
             }
         }
         Parsed::GroupVersion(g, v) => {
@@ -423,11 +438,11 @@ async fn handle(
                 .filter(|k| k.group == g && k.version == v)
                 .collect();
             if kinds.is_empty() {
-                return error(&ApiError::new(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ));
+                return if g.is_empty() {
+                    not_found_under("/api/")
+                } else {
+                    page_not_found()
+                };
             }
             let resources: Vec<Value> = kinds.iter().flat_map(Kind::discovery).collect();
             let gv = if g.is_empty() { v } else { format!("{g}/{v}") };
@@ -555,11 +570,11 @@ async fn resource(
         ));
     }
     let Some(kind) = s.with_store(|st| st.kind(&r.group, &r.version, &r.plural)) else {
-        return error(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return if r.group.is_empty() {
+            not_found_under("/api/")
+        } else {
+            page_not_found()
+        };
     };
     let accept = headers
         .get(header::ACCEPT)
@@ -752,6 +767,22 @@ fn selectors(
     Ok((l, f))
 }
 
+/// `ListOptions` the API server refuses: 422 Invalid naming the field, as kube-apiserver's validation answers.
+fn invalid_list_options(message: &str) -> ApiError {
+    let mut e = ApiError::new(
+        422,
+        "Invalid",
+        format!("ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: {message}"),
+    );
+    e.causes = vec![("resourceVersionMatch".into(), message.into())];
+    e.details = Some(Box::new((
+        "meta.k8s.io".into(),
+        "ListOptions".into(),
+        String::new(),
+    )));
+    e
+}
+
 /// `resourceVersion` / `resourceVersionMatch` of a list. The emulator keeps no history: `Exact` works only at the
 /// current version (older is 410, as for a compacted version); `NotOlderThan` a version not reached yet is 504, as
 /// the API server answers after waiting for it.
@@ -765,28 +796,26 @@ fn list_version_check(q: &HashMap<String, String>, current: u64) -> Result<(), A
         return Ok(());
     }
     if rv.is_empty() {
-        return Err(ApiError::new(
-            400,
-            "BadRequest",
-            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        return Err(invalid_list_options(
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
         ));
     }
     let wanted: Option<u64> = rv.parse().ok();
     match (m, wanted) {
-        (_, None) => Err(ApiError::new(
+        ("Exact" | "NotOlderThan", None) => Err(ApiError::new(
             400,
             "BadRequest",
-            format!("resourceVersion: Invalid value: {rv:?}: must be an integer"),
+            format!(
+                "invalid resource version: resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+            ),
         )),
-        ("Exact", Some(0)) => Err(ApiError::new(
-            400,
-            "BadRequest",
-            "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ("Exact", Some(0)) => Err(invalid_list_options(
+            "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
         )),
         ("Exact" | "NotOlderThan", Some(v)) if v > current => Err(ApiError::new(
             504,
             "Timeout",
-            format!("Too large resource version: {v}, current: {current}"),
+            format!("Timeout: Too large resource version: {v}, current: {current}"),
         )),
         ("Exact", Some(v)) if v < current => Err(ApiError::new(
             410,
@@ -794,13 +823,9 @@ fn list_version_check(q: &HashMap<String, String>, current: u64) -> Result<(), A
             format!("too old resource version: {v} ({current})"),
         )),
         ("Exact" | "NotOlderThan", Some(_)) => Ok(()),
-        (other, _) => Err(ApiError::new(
-            400,
-            "BadRequest",
-            format!(
-                "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
-            ),
-        )),
+        (other, _) => Err(invalid_list_options(&format!(
+            "Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+        ))),
     }
 }
 

@@ -404,6 +404,32 @@ impl Store {
             let text = std::str::from_utf8(body).map_err(|e| bad(e.to_string()))?;
             let mut applied: Value = serde_saphyr::from_str(text)
                 .map_err(|e| bad(format!("error decoding YAML: {e}")))?;
+            // As the API server checks an applied object against its URL (found by the differential run: the
+            // emulator took a nameless apply that creates). A nameless apply to an existing object or its status
+            // takes the name from the URL.
+            match applied["metadata"]["name"].as_str() {
+                None | Some("") if old.is_some() || status => {}
+                None | Some("") => {
+                    return Err(bad(format!(
+                        "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+                    )));
+                }
+                Some(n) if n != name => {
+                    return Err(bad(format!(
+                        "the name of the object ({n}) does not match the name on the URL ({name})"
+                    )));
+                }
+                Some(_) => {}
+            }
+            if applied["metadata"]["namespace"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty() && n != ns)
+            {
+                return Err(bad(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                        .into(),
+                ));
+            }
             normalize(&mut applied);
             return self.apply(&kind, key, old, applied, manager, force, status, ns);
         }

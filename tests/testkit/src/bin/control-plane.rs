@@ -36,7 +36,8 @@ async fn main() -> Result<(), String> {
     let mut kubeconfigs = serde_json::Map::new();
     for user in [ADMIN, OPERATOR].into_iter().chain(TENANTS) {
         let path = args.kubeconfig_dir.join(format!("{user}.kubeconfig"));
-        std::fs::write(&path, cp.kubeconfig(user)).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, cp.kubeconfig(user))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         kubeconfigs.insert(user.to_string(), json!(path));
     }
     println!(
