@@ -1,12 +1,17 @@
-//! Load benchmark: the real operator binary (release) against the test kit's emulator and fake Pipedream.
+//! Load benchmark: the real operator binary (release) against the test kit's emulator, or with `--real` a real
+//! control plane (etcd, kube-apiserver, kube-controller-manager; `pdso_testkit::controlplane`), and the fake
+//! Pipedream.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example bench -- --accounts 1000
+//! cargo build --release && cargo run --release --example bench -- --accounts 1000 [--real]
 //! ```
 //!
-//! Prints a Markdown table and writes JSON (`--json`, default `target/bench-<N>.json`): time until every
+//! Prints a Markdown table and writes JSON (`--json`, default `target/bench-<N>[-real].json`): time until every
 //! ConnectedAccount is Ready and the rate-limit bound, peak and steady RSS, CPU per sync, Pipedream calls over
 //! token cycles against the ideal, create-to-Secret latency while idle, and a restart (re-fetches, time to ready).
+//! With `--real`, also the API requests the operator caused per account, for the first sync and per refresh:
+//! from the API server's own `apiserver_request_total` (less the benchmark's own requests, which go through a
+//! counting proxy) and, per request kind, from the audit log (requests by the operator's user).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,9 +21,13 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::{DynamicObject, GroupVersionKind};
-use kube::{Api, Client, Config};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config, ResourceExt};
 use pdso_testkit::apiserver::ApiServer;
+use pdso_testkit::controlplane::{ADMIN, ControlPlane, OPERATOR};
+use pdso_testkit::faultproxy::FaultProxy;
 use pdso_testkit::pipedream::{FakeAccount, FakePipedream, Seed};
 use serde_json::{Value, json};
 
@@ -28,6 +37,7 @@ struct Args {
     token_secs: u64,
     cycles: u32,
     json: PathBuf,
+    real: bool,
 }
 
 fn args() -> Args {
@@ -37,11 +47,17 @@ fn args() -> Args {
         token_secs: 0,
         cycles: 3,
         json: PathBuf::new(),
+        real: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
-    while i + 1 < v.len() {
-        let val = &v[i + 1];
+    while i < v.len() {
+        if v[i] == "--real" {
+            a.real = true;
+            i += 1;
+            continue;
+        }
+        let val = v.get(i + 1).expect("a value after each flag");
         match v[i].as_str() {
             "--accounts" => a.accounts = val.parse().expect("--accounts N"),
             "--rate" => a.rate = val.parse().expect("--rate R"),
@@ -61,7 +77,8 @@ fn args() -> Args {
         a.token_secs = ((a.accounts as u64 * 3) / u64::from(a.rate)).max(120);
     }
     if a.json.as_os_str().is_empty() {
-        a.json = PathBuf::from(format!("target/bench-{}.json", a.accounts));
+        let real = if a.real { "-real" } else { "" };
+        a.json = PathBuf::from(format!("target/bench-{}{real}.json", a.accounts));
     }
     a
 }
@@ -105,8 +122,53 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Requests by (verb, resource[/subresource]).
+type Counts = BTreeMap<(String, String), u64>;
+
+/// The API server the operator runs against.
+enum Server {
+    /// In-process: the bench reads its store directly.
+    Emulator(ApiServer),
+    /// A real control plane: the bench observes through reflectors whose requests (like its writes) go through a
+    /// counting proxy, so they can be told apart from the operator's in `apiserver_request_total`.
+    Real {
+        cp: Box<ControlPlane>,
+        proxy: FaultProxy,
+        accounts: Store<DynamicObject>,
+        secrets: Store<k8s_openapi::api::core::v1::Secret>,
+    },
+}
+
+/// What the API server had counted at one moment.
+struct Snapshot {
+    server: Counts,
+    bench: Counts,
+    operator: Counts,
+}
+
+fn minus(a: &Counts, b: &Counts) -> Counts {
+    a.iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn is_ready(ca: &Value) -> bool {
+    ca["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn generation_of(secret_data_b64: &str) -> Option<u64> {
+    use base64::Engine;
+    let tok = base64::engine::general_purpose::STANDARD
+        .decode(secret_data_b64)
+        .ok()?;
+    String::from_utf8(tok).ok()?.rsplit_once("-g")?.1.parse().ok()
+}
+
 struct Bench {
-    api: ApiServer,
+    server: Server,
     pd: FakePipedream,
     client: Client,
     kubeconfig: PathBuf,
@@ -134,34 +196,65 @@ impl Bench {
     }
 
     fn ready_count(&self) -> usize {
-        self.api.with_store(|s| {
-            let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts") else {
-                return 0;
-            };
-            // Counted in place: cloning 10,000 objects twice a second would make the bench the bottleneck.
-            s.count(&kind, "bench", |ca| {
-                ca["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-            })
-        })
+        match &self.server {
+            Server::Emulator(api) => api.with_store(|s| {
+                let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts")
+                else {
+                    return 0;
+                };
+                // Counted in place: cloning 10,000 objects twice a second would make the bench the bottleneck.
+                s.count(&kind, "bench", is_ready)
+            }),
+            Server::Real { accounts, .. } => accounts
+                .state()
+                .iter()
+                .filter(|ca| is_ready(&ca.data))
+                .count(),
+        }
     }
 
     /// Each account's `status.nextSyncTime`: when the operator next means to call Pipedream for it.
     fn next_sync_times(&self) -> BTreeMap<String, jiff::Timestamp> {
-        self.api.with_store(|s| {
-            let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts") else {
-                return BTreeMap::new();
-            };
-            s.list(&kind, "bench")
+        let pick = |ca: &Value| {
+            let id = ca["spec"]["accountId"].as_str()?.to_string();
+            let t = ca["status"]["nextSyncTime"].as_str()?.parse().ok()?;
+            Some((id, t))
+        };
+        match &self.server {
+            Server::Emulator(api) => api.with_store(|s| {
+                let Some(kind) = s.kind("pipedream-secrets.io", "v1alpha1", "connectedaccounts")
+                else {
+                    return BTreeMap::new();
+                };
+                s.list(&kind, "bench").iter().filter_map(pick).collect()
+            }),
+            Server::Real { accounts, .. } => accounts
+                .state()
                 .iter()
-                .filter_map(|ca| {
-                    let id = ca["spec"]["accountId"].as_str()?.to_string();
-                    let t = ca["status"]["nextSyncTime"].as_str()?.parse().ok()?;
-                    Some((id, t))
-                })
-                .collect()
+                .filter_map(|ca| pick(&ca.data))
+                .collect(),
+        }
+    }
+
+    /// Whether the Secret of ConnectedAccount `name` exists.
+    fn has_secret(&self, name: &str) -> bool {
+        match &self.server {
+            Server::Emulator(api) => api.get("", "secrets", "bench", name).is_some(),
+            Server::Real { secrets, .. } => secrets
+                .get(&reflector::ObjectRef::new(name).within("bench"))
+                .is_some(),
+        }
+    }
+
+    /// What the API server has counted so far (a real one only).
+    async fn snapshot(&self) -> Option<Snapshot> {
+        let Server::Real { cp, proxy, .. } = &self.server else {
+            return None;
+        };
+        Some(Snapshot {
+            server: cp.request_counts().await.expect("apiserver metrics"),
+            bench: proxy.counts(),
+            operator: cp.requests_by(OPERATOR),
         })
     }
 
@@ -175,22 +268,29 @@ impl Bench {
 
     /// Token generations the operator has delivered so far: the `-g<N>` suffix of each Secret's access token.
     fn delivered(&self, n: usize) -> u64 {
-        use base64::Engine;
-        (0..n)
-            .filter_map(|i| {
-                let s = self
-                    .api
-                    .get("", "secrets", "bench", &format!("ca-{i:05}"))?;
-                let b64 = s["data"]["oauth_access_token"].as_str()?;
-                let tok = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-                String::from_utf8(tok)
-                    .ok()?
-                    .rsplit_once("-g")?
-                    .1
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
+        match &self.server {
+            Server::Emulator(api) => (0..n)
+                .filter_map(|i| {
+                    let s = api.get("", "secrets", "bench", &format!("ca-{i:05}"))?;
+                    generation_of(s["data"]["oauth_access_token"].as_str()?)
+                })
+                .sum(),
+            Server::Real { secrets, .. } => secrets
+                .state()
+                .iter()
+                .filter(|s| {
+                    s.name_any()
+                        .strip_prefix("ca-")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .is_some_and(|i| i < n)
+                })
+                .filter_map(|s| {
+                    let token = s.data.as_ref()?.get("oauth_access_token")?;
+                    use base64::Engine;
+                    generation_of(&base64::engine::general_purpose::STANDARD.encode(&token.0))
+                })
+                .sum(),
+        }
     }
 
     fn sample(&self, pid: u32) -> u64 {
@@ -209,9 +309,7 @@ impl Bench {
     ) {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
-            .await
-            .expect("kind");
+        let ar = ApiResource::from_gvk(&gvk);
         let api: Api<DynamicObject> = match ns {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
             None => Api::all_with(self.client.clone(), &ar),
@@ -229,12 +327,11 @@ impl Bench {
     }
 
     async fn create_accounts(&self, names: Vec<String>) {
-        let (ar, _) = kube::discovery::pinned_kind(
-            &self.client,
-            &GroupVersionKind::gvk("pipedream-secrets.io", "v1alpha1", "ConnectedAccount"),
-        )
-        .await
-        .expect("kind");
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "pipedream-secrets.io",
+            "v1alpha1",
+            "ConnectedAccount",
+        ));
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), "bench", &ar);
         stream::iter(names)
             .for_each_concurrent(16, |name| {
@@ -283,7 +380,6 @@ async fn main() {
     };
     // Latency probes use accounts beyond N.
     let probes = 20;
-    let api = ApiServer::start().await.expect("emulator");
     let pd = FakePipedream::start(Seed {
         clients: [("oa_bench".to_string(), "bench-secret".to_string())].into(),
         accounts: (0..n + probes).map(account).collect(),
@@ -296,14 +392,45 @@ async fn main() {
     if a.rate <= 6 {
         pd.set_rate_limit(Some((2000, 300)));
     }
-    api.apply_crd_dir(std::path::Path::new("crds"))
-        .expect("crds");
     let dir = std::env::temp_dir().join(format!("pdso-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    // The bench's own client, and the operator's kubeconfig.
+    let (server, bench_kubeconfig) = if a.real {
+        let Some(cp) = ControlPlane::start() else {
+            eprintln!("bench: --real needs the control plane binaries (KUBEBUILDER_ASSETS or ../shared/kube)");
+            std::process::exit(2);
+        };
+        std::fs::write(&kubeconfig, cp.kubeconfig(OPERATOR)).expect("kubeconfig");
+        let proxy = FaultProxy::start(cp.url(), cp.ca_pem())
+            .await
+            .expect("proxy");
+        let bench_kubeconfig = proxy.kubeconfig(cp.token(ADMIN), None);
+        // Placeholders until the namespaces exist; replaced by the reflectors' stores below.
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "pipedream-secrets.io",
+            "v1alpha1",
+            "ConnectedAccount",
+        ));
+        let accounts = reflector::store::Writer::new(ar).as_reader();
+        let (secrets, _) = reflector::store();
+        let server = Server::Real {
+            cp: Box::new(cp),
+            proxy,
+            accounts,
+            secrets,
+        };
+        (server, bench_kubeconfig)
+    } else {
+        let api = ApiServer::start().await.expect("emulator");
+        api.apply_crd_dir(std::path::Path::new("crds"))
+            .expect("crds");
+        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let bench_kubeconfig = api.kubeconfig();
+        (Server::Emulator(api), bench_kubeconfig)
+    };
     let config = Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(&kubeconfig).expect("read"),
+        Kubeconfig::from_yaml(&bench_kubeconfig).expect("kubeconfig"),
         &KubeConfigOptions::default(),
     )
     .await
@@ -313,8 +440,8 @@ async fn main() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let b = Bench {
-        api,
+    let mut b = Bench {
+        server,
         pd,
         client,
         kubeconfig,
@@ -346,6 +473,35 @@ async fn main() {
     )
     .await;
 
+    if let Server::Real {
+        accounts, secrets, ..
+    } = &mut b.server
+    {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "pipedream-secrets.io",
+            "v1alpha1",
+            "ConnectedAccount",
+        ));
+        let writer = reflector::store::Writer::new(ar.clone());
+        let store = writer.as_reader();
+        let api: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), "bench", &ar);
+        tokio::spawn(
+            reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        );
+        *accounts = store;
+        let (store, writer) = reflector::store();
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(b.client.clone(), "bench");
+        tokio::spawn(
+            reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        );
+        *secrets = store;
+        let _ = accounts.wait_until_ready().await;
+        let _ = secrets.wait_until_ready().await;
+    }
     let mut op = b.start_operator();
     let pid = op.id();
     let idle_rss = {
@@ -353,6 +509,7 @@ async fn main() {
         b.sample(pid)
     };
     // 1. Initial sync.
+    let snap0 = b.snapshot().await;
     let started = Instant::now();
     let cpu0 = cpu_seconds(pid);
     let names: Vec<String> = (0..n).map(|i| format!("ca-{i:05}")).collect();
@@ -382,6 +539,7 @@ async fn main() {
         "bench: all {n} Ready after {sync_secs:.1} s (bound {bound_secs:.1} s), {too_many} 429s"
     );
 
+    let snap1 = b.snapshot().await;
     // 2. Token cycles: calls over the ideal (one per token Pipedream issues per account).
     let window = Duration::from_secs((a.token_secs - lead) * u64::from(a.cycles));
     let gen_before = b.generations(n);
@@ -399,6 +557,7 @@ async fn main() {
     let delivered = b.delivered(n) - delivered_before;
     let issued = b.generations(n) - gen_before;
     let ideal = delivered.max(1) as f64;
+    let snap2 = b.snapshot().await;
     let steady_rss = steady
         .iter()
         .copied()
@@ -412,7 +571,7 @@ async fn main() {
         let t = Instant::now();
         b.create_accounts(vec![name.clone()]).await;
         loop {
-            if b.api.get("", "secrets", "bench", &name).is_some() {
+            if b.has_secret(&name) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -462,6 +621,32 @@ async fn main() {
     let _ = op.kill();
 
     let total = n + probes;
+    // API requests the operator caused, per account (first sync) and per delivered token (refresh).
+    let mut api_requests: Vec<(&str, Value)> = Vec::new();
+    if let (Some(s0), Some(s1), Some(s2)) = (&snap0, &snap1, &snap2) {
+        let phase = |from: &Snapshot, to: &Snapshot| {
+            let server = minus(&minus(&to.server, &from.server), &minus(&to.bench, &from.bench));
+            let operator = minus(&to.operator, &from.operator);
+            (server, operator)
+        };
+        let (sync_server, sync_operator) = phase(s0, s1);
+        let (cycle_server, cycle_operator) = phase(s1, s2);
+        let per = |c: &Counts, d: f64| c.values().sum::<u64>() as f64 / d.max(1.0);
+        let breakdown = |c: &Counts, d: f64| -> Value {
+            c.iter()
+                .map(|((verb, res), v)| (format!("{verb} {res}"), json!(*v as f64 / d.max(1.0))))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        api_requests = vec![
+            ("api_requests_per_account_first_sync", json!(per(&sync_server, n as f64))),
+            ("api_requests_per_refresh", json!(per(&cycle_server, delivered as f64))),
+            ("operator_requests_per_account_first_sync", json!(per(&sync_operator, n as f64))),
+            ("operator_requests_per_refresh", json!(per(&cycle_operator, delivered as f64))),
+            ("operator_first_sync_by_request", breakdown(&sync_operator, n as f64)),
+            ("operator_refresh_by_request", breakdown(&cycle_operator, delivered as f64)),
+        ];
+    }
     let results: BTreeMap<&str, Value> = [
         ("accounts", json!(n)),
         ("rate_per_second", json!(a.rate)),
@@ -490,11 +675,13 @@ async fn main() {
         ("create_to_secret_p99_ms", json!(percentile(&mut lat, 0.99))),
         ("restart_ready_seconds", json!(ready_after)),
         ("restart_refetches", json!(refetches)),
+        ("api_server", json!(if a.real { "kube-apiserver" } else { "emulator" })),
     ]
     .into_iter()
+    .chain(api_requests)
     .collect();
     println!("| metric | value |\n|---|---|");
-    for (k, v) in &results {
+    for (k, v) in results.iter().filter(|(_, v)| !v.is_object()) {
         let v = v.as_f64().map_or(v.to_string(), |f| {
             if f.fract() == 0.0 {
                 format!("{f:.0}")
@@ -508,6 +695,9 @@ async fn main() {
         &a.json,
         serde_json::to_string_pretty(&results).unwrap_or_default(),
     );
+    for (k, v) in results.iter().filter(|(_, v)| v.is_object()) {
+        eprintln!("bench: {k}: {v}");
+    }
     eprintln!("bench: JSON in {}", a.json.display());
     let _ = std::fs::remove_dir_all(&dir);
 }

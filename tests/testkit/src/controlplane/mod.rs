@@ -48,6 +48,10 @@ pub struct AuditEvent {
     pub namespace: String,
     /// HTTP status of the answer.
     pub code: u16,
+    /// The request's `auditID` (a watch is logged twice: when it starts and when it ends).
+    pub audit_id: String,
+    /// `ResponseStarted` (watches) or `ResponseComplete`.
+    pub stage: String,
 }
 
 /// A running control plane.
@@ -395,9 +399,23 @@ impl ControlPlane {
                     resource,
                     namespace: o["namespace"].as_str().unwrap_or_default().to_string(),
                     code: e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                    audit_id: e["auditID"].as_str().unwrap_or_default().to_string(),
+                    stage: e["stage"].as_str().unwrap_or_default().to_string(),
                 }
             })
             .collect()
+    }
+
+    /// Requests by `user` so far, each counted once, by (verb, resource[/subresource]).
+    pub fn requests_by(&self, user: &str) -> BTreeMap<(String, String), u64> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = BTreeMap::new();
+        for e in self.audit() {
+            if e.user == user && seen.insert(e.audit_id.clone()) {
+                *out.entry((e.verb, e.resource)).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// Where the processes' logs and the audit log are.
