@@ -154,9 +154,10 @@ fn minus(a: &Counts, b: &Counts) -> Counts {
 }
 
 fn is_ready(ca: &Value) -> bool {
-    ca["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    ca["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 fn generation_of(secret_data_b64: &str) -> Option<u64> {
@@ -164,7 +165,12 @@ fn generation_of(secret_data_b64: &str) -> Option<u64> {
     let tok = base64::engine::general_purpose::STANDARD
         .decode(secret_data_b64)
         .ok()?;
-    String::from_utf8(tok).ok()?.rsplit_once("-g")?.1.parse().ok()
+    String::from_utf8(tok)
+        .ok()?
+        .rsplit_once("-g")?
+        .1
+        .parse()
+        .ok()
 }
 
 struct Bench {
@@ -398,7 +404,9 @@ async fn main() {
     // The bench's own client, and the operator's kubeconfig.
     let (server, bench_kubeconfig) = if a.real {
         let Some(cp) = ControlPlane::start() else {
-            eprintln!("bench: --real needs the control plane binaries (KUBEBUILDER_ASSETS or ../shared/kube)");
+            eprintln!(
+                "bench: --real needs the control plane binaries (KUBEBUILDER_ASSETS or ../shared/kube)"
+            );
             std::process::exit(2);
         };
         std::fs::write(&kubeconfig, cp.kubeconfig(OPERATOR)).expect("kubeconfig");
@@ -492,7 +500,8 @@ async fn main() {
         );
         *accounts = store;
         let (store, writer) = reflector::store();
-        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(b.client.clone(), "bench");
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(b.client.clone(), "bench");
         tokio::spawn(
             reflector::reflector(writer, watcher(api, watcher::Config::default()))
                 .default_backoff()
@@ -625,7 +634,10 @@ async fn main() {
     let mut api_requests: Vec<(&str, Value)> = Vec::new();
     if let (Some(s0), Some(s1), Some(s2)) = (&snap0, &snap1, &snap2) {
         let phase = |from: &Snapshot, to: &Snapshot| {
-            let server = minus(&minus(&to.server, &from.server), &minus(&to.bench, &from.bench));
+            let server = minus(
+                &minus(&to.server, &from.server),
+                &minus(&to.bench, &from.bench),
+            );
             let operator = minus(&to.operator, &from.operator);
             (server, operator)
         };
@@ -639,12 +651,30 @@ async fn main() {
                 .into()
         };
         api_requests = vec![
-            ("api_requests_per_account_first_sync", json!(per(&sync_server, n as f64))),
-            ("api_requests_per_refresh", json!(per(&cycle_server, delivered as f64))),
-            ("operator_requests_per_account_first_sync", json!(per(&sync_operator, n as f64))),
-            ("operator_requests_per_refresh", json!(per(&cycle_operator, delivered as f64))),
-            ("operator_first_sync_by_request", breakdown(&sync_operator, n as f64)),
-            ("operator_refresh_by_request", breakdown(&cycle_operator, delivered as f64)),
+            (
+                "api_requests_per_account_first_sync",
+                json!(per(&sync_server, n as f64)),
+            ),
+            (
+                "api_requests_per_refresh",
+                json!(per(&cycle_server, delivered as f64)),
+            ),
+            (
+                "operator_requests_per_account_first_sync",
+                json!(per(&sync_operator, n as f64)),
+            ),
+            (
+                "operator_requests_per_refresh",
+                json!(per(&cycle_operator, delivered as f64)),
+            ),
+            (
+                "operator_first_sync_by_request",
+                breakdown(&sync_operator, n as f64),
+            ),
+            (
+                "operator_refresh_by_request",
+                breakdown(&cycle_operator, delivered as f64),
+            ),
         ];
     }
     let results: BTreeMap<&str, Value> = [
@@ -675,7 +705,10 @@ async fn main() {
         ("create_to_secret_p99_ms", json!(percentile(&mut lat, 0.99))),
         ("restart_ready_seconds", json!(ready_after)),
         ("restart_refetches", json!(refetches)),
-        ("api_server", json!(if a.real { "kube-apiserver" } else { "emulator" })),
+        (
+            "api_server",
+            json!(if a.real { "kube-apiserver" } else { "emulator" }),
+        ),
     ]
     .into_iter()
     .chain(api_requests)

@@ -74,7 +74,18 @@ impl Drop for ControlPlane {
     }
 }
 
-static SKIP_NOTICE: std::sync::Once = std::sync::Once::new();
+/// One line per test process, written to stderr directly: the test harness captures `eprintln!` of passing
+/// tests, and a skip must be seen.
+fn skip_notice(missing: &assets::Missing) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping real-control-plane tests: {missing}"
+        );
+    });
+}
 
 impl ControlPlane {
     /// The test process's control plane, started on first use. `None` (after one line on stderr naming
@@ -87,8 +98,7 @@ impl ControlPlane {
                 if ci() {
                     Err(format!("CI=true and {missing}"))
                 } else {
-                    SKIP_NOTICE
-                        .call_once(|| eprintln!("skipping real-control-plane tests: {missing}"));
+                    skip_notice(&missing);
                     Ok(None)
                 }
             }
@@ -115,7 +125,7 @@ impl ControlPlane {
         match assets::find() {
             Err(missing) if ci() => panic!("control plane: CI=true and {missing}"),
             Err(missing) => {
-                SKIP_NOTICE.call_once(|| eprintln!("skipping real-control-plane tests: {missing}"));
+                skip_notice(&missing);
                 None
             }
             Ok(bin) => {
