@@ -5,8 +5,10 @@ use std::time::Duration;
 use crate::pipedream::PipedreamError;
 use crate::schedule::FailureClass;
 
-/// A Ready condition reason. The strings are API: alerts and scripts key on them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A Ready condition reason. The strings are API: alerts and scripts key on them (the variant name is the string).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumIter, strum::EnumCount,
+)]
 pub enum Reason {
     /// The Secret holds fresh credentials.
     Synced,
@@ -43,43 +45,13 @@ pub enum Reason {
 impl Reason {
     /// The stable string.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Synced => "Synced",
-            Self::InvalidSpec => "InvalidSpec",
-            Self::ConnectionNotFound => "ConnectionNotFound",
-            Self::ConnectionNotReady => "ConnectionNotReady",
-            Self::AccessDenied => "AccessDenied",
-            Self::AuthFailed => "AuthFailed",
-            Self::AccountNotFound => "AccountNotFound",
-            Self::AccountUnhealthy => "AccountUnhealthy",
-            Self::AccountDead => "AccountDead",
-            Self::CredentialsUnavailable => "CredentialsUnavailable",
-            Self::RateLimited => "RateLimited",
-            Self::UpstreamError => "UpstreamError",
-            Self::SecretConflict => "SecretConflict",
-            Self::Expired => "Expired",
-            Self::SecretWriteFailed => "SecretWriteFailed",
-        }
+        self.into()
     }
 
     /// Every reason, in documentation order.
-    pub const ALL: [Reason; 15] = [
-        Self::Synced,
-        Self::InvalidSpec,
-        Self::ConnectionNotFound,
-        Self::ConnectionNotReady,
-        Self::AccessDenied,
-        Self::AuthFailed,
-        Self::AccountNotFound,
-        Self::AccountUnhealthy,
-        Self::AccountDead,
-        Self::CredentialsUnavailable,
-        Self::RateLimited,
-        Self::UpstreamError,
-        Self::SecretConflict,
-        Self::Expired,
-        Self::SecretWriteFailed,
-    ];
+    pub fn all() -> impl Iterator<Item = Reason> {
+        <Self as strum::IntoEnumIterator>::iter()
+    }
 
     /// How a failure with this reason is retried.
     pub fn class(self) -> FailureClass {
@@ -156,8 +128,10 @@ impl From<PipedreamError> for SyncFailure {
     }
 }
 
-/// Errors that end a reconcile without a status update: the Kubernetes API itself failed.
-#[derive(Debug, thiserror::Error)]
+/// Errors that end a reconcile without a status update: the Kubernetes API itself failed. Named after the failed
+/// action; the snake-case name is the `error` label of `reconcile_errors_total`.
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Error {
     /// Reading the target Secret failed.
     #[error("reading Secret failed: {0}")]
@@ -176,19 +150,12 @@ pub enum Error {
     ReleaseSecret(#[source] kube::Error),
     /// Adding or removing the finalizer failed.
     #[error("updating the finalizer failed: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] kube::Error),
 }
 
 impl Error {
     /// Bounded metric label.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::ReadSecret(_) => "read_secret",
-            Self::WriteSecret(_) => "write_secret",
-            Self::WriteStatus(_) => "write_status",
-            Self::ReadNamespace(_) => "read_namespace",
-            Self::ReleaseSecret(_) => "release_secret",
-            Self::Finalizer(_) => "finalizer",
-        }
+        self.into()
     }
 }

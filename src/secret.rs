@@ -239,6 +239,13 @@ pub fn type_conflict(existing: &Secret, desired: &Secret) -> Option<String> {
     })
 }
 
+/// A Secret's data as bytes.
+pub fn data_of(s: &Secret) -> Option<BTreeMap<String, Vec<u8>>> {
+    s.data
+        .as_ref()
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+}
+
 /// Bytes of data a Secret would hold (Kubernetes allows about 1 MiB per Secret).
 pub fn data_size(data: &BTreeMap<String, Vec<u8>>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.len()).sum()

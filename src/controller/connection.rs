@@ -3,19 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::Context;
-use super::resolve::{credentials_version, kube_error_summary, runtime};
-use super::status::{ready_of, upsert_condition};
+use super::resolve::{credentials_version, dispatcher};
+use super::status::{apply_status, publish, ready_changed, upsert_condition};
 use crate::crd::{
-    ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, MANAGER, PipedreamConnection,
+    ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, PipedreamConnection,
 };
 use crate::identity::ConnectionId;
 use crate::reason::{Error, Reason, SyncFailure};
@@ -33,7 +32,7 @@ pub async fn reconcile_cluster(
 ) -> Result<Action, Error> {
     let api: Api<ClusterPipedreamConnection> = Api::all(ctx.client.clone());
     let id = ConnectionId::cluster(conn.name_any());
-    check(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
+    check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
 }
 
 /// Reconcile a namespaced PipedreamConnection.
@@ -44,10 +43,11 @@ pub async fn reconcile_namespaced(
     let ns = conn.namespace().unwrap_or_default();
     let api: Api<PipedreamConnection> = Api::namespaced(ctx.client.clone(), &ns);
     let id = ConnectionId::namespaced(ns, conn.name_any());
-    check(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
+    check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
 }
 
-async fn check<K, S>(
+/// Authenticate with the connection (the cached token, or a new one), note its credentials' version, and report.
+async fn check_connection<K, S>(
     obj: &K,
     spec: &S,
     old: Option<&ConnectionStatus>,
@@ -84,12 +84,12 @@ where
         info!(connection = %id, "the connection's credentials Secret changed; checking it again");
     }
     let oauth = spec.auth().oauth.is_some();
-    let outcome: Result<(), SyncFailure> = match runtime(ctx, id.clone(), spec) {
-        Ok(rt) => {
+    let outcome: Result<(), SyncFailure> = match dispatcher(ctx, id.clone(), spec) {
+        Ok(d) => {
             if rotated {
-                rt.client.forget_token().await;
+                d.client.forget_token().await;
             }
-            rt.client.check_auth().await.map_err(SyncFailure::from)
+            d.client.check_auth().await.map_err(SyncFailure::from)
         }
         Err(f) => Err(f),
     };
@@ -130,10 +130,7 @@ where
             )
         }
         Err(f) => {
-            let attempt = ctx.update_object(&uid, |o| {
-                o.failures = o.failures.saturating_add(1);
-                o.failures
-            });
+            let attempt = ctx.record_failure(&uid);
             // A tenant's disallowed apiUrl is a spec problem of the connection itself.
             let reason =
                 if f.reason == Reason::ConnectionNotReady && f.message.contains("spec.apiUrl") {
@@ -168,30 +165,13 @@ where
     };
     ctx.metrics.set_connection_ready(&id, outcome.is_ok());
     if st != old {
-        let body = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": Wrapper(&st),
-        });
-        api.patch_status(
-            &obj.meta().name.clone().unwrap_or_default(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(Error::WriteStatus)?;
+        let name = obj.meta().name.clone().unwrap_or_default();
+        apply_status(&api, &name, &Wrapper(&st))
+            .await
+            .map_err(Error::WriteStatus)?;
     }
-    if ready_of(&old.conditions) != ready_of(&st.conditions) {
-        let ev = Event {
-            type_: event.0,
-            reason: event.1,
-            note: Some(event.2),
-            action: "CheckConnection".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder().publish(&ev, &obj.object_ref(&())).await {
-            warn!(error = %kube_error_summary(&e), "publishing an Event failed");
-        }
+    if ready_changed(&old.conditions, &st.conditions) {
+        publish(ctx, obj, event.0, &event.1, "CheckConnection", event.2).await;
     }
     Ok(Action::requeue(delay.min(CREDENTIALS_POLL)))
 }
@@ -203,10 +183,7 @@ struct Wrapper<'a>(&'a ConnectionStatus);
 /// Backoff for Kubernetes API failures on connections.
 pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     let uid = obj.meta().uid.clone().unwrap_or_default();
-    let attempt = ctx.update_object(&uid, |o| {
-        o.failures = o.failures.saturating_add(1);
-        o.failures
-    });
+    let attempt = ctx.record_failure(&uid);
     let delay = schedule::after_failure(
         ctx.clock.now(),
         attempt - 1,

@@ -1,18 +1,27 @@
-//! Shared state of the reconcilers: API client, caches, connection runtimes, clock, metrics, per-object memory.
+//! Shared state of the reconcilers: API client, caches, connection dispatchers, the Secret index, clock, metrics,
+//! per-object memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use super::fetch::{Fetcher, Triggers};
+use super::hosts::AllowedHosts;
+use super::targets::{ForeignNames, SecretIndex};
 use crate::crd::{ClusterPipedreamConnection, ConnectedAccount, MANAGER, PipedreamConnection};
 use crate::identity::AccountKey;
 use crate::metrics::{Metrics, QueueStats};
+
+/// Labels of an object.
+type Labels = BTreeMap<String, String>;
+
+/// Namespace labels (for `namespaceSelector` access rules) are read at most this often per namespace.
+const NAMESPACE_LABELS_TTL: Duration = Duration::from_secs(30);
 
 /// Wall clock. Tests use a clock driven by (paused) tokio time.
 #[derive(Clone, Debug)]
@@ -20,8 +29,10 @@ pub enum Clock {
     /// The system clock.
     System,
     /// A clock set by hand (tests).
+    #[cfg(test)]
     Manual(Arc<Mutex<Timestamp>>),
     /// `base` plus the tokio time elapsed since `start`; with `tokio::time::pause` it moves only on `advance`.
+    #[cfg(test)]
     Tokio {
         /// Wall time at `start`.
         base: Timestamp,
@@ -32,6 +43,7 @@ pub enum Clock {
 
 impl Clock {
     /// A tokio-driven clock starting at `base`.
+    #[cfg(test)]
     pub fn tokio(base: Timestamp) -> Self {
         Self::Tokio {
             base,
@@ -40,16 +52,20 @@ impl Clock {
     }
 
     /// A manual clock at `t`.
+    #[cfg(test)]
     pub fn manual(t: Timestamp) -> Self {
         Self::Manual(Arc::new(Mutex::new(t)))
     }
 
     /// Move a manual clock forward (no effect on other clocks).
+    #[cfg(test)]
     pub fn advance(&self, d: Duration) {
         if let Self::Manual(t) = self {
             let mut g = t.lock().unwrap_or_else(|p| p.into_inner());
             *g = g
-                .saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+                .saturating_add(
+                    jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX),
+                )
                 .unwrap_or(*g);
         }
     }
@@ -58,76 +74,15 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         match self {
             Self::System => Timestamp::now(),
+            #[cfg(test)]
             Self::Manual(t) => *t.lock().unwrap_or_else(|p| p.into_inner()),
+            #[cfg(test)]
             Self::Tokio { base, start } => {
-                let d = SignedDuration::try_from(start.elapsed()).unwrap_or(SignedDuration::MAX);
+                let d = jiff::SignedDuration::try_from(start.elapsed())
+                    .unwrap_or(jiff::SignedDuration::MAX);
                 base.saturating_add(d).unwrap_or(*base)
             }
         }
-    }
-}
-
-/// Hosts a tenant's `PipedreamConnection.spec.apiUrl` may name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowedHosts(Vec<String>);
-
-impl AllowedHosts {
-    /// Exact host names, or `*.suffix` for any subdomain of `suffix`.
-    pub fn new(hosts: impl IntoIterator<Item = String>) -> Self {
-        Self(
-            hosts
-                .into_iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-        )
-    }
-
-    /// Why `api_url` may not be used by a tenant's connection, if it may not: the host must be listed, and plain
-    /// `http` is only for loopback hosts (tests).
-    pub fn check(&self, api_url: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(api_url)
-            .map_err(|_| format!("spec.apiUrl {api_url:?} is not a URL"))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("spec.apiUrl {api_url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err("spec.apiUrl must not carry credentials".into());
-        }
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            s => {
-                return Err(format!(
-                    "spec.apiUrl uses {s}; only https is allowed (http only for loopback hosts)"
-                ));
-            }
-        }
-        let listed = self.0.iter().any(|a| match a.strip_prefix("*.") {
-            Some(suffix) => host.ends_with(&format!(".{suffix}")),
-            None => *a == host,
-        });
-        if listed {
-            Ok(())
-        } else {
-            Err(format!(
-                "spec.apiUrl host {host} is not among the operator's allowed Pipedream hosts ({}); ask the cluster admin (--allowed-api-hosts)",
-                self.0.join(", ")
-            ))
-        }
-    }
-}
-
-impl Default for AllowedHosts {
-    fn default() -> Self {
-        Self::new(["api.pipedream.com".to_string()])
     }
 }
 
@@ -165,6 +120,8 @@ pub struct ObjectState {
     /// `status.nextSyncTime` as this process last wrote it. The cached object can be older than our own write
     /// (the Secret's watch event may arrive first); its old time must not count as "due".
     pub written_next_sync: Option<Timestamp>,
+    /// The target Secret's resourceVersion when this process last wrote or read it (status keeps it too).
+    pub secret_version: Option<String>,
 }
 
 /// Everything a reconcile needs.
@@ -179,8 +136,13 @@ pub struct Context {
     pub cluster_connections: Store<ClusterPipedreamConnection>,
     /// ConnectedAccounts, per watched scope (filled in by `run`; empty in unit tests).
     pub accounts: Mutex<Vec<Store<ConnectedAccount>>>,
-    /// Connection runtimes and account answers.
+    /// Connection dispatchers and account answers.
     pub fetcher: Fetcher,
+    /// The Secrets the operator writes into, by resourceVersion (fed by the Secret watch).
+    pub secrets: SecretIndex,
+    /// Names of Secrets without the watch label, for first writes.
+    pub foreign: ForeignNames,
+    namespace_labels: Mutex<HashMap<String, (Timestamp, Option<Labels>)>>,
     /// Shared HTTP client for Pipedream.
     pub http: reqwest::Client,
     /// Who reports Events (see [`Context::recorder`]).
@@ -210,6 +172,8 @@ impl Context {
             controller: MANAGER.into(),
             instance,
         };
+        // One Secret watch per watched scope, as there is one connection store per scope.
+        let scopes: Vec<Option<String>> = connections.keys().cloned().collect();
         let ctx = Arc::new(Self {
             client,
             settings,
@@ -217,6 +181,9 @@ impl Context {
             cluster_connections,
             accounts: Mutex::default(),
             fetcher: Fetcher::new(triggers, clock.clone()),
+            secrets: SecretIndex::new(&scopes),
+            foreign: ForeignNames::default(),
+            namespace_labels: Mutex::default(),
             http,
             reporter,
             metrics: metrics.clone(),
@@ -227,7 +194,7 @@ impl Context {
         metrics.set_queue_source(move || {
             weak.upgrade().map_or_else(Vec::new, |c| {
                 c.fetcher
-                    .runtimes()
+                    .dispatchers()
                     .iter()
                     .map(|rt| QueueStats {
                         id: rt.key.id.clone(),
@@ -259,7 +226,7 @@ impl Context {
     }
 
     fn lock_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.objects)
     }
 
     /// A copy of what is remembered about object `uid`.
@@ -277,6 +244,45 @@ impl Context {
         self.lock_objects().remove(uid);
     }
 
+    /// Forget a deleted connection: stop its dispatcher, drop its metric series.
+    pub fn forget_connection(&self, id: &crate::identity::ConnectionId) {
+        self.fetcher.remove(id);
+        self.metrics.forget_connection(id);
+    }
+
+    /// Forget a deleted ConnectedAccount: its memory and its metric series.
+    pub fn forget(&self, uid: &str, namespace: &str, name: &str) {
+        self.forget_object(uid);
+        self.metrics.forget_object(namespace, name);
+    }
+
+    /// Count a failed pass of object `uid`; the attempt number (1 for the first failure in a row).
+    pub fn record_failure(&self, uid: &str) -> u32 {
+        self.update_object(uid, |o| {
+            o.failures = o.failures.saturating_add(1);
+            o.failures
+        })
+    }
+
+    /// The labels of namespace `ns` (`None` when it does not exist), read at most every
+    /// [`NAMESPACE_LABELS_TTL`].
+    pub async fn namespace_labels(&self, ns: &str) -> Result<Option<Labels>, kube::Error> {
+        let now = self.clock.now();
+        if let Some((at, labels)) = lock(&self.namespace_labels).get(ns)
+            && now < crate::schedule::add(*at, NAMESPACE_LABELS_TTL)
+        {
+            return Ok(labels.clone());
+        }
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(self.client.clone());
+        let labels = api
+            .get_metadata_opt(ns)
+            .await?
+            .map(|n| kube::ResourceExt::labels(&n).clone());
+        lock(&self.namespace_labels).insert(ns.to_string(), (now, labels.clone()));
+        Ok(labels)
+    }
+
     /// Whether a ConnectedAccount with this UID exists (Merge writers that were deleted free their keys). Without
     /// stores (unit tests) every writer counts as existing.
     pub fn account_exists(&self, uid: &str) -> bool {
@@ -290,40 +296,6 @@ impl Context {
     }
 }
 
-/// Default request timeout towards Pipedream.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression (issue 7): a namespaced `apiUrl` could name any host (limited SSRF from inside the cluster).
-    #[test]
-    fn tenant_api_urls_must_name_an_allowed_host_over_https() {
-        let a = AllowedHosts::default();
-        assert!(a.check("https://api.pipedream.com").is_ok());
-        assert!(a.check("https://API.pipedream.com/").is_ok());
-        for bad in [
-            "https://evil.example",
-            "http://api.pipedream.com",
-            "https://api.pipedream.com.evil.example",
-            "https://user:pw@api.pipedream.com",
-            "http://10.0.0.1:8080",
-            "http://169.254.169.254/latest",
-            "file:///etc/passwd",
-            "not a url",
-        ] {
-            assert!(a.check(bad).is_err(), "{bad}");
-        }
-        let tests = AllowedHosts::new(["127.0.0.1".into(), "*.pipedream.com".into(), "::1".into()]);
-        assert!(tests.check("http://127.0.0.1:8081").is_ok());
-        assert!(tests.check("http://[::1]:8081").is_ok());
-        assert!(tests.check("https://api2.pipedream.com").is_ok());
-        assert!(tests.check("https://pipedream.com.evil.example").is_err());
-        let m = a.check("https://evil.example").unwrap_err();
-        assert!(
-            m.contains("evil.example") && m.contains("--allowed-api-hosts"),
-            "{m}"
-        );
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

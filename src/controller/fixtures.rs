@@ -33,6 +33,15 @@ struct State {
     requests: Vec<Recorded>,
     faults: Vec<(String, String, u16)>,
     status: BTreeMap<String, Value>,
+    /// The last resourceVersion handed out.
+    rv: u64,
+}
+
+impl State {
+    fn bump(&mut self, obj: &mut Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+    }
 }
 
 /// The mock server's shared state.
@@ -91,6 +100,22 @@ impl MockApi {
         }
         let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, seg.as_slice()) {
+            ("GET", ["api", "v1", "namespaces", ns, "secrets"]) => {
+                // Only the first-write check lists Secrets: those without the watch label.
+                let unlabelled: Vec<Value> = st
+                    .secrets
+                    .iter()
+                    .filter(|((n, _), s)| {
+                        n == ns && s["metadata"]["labels"]["pipedream-secrets.io/managed"] != "true"
+                    })
+                    .map(|(_, s)| json!({"metadata": s["metadata"]}))
+                    .collect();
+                (
+                    200,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                        "metadata": {"resourceVersion": st.rv.to_string()}, "items": unlabelled}),
+                )
+            }
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 match st.secrets.get(&(ns.to_string(), name.to_string())) {
                     Some(s) => (200, s.clone()),
@@ -134,6 +159,10 @@ impl MockApi {
                 }
                 if let Some(t) = body.get("type") {
                     obj["type"] = t.clone();
+                }
+                let before = st.secrets.get(&key).cloned();
+                if before.as_ref() != Some(&obj) || before.is_none() {
+                    st.bump(&mut obj);
                 }
                 st.applied_keys.insert(key.clone(), sent);
                 st.secrets.insert(key, obj.clone());
@@ -231,13 +260,50 @@ impl MockApi {
         }
     }
 
-    /// Store a Secret as if someone created it.
+    /// Store a Secret as if someone created or changed it (a new resourceVersion).
     pub fn put_secret(&self, ns: &str, s: &Secret) {
         let mut v = serde_json::to_value(s).unwrap();
         v["apiVersion"] = json!("v1");
         v["kind"] = json!("Secret");
         let name = s.metadata.name.clone().unwrap();
-        self.0.lock().unwrap().secrets.insert((ns.into(), name), v);
+        let mut st = self.0.lock().unwrap();
+        st.bump(&mut v);
+        st.secrets.insert((ns.into(), name), v);
+    }
+
+    /// Store a Secret exactly as given, resourceVersion included (the same object seen by another process).
+    pub fn restore_secret(&self, ns: &str, s: &Secret) {
+        let mut v = serde_json::to_value(s).unwrap();
+        v["apiVersion"] = json!("v1");
+        v["kind"] = json!("Secret");
+        let name = s.metadata.name.clone().unwrap();
+        let mut st = self.0.lock().unwrap();
+        let rv: u64 = s
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        st.rv = st.rv.max(rv);
+        st.secrets.insert((ns.into(), name), v);
+    }
+
+    /// What the label-selected Secret watch would deliver now: every Secret carrying the watch label, as a
+    /// complete re-list.
+    pub fn watch_events(
+        &self,
+    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
+        use kube::runtime::watcher::Event;
+        let st = self.0.lock().unwrap();
+        let mut out = vec![Event::Init];
+        for s in st.secrets.values() {
+            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true" {
+                let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
+                out.push(Event::InitApply(meta));
+            }
+        }
+        out.push(Event::InitDone);
+        out
     }
 
     /// Remove a Secret (as a user deleting it).

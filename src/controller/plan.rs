@@ -1,20 +1,17 @@
-//! The pure half of a reconcile pass: what the spec means, whether to act now, what to do about the data, how
-//! urgent a fetch is, and what an answer from Pipedream allows. No I/O.
+//! The pure half of a pass: from what it knows ([`Facts`], read off the object, the operator's memory, the Secret
+//! index and the answer cache) to the one thing it does ([`Step`]); and what an answer from Pipedream allows.
+//! No I/O.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::ResourceExt;
 
-use super::ObjectState;
-use super::fetch::CachedFetch;
-use super::status::ready_of;
+use super::fetch::{Attempt, CachedFetch};
+use super::spec::Validated;
 use crate::access::{self, Admission};
-use crate::crd::{ConnectedAccount, CreationPolicy, DeletionPolicy, FORCE_SYNC_ANNOTATION};
 use crate::pipedream::{Account, Credentials};
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, NextFetch, Observed, Policy, add, format_ts, parse_ts};
-use crate::template;
 
 /// At most one forced fetch per object this often; a newer force-sync value waits for the rest.
 pub const FORCE_DEBOUNCE: Duration = Duration::from_secs(10);
@@ -24,127 +21,14 @@ pub const PENDING_RECHECK: Duration = Duration::from_secs(300);
 /// anyway), so polling expired credentials does not rewrite status every second.
 pub const UNPERSISTED_RETRY: Duration = Duration::from_secs(60);
 
-/// Validated, parsed spec settings.
-#[derive(Clone, Copy, Debug)]
-pub struct Validated {
-    /// Schedule policy.
-    pub policy: Policy,
-    /// Least time between rollout restarts.
-    pub min_restart_interval: Duration,
-}
-
-/// Check what the CRD schema cannot: parse durations, compile templates within the allowed language, key syntax.
-pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
-    let invalid = |m: String| SyncFailure::new(Reason::InvalidSpec, m);
-    let dur = |field: &str, v: &str, min: Duration| {
-        let d = schedule::parse_duration(v).ok_or_else(|| {
-            invalid(format!(
-                "{field}: {v:?} is not a duration like 30s, 5m or 1h30m"
-            ))
-        })?;
-        if d < min {
-            return Err(invalid(format!(
-                "{field}: {v} is below the minimum of {}s",
-                min.as_secs()
-            )));
-        }
-        Ok(d)
-    };
-    let before_expiry = dur(
-        "spec.refresh.beforeExpiry",
-        &ca.spec.refresh.before_expiry,
-        Duration::from_secs(5),
-    )?;
-    let interval = dur(
-        "spec.refresh.interval",
-        &ca.spec.refresh.interval,
-        Duration::from_secs(10),
-    )?;
-    let min_restart_interval = dur(
-        "spec.minRestartInterval",
-        &ca.spec.min_restart_interval,
-        Duration::ZERO,
-    )?;
-    let target = &ca.spec.target;
-    for (field, map) in [
-        ("labels", &target.labels),
-        ("annotations", &target.annotations),
-    ] {
-        if let Some(k) = map.keys().find(|k| !is_qualified_name(k)) {
-            return Err(invalid(format!(
-                "spec.target.{field}[{k}]: not a valid key (an optional DNS-subdomain prefix and '/', then up to 63 letters, digits, '-', '_', '.')"
-            )));
-        }
-    }
-    if target.creation_policy != CreationPolicy::Owner
-        && target.deletion_policy == DeletionPolicy::Delete
-    {
-        return Err(invalid(
-            "spec.target.deletionPolicy: Delete needs creationPolicy Owner; use Retain".into(),
-        ));
-    }
-    if let Some(t) = &target.template {
-        if t.data.is_empty() {
-            return Err(invalid(
-                "spec.target.template.data: at least one key is required".into(),
-            ));
-        }
-        if let Some(k) = t.data.keys().find(|k| !template::is_valid_secret_key(k)) {
-            return Err(invalid(format!(
-                "spec.target.template.data[{k}]: not a valid Secret key"
-            )));
-        }
-        template::validate(&t.data).map_err(|e| invalid(e.to_string()))?;
-    }
-    Ok(Validated {
-        policy: Policy {
-            before_expiry,
-            interval,
-        },
-        min_restart_interval,
-    })
-}
-
-/// Label and annotation key syntax, as the API server checks it: `[prefix/]name`, prefix a DNS subdomain of at
-/// most 253 characters, name at most 63 letters, digits, `-`, `_`, `.`, starting and ending alphanumeric.
-pub fn is_qualified_name(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    let alnum = |c: char| c.is_ascii_alphanumeric();
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(alnum)
-        && name.ends_with(alnum)
-        && name
-            .chars()
-            .all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|part| {
-                !part.is_empty()
-                    && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            })
-    });
-    name_ok && prefix_ok
-}
-
-/// What a pass knows before any I/O.
-#[derive(Clone, Debug)]
-pub struct Facts {
-    /// Now.
-    pub now: Timestamp,
+/// What the object's status and annotations say.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
     /// A force-sync value not acted upon yet.
     pub forced: Option<String>,
     /// The spec changed since the status was written.
     pub spec_changed: bool,
-    /// `status.nextSyncTime`.
+    /// `status.nextSyncTime` (or the later one this process wrote, if the cached object predates it).
     pub next_due: Option<Timestamp>,
     /// Ready is False.
     pub failed: bool,
@@ -154,83 +38,195 @@ pub struct Facts {
     pub held_expiry: Option<Timestamp>,
 }
 
-impl Facts {
-    /// Read the facts off a ConnectedAccount.
-    pub fn of(ca: &ConnectedAccount, now: Timestamp) -> Self {
-        let status = ca.status.clone().unwrap_or_default();
-        let ready = ready_of(&status.conditions);
-        Self {
-            now,
-            forced: ca
-                .annotations()
-                .get(FORCE_SYNC_ANNOTATION)
-                .filter(|v| status.last_force_sync.as_ref() != Some(*v))
-                .cloned(),
-            spec_changed: status.observed_generation != ca.metadata.generation,
-            next_due: status.next_sync_time.as_deref().and_then(parse_ts),
-            failed: ready.as_ref().is_some_and(|(s, _)| s == "False"),
-            ready: ready.as_ref().is_some_and(|(s, _)| s == "True"),
-            held_expiry: status.expires_at.as_deref().and_then(parse_ts),
-        }
-    }
-
-    /// The scheduled fetch time has come (or none is known).
-    pub fn due(&self) -> bool {
-        self.next_due.is_none_or(|t| self.now >= t)
-    }
+/// What the operator remembers of the object between passes.
+#[derive(Clone, Debug, Default)]
+pub struct Remembered {
+    /// Not before this time after a failure.
+    pub retry_at: Option<Timestamp>,
+    /// Last time a force-sync made it fetch.
+    pub last_forced: Option<Timestamp>,
+    /// The connection changed since a failure it caused.
+    pub connection_changed: bool,
+    /// A fetch this object asked for has not been used yet.
+    pub asked: bool,
 }
 
-/// When a failed object may try again, if not yet: its own status write (or any other event) must not cause
-/// another attempt, and another Pipedream call. A spec change, a new force-sync value, or a change to the
-/// connection a connection-related failure was about retries at once.
-pub fn wait_for_retry(
-    f: &Facts,
-    mem: &ObjectState,
-    connection_version: Option<&str>,
-) -> Option<Timestamp> {
-    if !f.failed || f.forced.is_some() || f.spec_changed {
-        return None;
-    }
-    if let (Some(was), Some(now)) = (&mem.failed_connection_version, connection_version)
-        && was != now
-    {
-        return None;
-    }
-    let at = f.next_due.max(mem.retry_at)?;
-    (f.now < at).then_some(at)
+/// The target Secret, as far as the pass knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretFacts {
+    /// Exactly as the operator last wrote or read it (the index holds the recorded resourceVersion), or read and
+    /// found holding the data last written.
+    AsWritten,
+    /// Its data differs from what was last written, or it was deleted: restore it.
+    Drifted,
+    /// The operator has never written it (a first write).
+    New,
+    /// It belongs to someone else (or Merge has nothing to merge into): never written.
+    Conflict(String),
 }
 
-/// When a new force-sync value may fetch, if not yet (one forced fetch per [`FORCE_DEBOUNCE`]).
-pub fn force_wait(f: &Facts, mem: &ObjectState) -> Option<Timestamp> {
-    f.forced.as_ref()?;
-    let at = add(mem.last_forced?, FORCE_DEBOUNCE);
-    (f.now < at).then_some(at)
+/// The answer the pass can use.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// The fetch this object asked for completed.
+    Arrived(Attempt),
+    /// It asked; the answer is not in yet.
+    Awaited,
+    /// Nothing asked; the last good answer for the account through this connection, if any.
+    Last(Option<CachedFetch>),
 }
 
-/// What a pass must do about the Secret's data.
+/// Everything a pass decides on.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    /// Now.
+    pub now: Timestamp,
+    /// The spec, checked.
+    pub spec: Result<Validated, SyncFailure>,
+    /// Status and annotations.
+    pub recorded: Recorded,
+    /// Memory.
+    pub remembered: Remembered,
+    /// The target Secret.
+    pub secret: SecretFacts,
+    /// The target Secret exists (a missing one is the most urgent fetch).
+    pub secret_exists: bool,
+    /// The connection: usable, or why not.
+    pub connection: Result<(), SyncFailure>,
+    /// The answer.
+    pub answer: Answer,
+    /// Deterministic per object, in [0, 1): spreads refreshes of accounts minted together.
+    pub jitter: f64,
+}
+
+/// Why a Secret is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A new answer (or a still-fresh earlier one for a new or changed object).
+    Sync,
+    /// The Secret drifted and is restored from the last answer.
+    Repair,
+}
+
+/// What a pass does: one of these, decided before any write.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Nothing until this time: a failed object waiting for its retry, or a debounced force-sync.
+    Wait(Timestamp),
+    /// The Secret is right and nothing is due before this time.
+    Keep(Timestamp),
+    /// Ask the connection's dispatcher; its answer triggers the next pass.
+    Fetch {
+        /// Queue order: the earliest first.
+        needed_by: Timestamp,
+    },
+    /// Build the Secret from this answer and write it if it differs.
+    Write(CachedFetch, Cause),
+    /// Report this failure; the Secret stays as it is.
+    Fail(SyncFailure),
+}
+
+/// What the pass must do about the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
     /// The Secret is right and nothing is due.
     Nothing,
     /// The Secret differs from what was written: restore it from the last answer (fetch only without one).
     Repair,
-    /// Fetch from Pipedream; `reuse` allows a still-fresh earlier answer (first sync, spec change, retry after
-    /// a failure) instead of a new call.
+    /// Fetch from Pipedream; `reuse` allows a still-fresh earlier answer (first sync, spec change, retry after a
+    /// failure) instead of a new call.
     Fetch {
         /// An earlier answer that is still fresh will do.
         reuse: bool,
     },
 }
 
-/// Decide what the pass must do, given whether the Secret drifted from the last written data.
-pub fn need(f: &Facts, drifted: bool) -> Need {
-    if f.forced.is_some() {
+impl Recorded {
+    /// The scheduled fetch time has come (or none is known).
+    pub fn due(&self, now: Timestamp) -> bool {
+        self.next_due.is_none_or(|t| now >= t)
+    }
+}
+
+/// The waits of [`decide`], which need nothing read: a failed object's retry time, a debounced force-sync.
+pub fn hold(r: &Recorded, m: &Remembered, now: Timestamp) -> Option<Timestamp> {
+    wait_for_retry(r, m, now).or_else(|| (!m.asked).then(|| force_wait(r, m, now)).flatten())
+}
+
+/// The one decision of a pass.
+pub fn decide(f: &Facts) -> Step {
+    if let Some(at) = wait_for_retry(&f.recorded, &f.remembered, f.now) {
+        return Step::Wait(at);
+    }
+    let arrived = matches!(f.answer, Answer::Arrived(_));
+    if !arrived && let Some(at) = force_wait(&f.recorded, &f.remembered, f.now) {
+        return Step::Wait(at);
+    }
+    let validated = match &f.spec {
+        Ok(v) => v,
+        Err(e) => return Step::Fail(e.clone()),
+    };
+    if let SecretFacts::Conflict(m) = &f.secret {
+        return Step::Fail(SyncFailure::new(Reason::SecretConflict, m.clone()));
+    }
+    let need = need(&f.recorded, f.now, f.secret == SecretFacts::Drifted);
+    if need == Need::Nothing && matches!(f.answer, Answer::Last(_)) {
+        return Step::Keep(f.recorded.next_due.unwrap_or(f.now));
+    }
+    if let Err(e) = &f.connection {
+        return Step::Fail(e.clone());
+    }
+    let cause = if need == Need::Repair {
+        Cause::Repair
+    } else {
+        Cause::Sync
+    };
+    let reusable = match (&f.answer, need) {
+        (Answer::Arrived(Attempt::Ok(c)), _) => return Step::Write(c.clone(), cause),
+        (Answer::Arrived(Attempt::Failed(e)), _) => return Step::Fail(e.clone().into()),
+        // Asked already: asking again joins the queued fetch; nothing is written before it arrives.
+        (Answer::Awaited, _) => None,
+        (Answer::Last(last), Need::Nothing | Need::Repair) => last.clone(),
+        (Answer::Last(last), Need::Fetch { reuse: true }) => last
+            .clone()
+            .filter(|c| still_fresh(c, f.now, validated.policy, f.jitter)),
+        (Answer::Last(_), Need::Fetch { reuse: false }) => None,
+    };
+    match reusable {
+        Some(c) => Step::Write(c, cause),
+        None => Step::Fetch {
+            needed_by: needed_by(&f.recorded, f.now, f.secret_exists),
+        },
+    }
+}
+
+/// When a failed object may try again, if not yet: its own status write (or any other event) must not cause
+/// another attempt, and another Pipedream call. A spec change, a new force-sync value, or a change to the
+/// connection a connection-related failure was about retries at once.
+pub fn wait_for_retry(r: &Recorded, m: &Remembered, now: Timestamp) -> Option<Timestamp> {
+    if !r.failed || r.forced.is_some() || r.spec_changed || m.connection_changed {
+        return None;
+    }
+    let at = r.next_due.max(m.retry_at)?;
+    (now < at).then_some(at)
+}
+
+/// When a new force-sync value may fetch, if not yet (one forced fetch per [`FORCE_DEBOUNCE`]).
+pub fn force_wait(r: &Recorded, m: &Remembered, now: Timestamp) -> Option<Timestamp> {
+    r.forced.as_ref()?;
+    let at = add(m.last_forced?, FORCE_DEBOUNCE);
+    (now < at).then_some(at)
+}
+
+/// What the pass must do about the data, given whether the Secret drifted from what was last written.
+pub fn need(r: &Recorded, now: Timestamp, drifted: bool) -> Need {
+    if r.forced.is_some() {
         return Need::Fetch { reuse: false };
     }
-    if f.due() && f.ready && !f.spec_changed {
+    if r.due(now) && r.ready && !r.spec_changed {
         return Need::Fetch { reuse: false };
     }
-    if f.spec_changed || !f.ready || f.due() {
+    if r.spec_changed || !r.ready || r.due(now) {
         return Need::Fetch { reuse: true };
     }
     if drifted { Need::Repair } else { Need::Nothing }
@@ -238,17 +234,43 @@ pub fn need(f: &Facts, drifted: bool) -> Need {
 
 /// Queue order of a fetch: the time by which it is needed. A missing Secret comes first, then credentials by
 /// expiry (already expired ones before all others), then forced and interval checks.
-pub fn needed_by(f: &Facts, secret_exists: bool) -> Timestamp {
+pub fn needed_by(r: &Recorded, now: Timestamp, secret_exists: bool) -> Timestamp {
     if !secret_exists {
-        return f
-            .now
+        return now
             .saturating_sub(jiff::SignedDuration::from_hours(24))
-            .unwrap_or(f.now);
+            .unwrap_or(now);
     }
-    if f.forced.is_some() {
-        return add(f.now, Duration::from_secs(300));
+    if r.forced.is_some() {
+        return add(now, Duration::from_secs(300));
     }
-    f.held_expiry.or(f.next_due).unwrap_or(f.now)
+    r.held_expiry.or(r.next_due).unwrap_or(now)
+}
+
+/// When a failed pass retries, and a note for the message when Pipedream asks for longer than the held
+/// credentials last. `attempt` counts from 1.
+pub fn retry_after_failure(
+    f: &SyncFailure,
+    attempt: u32,
+    held_expiry: Option<Timestamp>,
+    now: Timestamp,
+) -> (Duration, Option<String>) {
+    if let Some(d) = f.retry_in {
+        return (d, None);
+    }
+    let r = schedule::after_failure(
+        now,
+        attempt.saturating_sub(1),
+        held_expiry,
+        f.reason.class(),
+        f.retry_after,
+    );
+    let note = r.past_expiry.then(|| {
+        format!(
+            "; Pipedream asks to wait {}s, past the expiry of the credentials in the Secret",
+            r.delay.as_secs()
+        )
+    });
+    (r.delay, note)
 }
 
 /// The timing facts of an answer, on the local clock.
@@ -373,138 +395,158 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ca(status: serde_json::Value, annotations: serde_json::Value) -> ConnectedAccount {
-        serde_json::from_value(json!({
-            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-            "metadata": {"name": "gh", "namespace": "team-a", "uid": "u", "generation": 1, "annotations": annotations},
-            "spec": {"accountId": "apn_A1"}, "status": status
-        }))
-        .unwrap()
-    }
-
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
 
-    fn ok_status(next: &str) -> serde_json::Value {
-        json!({"observedGeneration": 1, "nextSyncTime": next, "expiresAt": "2026-11-22T10:00:00Z",
-               "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "",
-                               "lastTransitionTime": "2026-11-22T09:00:00Z"}]})
+    fn synced(next: &str) -> Recorded {
+        Recorded {
+            next_due: Some(ts(next)),
+            ready: true,
+            held_expiry: Some(ts("2026-11-22T10:00:00Z")),
+            ..Default::default()
+        }
+    }
+
+    fn facts(recorded: Recorded) -> Facts {
+        Facts {
+            now: ts("2026-11-22T09:30:00Z"),
+            spec: Ok(Validated {
+                policy: Policy {
+                    before_expiry: Duration::from_secs(300),
+                    interval: Duration::from_secs(3600),
+                },
+                min_restart_interval: Duration::ZERO,
+            }),
+            recorded,
+            remembered: Remembered::default(),
+            secret: SecretFacts::AsWritten,
+            secret_exists: true,
+            connection: Ok(()),
+            answer: Answer::Last(None),
+            jitter: 0.0,
+        }
+    }
+
+    fn answer(expires: &str) -> CachedFetch {
+        let account: Account = serde_json::from_value(json!({"id": "apn_A1",
+            "credentials": {"k": "v"}, "expires_at": expires}))
+        .unwrap();
+        CachedFetch {
+            fetched: std::sync::Arc::new(crate::pipedream::FetchedAccount {
+                account,
+                server_time: None,
+            }),
+            at: ts("2026-11-22T09:00:00Z"),
+        }
     }
 
     #[test]
     fn what_a_pass_does() {
         let now = ts("2026-11-22T09:30:00Z");
-        let fresh = Facts::of(&ca(ok_status("2026-11-22T09:55:00Z"), json!({})), now);
-        assert_eq!(need(&fresh, false), Need::Nothing);
-        assert_eq!(need(&fresh, true), Need::Repair);
-        let due = Facts::of(&ca(ok_status("2026-11-22T09:29:00Z"), json!({})), now);
-        assert_eq!(need(&due, false), Need::Fetch { reuse: false });
-        let new = Facts::of(&ca(json!(null), json!({})), now);
-        assert_eq!(need(&new, false), Need::Fetch { reuse: true });
-        let forced = Facts::of(
-            &ca(
-                ok_status("2026-11-22T09:55:00Z"),
-                json!({"pipedream-secrets.io/force-sync": "1"}),
-            ),
-            now,
-        );
-        assert_eq!(need(&forced, false), Need::Fetch { reuse: false });
+        let fresh = synced("2026-11-22T09:55:00Z");
+        assert_eq!(need(&fresh, now, false), Need::Nothing);
+        assert_eq!(need(&fresh, now, true), Need::Repair);
+        let due = synced("2026-11-22T09:29:00Z");
+        assert_eq!(need(&due, now, false), Need::Fetch { reuse: false });
+        let new = Recorded::default();
+        assert_eq!(need(&new, now, false), Need::Fetch { reuse: true });
+        let forced = Recorded {
+            forced: Some("1".into()),
+            ..synced("2026-11-22T09:55:00Z")
+        };
+        assert_eq!(need(&forced, now, false), Need::Fetch { reuse: false });
         // Urgency: no Secret first, then by expiry, forced behind what expires within five minutes.
-        assert!(needed_by(&new, false) < needed_by(&due, true));
-        assert_eq!(needed_by(&due, true), ts("2026-11-22T10:00:00Z"));
-        assert_eq!(needed_by(&forced, true), ts("2026-11-22T09:35:00Z"));
+        assert!(needed_by(&new, now, false) < needed_by(&due, now, true));
+        assert_eq!(needed_by(&due, now, true), ts("2026-11-22T10:00:00Z"));
+        assert_eq!(needed_by(&forced, now, true), ts("2026-11-22T09:35:00Z"));
+    }
+
+    #[test]
+    fn one_step_per_situation() {
+        // Fresh and as written: keep until the next sync, whatever the connection says.
+        let mut f = facts(synced("2026-11-22T09:55:00Z"));
+        f.connection = Err(SyncFailure::new(Reason::ConnectionNotFound, "gone"));
+        assert!(matches!(decide(&f), Step::Keep(t) if t == ts("2026-11-22T09:55:00Z")));
+        // Drifted: repair from the last answer, without a fetch; with no answer, fetch first.
+        let mut f = facts(synced("2026-11-22T09:55:00Z"));
+        f.secret = SecretFacts::Drifted;
+        f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
+        assert!(matches!(decide(&f), Step::Write(_, Cause::Repair)));
+        f.answer = Answer::Last(None);
+        assert!(matches!(decide(&f), Step::Fetch { .. }));
+        // New object: a still-fresh earlier answer is written, an old one is not.
+        let mut f = facts(Recorded::default());
+        f.secret = SecretFacts::New;
+        f.secret_exists = false;
+        f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
+        assert!(matches!(decide(&f), Step::Write(_, Cause::Sync)));
+        f.answer = Answer::Last(Some(answer("2026-11-22T09:31:00Z")));
+        assert!(
+            matches!(decide(&f), Step::Fetch { needed_by } if needed_by < f.now),
+            "a missing Secret is the most urgent fetch"
+        );
+        // An arrived failure is reported; a conflict is reported before anything else is considered.
+        let mut f = facts(synced("2026-11-22T09:29:00Z"));
+        f.answer = Answer::Arrived(Attempt::Failed(
+            crate::pipedream::PipedreamError::NotFound {
+                status: 404,
+                message: None,
+            },
+        ));
+        assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::AccountNotFound));
+        f.secret = SecretFacts::Conflict("Secret gh belongs to someone else".into());
+        assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::SecretConflict));
+        // An invalid spec fails without touching anything else.
+        let mut f = facts(Recorded::default());
+        f.spec = Err(SyncFailure::new(Reason::InvalidSpec, "spec.x"));
+        assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::InvalidSpec));
     }
 
     /// Regression (issue 8): force-sync had no per-object debounce; each new value fetched at once.
     #[test]
     fn forced_fetches_are_debounced_per_object() {
-        let now = ts("2026-11-22T09:30:00Z");
-        let f = Facts::of(
-            &ca(
-                ok_status("2026-11-22T09:55:00Z"),
-                json!({"pipedream-secrets.io/force-sync": "2"}),
-            ),
-            now,
+        let mut f = facts(Recorded {
+            forced: Some("2".into()),
+            ..synced("2026-11-22T09:55:00Z")
+        });
+        f.remembered.last_forced = Some(ts("2026-11-22T09:29:55Z"));
+        let wait = |f: &Facts| force_wait(&f.recorded, &f.remembered, f.now);
+        assert_eq!(wait(&f), Some(ts("2026-11-22T09:30:05Z")));
+        assert!(matches!(decide(&f), Step::Wait(t) if t == ts("2026-11-22T09:30:05Z")));
+        assert_eq!(
+            hold(&f.recorded, &f.remembered, f.now),
+            Some(ts("2026-11-22T09:30:05Z"))
         );
-        let recent = ObjectState {
-            last_forced: Some(ts("2026-11-22T09:29:55Z")),
-            ..Default::default()
-        };
-        assert_eq!(force_wait(&f, &recent), Some(ts("2026-11-22T09:30:05Z")));
-        let long_ago = ObjectState {
-            last_forced: Some(ts("2026-11-22T09:20:00Z")),
-            ..Default::default()
-        };
-        assert_eq!(force_wait(&f, &long_ago), None);
-        assert_eq!(force_wait(&f, &ObjectState::default()), None);
+        f.remembered.asked = true;
+        assert_eq!(
+            hold(&f.recorded, &f.remembered, f.now),
+            None,
+            "its answer is used when it arrives"
+        );
+        f.remembered.last_forced = Some(ts("2026-11-22T09:20:00Z"));
+        assert_eq!(wait(&f), None);
+        f.remembered.last_forced = None;
+        assert_eq!(wait(&f), None);
     }
 
     #[test]
     fn a_failed_object_waits_unless_something_relevant_changed() {
-        let now = ts("2026-11-22T09:30:00Z");
-        let failed = json!({"observedGeneration": 1, "nextSyncTime": "2026-11-22T09:35:00Z",
-            "conditions": [{"type": "Ready", "status": "False", "reason": "AuthFailed", "message": "",
-                            "lastTransitionTime": "2026-11-22T09:00:00Z"}]});
-        let f = Facts::of(&ca(failed, json!({})), now);
-        let mem = ObjectState {
-            failed_connection_version: Some("7".into()),
+        let failed = Recorded {
+            failed: true,
+            next_due: Some(ts("2026-11-22T09:35:00Z")),
             ..Default::default()
         };
-        assert_eq!(
-            wait_for_retry(&f, &mem, Some("7")),
-            Some(ts("2026-11-22T09:35:00Z"))
-        );
-        assert_eq!(
-            wait_for_retry(&f, &mem, Some("8")),
-            None,
-            "the connection changed"
-        );
-        let later = ObjectState {
-            retry_at: Some(ts("2026-11-22T09:40:00Z")),
-            ..Default::default()
-        };
-        assert_eq!(
-            wait_for_retry(&f, &later, None),
-            Some(ts("2026-11-22T09:40:00Z"))
-        );
-    }
-
-    /// Regression (issue 7): label and annotation keys the API server refuses only failed the Secret write.
-    #[test]
-    fn label_and_annotation_keys_are_checked_before_anything_is_written() {
-        for ok in [
-            "team",
-            "app.kubernetes.io/name",
-            "example.com/a_b-c.d",
-            "A1",
-        ] {
-            assert!(is_qualified_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-x",
-            "x-",
-            "a/b/c",
-            "/x",
-            "Example.com/x",
-            "a b",
-            &"x".repeat(64),
-            "a..b/c",
-        ] {
-            assert!(!is_qualified_name(bad), "{bad}");
-        }
-        let c: ConnectedAccount = serde_json::from_value(json!({
-            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-            "metadata": {"name": "gh", "namespace": "team-a"},
-            "spec": {"accountId": "apn_A1", "target": {"annotations": {"bad key!": "v"}}}}))
-        .unwrap();
-        let e = validate_spec(&c).unwrap_err();
-        assert!(
-            e.message.starts_with("spec.target.annotations[bad key!]"),
-            "{}",
-            e.message
-        );
+        let mut f = facts(failed);
+        let wait = |f: &Facts| wait_for_retry(&f.recorded, &f.remembered, f.now);
+        assert_eq!(wait(&f), Some(ts("2026-11-22T09:35:00Z")));
+        f.remembered.connection_changed = true;
+        assert_eq!(wait(&f), None, "the connection changed");
+        f.remembered.connection_changed = false;
+        f.remembered.retry_at = Some(ts("2026-11-22T09:40:00Z"));
+        assert_eq!(wait(&f), Some(ts("2026-11-22T09:40:00Z")));
+        f.recorded.spec_changed = true;
+        assert_eq!(wait(&f), None, "a spec change retries at once");
     }
 
     /// Regression (issue 7): AccessDenied quoted the denied account's app and external user, so another tenant

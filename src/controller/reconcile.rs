@@ -1,6 +1,11 @@
-//! The ConnectedAccount reconciler: a pass reads the Secret, asks [`plan`](super::plan) what to do, gets the data
-//! (a fresh earlier answer, or a fetch through the connection's dispatcher, which re-triggers the pass when done),
-//! writes the Secret only on change and a deterministic status, and requeues from the time the pass ends.
+//! The ConnectedAccount pass, as a plan: read what is known ([`gather`]: the object, the operator's memory, the
+//! Secret index, the connection, the answer cache), decide ([`plan::decide`]), build ([`build`]) and apply
+//! ([`write`]), then report ([`report`]: status, Events, metrics, the requeue). The decisions are pure; this file
+//! holds the I/O.
+//!
+//! A write happens in the pass its answer triggers, with what that pass read: usually nothing at all (the index
+//! says the Secret is as written), so a first sync costs a Secret apply, a status apply and an Event, and a
+//! refresh a Secret apply and a status apply.
 
 use std::sync::Arc;
 
@@ -8,429 +13,455 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::fetch::{Attempt, CachedFetch};
-use super::plan::{self, Facts, Need, Validated};
-use super::resolve::{Resolved, connection_of, kube_error_summary, resolve};
+use super::build::{self, Built, Synced, Written};
+use super::fetch::CachedFetch;
+use super::plan::{self, Answer, Cause, Facts, Recorded, Remembered, SecretFacts, Step};
+use super::resolve::{Resolved, resolve};
 use super::restart;
-use super::status::{ready_of, upsert_condition};
+use super::spec::{self, Validated};
+use super::status::{apply_status, event_type, publish, ready_changed, ready_of};
+use super::targets::{NotReady, SecretId};
 use super::{Context, ObjectState};
 use crate::crd::{
-    AccountSummary, ConnectedAccount, ConnectedAccountStatus, CreationPolicy, DeletionPolicy,
-    FINALIZER, MANAGER,
+    ConnectedAccount, ConnectedAccountStatus, CreationPolicy, DeletionPolicy, FINALIZER,
 };
 use crate::identity::AccountKey;
 use crate::reason::{Error, Reason, SyncFailure};
 use crate::schedule::{self, format_ts, parse_ts};
-use crate::secret::{self, check_ownership, data_hash, desired_secret, existing_hash, up_to_date};
-use crate::template;
+use crate::secret::{self, check_ownership, existing_hash};
 
-/// What a successful pass did.
-struct Success {
-    secret_name: String,
-    connection: Option<String>,
-    expires_at: Option<String>,
-    next: Timestamp,
-    account: Option<AccountSummary>,
-    data_hash: Option<String>,
-    confirmed: bool,
-    written: Option<&'static str>,
-    restart: Option<restart::Restarted>,
+/// How a pass ended, before it is reported.
+enum Outcome {
+    Synced(Synced),
+    Failed(SyncFailure),
 }
 
-/// How a pass ended, before status is written.
-enum Outcome {
-    Done(Success),
-    Failed(SyncFailure, Option<String>),
-    /// Waiting for the dispatcher: nothing to write yet.
-    Pending,
+/// What [`gather`] found, beside the facts.
+struct Known {
+    facts: Facts,
+    connection: Option<Resolved>,
+    key: Option<AccountKey>,
+    /// The Secret, when the pass read it.
+    read: Option<Secret>,
+    /// The Secret exists (in the index or as read).
+    exists: bool,
+    /// The connection's resourceVersion (a failure it caused is retried when it changes).
+    connection_version: Option<String>,
+    status: ConnectedAccountStatus,
 }
 
 /// Entry point for the controller.
 pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let _in_flight = ctx.metrics.reconcile_started();
-    let ns = ca.namespace().unwrap_or_default();
-    let api: Api<ConnectedAccount> = Api::namespaced(ctx.client.clone(), &ns);
-    let out = finalizer(&api, FINALIZER, ca, |event| async {
-        match event {
-            finalizer::Event::Apply(ca) => apply(&ca, &ctx).await,
-            finalizer::Event::Cleanup(ca) => cleanup(&ca, &ctx).await,
+    let out = if ca.metadata.deletion_timestamp.is_some() {
+        finalize(&ca, &ctx).await
+    } else {
+        match keep_finalizer(&ca, &ctx).await {
+            Ok(()) => pass(&ca, &ctx).await,
+            Err(e) => Err(e),
         }
-    })
-    .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(Box::new(other)),
-    });
+    };
     ctx.metrics.observe_reconcile(started.elapsed());
     out
 }
 
-async fn apply(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
+/// One pass: gather, decide, act, report.
+async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
-    let now = ctx.clock.now();
     let mem = ctx.object(&uid);
-    let mut facts = Facts::of(ca, now);
-    if mem.written_next_sync.is_some() {
-        facts.next_due = mem.written_next_sync;
-    }
-    let conn_version = connection_version(ca, ctx);
-    if let Some(at) = plan::wait_for_retry(&facts, &mem, conn_version.as_deref()) {
-        debug!(retry_at = %format_ts(at), "waiting for the retry time");
+    // Waits need no reads: a failed object's own status write must cost nothing.
+    if let Some(at) = plan::hold(
+        &recorded(ca, &mem),
+        &remembered(ca, ctx, &mem),
+        ctx.clock.now(),
+    ) {
+        debug!(until = %format_ts(at), "waiting");
         return Ok(requeue(ctx, &uid, at));
     }
-    if mem.asked.is_none()
-        && let Some(at) = plan::force_wait(&facts, &mem)
-    {
-        debug!(at = %format_ts(at), "force-sync debounced");
-        return Ok(requeue(ctx, &uid, at));
-    }
-    let status = ca.status.clone().unwrap_or_default();
-    match sync(ca, ctx, &facts, &mem).await? {
-        Outcome::Pending => {
+    let known = gather(ca, ctx, &mem).await?;
+    let outcome = match plan::decide(&known.facts) {
+        Step::Wait(at) => return Ok(requeue(ctx, &uid, at)),
+        Step::Fetch { needed_by } => {
+            ask(ca, ctx, &known, needed_by);
             let at = schedule::add(ctx.clock.now(), plan::PENDING_RECHECK);
-            Ok(requeue(ctx, &uid, at))
+            return Ok(requeue(ctx, &uid, at));
         }
-        Outcome::Done(done) => {
-            ctx.update_object(&uid, |o| {
-                o.failures = 0;
-                o.retry_at = None;
-                o.failed_connection_version = None;
-            });
-            finish_success(ca, ctx, status, done, facts.forced).await
-        }
-        Outcome::Failed(f, version) => {
-            finish_failure(ca, ctx, status, f, version, facts.forced).await
-        }
-    }
-}
-
-/// The resourceVersion of the connection this ConnectedAccount names, from the local stores.
-fn connection_version(ca: &ConnectedAccount, ctx: &Context) -> Option<String> {
-    let id = connection_of(ca, ctx).ok()?;
-    match &id.namespace {
-        Some(ns) => ctx
-            .connections
-            .get(&Some(ns.clone()))
-            .or_else(|| ctx.connections.get(&None))?
-            .get(&ObjectRef::new(&id.name).within(ns))?
-            .meta()
-            .resource_version
-            .clone(),
-        None => ctx
-            .cluster_connections
-            .get(&ObjectRef::new(&id.name))?
-            .meta()
-            .resource_version
-            .clone(),
-    }
-}
-
-fn requeue(ctx: &Context, uid: &str, at: Timestamp) -> Action {
-    // From the time the pass ends: a slow pass does not push the next one later.
-    let now = ctx.clock.now();
-    ctx.update_object(uid, |o| o.next_pass = Some(at));
-    Action::requeue(schedule::until(now, at))
-}
-
-async fn sync(
-    ca: &ConnectedAccount,
-    ctx: &Context,
-    facts: &Facts,
-    mem: &ObjectState,
-) -> Result<Outcome, Error> {
-    let validated = match plan::validate_spec(ca) {
-        Ok(v) => v,
-        Err(f) => return Ok(Outcome::Failed(f, None)),
+        Step::Keep(next) => Outcome::Synced(keep(ca, ctx, &known, next).await),
+        Step::Write(answer, cause) => write(ca, ctx, &known, &answer, cause).await?,
+        Step::Fail(f) => Outcome::Failed(f),
     };
-    let ns = ca.namespace().unwrap_or_default();
-    let secret_name = ca.secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(Error::ReadSecret)?;
-    if let Some(s) = &existing
-        && let Err(c) = check_ownership(ca, s)
-    {
-        return Ok(Outcome::Failed(
-            SyncFailure::new(Reason::SecretConflict, format!("spec.target.name: {}", c.0)),
-            None,
-        ));
-    }
-    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
-    if merge && existing.is_none() {
-        return Ok(Outcome::Failed(
-            SyncFailure::new(
-                Reason::SecretConflict,
-                format!(
-                    "spec.target.creationPolicy: Merge writes into an existing Secret, and Secret {secret_name} does not exist"
-                ),
-            ),
-            None,
-        ));
-    }
+    report(ca, ctx, &known, outcome).await
+}
+
+fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
     let status = ca.status.clone().unwrap_or_default();
-    let manager = secret::field_manager(ca);
-    let drifted = match (&existing, &status.data_hash) {
-        (Some(s), Some(h)) => existing_hash(s, &manager) != *h,
-        _ => true,
-    };
-    let need = plan::need(facts, drifted);
-    if need == Need::Nothing && mem.asked.is_none() {
-        debug!(next = ?facts.next_due, "credentials fresh; nothing to do");
-        let restart = restart::maybe_restart(
-            ca,
-            ctx,
-            facts.now,
-            &status,
-            validated.min_restart_interval,
-            status.data_hash.as_deref(),
-        )
-        .await;
-        return Ok(Outcome::Done(Success {
-            secret_name,
-            connection: status.connection.clone(),
-            expires_at: status.expires_at.clone(),
-            next: facts.next_due.unwrap_or(facts.now),
-            account: status.account.clone(),
-            data_hash: status.data_hash.clone(),
-            confirmed: false,
-            written: None,
-            restart,
-        }));
+    let ready = ready_of(&status.conditions);
+    Recorded {
+        forced: ca
+            .annotations()
+            .get(crate::crd::FORCE_SYNC_ANNOTATION)
+            .filter(|v| status.last_force_sync.as_ref() != Some(*v))
+            .cloned(),
+        spec_changed: status.observed_generation != ca.metadata.generation,
+        // The cached object can predate this process's own status write: its time wins.
+        next_due: mem
+            .written_next_sync
+            .or(status.next_sync_time.as_deref().and_then(parse_ts)),
+        failed: ready.as_ref().is_some_and(|(s, _)| s == "False"),
+        ready: ready.as_ref().is_some_and(|(s, _)| s == "True"),
+        held_expiry: status.expires_at.as_deref().and_then(parse_ts),
     }
-    let resolved = match resolve(ca, ctx).await? {
-        Ok(r) => r,
-        Err((f, version)) => return Ok(Outcome::Failed(f, version)),
-    };
-    let key = AccountKey {
-        connection: resolved.key().clone(),
-        account_id: ca.spec.account_id.clone(),
-    };
+}
+
+fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState) -> Remembered {
+    let version = super::resolve::connection_version(ca, ctx);
+    Remembered {
+        retry_at: mem.retry_at,
+        last_forced: mem.last_forced,
+        connection_changed: mem
+            .failed_connection_version
+            .as_ref()
+            .is_some_and(|was| version.as_ref() != Some(was)),
+        asked: mem.asked.is_some(),
+    }
+}
+
+/// Everything the decision needs. Reads only what the index cannot answer: a Secret whose resourceVersion is
+/// not the one recorded, a Merge target, or any target before the index is filled.
+async fn gather(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState) -> Result<Known, Error> {
+    let now = ctx.clock.now();
     let uid = ca.uid().unwrap_or_default();
-    let jitter = schedule::jitter_fraction(&uid);
+    let status = ca.status.clone().unwrap_or_default();
+    let spec = spec::validate_spec(ca);
+    // An invalid spec is reported before anything is read.
+    let (secret, read, exists) = if spec.is_ok() {
+        secret_facts(ca, ctx, &status, mem).await?
+    } else {
+        (SecretFacts::New, None, false)
+    };
+    let resolved = resolve(ca, ctx).await?;
+    let connection_version = match &resolved {
+        Ok(r) => r.version.clone(),
+        Err(u) => u.version.clone(),
+    };
+    let key = resolved.as_ref().ok().map(|r| AccountKey {
+        connection: r.key().clone(),
+        account_id: ca.spec.account_id.clone(),
+    });
     let cache = &ctx.fetcher.cache;
-    // An answer this object asked for (through this very connection) is used first.
     let asked = mem
         .asked
         .as_ref()
-        .filter(|(k, _)| *k == key)
+        .filter(|(k, _)| Some(k) == key.as_ref())
         .map(|(_, g)| *g);
-    let answer = match asked.and_then(|g| cache.attempt_after(&key, g)) {
-        Some(a) => {
-            ctx.update_object(&uid, |o| o.asked = None);
-            Some(a)
-        }
-        None if asked.is_some() => None,
-        None => {
-            let earlier = cache.last_ok(&key);
-            let reuse = match need {
-                Need::Nothing | Need::Repair => earlier,
-                Need::Fetch { reuse: true } => {
-                    earlier.filter(|c| plan::still_fresh(c, facts.now, validated.policy, jitter))
-                }
-                Need::Fetch { reuse: false } => None,
-            };
-            reuse.map(Attempt::Ok)
-        }
-    };
-    let Some(answer) = answer else {
-        // Ask the dispatcher; the answer re-triggers this pass.
-        let generation = cache.generation(&key);
-        resolved.runtime.request(
-            &ca.spec.account_id,
-            plan::needed_by(facts, existing.is_some()),
-            ObjectRef::from_obj(ca),
-        );
-        let forced_at = facts.forced.as_ref().map(|_| facts.now);
-        ctx.update_object(&uid, |o| {
-            o.asked = Some((key, generation));
-            if forced_at.is_some() {
-                o.last_forced = forced_at;
+    let answer = match (asked, &key) {
+        (Some(g), Some(k)) => match cache.attempt_after(k, g) {
+            Some(a) => {
+                ctx.update_object(&uid, |o| o.asked = None);
+                Answer::Arrived(a)
             }
-        });
-        debug!(account = %ca.spec.account_id, connection = %resolved.key().id, "fetch requested");
-        return Ok(Outcome::Pending);
+            None => Answer::Awaited,
+        },
+        (None, Some(k)) => Answer::Last(cache.last_ok(k)),
+        (_, None) => Answer::Last(None),
     };
-    let cached = match answer {
-        Attempt::Ok(c) => c,
-        Attempt::Failed(e) => return Ok(Outcome::Failed(e.into(), resolved.version.clone())),
+    let (connection, resolved) = match resolved {
+        Ok(r) => (Ok(()), Some(r)),
+        Err(u) => (Err(u.failure), None),
     };
-    let version = resolved.version.clone();
-    match write_from(
-        ca,
-        ctx,
-        &status,
-        &resolved,
-        &cached,
-        existing.as_ref(),
-        &validated,
-        facts,
-    )
-    .await?
-    {
-        Ok(s) => Ok(Outcome::Done(s)),
-        Err(f) => Ok(Outcome::Failed(f, version)),
-    }
+    Ok(Known {
+        facts: Facts {
+            now,
+            spec,
+            recorded: recorded(ca, mem),
+            remembered: remembered(ca, ctx, mem),
+            secret,
+            secret_exists: exists,
+            connection,
+            answer,
+            jitter: schedule::jitter_fraction(&uid),
+        },
+        connection: resolved,
+        key,
+        read,
+        exists,
+        connection_version,
+        status,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_from(
+/// The target Secret as the pass sees it: (facts, the Secret if read, whether it exists). Read only when the index
+/// cannot say: another resourceVersion than recorded, another writer, a spec change (the Secret's type matters),
+/// a Merge target, or a name the index does not hold but someone else's Secret might.
+async fn secret_facts(
     ca: &ConnectedAccount,
     ctx: &Context,
     status: &ConnectedAccountStatus,
-    resolved: &Resolved,
-    cached: &CachedFetch,
-    existing: Option<&Secret>,
-    validated: &Validated,
-    facts: &Facts,
-) -> Result<Result<Success, SyncFailure>, Error> {
-    let account = &cached.fetched.account;
-    let id = &ca.spec.account_id;
-    let credentials = match plan::judge(
-        account,
-        id,
-        &resolved.admission,
-        &resolved.key().id.to_string(),
-    ) {
-        Ok(c) => c.clone(),
-        Err(f) => return Ok(Err(f)),
+    mem: &ObjectState,
+) -> Result<(SecretFacts, Option<Secret>, bool), Error> {
+    let name = ca.secret_name();
+    let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
+    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
+    let spec_changed = status.observed_generation != ca.metadata.generation;
+    let recorded = mem
+        .secret_version
+        .as_ref()
+        .or(status.secret_resource_version.as_ref());
+    let unseen = if status.data_hash.is_some() {
+        SecretFacts::Drifted
+    } else {
+        SecretFacts::New
     };
-    let timing = match plan::timing(cached) {
-        Ok(t) => t,
-        Err(f) => return Ok(Err(f)),
+    match ctx.secrets.get(&id) {
+        Ok(Some(ix))
+            if !merge
+                && !spec_changed
+                && ix.owner.as_deref() == Some(secret::owner_id(ca).as_str())
+                && Some(&ix.resource_version) == recorded =>
+        {
+            return Ok((SecretFacts::AsWritten, None, true));
+        }
+        // This process wrote it and the index has not seen it (yet, or any more): read it.
+        Ok(None) if !merge && mem.secret_version.is_some() => {}
+        Ok(None) if !merge => {
+            // Not among the Secrets the operator writes into: someone else may hold the name.
+            let foreign = ctx
+                .foreign
+                .exists(&ctx.client, &id)
+                .await
+                .map_err(Error::ReadSecret)?;
+            if !foreign {
+                return Ok((unseen, None, false));
+            }
+        }
+        Ok(_) | Err(NotReady) => {}
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let Some(s) = api.get_opt(&name).await.map_err(Error::ReadSecret)? else {
+        if merge {
+            let m = format!(
+                "spec.target.creationPolicy: Merge writes into an existing Secret, and Secret {name} does not exist"
+            );
+            return Ok((SecretFacts::Conflict(m), None, false));
+        }
+        return Ok((unseen, None, false));
+    };
+    if let Err(c) = check_ownership(ca, &s) {
+        return Ok((
+            SecretFacts::Conflict(format!("spec.target.name: {}", c.0)),
+            Some(s),
+            true,
+        ));
+    }
+    let ours = existing_hash(&s, &secret::field_manager(ca));
+    if status.data_hash.as_deref() == Some(ours.as_str()) {
+        // As written: remember this version, so the next pass does not read it again.
+        let version = s.resource_version();
+        ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
+            o.secret_version = version
+        });
+        return Ok((SecretFacts::AsWritten, Some(s), true));
+    }
+    Ok((SecretFacts::Drifted, Some(s), true))
+}
+
+/// Ask the connection's dispatcher for the account; its answer triggers the next pass.
+fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, needed_by: Timestamp) {
+    let (Some(conn), Some(key)) = (&known.connection, &known.key) else {
+        return;
     };
     let uid = ca.uid().unwrap_or_default();
-    let jitter = schedule::jitter_fraction(&uid);
-    let now = ctx.clock.now();
-    if timing.observed.expires_at.is_some_and(|e| e <= now) {
-        let next = schedule::after_fetch(now, timing.observed, validated.policy, jitter);
-        return Ok(Err(plan::expired_answer(id, timing.expires_at, next, now)));
+    let generation = ctx.fetcher.cache.generation(key);
+    conn.dispatcher
+        .request(&ca.spec.account_id, needed_by, ObjectRef::from_obj(ca));
+    let forced_at = known
+        .facts
+        .recorded
+        .forced
+        .as_ref()
+        .map(|_| known.facts.now);
+    ctx.update_object(&uid, |o| {
+        o.asked = Some((key.clone(), generation));
+        if forced_at.is_some() {
+            o.last_forced = forced_at;
+        }
+    });
+    debug!(account = %ca.spec.account_id, connection = %conn.key().id, "fetch requested");
+}
+
+/// Nothing to write: the Secret is right. Only a rollout restart held back by its debounce may be due.
+async fn keep(ca: &ConnectedAccount, ctx: &Context, known: &Known, next: Timestamp) -> Synced {
+    let mut s = Synced::unchanged(ca, next);
+    if let Ok(v) = &known.facts.spec {
+        s.restart = restart::maybe_restart(
+            ca,
+            ctx,
+            known.facts.now,
+            &known.status,
+            v.min_restart_interval,
+            known.status.data_hash.as_deref(),
+        )
+        .await;
     }
-    let expires_at = timing.expires_at.map(format_ts);
-    let manager = secret::field_manager(ca);
-    let data = match &ca.spec.target.template {
-        Some(t) => {
-            let (templates, account, exp) =
-                (t.data.clone(), cached.fetched.clone(), expires_at.clone());
-            let rendered = tokio::task::spawn_blocking(move || {
-                template::render(&templates, &credentials, &account.account, exp.as_deref())
-            })
-            .await;
-            match rendered {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => return Ok(Err(SyncFailure::new(Reason::InvalidSpec, e.to_string()))),
-                Err(_) => {
-                    return Ok(Err(SyncFailure::new(
-                        Reason::InvalidSpec,
-                        "spec.target.template: rendering failed",
-                    )));
-                }
-            }
-        }
-        None => {
-            let previous = existing.and_then(|s| s.data.as_ref()).map(|d| {
-                d.iter()
-                    .map(|(k, v)| (k.clone(), v.0.clone()))
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            });
-            let (d, skipped) = template::raw_data(&credentials, previous.as_ref());
-            if !skipped.is_empty() {
-                warn!(keys = ?skipped, "credential fields with names that are not valid Secret keys were skipped");
-            }
-            d
-        }
+    s
+}
+
+/// Build the Secret from `answer` and apply it, unless it already holds exactly that.
+async fn write(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    answer: &CachedFetch,
+    cause: Cause,
+) -> Result<Outcome, Error> {
+    let (Ok(validated), Some(conn)) = (&known.facts.spec, &known.connection) else {
+        return Ok(Outcome::Failed(SyncFailure::new(
+            Reason::UpstreamError,
+            "internal: a write without a usable spec and connection",
+        )));
     };
-    if data.is_empty() {
-        return Ok(Err(SyncFailure::new(
-            Reason::CredentialsUnavailable,
-            format!("account {id} has no usable credential fields"),
-        )));
+    let ns = ca.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = ca.secret_name();
+    // A credential field sent as null keeps its value: read the Secret for it if the pass did not.
+    let mut read = known.read.clone();
+    if read.is_none() && known.exists && build::has_null_fields(answer) {
+        read = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
     }
-    let size = secret::data_size(&data);
-    if size > template::MAX_SECRET_DATA_BYTES {
-        return Ok(Err(SyncFailure::new(
-            Reason::SecretWriteFailed,
-            format!(
-                "the Secret data would be {size} bytes; a Secret holds at most {} bytes",
-                template::MAX_SECRET_DATA_BYTES
-            ),
-        )));
+    let previous = read.as_ref().and_then(secret::data_of);
+    let built = match build_secret(ca, ctx, *validated, conn, answer, previous.as_ref()).await {
+        Ok(b) => b,
+        Err(f) => return Ok(Outcome::Failed(f)),
+    };
+    if let Some(f) = refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
+        return Ok(Outcome::Failed(f));
     }
-    let hash = data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
-    let desired = desired_secret(ca, &data, expires_at.as_deref());
-    if let Some(e) = existing {
-        if let Some(m) = secret::type_conflict(e, &desired) {
-            return Ok(Err(SyncFailure::new(Reason::InvalidSpec, m)));
-        }
-        if ca.spec.target.creation_policy == CreationPolicy::Merge
-            && let Some(c) = secret::merge_conflict(ca, e, data.keys(), |u| ctx.account_exists(u))
-        {
-            return Ok(Err(SyncFailure::new(Reason::SecretConflict, c.0)));
-        }
-    }
-    let secret_name = ca.secret_name();
-    let written = if existing.is_some_and(|e| up_to_date(e, &desired, &manager)) {
-        None
+    let st = &known.status;
+    let unchanged = known.facts.secret == SecretFacts::AsWritten
+        && !known.facts.recorded.spec_changed
+        && st.data_hash.as_deref() == Some(built.hash.as_str())
+        && st.expires_at == built.expires_at;
+    let (written, version) = if unchanged {
+        (None, st.secret_resource_version.clone())
     } else {
-        let api: Api<Secret> =
-            Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
-        match api
+        let manager = secret::field_manager(ca);
+        let applied = api
             .patch(
-                &secret_name,
+                &name,
                 &PatchParams::apply(&manager).force(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(&built.secret),
             )
-            .await
-        {
-            Ok(_) => {}
+            .await;
+        let applied = match applied {
+            Ok(s) => s,
             Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
-                return Ok(Err(refused_write(&secret_name, s.code, &s.message)));
+                return Ok(Outcome::Failed(refused_write(&name, s.code, &s.message)));
             }
             Err(e) => return Err(Error::WriteSecret(e)),
-        }
-        let same_data = status.data_hash.as_deref() == Some(hash.as_str());
-        Some(
-            match (existing.is_some(), same_data && !facts.spec_changed) {
-                (false, false) => "SecretCreated",
-                (_, true) => "DriftCorrected",
-                (true, false) => "SecretUpdated",
-            },
-        )
+        };
+        let version = applied.resource_version();
+        let uid = ca.uid().unwrap_or_default();
+        ctx.update_object(&uid, |o| o.secret_version = version.clone());
+        let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
+        let kind = build::written(
+            known.exists,
+            cause,
+            same_data,
+            known.facts.recorded.spec_changed,
+        );
+        (Some(kind), version)
     };
-    let next = schedule::after_fetch(ctx.clock.now(), timing.observed, validated.policy, jitter);
     let restart = restart::maybe_restart(
         ca,
         ctx,
-        facts.now,
-        status,
+        known.facts.now,
+        st,
         validated.min_restart_interval,
-        Some(&hash),
+        Some(&built.hash),
     )
     .await;
-    Ok(Ok(Success {
-        secret_name,
-        connection: Some(resolved.key().id.status_ref()),
-        expires_at,
-        next: next.at,
-        account: Some(AccountSummary {
-            app: account.app_slug().map(str::to_string),
-            external_id: account.external_id.clone(),
-            healthy: account.healthy,
-            dead: account.dead,
-        }),
-        data_hash: Some(hash),
+    Ok(Outcome::Synced(Synced {
+        secret_name: name,
+        connection: Some(conn.key().id.status_ref()),
+        expires_at: built.expires_at,
+        next: built.next,
+        account: Some(built.account),
+        data_hash: Some(built.hash),
         confirmed: true,
         written,
         restart,
+        secret_version: version,
     }))
+}
+
+async fn build_secret(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    validated: Validated,
+    conn: &Resolved,
+    answer: &CachedFetch,
+    previous: Option<&std::collections::BTreeMap<String, Vec<u8>>>,
+) -> Result<Built, SyncFailure> {
+    build::secret(build::Inputs {
+        ca,
+        validated,
+        admission: &conn.admission,
+        connection: &conn.key().id,
+        answer,
+        previous,
+        now: ctx.clock.now(),
+        jitter: schedule::jitter_fraction(&ca.uid().unwrap_or_default()),
+    })
+    .await
+}
+
+/// Why the built Secret must not be applied, if so: a first write into a name someone else's Secret holds, a type
+/// change, or a Merge key another ConnectedAccount writes.
+async fn refuse(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    api: &Api<Secret>,
+    known: &Known,
+    read: Option<&Secret>,
+    built: &Built,
+) -> Result<Option<SyncFailure>, Error> {
+    let name = ca.secret_name();
+    let mut existing = read.cloned();
+    if existing.is_none() && !known.exists {
+        // Not among the Secrets the operator writes into: does someone else have one of that name?
+        let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
+        if ctx
+            .foreign
+            .exists(&ctx.client, &id)
+            .await
+            .map_err(Error::ReadSecret)?
+        {
+            existing = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
+        }
+    }
+    let Some(e) = existing else {
+        return Ok(None);
+    };
+    let conflict = |m: String| Ok(Some(SyncFailure::new(Reason::SecretConflict, m)));
+    if let Err(c) = check_ownership(ca, &e) {
+        return conflict(format!("spec.target.name: {}", c.0));
+    }
+    if let Some(m) = secret::type_conflict(&e, &built.secret) {
+        return Ok(Some(SyncFailure::new(Reason::InvalidSpec, m)));
+    }
+    if ca.spec.target.creation_policy == CreationPolicy::Merge
+        && let Some(data) = built.secret.data.as_ref()
+        && let Some(c) = secret::merge_conflict(ca, &e, data.keys(), |u| ctx.account_exists(u))
+    {
+        return conflict(c.0);
+    }
+    Ok(None)
 }
 
 /// The API server refused the Secret: name the spec field that caused it. Its message names fields and keys,
@@ -460,211 +491,123 @@ fn refused_write(secret: &str, code: u16, message: &str) -> SyncFailure {
     )
 }
 
-async fn finish_success(
+/// Status, Events, metrics and the requeue of a pass.
+async fn report(
     ca: &ConnectedAccount,
     ctx: &Context,
-    old: ConnectedAccountStatus,
-    s: Success,
-    forced: Option<String>,
-) -> Result<Action, Error> {
-    let now = ctx.clock.now();
-    let mut st = old.clone();
-    let generation = ca.metadata.generation;
-    let msg = match &s.expires_at {
-        Some(e) => format!(
-            "Secret {} holds credentials for {} valid until {e}",
-            s.secret_name, ca.spec.account_id
-        ),
-        None => format!(
-            "Secret {} holds credentials for {} (no expiry)",
-            s.secret_name, ca.spec.account_id
-        ),
-    };
-    upsert_condition(
-        &mut st.conditions,
-        "Ready",
-        true,
-        Reason::Synced.as_str(),
-        &msg,
-        generation,
-        now,
-    );
-    upsert_condition(
-        &mut st.conditions,
-        "Expired",
-        false,
-        "Fresh",
-        "the Secret holds unexpired credentials",
-        generation,
-        now,
-    );
-    st.observed_generation = generation;
-    st.secret_name = Some(s.secret_name.clone());
-    st.connection = s.connection.clone();
-    st.expires_at = s.expires_at.clone();
-    if s.confirmed {
-        st.last_sync_time = Some(format_ts(now));
-    }
-    st.next_sync_time = Some(format_ts(s.next));
-    st.account = s.account.clone();
-    st.data_hash = s.data_hash.clone();
-    if forced.is_some() && s.confirmed {
-        st.last_force_sync = forced;
-    }
-    if let Some(r) = &s.restart {
-        st.last_restart_time = Some(format_ts(r.at));
-        st.restarted_data_hash = s.data_hash.clone();
-    } else if ca.spec.rollout_restart_targets.is_empty() {
-        st.restarted_data_hash = None;
-    } else if st.restarted_data_hash.is_none() {
-        st.restarted_data_hash = old.data_hash.clone().or(s.data_hash.clone());
-    }
-    let transition = ready_of(&old.conditions) != ready_of(&st.conditions);
-    write_status(ca, ctx, &old, &st, now).await?;
-    let name = ca.name_any();
-    let ns = ca.namespace().unwrap_or_default();
-    let last_sync = st.last_sync_time.as_deref().and_then(parse_ts);
-    ctx.metrics.set_object(&ns, &name, |o| {
-        o.expires_at = s.expires_at.as_deref().and_then(parse_ts);
-        o.next_sync = Some(s.next);
-        o.last_sync = last_sync;
-        o.ready = Some((true, Reason::Synced.as_str()));
-    });
-    if s.confirmed {
-        ctx.metrics.count_sync(Reason::Synced.as_str());
-        info!(secret = %s.secret_name, written = s.written.unwrap_or("unchanged"), expires_at = ?s.expires_at, next_sync = %format_ts(s.next), "synced");
-    }
-    if let Some(kind) = s.written {
-        let note = match kind {
-            "SecretCreated" => format!("created Secret {}; {msg}", s.secret_name),
-            "DriftCorrected" => format!(
-                "Secret {} differed from the last synced data and was restored",
-                s.secret_name
-            ),
-            _ => format!("updated Secret {}; {msg}", s.secret_name),
-        };
-        publish(ctx, ca, EventType::Normal, kind, note).await;
-    } else if transition {
-        publish(ctx, ca, EventType::Normal, Reason::Synced.as_str(), msg).await;
-    }
-    if let Some(r) = &s.restart {
-        publish(
-            ctx,
-            ca,
-            EventType::Normal,
-            "RolloutRestarted",
-            r.note.clone(),
-        )
-        .await;
-    }
-    Ok(requeue(ctx, &ca.uid().unwrap_or_default(), s.next))
-}
-
-async fn finish_failure(
-    ca: &ConnectedAccount,
-    ctx: &Context,
-    old: ConnectedAccountStatus,
-    mut f: SyncFailure,
-    connection_version: Option<String>,
-    forced: Option<String>,
+    known: &Known,
+    outcome: Outcome,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
     let uid = ca.uid().unwrap_or_default();
-    let attempt = ctx.update_object(&uid, |o| {
-        o.failures = o.failures.saturating_add(1);
-        o.failures
-    });
-    let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
-    let delay = match f.retry_in {
-        Some(d) => d,
-        None => {
-            let r = schedule::after_failure(
-                now,
-                attempt - 1,
-                held_expiry,
-                f.reason.class(),
-                f.retry_after,
-            );
-            if r.past_expiry {
-                f.message.push_str(&format!(
-                    "; Pipedream asks to wait {}s, past the expiry of the credentials in the Secret",
-                    r.delay.as_secs()
-                ));
+    let old = &known.status;
+    let forced = known.facts.recorded.forced.as_deref();
+    let (ns, name) = (ca.namespace().unwrap_or_default(), ca.name_any());
+    match outcome {
+        Outcome::Synced(s) => {
+            ctx.update_object(&uid, |o| {
+                o.failures = 0;
+                o.retry_at = None;
+                o.failed_connection_version = None;
+            });
+            let st = build::synced_status(ca, old, &s, forced, now);
+            write_status(ca, ctx, old, &st, now).await?;
+            let last_sync = st.last_sync_time.as_deref().and_then(parse_ts);
+            ctx.metrics.set_object(&ns, &name, |o| {
+                o.expires_at = s.expires_at.as_deref().and_then(parse_ts);
+                o.next_sync = Some(s.next);
+                o.last_sync = last_sync;
+                o.ready = Some((true, Reason::Synced.as_str()));
+            });
+            if s.confirmed {
+                ctx.metrics.count_sync(Reason::Synced.as_str());
+                let written = s.written.map_or("unchanged", Written::reason);
+                info!(secret = %s.secret_name, written, expires_at = ?s.expires_at, next_sync = %format_ts(s.next), "synced");
             }
-            r.delay
+            let msg = s.message(&ca.spec.account_id);
+            // Events mark what a user wants to know of: a Secret created or repaired, a spec change applied, a
+            // recovery. A routine refresh is in status and metrics only.
+            let event = match s.written {
+                Some(Written::SecretCreated) => Some((
+                    "SecretCreated",
+                    format!("created Secret {}; {msg}", s.secret_name),
+                )),
+                Some(Written::DriftCorrected) => Some((
+                    "DriftCorrected",
+                    format!(
+                        "Secret {} differed from the last synced data and was restored",
+                        s.secret_name
+                    ),
+                )),
+                Some(Written::SecretUpdated) if known.facts.recorded.spec_changed => Some((
+                    "SecretUpdated",
+                    format!("updated Secret {}; {msg}", s.secret_name),
+                )),
+                _ if ready_changed(&old.conditions, &st.conditions) => {
+                    Some((Reason::Synced.as_str(), msg))
+                }
+                _ => None,
+            };
+            if let Some((reason, note)) = event {
+                publish(ctx, ca, EventType::Normal, reason, "Sync", note).await;
+            }
+            if let Some(r) = &s.restart {
+                publish(
+                    ctx,
+                    ca,
+                    EventType::Normal,
+                    "RolloutRestarted",
+                    "Sync",
+                    r.note.clone(),
+                )
+                .await;
+            }
+            Ok(requeue(ctx, &uid, s.next))
         }
-    };
-    let next = schedule::add(now, delay);
-    let about_connection = f.reason.about_connection();
-    ctx.update_object(&uid, |o| {
-        o.retry_at = Some(next);
-        o.failed_connection_version = if about_connection {
-            connection_version
-        } else {
-            None
-        };
-    });
-    let generation = ca.metadata.generation;
-    let mut st = old.clone();
-    upsert_condition(
-        &mut st.conditions,
-        "Ready",
-        false,
-        f.reason.as_str(),
-        &f.message,
-        generation,
-        now,
-    );
-    if let Some(exp) = held_expiry {
-        let expired = exp <= now;
-        let (reason, message) = if expired {
-            (
-                "CredentialsExpired",
-                format!(
-                    "the credentials in the Secret expired at {}",
-                    format_ts(exp)
-                ),
-            )
-        } else {
-            (
-                "Fresh",
-                "the Secret holds unexpired credentials".to_string(),
-            )
-        };
-        upsert_condition(
-            &mut st.conditions,
-            "Expired",
-            expired,
-            reason,
-            &message,
-            generation,
-            now,
-        );
+        Outcome::Failed(mut f) => {
+            let attempt = ctx.record_failure(&uid);
+            let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
+            let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, now);
+            if let Some(n) = note {
+                f.message.push_str(&n);
+            }
+            let next = schedule::add(now, delay);
+            let failed_version = f
+                .reason
+                .about_connection()
+                .then(|| known.connection_version.clone())
+                .flatten();
+            ctx.update_object(&uid, |o| {
+                o.retry_at = Some(next);
+                o.failed_connection_version = failed_version;
+            });
+            let st = build::failed_status(ca, old, &f, next, forced, now);
+            write_status(ca, ctx, old, &st, now).await?;
+            let reason = f.reason.as_str();
+            ctx.metrics.count_sync(reason);
+            ctx.metrics.set_object(&ns, &name, |o| {
+                o.expires_at = held_expiry;
+                o.next_sync = Some(next);
+                o.ready = Some((false, reason));
+            });
+            warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
+            if ready_changed(&old.conditions, &st.conditions) {
+                publish(
+                    ctx,
+                    ca,
+                    event_type(false),
+                    reason,
+                    "Sync",
+                    f.message.clone(),
+                )
+                .await;
+            }
+            Ok(requeue(ctx, &uid, next))
+        }
     }
-    st.observed_generation = generation;
-    st.next_sync_time = Some(format_ts(next));
-    if forced.is_some() {
-        st.last_force_sync = forced;
-    }
-    let transition = ready_of(&old.conditions) != ready_of(&st.conditions);
-    write_status(ca, ctx, &old, &st, now).await?;
-    let reason = f.reason.as_str();
-    ctx.metrics.count_sync(reason);
-    ctx.metrics
-        .set_object(&ca.namespace().unwrap_or_default(), &ca.name_any(), |o| {
-            o.expires_at = held_expiry;
-            o.next_sync = Some(next);
-            o.ready = Some((false, reason));
-        });
-    warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
-    if transition {
-        publish(ctx, ca, EventType::Warning, reason, f.message.clone()).await;
-    }
-    Ok(requeue(ctx, &uid, next))
 }
 
-/// Write status when it changed. A change of `nextSyncTime` alone to a time less than a minute away is kept in
-/// memory only, so fast polling does not rewrite status (and trigger a watch event) every second.
+/// Apply status when it needs writing, and remember the `nextSyncTime` written.
 async fn write_status(
     ca: &ConnectedAccount,
     ctx: &Context,
@@ -672,35 +615,14 @@ async fn write_status(
     new: &ConnectedAccountStatus,
     now: Timestamp,
 ) -> Result<(), Error> {
-    if ca.status.is_some() && old == new {
-        return Ok(());
-    }
-    let only_next = ConnectedAccountStatus {
-        next_sync_time: old.next_sync_time.clone(),
-        ..new.clone()
-    } == *old;
-    let soon = new
-        .next_sync_time
-        .as_deref()
-        .and_then(parse_ts)
-        .is_some_and(|t| t < schedule::add(now, plan::UNPERSISTED_RETRY));
-    if ca.status.is_some() && only_next && soon {
+    if !build::status_needs_write(ca.status.is_some(), old, new, now) {
         return Ok(());
     }
     let api: Api<ConnectedAccount> =
         Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": ConnectedAccount::api_version(&()),
-        "kind": ConnectedAccount::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        &ca.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(Error::WriteStatus)?;
+    apply_status(&api, &ca.name_any(), new)
+        .await
+        .map_err(Error::WriteStatus)?;
     let written = new.next_sync_time.as_deref().and_then(parse_ts);
     ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
         o.written_next_sync = written
@@ -708,70 +630,115 @@ async fn write_status(
     Ok(())
 }
 
-/// On deletion: a Secret that must be retained loses our ownerReference before garbage collection can take it
-/// (deletionPolicy switched to Retain just before the delete), and the operator forgets the object.
-async fn cleanup(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
+/// The next pass at `at`, counted from the end of this one: a slow pass does not push the next one later.
+fn requeue(ctx: &Context, uid: &str, at: Timestamp) -> Action {
+    let now = ctx.clock.now();
+    ctx.update_object(uid, |o| o.next_pass = Some(at));
+    Action::requeue(schedule::until(now, at))
+}
+
+/// Only an owned Secret that must outlive its ConnectedAccount (`Owner` + `Retain`) can still carry the
+/// ownerReference garbage collection would follow (the policy was switched just before the delete): only then
+/// does deletion wait for the operator. Every other object carries no finalizer.
+fn needs_finalizer(ca: &ConnectedAccount) -> bool {
+    ca.spec.target.creation_policy == CreationPolicy::Owner
+        && ca.spec.target.deletion_policy == DeletionPolicy::Retain
+}
+
+/// Add or remove the finalizer as [`needs_finalizer`] says. A merge patch carrying the resourceVersion it saw:
+/// a concurrent change of the list fails it (409) and the pass is retried.
+async fn keep_finalizer(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+    let has = ca.finalizers().iter().any(|f| f == FINALIZER);
+    match (needs_finalizer(ca), has) {
+        (true, false) => {
+            let mut list = ca.finalizers().to_vec();
+            list.push(FINALIZER.to_string());
+            set_finalizers(ca, ctx, list).await
+        }
+        (false, true) => set_finalizers(ca, ctx, without_ours(ca)).await,
+        _ => Ok(()),
+    }
+}
+
+fn without_ours(ca: &ConnectedAccount) -> Vec<String> {
+    ca.finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect()
+}
+
+async fn set_finalizers(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    list: Vec<String>,
+) -> Result<(), Error> {
+    let api: Api<ConnectedAccount> =
+        Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": ca.resource_version(), "finalizers": list}});
+    api.patch(
+        &ca.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::Finalizer)?;
+    Ok(())
+}
+
+/// On deletion: a retained Secret loses this object's ownerReference before garbage collection can follow it,
+/// then the finalizer goes and the operator forgets the object.
+async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let ns = ca.namespace().unwrap_or_default();
     let uid = ca.uid().unwrap_or_default();
-    if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        if let Some(s) = api
-            .get_opt(&ca.secret_name())
-            .await
-            .map_err(Error::ReadSecret)?
-            && s.owner_references().iter().any(|o| o.uid == uid)
-        {
-            let keep: Vec<_> = s
-                .owner_references()
-                .iter()
-                .filter(|o| o.uid != uid)
-                .cloned()
-                .collect();
-            // resourceVersion makes the patch conditional: a concurrent change fails it and the pass retries.
-            let patch = serde_json::json!({"metadata": {
-                "resourceVersion": s.resource_version(), "ownerReferences": keep}});
-            api.patch(
-                &ca.secret_name(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(Error::ReleaseSecret)?;
-            info!(secret = %ca.secret_name(), "released the retained Secret before deletion");
+    if ca.finalizers().iter().any(|f| f == FINALIZER) {
+        if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
+            release_secret(ca, ctx).await?;
         }
+        set_finalizers(ca, ctx, without_ours(ca)).await?;
     }
-    ctx.metrics.forget_object(&ns, &ca.name_any());
-    ctx.forget_object(&uid);
+    ctx.forget(&uid, &ns, &ca.name_any());
     Ok(Action::await_change())
 }
 
-/// Publish an Event; failures are logged, never fatal.
-pub async fn publish(
-    ctx: &Context,
-    ca: &ConnectedAccount,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sync".into(),
-        secondary: None,
+async fn release_secret(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+    let uid = ca.uid().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    let Some(s) = api
+        .get_opt(&ca.secret_name())
+        .await
+        .map_err(Error::ReadSecret)?
+    else {
+        return Ok(());
     };
-    if let Err(e) = ctx.recorder().publish(&ev, &ca.object_ref(&())).await {
-        warn!(error = %kube_error_summary(&e), "publishing an Event failed");
+    if !s.owner_references().iter().any(|o| o.uid == uid) {
+        return Ok(());
     }
+    let keep: Vec<_> = s
+        .owner_references()
+        .iter()
+        .filter(|o| o.uid != uid)
+        .cloned()
+        .collect();
+    // resourceVersion makes the patch conditional: a concurrent change fails it and the pass retries.
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": s.resource_version(), "ownerReferences": keep}});
+    api.patch(
+        &ca.secret_name(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::ReleaseSecret)?;
+    info!(secret = %ca.secret_name(), "released the retained Secret before deletion");
+    Ok(())
 }
 
 /// Backoff for Kubernetes API failures, landing before the held credentials expire.
 pub fn error_policy(ca: Arc<ConnectedAccount>, err: &Error, ctx: Arc<Context>) -> Action {
     let uid = ca.uid().unwrap_or_default();
-    let attempt = ctx.update_object(&uid, |o| {
-        o.failures = o.failures.saturating_add(1);
-        o.failures
-    });
+    let attempt = ctx.record_failure(&uid);
     let exp = ca
         .status
         .as_ref()

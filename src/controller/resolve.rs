@@ -1,14 +1,14 @@
-//! Which connection a ConnectedAccount uses, whether it may, and the connection runtime for it.
+//! Which connection a ConnectedAccount uses, whether it may, and the connection's dispatcher.
 
 use std::sync::Arc;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Context;
-use super::fetch::Runtime;
+use super::fetch::Dispatcher;
 use crate::access::{self, Admission};
 use crate::crd::{ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
 use crate::identity::{ConnectionId, ConnectionKey};
@@ -20,7 +20,7 @@ use crate::reason::{Error, Reason, SyncFailure};
 /// A usable connection.
 pub struct Resolved {
     /// Its client and fetch queue.
-    pub runtime: Arc<Runtime>,
+    pub dispatcher: Arc<Dispatcher>,
     /// Narrowing the fetched account must satisfy.
     pub admission: Admission,
     /// The connection's resourceVersion (a failure caused by the connection is retried when it changes).
@@ -30,13 +30,25 @@ pub struct Resolved {
 impl Resolved {
     /// The connection's identity and fingerprint: every cache is keyed by it.
     pub fn key(&self) -> &Arc<ConnectionKey> {
-        &self.runtime.key
+        &self.dispatcher.key
     }
 }
 
-/// Outcome of resolution: a Kubernetes API failure aborts the reconcile, a `SyncFailure` goes to status (with the
-/// connection's resourceVersion, when it exists).
-pub type ResolveResult = Result<Result<Resolved, (SyncFailure, Option<String>)>, Error>;
+/// A connection that cannot be used: why, and its resourceVersion when it exists (a failure it caused is retried
+/// when it changes).
+pub struct Unusable {
+    /// Why.
+    pub failure: SyncFailure,
+    /// The connection's resourceVersion.
+    pub version: Option<String>,
+}
+
+fn unusable(failure: SyncFailure, version: Option<String>) -> Unusable {
+    Unusable { failure, version }
+}
+
+/// Outcome of resolution: a Kubernetes API failure aborts the reconcile; an unusable connection goes to status.
+pub type ResolveResult = Result<Result<Resolved, Unusable>, Error>;
 
 /// The connection a ConnectedAccount names (or the default one).
 pub fn connection_of(ca: &ConnectedAccount, ctx: &Context) -> Result<ConnectionId, SyncFailure> {
@@ -56,12 +68,33 @@ pub fn connection_of(ca: &ConnectedAccount, ctx: &Context) -> Result<ConnectionI
     }
 }
 
+/// The resourceVersion of the connection a ConnectedAccount names, from the local stores.
+pub fn connection_version(ca: &ConnectedAccount, ctx: &Context) -> Option<String> {
+    let id = connection_of(ca, ctx).ok()?;
+    match &id.namespace {
+        Some(ns) => ctx
+            .connections
+            .get(&Some(ns.clone()))
+            .or_else(|| ctx.connections.get(&None))?
+            .get(&ObjectRef::new(&id.name).within(ns))?
+            .meta()
+            .resource_version
+            .clone(),
+        None => ctx
+            .cluster_connections
+            .get(&ObjectRef::new(&id.name))?
+            .meta()
+            .resource_version
+            .clone(),
+    }
+}
+
 /// Resolve `spec.connectionRef` (or the default connection).
 pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
     let ns = ca.namespace().unwrap_or_default();
     let id = match connection_of(ca, ctx) {
         Ok(id) => id,
-        Err(f) => return Ok(Err((f, None))),
+        Err(f) => return Ok(Err(unusable(f, None))),
     };
     let name = id.name.clone();
     match id.kind {
@@ -71,7 +104,7 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 .get(&Some(ns.clone()))
                 .or_else(|| ctx.connections.get(&None));
             let Some(conn) = store.and_then(|s| s.get(&ObjectRef::new(&name).within(&ns))) else {
-                return Ok(Err((
+                return Ok(Err(unusable(
                     SyncFailure::new(
                         Reason::ConnectionNotFound,
                         format!("spec.connectionRef: PipedreamConnection {ns}/{name} not found"),
@@ -80,16 +113,16 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 )));
             };
             let version = conn.meta().resource_version.clone();
-            Ok(runtime(ctx, id, &conn.spec)
-                .map(|runtime| Resolved {
-                    runtime,
+            Ok(dispatcher(ctx, id, &conn.spec)
+                .map(|dispatcher| Resolved {
+                    dispatcher,
                     admission: Admission::Unrestricted,
                     version: version.clone(),
                 })
-                .map_err(|f| (f, version)))
+                .map_err(|f| unusable(f, version)))
         }
         ConnectionKind::ClusterPipedreamConnection if ctx.settings.cluster_connections_disabled => {
-            Ok(Err((
+            Ok(Err(unusable(
                 SyncFailure::new(
                     Reason::ConnectionNotFound,
                     format!(
@@ -101,7 +134,7 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
         }
         ConnectionKind::ClusterPipedreamConnection => {
             let Some(conn) = ctx.cluster_connections.get(&ObjectRef::new(&name)) else {
-                return Ok(Err((
+                return Ok(Err(unusable(
                     SyncFailure::new(
                         Reason::ConnectionNotFound,
                         format!(
@@ -113,11 +146,9 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
             };
             let version = conn.meta().resource_version.clone();
             let labels = if access::needs_namespace_labels(&conn.spec.access) {
-                let api: Api<Namespace> = Api::all(ctx.client.clone());
-                api.get_opt(&ns)
+                ctx.namespace_labels(&ns)
                     .await
                     .map_err(Error::ReadNamespace)?
-                    .map(|n| n.labels().clone())
             } else {
                 None
             };
@@ -128,7 +159,7 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 &ctx.settings.operator_namespace,
             );
             if admission == Admission::Denied {
-                return Ok(Err((
+                return Ok(Err(unusable(
                     SyncFailure::new(
                         Reason::AccessDenied,
                         format!(
@@ -138,24 +169,24 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                     version,
                 )));
             }
-            Ok(runtime(ctx, id, &conn.spec)
-                .map(|runtime| Resolved {
-                    runtime,
+            Ok(dispatcher(ctx, id, &conn.spec)
+                .map(|dispatcher| Resolved {
+                    dispatcher,
                     admission,
                     version: version.clone(),
                 })
-                .map_err(|f| (f, version)))
+                .map_err(|f| unusable(f, version)))
         }
     }
 }
 
-/// The runtime (client and fetch queue) of connection `id` with `spec`, rebuilt when the spec changed. A tenant's
-/// own connection may only name an allowed Pipedream host.
-pub(super) fn runtime(
+/// The dispatcher (client and fetch queue) of connection `id` with `spec`, rebuilt when the spec changed. A
+/// tenant's own connection may only name an allowed Pipedream host.
+pub(super) fn dispatcher(
     ctx: &Context,
     id: ConnectionId,
     spec: &impl ConnectionSettings,
-) -> Result<Arc<Runtime>, SyncFailure> {
+) -> Result<Arc<Dispatcher>, SyncFailure> {
     let not_ready = |m: String| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"));
     if id.tenant_controlled() {
         ctx.settings
@@ -168,7 +199,7 @@ pub(super) fn runtime(
     // Every shard has its own client: together they stay within the connection's rate.
     settings.rate_limit = ctx.settings.shard.share_of(settings.rate_limit);
     let key = ConnectionKey::new(id.clone(), spec);
-    Ok(ctx.fetcher.runtime(&key, settings.rate_limit, || {
+    Ok(ctx.fetcher.dispatcher(&key, settings.rate_limit, || {
         PipedreamClient::new(
             ctx.http.clone(),
             settings,

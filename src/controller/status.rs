@@ -1,7 +1,18 @@
-//! Deterministic status: conditions keep their transition time unless they change.
+//! What both controllers share to report: deterministic conditions (a transition time that moves only when the
+//! status does), status applies, Events, and the count of failed passes per object.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use super::Context;
+use super::resolve::kube_error_summary;
+use crate::crd::MANAGER;
 
 /// Set (or replace) condition `type_`, keeping `lastTransitionTime` when the status value is unchanged.
 pub fn upsert_condition(
@@ -40,4 +51,59 @@ pub fn ready_of(conditions: &[Condition]) -> Option<(String, String)> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Whether Ready changed (status or reason) between two condition lists.
+pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
+    ready_of(old) != ready_of(new)
+}
+
+/// Server-side apply of `status` to object `name` (as the operator's one field manager).
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Publish an Event about `obj`; a failure is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder().publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %kube_error_summary(&e), "publishing an Event failed");
+    }
+}
+
+/// The Event type for a Ready condition.
+pub fn event_type(ready: bool) -> EventType {
+    if ready {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    }
 }

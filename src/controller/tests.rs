@@ -14,9 +14,13 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use super::fetch::{MAX_IN_FLIGHT, Triggers};
 use super::fixtures::{MockApi, Recorded};
+use super::reconcile::{error_policy, reconcile};
 use super::*;
-use crate::crd::{ClusterPipedreamConnection, ConnectedAccountStatus, PipedreamConnection};
+use crate::crd::{
+    ClusterPipedreamConnection, ConnectedAccount, ConnectedAccountStatus, PipedreamConnection,
+};
 use crate::metrics::Metrics;
 use crate::reason::Error;
 
@@ -203,11 +207,20 @@ impl Harness {
         );
     }
 
-    /// Reconcile, feeding the written status back as the watch would; when the pass asked the dispatcher for a
-    /// fetch, wait for its trigger and run the pass it triggers, as the controller would.
+    /// Feed the Secret index what the label-selected Secret watch would have delivered by now.
+    pub fn sync_index(&self) {
+        for e in self.api.watch_events() {
+            self.ctx.secrets.apply(&None, &e);
+        }
+    }
+
+    /// Reconcile, feeding the written status back and the Secrets to the index as the watches would; when the
+    /// pass asked the dispatcher for a fetch, wait for its trigger and run the pass it triggers, as the
+    /// controller would.
     pub async fn reconcile(&self, ca: &mut ConnectedAccount) -> Result<Action, Error> {
         let uid = ca.metadata.uid.clone().unwrap_or_default();
         loop {
+            self.sync_index();
             let out = reconcile(Arc::new(ca.clone()), self.ctx.clone()).await;
             if let Some(s) = self.api.status_of(&ca.name_any()) {
                 ca.status = Some(serde_json::from_value::<ConnectedAccountStatus>(s).unwrap());
@@ -248,8 +261,7 @@ pub fn ca(spec: Value) -> ConnectedAccount {
         .extend(spec.as_object().cloned().unwrap_or_default());
     let mut ca: ConnectedAccount = serde_json::from_value(json!({
         "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-        "metadata": {"name": "gh", "namespace": "team-a", "uid": "uid-gh", "generation": 1,
-                     "finalizers": [crate::crd::FINALIZER]},
+        "metadata": {"name": "gh", "namespace": "team-a", "uid": "uid-gh", "generation": 1},
         "spec": spec_full
     }))
     .unwrap();
@@ -267,6 +279,10 @@ const READ_CLIENT_SECRET: &str = "GET /api/v1/namespaces/ops/secrets/pd-oauth";
 const PATCH_STATUS: &str =
     "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh/status";
 const POST_EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/team-a/events";
+const PATCH_CA: &str =
+    "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh";
+/// The first-write check: the names of the namespace's Secrets without the watch label.
+const LIST_FOREIGN: &str = "GET /api/v1/namespaces/team-a/secrets";
 
 fn ready(ca: &ConnectedAccount) -> (String, String, String) {
     let c = ca.ready_condition().expect("Ready condition");
@@ -283,24 +299,30 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     let mut ca = ca(json!({}));
     let action = h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
-    // Pass 1 asks the connection's dispatcher (which mints the token); its answer triggers pass 2, which writes.
+    // Pass 1 checks that no one else's Secret holds the name (one metadata list, shared by every first write in
+    // the namespace for a second) and asks the connection's dispatcher (which mints the token); the answer
+    // triggers pass 2, which writes with what pass 1 read: the Secret, the status, one Event. No Secret GET, no
+    // finalizer (deletionPolicy Delete needs none).
     assert_eq!(
         lines(&reqs),
         vec![
-            GET_SECRET,
+            LIST_FOREIGN,
             READ_CLIENT_SECRET,
-            GET_SECRET,
             PATCH_SECRET,
             PATCH_STATUS,
             POST_EVENT
         ]
     );
     assert_eq!(
-        reqs[3].query,
+        reqs[0].query, "&labelSelector=pipedream-secrets.io%2Fmanaged%21%3Dtrue&limit=500",
+        "only Secrets without the watch label"
+    );
+    assert_eq!(
+        reqs[2].query,
         "&force=true&fieldManager=pipedream-secrets-operator"
     );
     assert!(
-        reqs[3].body.get("stringData").is_none(),
+        reqs[2].body.get("stringData").is_none(),
         "data only, never stringData"
     );
     let s = h.api.secret("team-a", "gh").unwrap();
@@ -346,14 +368,27 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
         got >= requeue && got < requeue + Duration::from_secs(1),
         "{got:?} vs {requeue:?}"
     );
-    assert_eq!(reqs[5].body["reason"], "SecretCreated");
-    assert_eq!(reqs[5].body["type"], "Normal");
+    assert_eq!(reqs[4].body["reason"], "SecretCreated");
+    assert_eq!(reqs[4].body["type"], "Normal");
+    assert!(
+        ca.metadata.finalizers.is_none(),
+        "no finalizer where deletionPolicy needs none"
+    );
+    assert_eq!(
+        ca.status.as_ref().unwrap().secret_resource_version,
+        h.api
+            .secret("team-a", "gh")
+            .unwrap()
+            .metadata
+            .resource_version,
+        "status records the version written"
+    );
     assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
     assert_eq!(h.pipedream_calls("/accounts/apn_A1").await, 1);
 }
 
 #[tokio::test]
-async fn resync_of_fresh_credentials_reads_the_secret_only() {
+async fn resync_of_fresh_credentials_makes_no_request() {
     let h = Harness::new().await;
     let mut ca = ca(json!({}));
     h.reconcile(&mut ca).await.unwrap();
@@ -363,8 +398,8 @@ async fn resync_of_fresh_credentials_reads_the_secret_only() {
     let action = h.reconcile(&mut ca).await.unwrap();
     assert_eq!(
         lines(&h.api.take()),
-        vec![GET_SECRET],
-        "no Secret write, no status write, no Event"
+        Vec::<String>::new(),
+        "the index says the Secret is as written: no read, no write, no status, no Event"
     );
     assert_eq!(ca.status, before);
     assert_eq!(h.pipedream_calls("/accounts/").await, 1);
@@ -390,17 +425,8 @@ async fn rotation_before_expiry_rewrites_the_secret() {
     .await;
     h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
-    assert_eq!(
-        lines(&reqs),
-        vec![
-            GET_SECRET,
-            GET_SECRET,
-            PATCH_SECRET,
-            PATCH_STATUS,
-            POST_EVENT
-        ]
-    );
-    assert_eq!(reqs[4].body["reason"], "SecretUpdated");
+    // A refresh is one Secret apply and one status apply; a routine refresh publishes no Event.
+    assert_eq!(lines(&reqs), vec![PATCH_SECRET, PATCH_STATUS]);
     assert_eq!(
         secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
         "gho_ROTATED_2"
@@ -424,11 +450,15 @@ async fn restart_recovers_the_schedule_from_status_without_fetching() {
     // A new process: empty caches, same API server and clock.
     let h2 = Harness::new().await;
     h2.api
-        .put_secret("team-a", &h.api.secret("team-a", "gh").unwrap());
+        .restore_secret("team-a", &h.api.secret("team-a", "gh").unwrap());
     h2.api.take();
     h2.ctx.clock.advance(Duration::from_secs(120));
     let action = h2.reconcile(&mut ca).await.unwrap();
-    assert_eq!(lines(&h2.api.take()), vec![GET_SECRET]);
+    assert_eq!(
+        lines(&h2.api.take()),
+        Vec::<String>::new(),
+        "status.secretResourceVersion matches the Secret: nothing is read"
+    );
     assert_eq!(
         h2.pipedream_calls("/").await,
         0,
@@ -481,11 +511,7 @@ async fn upstream_failures_keep_the_last_good_secret() {
         h.api.take();
         let action = h.reconcile(&mut ca).await.unwrap();
         let reqs = h.api.take();
-        assert_eq!(
-            lines(&reqs),
-            vec![GET_SECRET, GET_SECRET, PATCH_STATUS, POST_EVENT],
-            "{reason}"
-        );
+        assert_eq!(lines(&reqs), vec![PATCH_STATUS, POST_EVENT], "{reason}");
         assert_eq!(
             h.api.secret("team-a", "gh").unwrap(),
             good,
@@ -493,8 +519,8 @@ async fn upstream_failures_keep_the_last_good_secret() {
         );
         let (status, got, _) = ready(&ca);
         assert_eq!((status.as_str(), got.as_str()), ("False", reason));
-        assert_eq!(reqs[3].body["type"], "Warning");
-        assert_eq!(reqs[3].body["reason"], reason);
+        assert_eq!(reqs[1].body["type"], "Warning");
+        assert_eq!(reqs[1].body["reason"], reason);
         let st = ca.status.as_ref().unwrap();
         assert_eq!(
             st.expires_at.as_deref(),
@@ -619,7 +645,7 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     h.reconcile(&mut ca9).await.unwrap();
     assert_eq!(
         lines(&h.api.take()),
-        vec![GET_SECRET, PATCH_STATUS, POST_EVENT]
+        vec![LIST_FOREIGN, GET_SECRET, PATCH_STATUS, POST_EVENT]
     );
     assert_eq!(ready(&ca9).1, "SecretConflict");
     assert_eq!(
@@ -700,9 +726,13 @@ async fn drift_is_repaired_from_the_last_fetch_without_a_new_call() {
     h.api.take();
     h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
-    // Same data, same clock: the status is already right and is not rewritten.
-    assert_eq!(lines(&reqs), vec![GET_SECRET, PATCH_SECRET, POST_EVENT]);
-    assert_eq!(reqs[2].body["reason"], "DriftCorrected");
+    // The index shows another resourceVersion: the Secret is read, found changed, and restored; status records
+    // the new version.
+    assert_eq!(
+        lines(&reqs),
+        vec![GET_SECRET, PATCH_SECRET, PATCH_STATUS, POST_EVENT]
+    );
+    assert_eq!(reqs[3].body["reason"], "DriftCorrected");
     assert_eq!(
         secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
         TOKEN
@@ -865,7 +895,7 @@ async fn credential_values_never_reach_logs_status_or_events() {
         let cached: Vec<String> = h
             .ctx
             .fetcher
-            .runtimes()
+            .dispatchers()
             .iter()
             .map(|rt| {
                 let key = crate::identity::AccountKey {
@@ -1064,7 +1094,7 @@ async fn a_tarpitted_connection_does_not_delay_another_tenants_refresh() {
     let rt = h
         .ctx
         .fetcher
-        .runtimes()
+        .dispatchers()
         .into_iter()
         .find(|r| r.key.id.namespace.is_some())
         .unwrap();
@@ -1107,13 +1137,21 @@ async fn refused_secret_writes_and_type_changes_reach_status_naming_the_field() 
     assert_eq!(c.status.as_ref().unwrap().observed_generation, Some(2));
 }
 
-/// Regression (issue 7): switching deletionPolicy to Retain and deleting the ConnectedAccount before the next
-/// pass let garbage collection take the Secret. The finalizer releases it first.
+/// Regression (issue 7): switching deletionPolicy to Retain and deleting the ConnectedAccount let garbage collection
+/// take the Secret. Switching to Retain adds the finalizer and drops the ownerReference in one pass; if the
+/// ownerReference is still there at deletion (a failed write), the finalizer releases it first. Objects whose
+/// policy needs no finalizer carry none (issue 18), and lose one they had.
 #[tokio::test]
-async fn deleting_right_after_switching_to_retain_keeps_the_secret() {
+async fn a_secret_kept_by_retain_survives_deletion_and_only_retain_has_a_finalizer() {
     let h = Harness::new().await;
     let mut c = ca(json!({}));
+    c.metadata.finalizers = Some(vec![crate::crd::FINALIZER.into()]);
     h.reconcile(&mut c).await.unwrap();
+    let reqs = lines(&h.api.take());
+    assert!(
+        reqs.contains(&PATCH_CA.to_string()),
+        "an old finalizer is removed: {reqs:?}"
+    );
     assert!(
         h.api
             .secret("team-a", "gh")
@@ -1122,23 +1160,56 @@ async fn deleting_right_after_switching_to_retain_keeps_the_secret() {
             .owner_references
             .is_some()
     );
+    // Switch to Retain: the finalizer is added, and the Secret loses its ownerReference.
+    c.metadata.finalizers = None;
     c.spec.target.deletion_policy = crate::crd::DeletionPolicy::Retain;
     c.metadata.generation = Some(2);
+    h.reconcile(&mut c).await.unwrap();
+    let reqs = h.api.take();
+    let ca_patch = reqs
+        .iter()
+        .find(|r| r.line() == PATCH_CA)
+        .expect("finalizer added");
+    assert_eq!(
+        ca_patch.body["metadata"]["finalizers"],
+        json!([crate::crd::FINALIZER])
+    );
+    assert!(
+        h.api
+            .secret("team-a", "gh")
+            .unwrap()
+            .metadata
+            .owner_references
+            .is_none_or(|o| o.is_empty()),
+        "Retain: no ownerReference"
+    );
+    // Deleted while a stale ownerReference is on the Secret: released before the finalizer goes.
+    let mut stale = h.api.secret("team-a", "gh").unwrap();
+    stale.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "pipedream-secrets.io/v1alpha1".into(),
+            kind: "ConnectedAccount".into(),
+            name: "gh".into(),
+            uid: "uid-gh".into(),
+            controller: Some(true),
+            ..Default::default()
+        },
+    ]);
+    h.api.put_secret("team-a", &stale);
+    c.metadata.finalizers = Some(vec![crate::crd::FINALIZER.into()]);
     c.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t0()));
     h.api.take();
+    h.sync_index();
     reconcile(Arc::new(c.clone()), h.ctx.clone()).await.unwrap();
     let reqs = h.api.take();
     assert_eq!(
         lines(&reqs),
-        vec![
-            GET_SECRET.to_string(),
-            PATCH_SECRET.to_string(),
-            "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh"
-                .to_string()
-        ]
+        vec![GET_SECRET, PATCH_SECRET, PATCH_CA],
+        "release the Secret, then the finalizer"
     );
     assert_eq!(reqs[1].body["metadata"]["ownerReferences"], json!([]));
+    assert_eq!(reqs[2].body["metadata"]["finalizers"], json!([]));
     assert!(
         h.api
             .secret("team-a", "gh")

@@ -324,6 +324,10 @@ pub struct ConnectedAccountStatus {
     /// `sha256:<hex>` of the Secret data the operator last wrote (drift detection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hash: Option<String>,
+    /// The Secret's `metadata.resourceVersion` when the operator last wrote or read it. While the Secret still has
+    /// it, it is as written and is not read again (also after a restart); another one means something changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
     /// The last `pipedream-secrets.io/force-sync` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_force_sync: Option<String>,

@@ -8,6 +8,8 @@
 //! ConnectedAccount naming the same account through the same connection, and used to repair drift without a new
 //! call.
 
+mod cache;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,10 +19,12 @@ use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
+pub use cache::{AccountCache, Attempt, CachedFetch};
+
 use super::Clock;
 use crate::crd::{ConnectedAccount, RateLimit};
 use crate::identity::{AccountKey, ConnectionId, ConnectionKey};
-use crate::pipedream::{FetchedAccount, PipedreamClient, PipedreamError};
+use crate::pipedream::{PipedreamClient, PipedreamError};
 
 /// Requests of one connection in flight at once.
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -29,94 +33,6 @@ pub const MAX_IN_FLIGHT_PER_TENANT: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A successful answer and when it arrived (local clock).
-#[derive(Clone, Debug)]
-pub struct CachedFetch {
-    /// The answer.
-    pub fetched: Arc<FetchedAccount>,
-    /// Local time the answer arrived.
-    pub at: Timestamp,
-}
-
-/// The outcome of one completed attempt.
-#[derive(Clone, Debug)]
-pub enum Attempt {
-    /// Pipedream answered.
-    Ok(CachedFetch),
-    /// It did not.
-    Failed(PipedreamError),
-}
-
-#[derive(Default)]
-struct Slot {
-    ok: Option<CachedFetch>,
-    last: Option<Attempt>,
-    /// Completed attempts so far.
-    generation: u64,
-}
-
-/// Answers per account (as seen through one connection).
-#[derive(Default)]
-pub struct AccountCache {
-    slots: Mutex<HashMap<AccountKey, Slot>>,
-}
-
-impl AccountCache {
-    /// Completed attempts so far for `key` (a later attempt has a higher number).
-    pub fn generation(&self, key: &AccountKey) -> u64 {
-        lock(&self.slots).get(key).map_or(0, |s| s.generation)
-    }
-
-    /// The latest attempt, if one completed after generation `after`.
-    pub fn attempt_after(&self, key: &AccountKey, after: u64) -> Option<Attempt> {
-        let slots = lock(&self.slots);
-        let s = slots.get(key)?;
-        (s.generation > after).then(|| s.last.clone()).flatten()
-    }
-
-    /// The last successful answer, for reuse and drift repair.
-    pub fn last_ok(&self, key: &AccountKey) -> Option<CachedFetch> {
-        lock(&self.slots).get(key).and_then(|s| s.ok.clone())
-    }
-
-    fn complete(
-        &self,
-        key: AccountKey,
-        result: Result<FetchedAccount, PipedreamError>,
-        at: Timestamp,
-    ) {
-        let mut slots = lock(&self.slots);
-        let s = slots.entry(key).or_default();
-        s.generation += 1;
-        s.last = Some(match result {
-            Ok(f) => {
-                let c = CachedFetch {
-                    fetched: Arc::new(f),
-                    at,
-                };
-                s.ok = Some(c.clone());
-                Attempt::Ok(c)
-            }
-            Err(e) => Attempt::Failed(e),
-        });
-    }
-
-    /// Forget answers no ConnectedAccount needs any more (the account is not in `keep`).
-    pub fn retain(&self, keep: impl Fn(&AccountKey) -> bool) {
-        lock(&self.slots).retain(|k, _| keep(k));
-    }
-
-    /// How many accounts have answers.
-    pub fn len(&self) -> usize {
-        lock(&self.slots).len()
-    }
-
-    /// No answers at all.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Routes "this ConnectedAccount's fetch is done" to the controller watching its namespace.
@@ -166,8 +82,9 @@ struct Queue {
     paused_until: Option<tokio::time::Instant>,
 }
 
-/// One connection as used: its key, its Pipedream client (token, rate limiter) and its fetch queue.
-pub struct Runtime {
+/// One connection as used: its key, its Pipedream client (token, rate limiter) and its fetch queue, served by
+/// its own dispatcher task.
+pub struct Dispatcher {
     /// Identity and fingerprint, shared by every [`AccountKey`] fetched through it.
     pub key: Arc<ConnectionKey>,
     /// The client.
@@ -179,7 +96,7 @@ pub struct Runtime {
     tenant: Option<Arc<Semaphore>>,
 }
 
-impl Runtime {
+impl Dispatcher {
     /// Ask for `account` to be fetched; `who` is triggered when the answer is in. `needed_by` orders the queue:
     /// earliest first.
     pub fn request(&self, account: &str, needed_by: Timestamp, who: ObjectRef<ConnectedAccount>) {
@@ -231,6 +148,7 @@ impl Runtime {
     }
 
     /// Position of `account` in the queue (0 = next), if queued.
+    #[cfg(test)]
     pub fn position(&self, account: &str) -> Option<usize> {
         let q = lock(&self.queue);
         q.order.iter().position(|(_, _, a)| a == account)
@@ -290,7 +208,7 @@ enum Next {
 
 /// Everything the dispatchers share.
 pub struct Fetcher {
-    runtimes: Mutex<HashMap<ConnectionId, Arc<Runtime>>>,
+    dispatchers: Mutex<HashMap<ConnectionId, Arc<Dispatcher>>>,
     tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Answers.
     pub cache: Arc<AccountCache>,
@@ -302,7 +220,7 @@ impl Fetcher {
     /// A fetcher that reports finished fetches through `triggers`.
     pub fn new(triggers: Triggers, clock: Clock) -> Self {
         Self {
-            runtimes: Mutex::default(),
+            dispatchers: Mutex::default(),
             tenants: Mutex::default(),
             cache: Arc::default(),
             triggers,
@@ -310,15 +228,15 @@ impl Fetcher {
         }
     }
 
-    /// The runtime of connection `key`, built (and its dispatcher started) when missing or when the connection's
-    /// spec changed. A replaced runtime's waiters are re-triggered so they ask the new one.
-    pub fn runtime(
+    /// The dispatcher of connection `key`, built (and its task started) when missing or when the connection's
+    /// spec changed. A replaced dispatcher's waiters are re-triggered so they ask the new one.
+    pub fn dispatcher(
         &self,
         key: &ConnectionKey,
         rate: RateLimit,
         build: impl FnOnce() -> PipedreamClient,
-    ) -> Arc<Runtime> {
-        let mut map = lock(&self.runtimes);
+    ) -> Arc<Dispatcher> {
+        let mut map = lock(&self.dispatchers);
         if let Some(rt) = map.get(&key.id)
             && *rt.key == *key
             && rt.rate == rate
@@ -331,7 +249,7 @@ impl Fetcher {
                 .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_TENANT)))
                 .clone()
         });
-        let rt = Arc::new(Runtime {
+        let rt = Arc::new(Dispatcher {
             key: Arc::new(key.clone()),
             client: Arc::new(build()),
             rate,
@@ -355,22 +273,22 @@ impl Fetcher {
         rt
     }
 
-    /// Stop and forget the runtime of a deleted connection.
+    /// Stop and forget the dispatcher of a deleted connection.
     pub fn remove(&self, id: &ConnectionId) {
-        if let Some(old) = lock(&self.runtimes).remove(id) {
+        if let Some(old) = lock(&self.dispatchers).remove(id) {
             for w in old.close() {
                 self.triggers.send(w);
             }
         }
     }
 
-    /// Every live runtime (metrics).
-    pub fn runtimes(&self) -> Vec<Arc<Runtime>> {
-        lock(&self.runtimes).values().cloned().collect()
+    /// Every live dispatcher (metrics).
+    pub fn dispatchers(&self) -> Vec<Arc<Dispatcher>> {
+        lock(&self.dispatchers).values().cloned().collect()
     }
 }
 
-async fn dispatch(rt: Arc<Runtime>, cache: Arc<AccountCache>, triggers: Triggers, clock: Clock) {
+async fn dispatch(rt: Arc<Dispatcher>, cache: Arc<AccountCache>, triggers: Triggers, clock: Clock) {
     loop {
         if rt.closed.load(Ordering::SeqCst) {
             return;
@@ -422,10 +340,10 @@ async fn dispatch(rt: Arc<Runtime>, cache: Arc<AccountCache>, triggers: Triggers
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipedream::{ApiMode, AuthMaterial, ClientSettings, SecretString};
+    use crate::pipedream::{ApiMode, AuthMaterial, ClientSettings, FetchedAccount, SecretString};
     use futures::FutureExt;
 
-    fn runtime_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Runtime> {
+    fn dispatcher_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Dispatcher> {
         let id = match ns {
             Some(ns) => ConnectionId::namespaced(ns, "pd"),
             None => ConnectionId::cluster("pd"),
@@ -434,7 +352,7 @@ mod tests {
             "apiUrl": url.clone(), "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
         .unwrap();
         let key = ConnectionKey::new(id, &spec);
-        fetcher.runtime(&key, RateLimit::default(), || {
+        fetcher.dispatcher(&key, RateLimit::default(), || {
             PipedreamClient::new(
                 crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
                 ClientSettings {
@@ -477,7 +395,7 @@ mod tests {
         let mut triggers = Triggers::default();
         let mut rx = triggers.subscribe(None);
         let fetcher = Fetcher::new(triggers, Clock::System);
-        let rt = runtime_for(server.uri(), &fetcher, None);
+        let rt = dispatcher_for(server.uri(), &fetcher, None);
         let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
         // Fill the in-flight slots, then queue three more in reverse urgency.
         for i in 0..MAX_IN_FLIGHT {

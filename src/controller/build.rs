@@ -1,0 +1,358 @@
+//! The build step of a pass, without a client: from an answer, the spec and the Secret's previous data to the
+//! Secret to apply ([`secret`]); from a pass's outcome and the old status to the new status ([`synced_status`],
+//! [`failed_status`]). Rendering a template runs off the async runtime, under the template's own limits.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use tracing::warn;
+
+use super::fetch::CachedFetch;
+use super::plan::{self, Cause};
+use super::restart::Restarted;
+use super::spec::Validated;
+use super::status::upsert_condition;
+use crate::access::Admission;
+use crate::crd::{AccountSummary, ConnectedAccount, ConnectedAccountStatus};
+use crate::identity::ConnectionId;
+use crate::reason::{Reason, SyncFailure};
+use crate::schedule::{self, format_ts};
+use crate::secret::{data_hash, data_size, desired_secret};
+use crate::template;
+
+/// What a write of the Secret is, for its Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+pub enum Written {
+    /// The Secret did not exist.
+    SecretCreated,
+    /// New data (a refresh, a spec change).
+    SecretUpdated,
+    /// Restored to the data last written, after someone changed or deleted it.
+    DriftCorrected,
+}
+
+impl Written {
+    /// The Event reason.
+    pub fn reason(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The Secret an answer makes, with what status reports about it.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The object to server-side apply (only the fields this ConnectedAccount owns).
+    pub secret: Secret,
+    /// `sha256:` of its data.
+    pub hash: String,
+    /// Expiry of the credentials (RFC 3339, local clock).
+    pub expires_at: Option<String>,
+    /// When to fetch next.
+    pub next: Timestamp,
+    /// What Pipedream said about the account.
+    pub account: AccountSummary,
+}
+
+/// Everything [`secret`] builds from.
+pub struct Inputs<'a> {
+    /// The object.
+    pub ca: &'a ConnectedAccount,
+    /// Its checked spec.
+    pub validated: Validated,
+    /// The connection's narrowing of accounts.
+    pub admission: &'a Admission,
+    /// The connection used.
+    pub connection: &'a ConnectionId,
+    /// The answer.
+    pub answer: &'a CachedFetch,
+    /// The data the Secret holds now, when known: a credential field Pipedream sends as `null` keeps its value.
+    pub previous: Option<&'a BTreeMap<String, Vec<u8>>>,
+    /// Now.
+    pub now: Timestamp,
+    /// Per-object jitter of the schedule.
+    pub jitter: f64,
+}
+
+/// Whether the answer has credential fields sent as `null` (their previous values are needed to keep them).
+pub fn has_null_fields(answer: &CachedFetch) -> bool {
+    answer
+        .fetched
+        .account
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.expose().values().any(serde_json::Value::is_null))
+}
+
+/// The Secret an answer makes, or why it makes none.
+pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
+    let account = &i.answer.fetched.account;
+    let id = &i.ca.spec.account_id;
+    let credentials = plan::judge(account, id, i.admission, &i.connection.to_string())?.clone();
+    let timing = plan::timing(i.answer)?;
+    if timing.observed.expires_at.is_some_and(|e| e <= i.now) {
+        let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter);
+        return Err(plan::expired_answer(id, timing.expires_at, next, i.now));
+    }
+    let expires_at = timing.expires_at.map(format_ts);
+    let data = match &i.ca.spec.target.template {
+        Some(t) => {
+            let (templates, fetched, exp) =
+                (t.data.clone(), i.answer.fetched.clone(), expires_at.clone());
+            tokio::task::spawn_blocking(move || {
+                template::render(&templates, &credentials, &fetched.account, exp.as_deref())
+            })
+            .await
+            .map_err(|_| {
+                SyncFailure::new(
+                    Reason::InvalidSpec,
+                    "spec.target.template: rendering failed",
+                )
+            })?
+            .map_err(|e| SyncFailure::new(Reason::InvalidSpec, e.to_string()))?
+        }
+        None => {
+            let (d, skipped) = template::raw_data(&credentials, i.previous);
+            if !skipped.is_empty() {
+                warn!(keys = ?skipped, "credential fields with names that are not valid Secret keys were skipped");
+            }
+            d
+        }
+    };
+    if data.is_empty() {
+        return Err(SyncFailure::new(
+            Reason::CredentialsUnavailable,
+            format!("account {id} has no usable credential fields"),
+        ));
+    }
+    let size = data_size(&data);
+    if size > template::MAX_SECRET_DATA_BYTES {
+        return Err(SyncFailure::new(
+            Reason::SecretWriteFailed,
+            format!(
+                "the Secret data would be {size} bytes; a Secret holds at most {} bytes",
+                template::MAX_SECRET_DATA_BYTES
+            ),
+        ));
+    }
+    let hash = data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
+    let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter).at;
+    Ok(Built {
+        secret: desired_secret(i.ca, &data, expires_at.as_deref()),
+        hash,
+        expires_at,
+        next,
+        account: AccountSummary {
+            app: account.app_slug().map(str::to_string),
+            external_id: account.external_id.clone(),
+            healthy: account.healthy,
+            dead: account.dead,
+        },
+    })
+}
+
+/// What a write is: a Secret that did not exist is created; one restored to the data last written, for no
+/// change of spec, had drifted; anything else is new data.
+pub fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool) -> Written {
+    match (
+        existed,
+        cause == Cause::Repair && same_data && !spec_changed,
+    ) {
+        (_, true) => Written::DriftCorrected,
+        (false, false) => Written::SecretCreated,
+        (true, false) => Written::SecretUpdated,
+    }
+}
+
+/// A pass that ends with the Secret right.
+#[derive(Clone, Debug)]
+pub struct Synced {
+    /// The Secret's name.
+    pub secret_name: String,
+    /// The connection used, as `Kind/name`.
+    pub connection: Option<String>,
+    /// Expiry of the credentials in the Secret.
+    pub expires_at: Option<String>,
+    /// When to fetch next.
+    pub next: Timestamp,
+    /// What Pipedream said about the account.
+    pub account: Option<AccountSummary>,
+    /// Hash of the data in the Secret.
+    pub data_hash: Option<String>,
+    /// The data was confirmed against an answer in this pass (not only found unchanged).
+    pub confirmed: bool,
+    /// What was written, if anything.
+    pub written: Option<Written>,
+    /// A rollout restart done in this pass.
+    pub restart: Option<Restarted>,
+    /// The Secret's resourceVersion after this pass (written or read).
+    pub secret_version: Option<String>,
+}
+
+impl Synced {
+    /// A pass that found the Secret right and nothing due: what status already says.
+    pub fn unchanged(ca: &ConnectedAccount, next: Timestamp) -> Self {
+        let st = ca.status.clone().unwrap_or_default();
+        Self {
+            secret_name: ca.secret_name(),
+            connection: st.connection,
+            expires_at: st.expires_at,
+            next,
+            account: st.account,
+            data_hash: st.data_hash,
+            confirmed: false,
+            written: None,
+            restart: None,
+            secret_version: st.secret_resource_version,
+        }
+    }
+
+    /// The Ready message.
+    pub fn message(&self, account_id: &str) -> String {
+        match &self.expires_at {
+            Some(e) => format!(
+                "Secret {} holds credentials for {account_id} valid until {e}",
+                self.secret_name
+            ),
+            None => format!(
+                "Secret {} holds credentials for {account_id} (no expiry)",
+                self.secret_name
+            ),
+        }
+    }
+}
+
+/// The status after a successful pass.
+pub fn synced_status(
+    ca: &ConnectedAccount,
+    old: &ConnectedAccountStatus,
+    s: &Synced,
+    forced: Option<&str>,
+    now: Timestamp,
+) -> ConnectedAccountStatus {
+    let mut st = old.clone();
+    let generation = ca.metadata.generation;
+    let msg = s.message(&ca.spec.account_id);
+    upsert_condition(
+        &mut st.conditions,
+        "Ready",
+        true,
+        Reason::Synced.as_str(),
+        &msg,
+        generation,
+        now,
+    );
+    upsert_condition(
+        &mut st.conditions,
+        "Expired",
+        false,
+        "Fresh",
+        "the Secret holds unexpired credentials",
+        generation,
+        now,
+    );
+    st.observed_generation = generation;
+    st.secret_name = Some(s.secret_name.clone());
+    st.connection = s.connection.clone();
+    st.expires_at = s.expires_at.clone();
+    if s.confirmed {
+        st.last_sync_time = Some(format_ts(now));
+    }
+    st.next_sync_time = Some(format_ts(s.next));
+    st.account = s.account.clone();
+    st.data_hash = s.data_hash.clone();
+    st.secret_resource_version = s.secret_version.clone();
+    if s.confirmed && forced.is_some() {
+        st.last_force_sync = forced.map(str::to_string);
+    }
+    if let Some(r) = &s.restart {
+        st.last_restart_time = Some(format_ts(r.at));
+        st.restarted_data_hash = s.data_hash.clone();
+    } else if ca.spec.rollout_restart_targets.is_empty() {
+        st.restarted_data_hash = None;
+    } else if st.restarted_data_hash.is_none() {
+        st.restarted_data_hash = old.data_hash.clone().or(s.data_hash.clone());
+    }
+    st
+}
+
+/// The status after a failed pass: the Secret (and what status says about it) stays; `Expired` says whether the
+/// credentials it holds are past their expiry.
+pub fn failed_status(
+    ca: &ConnectedAccount,
+    old: &ConnectedAccountStatus,
+    f: &SyncFailure,
+    next: Timestamp,
+    forced: Option<&str>,
+    now: Timestamp,
+) -> ConnectedAccountStatus {
+    let generation = ca.metadata.generation;
+    let mut st = old.clone();
+    upsert_condition(
+        &mut st.conditions,
+        "Ready",
+        false,
+        f.reason.as_str(),
+        &f.message,
+        generation,
+        now,
+    );
+    if let Some(exp) = old.expires_at.as_deref().and_then(schedule::parse_ts) {
+        let expired = exp <= now;
+        let message = if expired {
+            format!(
+                "the credentials in the Secret expired at {}",
+                format_ts(exp)
+            )
+        } else {
+            "the Secret holds unexpired credentials".to_string()
+        };
+        let reason = if expired {
+            "CredentialsExpired"
+        } else {
+            "Fresh"
+        };
+        upsert_condition(
+            &mut st.conditions,
+            "Expired",
+            expired,
+            reason,
+            &message,
+            generation,
+            now,
+        );
+    }
+    st.observed_generation = generation;
+    st.next_sync_time = Some(format_ts(next));
+    if forced.is_some() {
+        st.last_force_sync = forced.map(str::to_string);
+    }
+    st
+}
+
+/// Whether a new status needs writing: it changed, except that a change of `nextSyncTime` alone to a time under
+/// [`plan::UNPERSISTED_RETRY`] away is kept in memory only, so fast polling does not rewrite status (and trigger a
+/// watch event) every second.
+pub fn status_needs_write(
+    had_status: bool,
+    old: &ConnectedAccountStatus,
+    new: &ConnectedAccountStatus,
+    now: Timestamp,
+) -> bool {
+    if !had_status {
+        return true;
+    }
+    if old == new {
+        return false;
+    }
+    let only_next = ConnectedAccountStatus {
+        next_sync_time: old.next_sync_time.clone(),
+        ..new.clone()
+    } == *old;
+    let soon = new
+        .next_sync_time
+        .as_deref()
+        .and_then(schedule::parse_ts)
+        .is_some_and(|t| t < schedule::add(now, plan::UNPERSISTED_RETRY));
+    !(only_next && soon)
+}

@@ -1,0 +1,326 @@
+//! What the operator knows about target Secrets without reading them.
+//!
+//! The label-selected, metadata-only Secret watch feeds [`SecretIndex`]: for each Secret the operator writes into,
+//! its resourceVersion and who writes it (owner annotation, Merge writers), a few dozen bytes per Secret rather
+//! than a cached object. A pass compares the indexed resourceVersion with the one recorded when the operator last
+//! wrote or read the Secret: equal means the Secret is exactly as written, so the pass needs no read.
+//!
+//! A Secret the operator has never written may still exist and belong to someone else, and a server-side apply
+//! would take it over; so a first write asks [`ForeignNames`] first. It lists the names of the namespace's
+//! Secrets without the watch label (`managed!=true`: a metadata list, usually a handful of names) at most once per
+//! [`FOREIGN_NAMES_TTL`], so a burst of thousands of first writes costs a few list requests instead of one read
+//! each.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::OnceCell;
+
+use crate::crd::{OWNER_ANNOTATION, WATCH_LABEL};
+use crate::secret::MERGE_ANNOTATION_PREFIX;
+
+/// A listing of a namespace's foreign Secret names serves first writes for this long.
+pub const FOREIGN_NAMES_TTL: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The identity of a Secret: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretId {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl SecretId {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// What the index keeps of one Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indexed {
+    /// Its resourceVersion.
+    pub resource_version: String,
+    /// The `pipedream-secrets.io/connected-account` annotation (`namespace/name`), on Secrets the operator owns.
+    pub owner: Option<String>,
+    /// UIDs of the ConnectedAccounts merging keys into it.
+    pub merge_writers: Vec<String>,
+}
+
+impl Indexed {
+    fn of(meta: &PartialObjectMeta<Secret>) -> Self {
+        let annotations = meta.annotations();
+        Self {
+            resource_version: meta.resource_version().unwrap_or_default(),
+            owner: annotations.get(OWNER_ANNOTATION).cloned(),
+            merge_writers: annotations
+                .keys()
+                .filter_map(|k| k.strip_prefix(MERGE_ANNOTATION_PREFIX).map(str::to_string))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct IndexState {
+    entries: HashMap<SecretId, Indexed>,
+    /// A re-list in progress: its entries replace the index when it completes.
+    relist: Option<HashMap<SecretId, Indexed>>,
+    ready: bool,
+}
+
+impl IndexState {
+    fn apply(&mut self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let id = |m: &PartialObjectMeta<Secret>| {
+            SecretId::new(m.namespace().unwrap_or_default(), m.name_any())
+        };
+        match event {
+            watcher::Event::Apply(m) => {
+                self.entries.insert(id(m), Indexed::of(m));
+            }
+            watcher::Event::Delete(m) => {
+                self.entries.remove(&id(m));
+            }
+            watcher::Event::Init => self.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(m) => {
+                self.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(id(m), Indexed::of(m));
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relist.take() {
+                    self.entries = fresh;
+                }
+                self.ready = true;
+            }
+        }
+    }
+}
+
+/// The Secrets carrying the watch label, by resourceVersion and writer; fed by the metadata watch of each watched
+/// scope (a namespace, or `None` for all), each with its own listings.
+#[derive(Clone, Default)]
+pub struct SecretIndex(Arc<Mutex<HashMap<Option<String>, IndexState>>>);
+
+impl SecretIndex {
+    /// An index fed by one watch per scope.
+    pub fn new(scopes: &[Option<String>]) -> Self {
+        Self(Arc::new(Mutex::new(
+            scopes
+                .iter()
+                .map(|s| (s.clone(), IndexState::default()))
+                .collect(),
+        )))
+    }
+
+    /// Apply one watch event of `scope`'s watch (the same events a reflector store takes).
+    pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        lock(&self.0).entry(scope.clone()).or_default().apply(event);
+    }
+
+    /// What the index holds for `id`; `None` when it does not hold it. Before the first listing of the scope
+    /// covering it completed, nothing is known (`Err`).
+    pub fn get(&self, id: &SecretId) -> Result<Option<Indexed>, NotReady> {
+        let parts = lock(&self.0);
+        let part = parts
+            .get(&Some(id.namespace.clone()))
+            .or_else(|| parts.get(&None))
+            .filter(|p| p.ready)
+            .ok_or(NotReady)?;
+        Ok(part.entries.get(id).cloned())
+    }
+
+    /// Whether every scope's first listing completed.
+    pub fn is_ready(&self) -> bool {
+        lock(&self.0).values().all(|p| p.ready)
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        lock(&self.0).values().map(|p| p.entries.len()).sum()
+    }
+}
+
+/// The index has not been filled yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotReady;
+
+struct Listing {
+    taken: tokio::time::Instant,
+    names: OnceCell<Result<HashSet<String>, String>>,
+}
+
+/// Names of the Secrets in a namespace that do not carry the watch label, listed on demand and shared by every
+/// first write within [`FOREIGN_NAMES_TTL`].
+#[derive(Default)]
+pub struct ForeignNames {
+    listings: Mutex<HashMap<String, Arc<Listing>>>,
+}
+
+impl ForeignNames {
+    /// Whether a Secret named `id.name` exists in `id.namespace` without the watch label. One metadata list per
+    /// namespace per [`FOREIGN_NAMES_TTL`], however many first writes ask.
+    pub async fn exists(&self, client: &Client, id: &SecretId) -> Result<bool, kube::Error> {
+        let listing = {
+            let mut map = lock(&self.listings);
+            let now = tokio::time::Instant::now();
+            map.retain(|_, l| now.duration_since(l.taken) < FOREIGN_NAMES_TTL);
+            map.entry(id.namespace.clone())
+                .or_insert_with(|| {
+                    Arc::new(Listing {
+                        taken: now,
+                        names: OnceCell::new(),
+                    })
+                })
+                .clone()
+        };
+        let names = listing
+            .names
+            .get_or_init(|| async {
+                list_foreign(client, &id.namespace)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        match names {
+            Ok(names) => Ok(names.contains(&id.name)),
+            Err(_) => {
+                // Shared listings keep the error text only; ask again for the caller's own error.
+                lock(&self.listings).remove(&id.namespace);
+                list_foreign(client, &id.namespace)
+                    .await
+                    .map(|n| n.contains(&id.name))
+            }
+        }
+    }
+}
+
+async fn list_foreign(client: &Client, ns: &str) -> Result<HashSet<String>, kube::Error> {
+    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), ns);
+    let mut names = HashSet::new();
+    let mut params = ListParams::default()
+        .labels(&format!("{WATCH_LABEL}!=true"))
+        .limit(500);
+    loop {
+        let page = api.list_metadata(&params).await?;
+        names.extend(page.items.iter().map(ResourceExt::name_any));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => params = params.continue_token(&c),
+            _ => return Ok(names),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn meta(name: &str, rv: &str, annotations: &[(&str, &str)]) -> PartialObjectMeta<Secret> {
+        PartialObjectMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("team-a".into()),
+                resource_version: Some(rv.into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_index_follows_the_watch_and_replaces_itself_on_a_relist() {
+        let idx = SecretIndex::new(&[None]);
+        let id = SecretId::new("team-a", "gh");
+        assert_eq!(
+            idx.get(&id),
+            Err(NotReady),
+            "nothing is known before the first listing"
+        );
+        idx.apply(&None, &watcher::Event::Init);
+        idx.apply(
+            &None,
+            &watcher::Event::InitApply(meta("gh", "5", &[(OWNER_ANNOTATION, "team-a/gh")])),
+        );
+        idx.apply(
+            &None,
+            &watcher::Event::InitApply(meta(
+                "shared",
+                "6",
+                &[("merge.pipedream-secrets.io/uid-1", "a")],
+            )),
+        );
+        idx.apply(&None, &watcher::Event::InitDone);
+        let got = idx.get(&id).unwrap().unwrap();
+        assert_eq!(got.resource_version, "5");
+        assert_eq!(got.owner.as_deref(), Some("team-a/gh"));
+        assert_eq!(
+            idx.get(&SecretId::new("team-a", "shared"))
+                .unwrap()
+                .unwrap()
+                .merge_writers,
+            ["uid-1"]
+        );
+        idx.apply(&None, &watcher::Event::Apply(meta("gh", "9", &[])));
+        assert_eq!(idx.get(&id).unwrap().unwrap().resource_version, "9");
+        idx.apply(&None, &watcher::Event::Delete(meta("gh", "9", &[])));
+        assert_eq!(idx.get(&id), Ok(None));
+        // A re-list (after a 410) drops what it no longer lists, once it is complete.
+        idx.apply(&None, &watcher::Event::Init);
+        idx.apply(&None, &watcher::Event::InitApply(meta("gh", "12", &[])));
+        assert!(
+            idx.get(&SecretId::new("team-a", "shared"))
+                .unwrap()
+                .is_some()
+        );
+        idx.apply(&None, &watcher::Event::InitDone);
+        assert_eq!(idx.get(&SecretId::new("team-a", "shared")), Ok(None));
+        assert_eq!(idx.len(), 1);
+    }
+
+    /// Regression (issue 18): with several watched namespaces, one namespace's listing finishing first replaced
+    /// the whole index and declared it ready, so the other namespace's Secrets looked deleted and were fetched
+    /// again after a failover.
+    #[test]
+    fn each_watched_namespace_keeps_its_own_listing() {
+        let scopes = [Some("ops".to_string()), Some("team-a".to_string())];
+        let idx = SecretIndex::new(&scopes);
+        idx.apply(&scopes[1], &watcher::Event::Init);
+        idx.apply(&scopes[1], &watcher::Event::InitApply(meta("gh", "5", &[])));
+        idx.apply(&scopes[0], &watcher::Event::Init);
+        idx.apply(&scopes[0], &watcher::Event::InitDone);
+        assert!(!idx.is_ready());
+        assert_eq!(
+            idx.get(&SecretId::new("team-a", "gh")),
+            Err(NotReady),
+            "team-a is not listed yet"
+        );
+        idx.apply(&scopes[1], &watcher::Event::InitDone);
+        assert!(idx.is_ready());
+        assert!(idx.get(&SecretId::new("team-a", "gh")).unwrap().is_some());
+        assert_eq!(idx.get(&SecretId::new("ops", "gh")), Ok(None));
+    }
+}
