@@ -195,7 +195,8 @@ pub async fn check(
                 .get(&connection)
                 .await
                 .map_err(|e| format!("PipedreamConnection {ns}/{connection}: {e}"))?;
-            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, Some(ns))?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, Some(ns))
+                .map_err(|e| e.to_string())?;
             (
                 format!("PipedreamConnection/{ns}/{connection}"),
                 settings,
@@ -207,7 +208,8 @@ pub async fn check(
                 .get(&connection)
                 .await
                 .map_err(|e| format!("ClusterPipedreamConnection {connection}: {e}"))?;
-            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, None)?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, None)
+                .map_err(|e| e.to_string())?;
             (
                 format!("ClusterPipedreamConnection/{connection}"),
                 settings,

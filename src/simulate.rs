@@ -3,6 +3,9 @@
 //! token cycles. No I/O and no sleeping: the simulator tests (`tests/simulate.rs`) and the `expiry-report` example
 //! run hundreds of one-hour tokens in milliseconds.
 //!
+//! (Over 400 lines: the model, the pollers and the driver share their types, and each behaviour reads beside the
+//! rule that produces it.)
+//!
 //! The model: token `j` is issued at `I_j` and expires at `E_j = I_j + lifetime`. Pipedream plans its refresh at
 //! `P_j = E_j − lead` (its `next_refresh_at`) and performs it `late_j` later, at `A_j`, which issues token `j+1`.
 //! A refresh at or after `E_j − NEAR_EXPIRY` is *late*: from `E_j` until the operator's next fetch after `A_j`, a

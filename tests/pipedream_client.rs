@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use pipedream_secrets_operator::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
 use pipedream_secrets_operator::pipedream::{
-    ApiMode, AuthMaterial, ClientSettings, Credentials, MaterialLoader, PipedreamClient,
-    PipedreamError, SecretString, http_client, parse_account, retry_after,
+    ApiMode, AuthMaterial, ClientSettings, Credentials, CredentialsError, MaterialLoader,
+    PipedreamClient, PipedreamError, SecretString, http_client, parse_account, retry_after,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param};
@@ -392,13 +392,13 @@ async fn malformed_token_answer_and_missing_secret_are_errors() {
         })
     ));
     let failing: MaterialLoader =
-        Arc::new(|| async { Err("Secret ops/pd-oauth not found".to_string()) }.boxed());
+        Arc::new(|| async { Err(CredentialsError::NotFound("ops/pd-oauth".into())) }.boxed());
     let c = connect(&server, failing, Duration::from_secs(5));
     assert_eq!(
         c.check_auth().await,
-        Err(PipedreamError::LoadCredentials(
-            "Secret ops/pd-oauth not found".into()
-        ))
+        Err(PipedreamError::LoadCredentials(CredentialsError::NotFound(
+            "ops/pd-oauth".into()
+        )))
     );
 }
 

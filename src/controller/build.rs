@@ -222,6 +222,32 @@ impl Synced {
     }
 }
 
+/// The Event of a successful pass, if any: a Secret created or repaired, a spec change applied, or Ready
+/// becoming True again. A routine refresh is in status and metrics only.
+pub fn synced_event(
+    ca: &ConnectedAccount,
+    s: &Synced,
+    spec_changed: bool,
+    ready_changed: bool,
+) -> Option<(&'static str, String)> {
+    let msg = s.message(&ca.spec.account_id);
+    let name = &s.secret_name;
+    match s.written {
+        Some(Written::SecretCreated) => {
+            Some(("SecretCreated", format!("created Secret {name}; {msg}")))
+        }
+        Some(Written::DriftCorrected) => Some((
+            "DriftCorrected",
+            format!("Secret {name} differed from the last synced data and was restored"),
+        )),
+        Some(Written::SecretUpdated) if spec_changed => {
+            Some(("SecretUpdated", format!("updated Secret {name}; {msg}")))
+        }
+        _ if ready_changed => Some((Reason::Synced.as_str(), msg)),
+        _ => None,
+    }
+}
+
 /// The status after a successful pass.
 pub fn synced_status(
     ca: &ConnectedAccount,

@@ -16,19 +16,18 @@ impl AllowedHosts {
         )
     }
 
-    /// Why `api_url` may not be used by a tenant's connection, if it may not: the host must be listed, and plain
-    /// `http` is only for loopback hosts (tests).
-    pub fn check(&self, api_url: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(api_url)
-            .map_err(|_| format!("spec.apiUrl {api_url:?} is not a URL"))?;
+    /// Whether a tenant's connection may call `api_url`: the host must be listed, and plain `http` is only for
+    /// loopback hosts (tests).
+    pub fn admit(&self, api_url: &str) -> Result<(), HostRefused> {
+        let url = reqwest::Url::parse(api_url).map_err(|_| HostRefused::NotAUrl(api_url.into()))?;
         let host = url
             .host_str()
-            .ok_or_else(|| format!("spec.apiUrl {api_url:?} has no host"))?
+            .ok_or_else(|| HostRefused::NoHost(api_url.into()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("spec.apiUrl must not carry credentials".into());
+            return Err(HostRefused::Credentials);
         }
         let loopback = host == "localhost"
             || host
@@ -37,11 +36,7 @@ impl AllowedHosts {
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}
-            s => {
-                return Err(format!(
-                    "spec.apiUrl uses {s}; only https is allowed (http only for loopback hosts)"
-                ));
-            }
+            s => return Err(HostRefused::Scheme(s.into())),
         }
         let listed = self.0.iter().any(|a| match a.strip_prefix("*.") {
             Some(suffix) => host.ends_with(&format!(".{suffix}")),
@@ -50,12 +45,39 @@ impl AllowedHosts {
         if listed {
             Ok(())
         } else {
-            Err(format!(
-                "spec.apiUrl host {host} is not among the operator's allowed Pipedream hosts ({}); ask the cluster admin (--allowed-api-hosts)",
-                self.0.join(", ")
-            ))
+            Err(HostRefused::NotAllowed {
+                host,
+                allowed: self.0.join(", "),
+            })
         }
     }
+}
+
+/// Why a tenant's `spec.apiUrl` may not be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostRefused {
+    /// Not a URL.
+    #[error("spec.apiUrl {0:?} is not a URL")]
+    NotAUrl(String),
+    /// A URL without a host.
+    #[error("spec.apiUrl {0:?} has no host")]
+    NoHost(String),
+    /// User info in the URL.
+    #[error("spec.apiUrl must not carry credentials")]
+    Credentials,
+    /// Not https (http only for loopback).
+    #[error("spec.apiUrl uses {0}; only https is allowed (http only for loopback hosts)")]
+    Scheme(String),
+    /// The host is not listed.
+    #[error(
+        "spec.apiUrl host {host} is not among the operator's allowed Pipedream hosts ({allowed}); ask the cluster admin (--allowed-api-hosts)"
+    )]
+    NotAllowed {
+        /// The host named.
+        host: String,
+        /// The allowed list.
+        allowed: String,
+    },
 }
 
 impl Default for AllowedHosts {
@@ -72,8 +94,8 @@ mod tests {
     #[test]
     fn tenant_api_urls_must_name_an_allowed_host_over_https() {
         let a = AllowedHosts::default();
-        assert!(a.check("https://api.pipedream.com").is_ok());
-        assert!(a.check("https://API.pipedream.com/").is_ok());
+        assert!(a.admit("https://api.pipedream.com").is_ok());
+        assert!(a.admit("https://API.pipedream.com/").is_ok());
         for bad in [
             "https://evil.example",
             "http://api.pipedream.com",
@@ -84,14 +106,14 @@ mod tests {
             "file:///etc/passwd",
             "not a url",
         ] {
-            assert!(a.check(bad).is_err(), "{bad}");
+            assert!(a.admit(bad).is_err(), "{bad}");
         }
         let tests = AllowedHosts::new(["127.0.0.1".into(), "*.pipedream.com".into(), "::1".into()]);
-        assert!(tests.check("http://127.0.0.1:8081").is_ok());
-        assert!(tests.check("http://[::1]:8081").is_ok());
-        assert!(tests.check("https://api2.pipedream.com").is_ok());
-        assert!(tests.check("https://pipedream.com.evil.example").is_err());
-        let m = a.check("https://evil.example").unwrap_err();
+        assert!(tests.admit("http://127.0.0.1:8081").is_ok());
+        assert!(tests.admit("http://[::1]:8081").is_ok());
+        assert!(tests.admit("https://api2.pipedream.com").is_ok());
+        assert!(tests.admit("https://pipedream.com.evil.example").is_err());
+        let m = a.admit("https://evil.example").unwrap_err().to_string();
         assert!(
             m.contains("evil.example") && m.contains("--allowed-api-hosts"),
             "{m}"

@@ -13,7 +13,8 @@ use crate::access::{self, Admission};
 use crate::crd::{ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
 use crate::identity::{ConnectionId, ConnectionKey};
 use crate::pipedream::{
-    ApiMode, AuthMaterial, ClientSettings, MaterialLoader, PipedreamClient, SecretString,
+    ApiMode, AuthMaterial, ClientSettings, CredentialsError, MaterialLoader, PipedreamClient,
+    SecretString,
 };
 use crate::reason::{Error, Reason, SyncFailure};
 
@@ -187,15 +188,17 @@ pub(super) fn dispatcher(
     id: ConnectionId,
     spec: &impl ConnectionSettings,
 ) -> Result<Arc<Dispatcher>, SyncFailure> {
-    let not_ready = |m: String| SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"));
+    let not_ready = |m: &dyn std::fmt::Display| {
+        SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"))
+    };
     if id.tenant_controlled() {
         ctx.settings
             .allowed_api_hosts
-            .check(spec.api_url())
-            .map_err(not_ready)?;
+            .admit(spec.api_url())
+            .map_err(|e| not_ready(&e))?;
     }
-    let (mut settings, loader) =
-        client_parts(ctx.client.clone(), spec, id.namespace.as_deref()).map_err(not_ready)?;
+    let (mut settings, loader) = client_parts(ctx.client.clone(), spec, id.namespace.as_deref())
+        .map_err(|e| not_ready(&e))?;
     // Every shard has its own client: together they stay within the connection's rate.
     settings.rate_limit = ctx.settings.shard.share_of(settings.rate_limit);
     let key = ConnectionKey::new(id.clone(), spec);
@@ -215,7 +218,7 @@ pub fn client_parts(
     client: Client,
     spec: &impl ConnectionSettings,
     namespace: Option<&str>,
-) -> Result<(ClientSettings, MaterialLoader), String> {
+) -> Result<(ClientSettings, MaterialLoader), CredentialsError> {
     let auth = spec.auth();
     let (mode, refs) = match (&auth.oauth, &auth.api_key) {
         (Some(o), None) => (
@@ -235,7 +238,7 @@ pub fn client_parts(
             },
             Refs::ApiKey(k.secret_ref.clone()),
         ),
-        _ => return Err("spec.auth must set exactly one of oauth or apiKey".into()),
+        _ => return Err(CredentialsError::AuthMethod),
     };
     let settings = ClientSettings {
         api_url: spec.api_url().to_string(),
@@ -296,16 +299,28 @@ fn loader(client: Client, refs: Refs, namespace: Option<String>) -> MaterialLoad
         let namespace = namespace.clone();
         async move {
             match refs {
-                Refs::OAuth { client_id, client_id_ref, secret } => {
+                Refs::OAuth {
+                    client_id,
+                    client_id_ref,
+                    secret,
+                } => {
                     let client_id = match (client_id, client_id_ref) {
                         (Some(id), _) => id,
-                        (None, Some(r)) => read_key(&client, &r, namespace.as_deref()).await?.expose().to_string(),
-                        (None, None) => return Err("spec.auth.oauth needs clientId or clientIdSecretRef".into()),
+                        (None, Some(r)) => read_key(&client, &r, namespace.as_deref())
+                            .await?
+                            .expose()
+                            .to_string(),
+                        (None, None) => return Err(CredentialsError::NoClientId),
                     };
                     let client_secret = read_key(&client, &secret, namespace.as_deref()).await?;
-                    Ok(AuthMaterial::OAuth { client_id, client_secret })
+                    Ok(AuthMaterial::OAuth {
+                        client_id,
+                        client_secret,
+                    })
                 }
-                Refs::ApiKey(r) => Ok(AuthMaterial::ApiKey(read_key(&client, &r, namespace.as_deref()).await?)),
+                Refs::ApiKey(r) => Ok(AuthMaterial::ApiKey(
+                    read_key(&client, &r, namespace.as_deref()).await?,
+                )),
             }
         }
         .boxed()
@@ -316,27 +331,35 @@ async fn read_key(
     client: &Client,
     r: &SecretKeyRef,
     own_namespace: Option<&str>,
-) -> Result<SecretString, String> {
+) -> Result<SecretString, CredentialsError> {
     // A namespaced connection reads only its own namespace; a cluster connection's refs name theirs.
     let ns = own_namespace
         .or(r.namespace.as_deref())
-        .ok_or_else(|| format!("Secret ref {} has no namespace", r.name))?;
+        .ok_or_else(|| CredentialsError::NoNamespace(r.name.clone()))?;
+    let secret = format!("{ns}/{}", r.name);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = api
+    let found = api
         .get_opt(&r.name)
         .await
-        .map_err(|e| format!("reading Secret {ns}/{}: {}", r.name, kube_error_summary(&e)))?
-        .ok_or_else(|| format!("Secret {ns}/{} not found", r.name))?;
-    let value = secret
+        .map_err(|e| CredentialsError::Read {
+            secret: secret.clone(),
+            summary: kube_error_summary(&e),
+        })?
+        .ok_or_else(|| CredentialsError::NotFound(secret.clone()))?;
+    let key = |problem| CredentialsError::Key {
+        secret: secret.clone(),
+        key: r.key.clone(),
+        problem,
+    };
+    let value = found
         .data
         .as_ref()
         .and_then(|d| d.get(&r.key))
-        .ok_or_else(|| format!("Secret {ns}/{} has no key {}", r.name, r.key))?;
-    let text = String::from_utf8(value.0.clone())
-        .map_err(|_| format!("Secret {ns}/{} key {} is not UTF-8", r.name, r.key))?;
+        .ok_or_else(|| key("missing"))?;
+    let text = String::from_utf8(value.0.clone()).map_err(|_| key("not UTF-8"))?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(format!("Secret {ns}/{} key {} is empty", r.name, r.key));
+        return Err(key("empty"));
     }
     Ok(SecretString::new(text))
 }

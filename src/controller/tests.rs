@@ -1,4 +1,5 @@
-//! Reconcile request sequences against a mocked API server and a local fake Pipedream (wiremock).
+//! Reconcile request sequences against a mocked API server and a local fake Pipedream (wiremock). (Over 400
+//! lines: scenario tests sharing one harness, each read beside the fixtures it uses.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! HTTP client for one Pipedream connection: token cache, rate limiter, both auth modes.
+//! HTTP client for one Pipedream connection: token cache, rate limiter, both auth modes. (Over 400 lines: token
+//! minting, both account endpoints, body caps and error mapping share one set of request helpers.)
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{Account, PipedreamError, SecretString, TokenResponse};
+use super::{Account, CredentialsError, PipedreamError, SecretString, TokenResponse};
 use crate::crd::{CredentialsPath, PipedreamEnvironment, RateLimit};
 use crate::identity::ConnectionId;
 use crate::metrics::Metrics;
@@ -54,7 +55,7 @@ pub enum AuthMaterial {
 
 /// Loads the connection's secret material; called again after a 401 so rotations are picked up.
 pub type MaterialLoader =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<AuthMaterial, String>> + Send + Sync>;
+    Arc<dyn Fn() -> BoxFuture<'static, Result<AuthMaterial, CredentialsError>> + Send + Sync>;
 
 /// Which API the connection speaks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -278,7 +279,7 @@ impl PipedreamClient {
                         AuthMaterial::ApiKey(k) => *key = Some(k),
                         AuthMaterial::OAuth { .. } => {
                             return Err(PipedreamError::LoadCredentials(
-                                "expected an API key".into(),
+                                CredentialsError::WrongMaterial("an API key"),
                             ));
                         }
                     }
@@ -310,7 +311,7 @@ impl PipedreamClient {
             } => (client_id, client_secret),
             AuthMaterial::ApiKey(_) => {
                 return Err(PipedreamError::LoadCredentials(
-                    "expected OAuth client credentials".into(),
+                    CredentialsError::WrongMaterial("OAuth client credentials"),
                 ));
             }
         };

@@ -2,12 +2,51 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// Why a connection's credentials (OAuth client id and secret, or API key) could not be loaded from their
+/// Kubernetes Secret. Names the Secret and key, never a value.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CredentialsError {
+    /// The connection sets both or neither of `oauth` and `apiKey`.
+    #[error("spec.auth must set exactly one of oauth or apiKey")]
+    AuthMethod,
+    /// `oauth` has neither `clientId` nor `clientIdSecretRef`.
+    #[error("spec.auth.oauth needs clientId or clientIdSecretRef")]
+    NoClientId,
+    /// A cluster connection's Secret ref without its namespace.
+    #[error("Secret ref {0} has no namespace")]
+    NoNamespace(String),
+    /// Reading the Secret failed (the API server's status, not its body).
+    #[error("reading Secret {secret}: {summary}")]
+    Read {
+        /// `namespace/name`.
+        secret: String,
+        /// What the API server said.
+        summary: String,
+    },
+    /// The Secret does not exist.
+    #[error("Secret {0} not found")]
+    NotFound(String),
+    /// The key is missing, not UTF-8, or empty.
+    #[error("Secret {secret} key {key} is {problem}")]
+    Key {
+        /// `namespace/name`.
+        secret: String,
+        /// The key.
+        key: String,
+        /// `missing`, `not UTF-8`, `empty`.
+        problem: &'static str,
+    },
+    /// The loader returned the other mode's material.
+    #[error("expected {0}")]
+    WrongMaterial(&'static str),
+}
+
 /// What went wrong talking to Pipedream, by the failed action. Messages never hold credential values.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum PipedreamError {
     /// The OAuth client secret or API key could not be read from its Kubernetes Secret.
     #[error("cannot load connection credentials: {0}")]
-    LoadCredentials(String),
+    LoadCredentials(CredentialsError),
     /// Pipedream rejected the OAuth client credentials or API key (401/403).
     #[error("Pipedream rejected the connection's credentials (HTTP {status}) on {endpoint}")]
     Unauthorized { endpoint: &'static str, status: u16 },

@@ -5,5 +5,5 @@ mod error;
 mod types;
 
 pub use client::*;
-pub use error::PipedreamError;
+pub use error::{CredentialsError, PipedreamError};
 pub use types::*;

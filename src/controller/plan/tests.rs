@@ -1,0 +1,186 @@
+use super::*;
+use serde_json::json;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn synced(next: &str) -> Recorded {
+    Recorded {
+        next_due: Some(ts(next)),
+        ready: true,
+        held_expiry: Some(ts("2026-11-22T10:00:00Z")),
+        ..Default::default()
+    }
+}
+
+fn facts(recorded: Recorded) -> Facts {
+    Facts {
+        now: ts("2026-11-22T09:30:00Z"),
+        spec: Ok(Validated {
+            policy: Policy {
+                before_expiry: Duration::from_secs(300),
+                interval: Duration::from_secs(3600),
+            },
+            min_restart_interval: Duration::ZERO,
+        }),
+        recorded,
+        remembered: Remembered::default(),
+        secret: SecretFacts::AsWritten,
+        secret_exists: true,
+        connection: Ok(()),
+        answer: Answer::Last(None),
+        jitter: 0.0,
+    }
+}
+
+fn answer(expires: &str) -> CachedFetch {
+    let account: Account = serde_json::from_value(json!({"id": "apn_A1",
+        "credentials": {"k": "v"}, "expires_at": expires}))
+    .unwrap();
+    CachedFetch {
+        fetched: std::sync::Arc::new(crate::pipedream::FetchedAccount {
+            account,
+            server_time: None,
+        }),
+        at: ts("2026-11-22T09:00:00Z"),
+    }
+}
+
+#[test]
+fn what_a_pass_does() {
+    let now = ts("2026-11-22T09:30:00Z");
+    let fresh = synced("2026-11-22T09:55:00Z");
+    assert_eq!(need(&fresh, now, false), Need::Nothing);
+    assert_eq!(need(&fresh, now, true), Need::Repair);
+    let due = synced("2026-11-22T09:29:00Z");
+    assert_eq!(need(&due, now, false), Need::Fetch { reuse: false });
+    let new = Recorded::default();
+    assert_eq!(need(&new, now, false), Need::Fetch { reuse: true });
+    let forced = Recorded {
+        forced: Some("1".into()),
+        ..synced("2026-11-22T09:55:00Z")
+    };
+    assert_eq!(need(&forced, now, false), Need::Fetch { reuse: false });
+    // Urgency: no Secret first, then by expiry, forced behind what expires within five minutes.
+    assert!(needed_by(&new, now, false) < needed_by(&due, now, true));
+    assert_eq!(needed_by(&due, now, true), ts("2026-11-22T10:00:00Z"));
+    assert_eq!(needed_by(&forced, now, true), ts("2026-11-22T09:35:00Z"));
+}
+
+#[test]
+fn one_step_per_situation() {
+    // Fresh and as written: keep until the next sync, whatever the connection says.
+    let mut f = facts(synced("2026-11-22T09:55:00Z"));
+    f.connection = Err(SyncFailure::new(Reason::ConnectionNotFound, "gone"));
+    assert!(matches!(decide(&f), Step::Keep(t) if t == ts("2026-11-22T09:55:00Z")));
+    // Drifted: repair from the last answer, without a fetch; with no answer, fetch first.
+    let mut f = facts(synced("2026-11-22T09:55:00Z"));
+    f.secret = SecretFacts::Drifted;
+    f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
+    assert!(matches!(decide(&f), Step::Write(_, Cause::Repair)));
+    f.answer = Answer::Last(None);
+    assert!(matches!(decide(&f), Step::Fetch { .. }));
+    // New object: a still-fresh earlier answer is written, an old one is not.
+    let mut f = facts(Recorded::default());
+    f.secret = SecretFacts::New;
+    f.secret_exists = false;
+    f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
+    assert!(matches!(decide(&f), Step::Write(_, Cause::Sync)));
+    f.answer = Answer::Last(Some(answer("2026-11-22T09:31:00Z")));
+    assert!(
+        matches!(decide(&f), Step::Fetch { needed_by } if needed_by < f.now),
+        "a missing Secret is the most urgent fetch"
+    );
+    // An arrived failure is reported; a conflict is reported before anything else is considered.
+    let mut f = facts(synced("2026-11-22T09:29:00Z"));
+    f.answer = Answer::Arrived(Attempt::Failed(
+        crate::pipedream::PipedreamError::NotFound {
+            status: 404,
+            message: None,
+        },
+    ));
+    assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::AccountNotFound));
+    f.secret = SecretFacts::Conflict("Secret gh belongs to someone else".into());
+    assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::SecretConflict));
+    // An invalid spec fails without touching anything else.
+    let mut f = facts(Recorded::default());
+    f.spec = Err(SyncFailure::new(Reason::InvalidSpec, "spec.x"));
+    assert!(matches!(decide(&f), Step::Fail(e) if e.reason == Reason::InvalidSpec));
+}
+
+/// Regression (issue 8): force-sync had no per-object debounce; each new value fetched at once.
+#[test]
+fn forced_fetches_are_debounced_per_object() {
+    let mut f = facts(Recorded {
+        forced: Some("2".into()),
+        ..synced("2026-11-22T09:55:00Z")
+    });
+    f.remembered.last_forced = Some(ts("2026-11-22T09:29:55Z"));
+    let wait = |f: &Facts| force_wait(&f.recorded, &f.remembered, f.now);
+    assert_eq!(wait(&f), Some(ts("2026-11-22T09:30:05Z")));
+    assert!(matches!(decide(&f), Step::Wait(t) if t == ts("2026-11-22T09:30:05Z")));
+    assert_eq!(
+        hold(&f.recorded, &f.remembered, f.now),
+        Some(ts("2026-11-22T09:30:05Z"))
+    );
+    f.remembered.asked = true;
+    assert_eq!(
+        hold(&f.recorded, &f.remembered, f.now),
+        None,
+        "its answer is used when it arrives"
+    );
+    f.remembered.last_forced = Some(ts("2026-11-22T09:20:00Z"));
+    assert_eq!(wait(&f), None);
+    f.remembered.last_forced = None;
+    assert_eq!(wait(&f), None);
+}
+
+#[test]
+fn a_failed_object_waits_unless_something_relevant_changed() {
+    let failed = Recorded {
+        failed: true,
+        next_due: Some(ts("2026-11-22T09:35:00Z")),
+        ..Default::default()
+    };
+    let mut f = facts(failed);
+    let wait = |f: &Facts| wait_for_retry(&f.recorded, &f.remembered, f.now);
+    assert_eq!(wait(&f), Some(ts("2026-11-22T09:35:00Z")));
+    f.remembered.connection_changed = true;
+    assert_eq!(wait(&f), None, "the connection changed");
+    f.remembered.connection_changed = false;
+    f.remembered.retry_at = Some(ts("2026-11-22T09:40:00Z"));
+    assert_eq!(wait(&f), Some(ts("2026-11-22T09:40:00Z")));
+    f.recorded.spec_changed = true;
+    assert_eq!(wait(&f), None, "a spec change retries at once");
+}
+
+/// Regression (issue 7): AccessDenied quoted the denied account's app and external user, so another tenant
+/// could learn whose an account id is.
+#[test]
+fn access_denied_names_only_the_account_id_and_the_rule_kinds() {
+    let account: Account = serde_json::from_value(json!({
+        "id": "apn_A1", "external_id": "victim-tenant", "app": {"name_slug": "secret-app"},
+        "credentials": {"k": "v"}}))
+    .unwrap();
+    let rules = vec![
+        serde_json::from_value(json!({"namespaces": ["team-b"], "externalUserIds": ["me"]}))
+            .unwrap(),
+    ];
+    let e = judge(
+        &account,
+        "apn_A1",
+        &Admission::Rules(rules),
+        "ClusterPipedreamConnection/default",
+    )
+    .unwrap_err();
+    assert_eq!(e.reason, Reason::AccessDenied);
+    assert!(
+        !e.message.contains("victim-tenant") && !e.message.contains("secret-app"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("apn_A1"));
+    let other = judge(&account, "apn_B2", &Admission::Unrestricted, "c").unwrap_err();
+    assert!(!other.message.contains("apn_A1"), "{}", other.message);
+}

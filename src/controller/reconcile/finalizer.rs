@@ -1,0 +1,109 @@
+//! Deletion: the one finalizer, only where `deletionPolicy` needs it, and what it does before it goes.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use tracing::info;
+
+use crate::controller::Context;
+use crate::crd::{ConnectedAccount, CreationPolicy, DeletionPolicy, FINALIZER};
+use crate::reason::Error;
+
+/// Only an owned Secret that must outlive its ConnectedAccount (`Owner` + `Retain`) can still carry the
+/// ownerReference garbage collection would follow (the policy was switched just before the delete): only then
+/// does deletion wait for the operator. Every other object carries no finalizer.
+fn needs_finalizer(ca: &ConnectedAccount) -> bool {
+    ca.spec.target.creation_policy == CreationPolicy::Owner
+        && ca.spec.target.deletion_policy == DeletionPolicy::Retain
+}
+
+/// Add or remove the finalizer as [`needs_finalizer`] says. A merge patch carrying the resourceVersion it saw:
+/// a concurrent change of the list fails it (409) and the pass is retried.
+pub(super) async fn keep(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+    let has = ca.finalizers().iter().any(|f| f == FINALIZER);
+    match (needs_finalizer(ca), has) {
+        (true, false) => {
+            let mut list = ca.finalizers().to_vec();
+            list.push(FINALIZER.to_string());
+            set_finalizers(ca, ctx, list).await
+        }
+        (false, true) => set_finalizers(ca, ctx, without_ours(ca)).await,
+        _ => Ok(()),
+    }
+}
+
+fn without_ours(ca: &ConnectedAccount) -> Vec<String> {
+    ca.finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect()
+}
+
+async fn set_finalizers(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    list: Vec<String>,
+) -> Result<(), Error> {
+    let api: Api<ConnectedAccount> =
+        Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": ca.resource_version(), "finalizers": list}});
+    api.patch(
+        &ca.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::Finalizer)?;
+    Ok(())
+}
+
+/// On deletion: a retained Secret loses this object's ownerReference before garbage collection can follow it,
+/// then the finalizer goes and the operator forgets the object.
+pub(super) async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
+    let ns = ca.namespace().unwrap_or_default();
+    let uid = ca.uid().unwrap_or_default();
+    if ca.finalizers().iter().any(|f| f == FINALIZER) {
+        if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
+            release_secret(ca, ctx).await?;
+        }
+        set_finalizers(ca, ctx, without_ours(ca)).await?;
+    }
+    ctx.forget(&uid, &ns, &ca.name_any());
+    Ok(Action::await_change())
+}
+
+async fn release_secret(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+    let uid = ca.uid().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    let Some(s) = api
+        .get_opt(&ca.secret_name())
+        .await
+        .map_err(Error::ReadSecret)?
+    else {
+        return Ok(());
+    };
+    if !s.owner_references().iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    let keep: Vec<_> = s
+        .owner_references()
+        .iter()
+        .filter(|o| o.uid != uid)
+        .cloned()
+        .collect();
+    // resourceVersion makes the patch conditional: a concurrent change fails it and the pass retries.
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": s.resource_version(), "ownerReferences": keep}});
+    api.patch(
+        &ca.secret_name(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::ReleaseSecret)?;
+    info!(secret = %ca.secret_name(), "released the retained Secret before deletion");
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Gather: what a pass knows before it decides, read off the object, the operator's memory, the Secret index,
+//! the connection stores and the answer cache. It reads the API only where those cannot answer.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::Known;
+use crate::controller::plan::{Answer, Facts, Recorded, Remembered, SecretFacts};
+use crate::controller::resolve::{connection_version, resolve};
+use crate::controller::spec;
+use crate::controller::status::ready_of;
+use crate::controller::targets::{NotReady, SecretId};
+use crate::controller::{Context, ObjectState};
+use crate::crd::{ConnectedAccount, ConnectedAccountStatus, CreationPolicy, FORCE_SYNC_ANNOTATION};
+use crate::identity::AccountKey;
+use crate::reason::Error;
+use crate::schedule::{self, parse_ts};
+use crate::secret::{self, check_ownership, existing_hash};
+
+pub(super) fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
+    let status = ca.status.clone().unwrap_or_default();
+    let ready = ready_of(&status.conditions);
+    Recorded {
+        forced: ca
+            .annotations()
+            .get(FORCE_SYNC_ANNOTATION)
+            .filter(|v| status.last_force_sync.as_ref() != Some(*v))
+            .cloned(),
+        spec_changed: status.observed_generation != ca.metadata.generation,
+        // The cached object can predate this process's own status write: its time wins.
+        next_due: mem
+            .written_next_sync
+            .or(status.next_sync_time.as_deref().and_then(parse_ts)),
+        failed: ready.as_ref().is_some_and(|(s, _)| s == "False"),
+        ready: ready.as_ref().is_some_and(|(s, _)| s == "True"),
+        held_expiry: status.expires_at.as_deref().and_then(parse_ts),
+    }
+}
+
+pub(super) fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState) -> Remembered {
+    let version = connection_version(ca, ctx);
+    Remembered {
+        retry_at: mem.retry_at,
+        last_forced: mem.last_forced,
+        connection_changed: mem
+            .failed_connection_version
+            .as_ref()
+            .is_some_and(|was| version.as_ref() != Some(was)),
+        asked: mem.asked.is_some(),
+    }
+}
+
+/// Everything the decision needs. Reads only what the index cannot answer: a Secret whose resourceVersion is
+/// not the one recorded, a Merge target, or any target before the index is filled.
+pub(super) async fn gather(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    mem: &ObjectState,
+) -> Result<Known, Error> {
+    let now = ctx.clock.now();
+    let uid = ca.uid().unwrap_or_default();
+    let status = ca.status.clone().unwrap_or_default();
+    let spec = spec::validate_spec(ca);
+    // An invalid spec is reported before anything is read.
+    let (secret, read, exists) = if spec.is_ok() {
+        secret_facts(ca, ctx, &status, mem).await?
+    } else {
+        (SecretFacts::New, None, false)
+    };
+    let resolved = resolve(ca, ctx).await?;
+    let connection_version = match &resolved {
+        Ok(r) => r.version.clone(),
+        Err(u) => u.version.clone(),
+    };
+    let key = resolved.as_ref().ok().map(|r| AccountKey {
+        connection: r.key().clone(),
+        account_id: ca.spec.account_id.clone(),
+    });
+    let cache = &ctx.fetcher.cache;
+    let asked = mem
+        .asked
+        .as_ref()
+        .filter(|(k, _)| Some(k) == key.as_ref())
+        .map(|(_, g)| *g);
+    let answer = match (asked, &key) {
+        (Some(g), Some(k)) => match cache.attempt_after(k, g) {
+            Some(a) => {
+                ctx.update_object(&uid, |o| o.asked = None);
+                Answer::Arrived(a)
+            }
+            None => Answer::Awaited,
+        },
+        (None, Some(k)) => Answer::Last(cache.last_ok(k)),
+        (_, None) => Answer::Last(None),
+    };
+    let (connection, resolved) = match resolved {
+        Ok(r) => (Ok(()), Some(r)),
+        Err(u) => (Err(u.failure), None),
+    };
+    Ok(Known {
+        facts: Facts {
+            now,
+            spec,
+            recorded: recorded(ca, mem),
+            remembered: remembered(ca, ctx, mem),
+            secret,
+            secret_exists: exists,
+            connection,
+            answer,
+            jitter: schedule::jitter_fraction(&uid),
+        },
+        connection: resolved,
+        key,
+        read,
+        exists,
+        connection_version,
+        status,
+    })
+}
+
+/// The target Secret as the pass sees it: (facts, the Secret if read, whether it exists). Read only when the index
+/// cannot say: another resourceVersion than recorded, another writer, a spec change (the Secret's type matters),
+/// a Merge target, or a name the index does not hold but someone else's Secret might.
+async fn secret_facts(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    status: &ConnectedAccountStatus,
+    mem: &ObjectState,
+) -> Result<(SecretFacts, Option<Secret>, bool), Error> {
+    let name = ca.secret_name();
+    let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
+    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
+    let spec_changed = status.observed_generation != ca.metadata.generation;
+    let recorded = mem
+        .secret_version
+        .as_ref()
+        .or(status.secret_resource_version.as_ref());
+    let unseen = if status.data_hash.is_some() {
+        SecretFacts::Drifted
+    } else {
+        SecretFacts::New
+    };
+    match ctx.secrets.get(&id) {
+        Ok(Some(ix))
+            if !merge
+                && !spec_changed
+                && ix.owner.as_deref() == Some(secret::owner_id(ca).as_str())
+                && Some(&ix.resource_version) == recorded =>
+        {
+            return Ok((SecretFacts::AsWritten, None, true));
+        }
+        // This process wrote it and the index has not seen it (yet, or any more): read it.
+        Ok(None) if !merge && mem.secret_version.is_some() => {}
+        Ok(None) if !merge => {
+            // Not among the Secrets the operator writes into: someone else may hold the name.
+            let foreign = ctx
+                .foreign
+                .exists(&ctx.client, &id)
+                .await
+                .map_err(Error::ReadSecret)?;
+            if !foreign {
+                return Ok((unseen, None, false));
+            }
+        }
+        Ok(_) | Err(NotReady) => {}
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let Some(s) = api.get_opt(&name).await.map_err(Error::ReadSecret)? else {
+        if merge {
+            let m = format!(
+                "spec.target.creationPolicy: Merge writes into an existing Secret, and Secret {name} does not exist"
+            );
+            return Ok((SecretFacts::Conflict(m), None, false));
+        }
+        return Ok((unseen, None, false));
+    };
+    if let Err(c) = check_ownership(ca, &s) {
+        return Ok((
+            SecretFacts::Conflict(format!("spec.target.name: {}", c.0)),
+            Some(s),
+            true,
+        ));
+    }
+    let ours = existing_hash(&s, &secret::field_manager(ca));
+    if status.data_hash.as_deref() == Some(ours.as_str()) {
+        // As written: remember this version, so the next pass does not read it again.
+        let version = s.resource_version();
+        ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
+            o.secret_version = version
+        });
+        return Ok((SecretFacts::AsWritten, Some(s), true));
+    }
+    Ok((SecretFacts::Drifted, Some(s), true))
+}

@@ -1,0 +1,124 @@
+//! The ConnectedAccount pass, as a plan: read what is known ([`gather`]: the object, the operator's memory, the
+//! Secret index, the connection, the answer cache), decide ([`plan::decide`]), build ([`build`](super::build))
+//! and apply ([`write`]), then report ([`report`]: status, Events, metrics, the requeue). The decisions are
+//! pure; these files hold the I/O. Deletion and the finalizer are in [`finalizer`].
+//!
+//! A write happens in the pass its answer triggers, with what that pass read: usually nothing at all (the index
+//! says the Secret is as written), so a first sync costs a Secret apply, a status apply and an Event, and a
+//! refresh a Secret apply and a status apply.
+
+mod finalizer;
+mod gather;
+mod report;
+mod write;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use tracing::{debug, warn};
+
+use super::Context;
+use super::build::Synced;
+use super::plan::{self, Facts, Step};
+use super::resolve::Resolved;
+use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
+use crate::identity::AccountKey;
+use crate::reason::{Error, SyncFailure};
+use crate::schedule::{self, format_ts, parse_ts};
+
+/// How a pass ended, before it is reported.
+enum Outcome {
+    Synced(Synced),
+    Failed(SyncFailure),
+}
+
+/// What [`gather`] found, beside the facts.
+struct Known {
+    facts: Facts,
+    connection: Option<Resolved>,
+    key: Option<AccountKey>,
+    /// The Secret, when the pass read it.
+    read: Option<Secret>,
+    /// The Secret exists (in the index or as read).
+    exists: bool,
+    /// The connection's resourceVersion (a failure it caused is retried when it changes).
+    connection_version: Option<String>,
+    status: ConnectedAccountStatus,
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let _in_flight = ctx.metrics.reconcile_started();
+    let out = if ca.metadata.deletion_timestamp.is_some() {
+        finalizer::finalize(&ca, &ctx).await
+    } else {
+        match finalizer::keep(&ca, &ctx).await {
+            Ok(()) => pass(&ca, &ctx).await,
+            Err(e) => Err(e),
+        }
+    };
+    ctx.metrics.observe_reconcile(started.elapsed());
+    out
+}
+
+/// One pass: gather, decide, act, report.
+async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
+    let uid = ca.uid().unwrap_or_default();
+    let mem = ctx.object(&uid);
+    // Waits need no reads: a failed object's own status write must cost nothing.
+    let (recorded, remembered) = (
+        gather::recorded(ca, &mem),
+        gather::remembered(ca, ctx, &mem),
+    );
+    if let Some(at) = plan::hold(&recorded, &remembered, ctx.clock.now()) {
+        debug!(until = %format_ts(at), "waiting");
+        return Ok(requeue(ctx, &uid, at));
+    }
+    let known = gather::gather(ca, ctx, &mem).await?;
+    let outcome = match plan::decide(&known.facts) {
+        Step::Wait(at) => return Ok(requeue(ctx, &uid, at)),
+        Step::Fetch { needed_by } => {
+            write::ask(ca, ctx, &known, needed_by);
+            let at = schedule::add(ctx.clock.now(), plan::PENDING_RECHECK);
+            return Ok(requeue(ctx, &uid, at));
+        }
+        Step::Keep(next) => Outcome::Synced(write::keep(ca, ctx, &known, next).await),
+        Step::Write(answer, cause) => write::write(ca, ctx, &known, &answer, cause).await?,
+        Step::Fail(f) => Outcome::Failed(f),
+    };
+    report::report(ca, ctx, &known, outcome).await
+}
+
+/// The next pass at `at`, counted from the end of this one: a slow pass does not push the next one later.
+fn requeue(ctx: &Context, uid: &str, at: Timestamp) -> Action {
+    let now = ctx.clock.now();
+    ctx.update_object(uid, |o| o.next_pass = Some(at));
+    Action::requeue(schedule::until(now, at))
+}
+
+/// Backoff for Kubernetes API failures, landing before the held credentials expire.
+pub fn error_policy(ca: Arc<ConnectedAccount>, err: &Error, ctx: Arc<Context>) -> Action {
+    let uid = ca.uid().unwrap_or_default();
+    let attempt = ctx.record_failure(&uid);
+    let exp = ca
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.as_deref())
+        .and_then(parse_ts);
+    let now = ctx.clock.now();
+    let r = schedule::after_failure(
+        now,
+        attempt - 1,
+        exp,
+        schedule::FailureClass::Transient,
+        None,
+    );
+    ctx.metrics.count_reconcile_error(err.metric_label());
+    warn!(error = %err, kind = err.metric_label(), attempt, retry_in_s = r.delay.as_secs(), "reconcile failed");
+    ctx.update_object(&uid, |o| o.next_pass = Some(schedule::add(now, r.delay)));
+    Action::requeue(r.delay)
+}

@@ -1,0 +1,153 @@
+//! Report: the status a pass leads to (applied only when it changed), its Events, its metrics, and the requeue.
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::{Known, Outcome, requeue};
+use crate::controller::Context;
+use crate::controller::build::{self, Written};
+use crate::controller::plan;
+use crate::controller::status::{apply_status, event_type, publish, ready_changed};
+use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
+use crate::reason::{Error, Reason};
+use crate::schedule::{self, format_ts, parse_ts};
+
+/// Status, Events, metrics and the requeue of a pass.
+pub(super) async fn report(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    outcome: Outcome,
+) -> Result<Action, Error> {
+    match outcome {
+        Outcome::Synced(s) => synced(ca, ctx, known, s).await,
+        Outcome::Failed(f) => failed(ca, ctx, known, f).await,
+    }
+}
+
+async fn synced(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    s: build::Synced,
+) -> Result<Action, Error> {
+    let now = ctx.clock.now();
+    let uid = ca.uid().unwrap_or_default();
+    let old = &known.status;
+    ctx.update_object(&uid, |o| {
+        o.failures = 0;
+        o.retry_at = None;
+        o.failed_connection_version = None;
+    });
+    let forced = known.facts.recorded.forced.as_deref();
+    let st = build::synced_status(ca, old, &s, forced, now);
+    write_status(ca, ctx, old, &st, now).await?;
+    let last_sync = st.last_sync_time.as_deref().and_then(parse_ts);
+    ctx.metrics
+        .set_object(&ca.namespace().unwrap_or_default(), &ca.name_any(), |o| {
+            o.expires_at = s.expires_at.as_deref().and_then(parse_ts);
+            o.next_sync = Some(s.next);
+            o.last_sync = last_sync;
+            o.ready = Some((true, Reason::Synced.as_str()));
+        });
+    if s.confirmed {
+        ctx.metrics.count_sync(Reason::Synced.as_str());
+        let written = s.written.map_or("unchanged", Written::reason);
+        info!(secret = %s.secret_name, written, expires_at = ?s.expires_at, next_sync = %format_ts(s.next), "synced");
+    }
+    let changed = ready_changed(&old.conditions, &st.conditions);
+    if let Some((reason, note)) =
+        build::synced_event(ca, &s, known.facts.recorded.spec_changed, changed)
+    {
+        publish(ctx, ca, EventType::Normal, reason, "Sync", note).await;
+    }
+    if let Some(r) = &s.restart {
+        publish(
+            ctx,
+            ca,
+            EventType::Normal,
+            "RolloutRestarted",
+            "Sync",
+            r.note.clone(),
+        )
+        .await;
+    }
+    Ok(requeue(ctx, &uid, s.next))
+}
+
+async fn failed(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    mut f: crate::reason::SyncFailure,
+) -> Result<Action, Error> {
+    let now = ctx.clock.now();
+    let uid = ca.uid().unwrap_or_default();
+    let old = &known.status;
+    let attempt = ctx.record_failure(&uid);
+    let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
+    let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, now);
+    if let Some(n) = note {
+        f.message.push_str(&n);
+    }
+    let next = schedule::add(now, delay);
+    let failed_version = f
+        .reason
+        .about_connection()
+        .then(|| known.connection_version.clone())
+        .flatten();
+    ctx.update_object(&uid, |o| {
+        o.retry_at = Some(next);
+        o.failed_connection_version = failed_version;
+    });
+    let forced = known.facts.recorded.forced.as_deref();
+    let st = build::failed_status(ca, old, &f, next, forced, now);
+    write_status(ca, ctx, old, &st, now).await?;
+    let reason = f.reason.as_str();
+    ctx.metrics.count_sync(reason);
+    ctx.metrics
+        .set_object(&ca.namespace().unwrap_or_default(), &ca.name_any(), |o| {
+            o.expires_at = held_expiry;
+            o.next_sync = Some(next);
+            o.ready = Some((false, reason));
+        });
+    warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
+    if ready_changed(&old.conditions, &st.conditions) {
+        publish(
+            ctx,
+            ca,
+            event_type(false),
+            reason,
+            "Sync",
+            f.message.clone(),
+        )
+        .await;
+    }
+    Ok(requeue(ctx, &uid, next))
+}
+
+/// Apply status when it needs writing, and remember the `nextSyncTime` written.
+async fn write_status(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    old: &ConnectedAccountStatus,
+    new: &ConnectedAccountStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    if !build::status_needs_write(ca.status.is_some(), old, new, now) {
+        return Ok(());
+    }
+    let api: Api<ConnectedAccount> =
+        Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    apply_status(&api, &ca.name_any(), new)
+        .await
+        .map_err(Error::WriteStatus)?;
+    let written = new.next_sync_time.as_deref().and_then(parse_ts);
+    ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
+        o.written_next_sync = written
+    });
+    Ok(())
+}

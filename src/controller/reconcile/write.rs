@@ -1,0 +1,249 @@
+//! Act: ask for a fetch, keep what is right, or build the Secret from an answer and apply it when it differs.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tracing::debug;
+
+use super::{Known, Outcome};
+use crate::controller::Context;
+use crate::controller::build::{self, Built, Synced};
+use crate::controller::fetch::CachedFetch;
+use crate::controller::plan::{Cause, SecretFacts};
+use crate::controller::resolve::Resolved;
+use crate::controller::restart;
+use crate::controller::spec::Validated;
+use crate::controller::targets::SecretId;
+use crate::crd::{ConnectedAccount, CreationPolicy};
+use crate::reason::{Error, Reason, SyncFailure};
+use crate::schedule;
+use crate::secret::{self, check_ownership};
+
+/// Ask the connection's dispatcher for the account; its answer triggers the next pass.
+pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, needed_by: Timestamp) {
+    let (Some(conn), Some(key)) = (&known.connection, &known.key) else {
+        return;
+    };
+    let uid = ca.uid().unwrap_or_default();
+    let generation = ctx.fetcher.cache.generation(key);
+    conn.dispatcher
+        .request(&ca.spec.account_id, needed_by, ObjectRef::from_obj(ca));
+    let forced_at = known
+        .facts
+        .recorded
+        .forced
+        .as_ref()
+        .map(|_| known.facts.now);
+    ctx.update_object(&uid, |o| {
+        o.asked = Some((key.clone(), generation));
+        if forced_at.is_some() {
+            o.last_forced = forced_at;
+        }
+    });
+    debug!(account = %ca.spec.account_id, connection = %conn.key().id, "fetch requested");
+}
+
+/// Nothing to write: the Secret is right. Only a rollout restart held back by its debounce may be due.
+pub(super) async fn keep(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    next: Timestamp,
+) -> Synced {
+    let mut s = Synced::unchanged(ca, next);
+    if let Ok(v) = &known.facts.spec {
+        s.restart = restart::maybe_restart(
+            ca,
+            ctx,
+            known.facts.now,
+            &known.status,
+            v.min_restart_interval,
+            known.status.data_hash.as_deref(),
+        )
+        .await;
+    }
+    s
+}
+
+/// Build the Secret from `answer` and apply it, unless it already holds exactly that.
+pub(super) async fn write(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    answer: &CachedFetch,
+    cause: Cause,
+) -> Result<Outcome, Error> {
+    let (Ok(validated), Some(conn)) = (&known.facts.spec, &known.connection) else {
+        return Ok(Outcome::Failed(SyncFailure::new(
+            Reason::UpstreamError,
+            "internal: a write without a usable spec and connection",
+        )));
+    };
+    let ns = ca.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = ca.secret_name();
+    // A credential field sent as null keeps its value: read the Secret for it if the pass did not.
+    let mut read = known.read.clone();
+    if read.is_none() && known.exists && build::has_null_fields(answer) {
+        read = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
+    }
+    let previous = read.as_ref().and_then(secret::data_of);
+    let built = match build_secret(ca, ctx, *validated, conn, answer, previous.as_ref()).await {
+        Ok(b) => b,
+        Err(f) => return Ok(Outcome::Failed(f)),
+    };
+    if let Some(f) = refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
+        return Ok(Outcome::Failed(f));
+    }
+    let st = &known.status;
+    let unchanged = known.facts.secret == SecretFacts::AsWritten
+        && !known.facts.recorded.spec_changed
+        && st.data_hash.as_deref() == Some(built.hash.as_str())
+        && st.expires_at == built.expires_at;
+    let (written, version) = if unchanged {
+        (None, st.secret_resource_version.clone())
+    } else {
+        let manager = secret::field_manager(ca);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(&built.secret),
+            )
+            .await;
+        let applied = match applied {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
+                return Ok(Outcome::Failed(refused_write(&name, s.code, &s.message)));
+            }
+            Err(e) => return Err(Error::WriteSecret(e)),
+        };
+        let version = applied.resource_version();
+        let uid = ca.uid().unwrap_or_default();
+        ctx.update_object(&uid, |o| o.secret_version = version.clone());
+        let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
+        let kind = build::written(
+            known.exists,
+            cause,
+            same_data,
+            known.facts.recorded.spec_changed,
+        );
+        (Some(kind), version)
+    };
+    let restart = restart::maybe_restart(
+        ca,
+        ctx,
+        known.facts.now,
+        st,
+        validated.min_restart_interval,
+        Some(&built.hash),
+    )
+    .await;
+    Ok(Outcome::Synced(Synced {
+        secret_name: name,
+        connection: Some(conn.key().id.status_ref()),
+        expires_at: built.expires_at,
+        next: built.next,
+        account: Some(built.account),
+        data_hash: Some(built.hash),
+        confirmed: true,
+        written,
+        restart,
+        secret_version: version,
+    }))
+}
+
+async fn build_secret(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    validated: Validated,
+    conn: &Resolved,
+    answer: &CachedFetch,
+    previous: Option<&BTreeMap<String, Vec<u8>>>,
+) -> Result<Built, SyncFailure> {
+    build::secret(build::Inputs {
+        ca,
+        validated,
+        admission: &conn.admission,
+        connection: &conn.key().id,
+        answer,
+        previous,
+        now: ctx.clock.now(),
+        jitter: schedule::jitter_fraction(&ca.uid().unwrap_or_default()),
+    })
+    .await
+}
+
+/// Why the built Secret must not be applied, if so: a first write into a name someone else's Secret holds, a type
+/// change, or a Merge key another ConnectedAccount writes.
+async fn refuse(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    api: &Api<Secret>,
+    known: &Known,
+    read: Option<&Secret>,
+    built: &Built,
+) -> Result<Option<SyncFailure>, Error> {
+    let name = ca.secret_name();
+    let mut existing = read.cloned();
+    if existing.is_none() && !known.exists {
+        // Not among the Secrets the operator writes into: does someone else have one of that name?
+        let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
+        if ctx
+            .foreign
+            .exists(&ctx.client, &id)
+            .await
+            .map_err(Error::ReadSecret)?
+        {
+            existing = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
+        }
+    }
+    let Some(e) = existing else {
+        return Ok(None);
+    };
+    let conflict = |m: String| Ok(Some(SyncFailure::new(Reason::SecretConflict, m)));
+    if let Err(c) = check_ownership(ca, &e) {
+        return conflict(format!("spec.target.name: {}", c.0));
+    }
+    if let Some(m) = secret::type_conflict(&e, &built.secret) {
+        return Ok(Some(SyncFailure::new(Reason::InvalidSpec, m)));
+    }
+    if ca.spec.target.creation_policy == CreationPolicy::Merge
+        && let Some(data) = built.secret.data.as_ref()
+        && let Some(c) = secret::merge_conflict(ca, &e, data.keys(), |u| ctx.account_exists(u))
+    {
+        return conflict(c.0);
+    }
+    Ok(None)
+}
+
+/// The API server refused the Secret: name the spec field that caused it. Its message names fields and keys,
+/// never data values.
+fn refused_write(secret: &str, code: u16, message: &str) -> SyncFailure {
+    let message: String = message.chars().take(300).collect();
+    if code == 403 || code == 413 {
+        return SyncFailure::new(
+            Reason::SecretWriteFailed,
+            format!("the API server refused to write Secret {secret} (HTTP {code}): {message}"),
+        );
+    }
+    let field = if message.contains("metadata.labels") {
+        "spec.target.labels"
+    } else if message.contains("metadata.annotations") {
+        "spec.target.annotations"
+    } else if message.contains("type") && message.contains("immutable") {
+        "spec.target.type"
+    } else if message.contains("data") {
+        "spec.target.template.data"
+    } else {
+        "spec.target"
+    };
+    SyncFailure::new(
+        Reason::InvalidSpec,
+        format!("{field}: the API server refused Secret {secret}: {message}"),
+    )
+}

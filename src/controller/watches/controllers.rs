@@ -1,0 +1,222 @@
+//! The controllers: one ConnectedAccount controller per watched scope, and the connection status controllers.
+
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, Shared};
+use futures::{StreamExt, TryStreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{debug, warn};
+
+use super::stores::strip;
+use super::{RunConfig, Scope, Task};
+use crate::controller::context::Context;
+use crate::controller::{connection, reconcile};
+use crate::crd::{
+    ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, OWNER_ANNOTATION,
+    PipedreamConnection,
+};
+use crate::secret::MERGE_ANNOTATION_PREFIX;
+
+/// Whether a watch event concerns this shard (events without an object always do).
+fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<ConnectedAccount>) -> bool {
+    match e {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+            shard.owns(o.metadata.uid.as_deref().unwrap_or_default())
+        }
+        watcher::Event::Init | watcher::Event::InitDone => true,
+    }
+}
+
+/// The ConnectedAccount controller of one scope: its own objects (this shard's), the Secrets they write, the
+/// connections they name, and the dispatchers' "answer is in" triggers. A deleted object is forgotten at once.
+pub(super) fn account_controller(
+    ctx: &Arc<Context>,
+    config: &RunConfig,
+    scope: &Scope,
+    trigger: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<ConnectedAccount>>,
+    secret_events: futures::stream::BoxStream<
+        'static,
+        Result<PartialObjectMeta<Secret>, watcher::Error>,
+    >,
+    shutdown: &Shared<BoxFuture<'static, ()>>,
+) -> (Store<ConnectedAccount>, Task) {
+    let client = ctx.client.clone();
+    let (cas, conns): (Api<ConnectedAccount>, Api<PipedreamConnection>) = match scope {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (store, writer) = reflector::store();
+    let shard = config.settings.shard;
+    let forget = Arc::downgrade(ctx);
+    let accounts = watcher(cas, watcher::Config::default().any_semantic())
+        .default_backoff()
+        // Another shard's accounts are never cached, triggered or reconciled here.
+        .try_filter(move |e| future::ready(in_shard(&shard, e)))
+        .map_ok(move |e| {
+            if let (watcher::Event::Delete(ca), Some(ctx)) = (&e, forget.upgrade()) {
+                ctx.forget(
+                    ca.metadata.uid.as_deref().unwrap_or_default(),
+                    &ca.namespace().unwrap_or_default(),
+                    &ca.name_any(),
+                );
+            }
+            e
+        })
+        .modify(strip)
+        .reflect(writer)
+        .applied_objects();
+    let (s1, s2) = (store.clone(), store.clone());
+    let c = Controller::for_stream(accounts, store.clone())
+        .watches_stream(secret_events, |s| accounts_of_secret(&s))
+        .watches(
+            conns,
+            watcher::Config::default(),
+            move |conn: PipedreamConnection| {
+                referencing(
+                    &s1,
+                    ConnectionKind::PipedreamConnection,
+                    conn.namespace(),
+                    &conn.name_any(),
+                )
+            },
+        )
+        .reconcile_on(UnboundedReceiverStream::new(trigger));
+    let c = if config.settings.cluster_connections_disabled {
+        c
+    } else {
+        c.watches(
+            Api::<ClusterPipedreamConnection>::all(client),
+            watcher::Config::default(),
+            move |conn: ClusterPipedreamConnection| {
+                referencing(
+                    &s2,
+                    ConnectionKind::ClusterPipedreamConnection,
+                    None,
+                    &conn.name_any(),
+                )
+            },
+        )
+    };
+    let task = c
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(log_result);
+    (store, Box::pin(task))
+}
+
+/// The connection status controllers: shard 0 only (the others only read connections); cluster connections
+/// only in a cluster-wide install.
+pub(super) fn connection_controllers(
+    ctx: &Arc<Context>,
+    config: &RunConfig,
+    scopes: &[Scope],
+    shutdown: &Shared<BoxFuture<'static, ()>>,
+) -> Vec<Task> {
+    let mut out: Vec<Task> = Vec::new();
+    if !config.settings.shard.checks_connections() {
+        return out;
+    }
+    for scope in scopes {
+        let conns: Api<PipedreamConnection> = match scope {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        out.push(Box::pin(
+            Controller::new(conns, watcher::Config::default().any_semantic())
+                .graceful_shutdown_on(shutdown.clone())
+                .run(
+                    connection::reconcile_namespaced,
+                    connection::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(log_result),
+        ));
+    }
+    if scopes == [None] && !config.settings.cluster_connections_disabled {
+        out.push(Box::pin(
+            Controller::new(
+                Api::<ClusterPipedreamConnection>::all(ctx.client.clone()),
+                watcher::Config::default().any_semantic(),
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                connection::reconcile_cluster,
+                connection::error_policy,
+                ctx.clone(),
+            )
+            .for_each(log_result),
+        ));
+    }
+    out
+}
+
+/// The ConnectedAccounts a Secret event concerns: named by its owner annotation, its Merge annotations, or its
+/// controller ownerReference. Works for Secrets without an ownerReference (Retain, Orphan, Merge).
+pub fn accounts_of_secret(s: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<ConnectedAccount>> {
+    let ns = s.namespace().unwrap_or_default();
+    let mut out: Vec<ObjectRef<ConnectedAccount>> = Vec::new();
+    for (k, v) in s.annotations() {
+        if k == OWNER_ANNOTATION {
+            if let Some((owner_ns, name)) = v.split_once('/')
+                && owner_ns == ns
+            {
+                out.push(ObjectRef::new(name).within(&ns));
+            }
+        } else if k.starts_with(MERGE_ANNOTATION_PREFIX) {
+            out.push(ObjectRef::new(v).within(&ns));
+        }
+    }
+    for o in s.owner_references() {
+        if o.kind == "ConnectedAccount" {
+            out.push(ObjectRef::new(&o.name).within(&ns));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup();
+    out
+}
+
+fn log_result<K: kube::Resource, E: std::error::Error, Q: std::error::Error>(
+    res: Result<(ObjectRef<K>, kube::runtime::controller::Action), controller::Error<E, Q>>,
+) -> future::Ready<()> {
+    match res {
+        Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+        Err(controller::Error::ObjectNotFound(obj)) => debug!(object = %obj, "object gone"),
+        Err(e) => warn!(error = %e, "controller error"),
+    }
+    future::ready(())
+}
+
+/// The ConnectedAccounts of `store` that use connection `kind`/`namespace`/`name` (by name, or by default).
+fn referencing(
+    store: &Store<ConnectedAccount>,
+    kind: ConnectionKind,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<ConnectedAccount>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|ca| {
+            let (k, n) = match &ca.spec.connection_ref {
+                Some(r) => (r.kind, r.name.as_str()),
+                None => (ConnectionKind::ClusterPipedreamConnection, ""),
+            };
+            let by_default = ca.spec.connection_ref.is_none()
+                && kind == ConnectionKind::ClusterPipedreamConnection;
+            (by_default || (k == kind && n == name))
+                && (namespace.is_none() || ca.namespace() == namespace)
+        })
+        .map(|ca| ObjectRef::from_obj(&*ca))
+        .collect()
+}

@@ -1,0 +1,179 @@
+//! Wiring: the stores and watches every controller reads, the ConnectedAccount controllers (one per watched
+//! scope), the connection status controllers, and leadership.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::future::{self, BoxFuture, Shared};
+use kube::Client;
+use tracing::info;
+
+mod controllers;
+mod stores;
+
+use super::context::{Clock, Context, Settings};
+use super::fetch::Triggers;
+use super::leader;
+use crate::metrics::Metrics;
+use controllers::{account_controller, connection_controllers};
+use stores::{cluster_store, connection_stores, secret_watch};
+
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Namespaces to watch; empty = all.
+    pub namespaces: Vec<String>,
+    /// Settings passed to reconciles.
+    pub settings: Settings,
+    /// Reconciles in flight per watched scope.
+    pub concurrency: u16,
+    /// Timeout of each Pipedream request.
+    pub request_timeout: std::time::Duration,
+    /// Pod name, for Event reporting and the leader-election identity.
+    pub instance: Option<String>,
+    /// Leader election (Lease name, duration), or none to always reconcile.
+    pub leader_election: Option<(String, u64)>,
+}
+
+type Scope = Option<String>;
+type Task = BoxFuture<'static, ()>;
+
+/// Run every controller until `shutdown` resolves. `ready` turns true once all caches have synced.
+pub async fn run(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> Result<(), String> {
+    let http = crate::pipedream::http_client(config.request_timeout)
+        .map_err(|e| format!("building HTTP client: {e}"))?;
+    let scopes: Vec<Scope> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut triggers = Triggers::default();
+    let trigger_streams: Vec<_> = scopes
+        .iter()
+        .map(|s| triggers.subscribe(s.clone()))
+        .collect();
+    // The context exists before the watches that report deletions to it.
+    let ctx_cell: Arc<std::sync::OnceLock<std::sync::Weak<Context>>> = Arc::default();
+    let on_ctx = {
+        let cell = ctx_cell.clone();
+        move |f: &dyn Fn(&Context)| {
+            if let Some(ctx) = cell.get().and_then(std::sync::Weak::upgrade) {
+                f(&ctx);
+            }
+        }
+    };
+    let mut background: Vec<Task> = Vec::new();
+    let connections = connection_stores(&client, &scopes, on_ctx.clone(), &mut background);
+    let cluster = cluster_store(&client, &config.settings, on_ctx.clone(), &mut background);
+    let ctx = Context::new(
+        client.clone(),
+        config.settings.clone(),
+        connections.clone(),
+        cluster.clone(),
+        http,
+        metrics.clone(),
+        Clock::System,
+        config.instance.clone(),
+        triggers,
+    );
+    let _ = ctx_cell.set(Arc::downgrade(&ctx));
+    let secrets = secret_watch(&client, &scopes, ctx.secrets.clone());
+    let mut controllers: Vec<Task> = Vec::new();
+    let mut account_stores = Vec::new();
+    for ((scope, trigger), secret_events) in scopes.iter().zip(trigger_streams).zip(secrets) {
+        let (store, c) =
+            account_controller(&ctx, &config, scope, trigger, secret_events, &shutdown);
+        account_stores.push(store);
+        controllers.push(c);
+    }
+    *ctx.accounts.lock().unwrap_or_else(|p| p.into_inner()) = account_stores.clone();
+    controllers.extend(connection_controllers(&ctx, &config, &scopes, &shutdown));
+
+    // Reflectors run in the background; controllers start only once the connection stores and the Secret index
+    // are complete, so the first passes neither report a connection as missing nor read every Secret.
+    let reflectors: Vec<_> = background.into_iter().map(tokio::spawn).collect();
+    let caches_ready = async {
+        for s in connections.values() {
+            let _ = s.wait_until_ready().await;
+        }
+        let _ = cluster.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = caches_ready => {}
+        _ = shutdown.clone() => return Ok(()),
+    }
+    let mut leadership = None;
+    if let Some((lease, duration)) = &config.leader_election {
+        // Standbys are ready once the connection caches are warm; the leader additionally lists ConnectedAccounts.
+        ready.store(true, Ordering::SeqCst);
+        let identity = config
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        match leader::acquire(
+            client.clone(),
+            &config.settings.operator_namespace,
+            lease,
+            &identity,
+            *duration,
+            shutdown.clone(),
+        )
+        .await?
+        {
+            Some(l) => leadership = Some(l),
+            None => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+    let readiness = {
+        let (ready, index) = (ready.clone(), ctx.secrets.clone());
+        async move {
+            for s in &account_stores {
+                let _ = s.wait_until_ready().await;
+            }
+            while !index.is_ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            ready.store(true, Ordering::SeqCst);
+            info!("caches synced; ready");
+            future::pending::<()>().await;
+        }
+    };
+    let outcome = {
+        let lost = async {
+            match leadership.as_mut() {
+                Some(l) => l.lost().await,
+                None => future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = future::join_all(controllers) => Ok(()),
+            _ = readiness => Ok(()),
+            _ = lost => Err("lost the leader-election Lease; exiting so that only one replica writes".to_string()),
+        }
+    };
+    metrics.set_leader(false);
+    ready.store(false, Ordering::SeqCst);
+    if let Some(l) = leadership
+        && outcome.is_ok()
+    {
+        l.release().await;
+    }
+    for r in reflectors {
+        r.abort();
+    }
+    outcome
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pipedream-secrets-operator".into())
+}

@@ -1,0 +1,131 @@
+//! The stores every pass reads (connections, cluster connections) and the Secret watch feeding the index.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::warn;
+
+use super::{Scope, Task};
+use crate::controller::context::{Context, Settings};
+use crate::controller::targets::SecretIndex;
+use crate::crd::{ClusterPipedreamConnection, PipedreamConnection, WATCH_LABEL};
+use crate::identity::ConnectionId;
+
+/// Keep only what the operator reads: managed fields and the last-applied annotation can be most of an object.
+pub(super) fn strip<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// A reflector of `api`, calling `on_delete` for each deleted object.
+fn reflect<K>(api: Api<K>, on_delete: impl Fn(&K) + Send + 'static) -> (Store<K>, Task)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let fut = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .for_each(move |r| {
+            match r {
+                Ok(watcher::Event::Delete(obj)) => on_delete(&obj),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "connection watch failed"),
+            }
+            future::ready(())
+        });
+    (store, Box::pin(fut))
+}
+
+/// Namespaced connections, one store per scope; a deleted one's dispatcher and metrics go with it.
+pub(super) fn connection_stores(
+    client: &Client,
+    scopes: &[Scope],
+    on_ctx: impl Fn(&dyn Fn(&Context)) + Clone + Send + Sync + 'static,
+    background: &mut Vec<Task>,
+) -> BTreeMap<Scope, Store<PipedreamConnection>> {
+    let mut stores = BTreeMap::new();
+    for scope in scopes {
+        let api: Api<PipedreamConnection> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let on_ctx = on_ctx.clone();
+        let (store, fut) = reflect(api, move |c: &PipedreamConnection| {
+            let id = ConnectionId::namespaced(c.namespace().unwrap_or_default(), c.name_any());
+            on_ctx(&|ctx| ctx.forget_connection(&id));
+        });
+        stores.insert(scope.clone(), store);
+        background.push(fut);
+    }
+    stores
+}
+
+/// Cluster connections (an empty, complete store when they are disabled).
+pub(super) fn cluster_store(
+    client: &Client,
+    settings: &Settings,
+    on_ctx: impl Fn(&dyn Fn(&Context)) + Send + Sync + 'static,
+    background: &mut Vec<Task>,
+) -> Store<ClusterPipedreamConnection> {
+    if settings.cluster_connections_disabled {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        return store;
+    }
+    let (store, fut) = reflect(
+        Api::<ClusterPipedreamConnection>::all(client.clone()),
+        move |c: &ClusterPipedreamConnection| {
+            let id = ConnectionId::cluster(c.name_any());
+            on_ctx(&|ctx| ctx.forget_connection(&id));
+        },
+    );
+    background.push(fut);
+    store
+}
+
+/// The label-selected, metadata-only Secret watch of each scope: it feeds the Secret index and maps each event
+/// to the ConnectedAccounts it concerns.
+pub(super) fn secret_watch(
+    client: &Client,
+    scopes: &[Scope],
+    index: SecretIndex,
+) -> Vec<futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>> {
+    scopes
+        .iter()
+        .map(|scope| {
+            let api: Api<PartialObjectMeta<Secret>> = match scope {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let (index, scope) = (index.clone(), scope.clone());
+            watcher(
+                api,
+                watcher::Config::default().labels(&format!("{WATCH_LABEL}=true")),
+            )
+            .default_backoff()
+            .map_ok(move |e| {
+                index.apply(&scope, &e);
+                e
+            })
+            .touched_objects()
+            .boxed()
+        })
+        .collect()
+}
