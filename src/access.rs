@@ -18,6 +18,16 @@ pub enum Admission {
     Rules(Vec<AccessRule>),
 }
 
+/// Whether the admission narrows which accounts may be used (externalUserIds, apps or accountIds).
+pub fn narrows(a: &Admission) -> bool {
+    match a {
+        Admission::Rules(rules) => rules.iter().any(|r| {
+            !r.external_user_ids.is_empty() || !r.apps.is_empty() || !r.account_ids.is_empty()
+        }),
+        _ => false,
+    }
+}
+
 /// Whether any rule needs the namespace's labels.
 pub fn needs_namespace_labels(rules: &[AccessRule]) -> bool {
     rules.iter().any(|r| r.namespace_selector.is_some())

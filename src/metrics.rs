@@ -1,5 +1,10 @@
 //! Prometheus metrics, following cert-manager's and External Secrets' conventions: absolute timestamps per object
-//! (true whenever scraped), a ready gauge by reason, counters by result, and controller-style process metrics.
+//! (true whenever scraped), a ready gauge per condition status, counters by result, and controller-style process
+//! metrics.
+//!
+//! The per-ConnectedAccount series are read off the operator's cache of ConnectedAccounts at scrape time, from
+//! their status, as cert-manager's `certmanager_certificate_ready_status` is: every object has its series from the
+//! moment it is cached, including right after a restart, and they go when it does.
 //!
 //! Every label value is bounded: endpoints, statuses, results, reasons and error kinds come from fixed lists;
 //! objects are namespace/name pairs of our own resources (one series per object, removed when it is deleted). No
@@ -71,23 +76,39 @@ struct ObjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabels {
+struct ConditionLabels {
     namespace: String,
     name: String,
-    reason: &'static str,
+    condition: &'static str,
 }
 
-/// What the metrics show about one ConnectedAccount.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ObjectGauges {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    namespace: String,
+    name: String,
+    reason: String,
+}
+
+/// The values of a Ready condition's status.
+pub const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
+
+/// What the metrics show about one ConnectedAccount, read off its status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObjectView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Ready's status: `True`, `False`, or `Unknown` (no Ready condition yet).
+    pub ready: &'static str,
+    /// Ready's reason (`Pending` before the first pass reports one). Bounded: the reasons the operator writes.
+    pub reason: String,
     /// Expiry of the credentials in its Secret.
     pub expires_at: Option<Timestamp>,
     /// When it is fetched next.
     pub next_sync: Option<Timestamp>,
     /// Last time its Secret was written or confirmed against Pipedream.
     pub last_sync: Option<Timestamp>,
-    /// Ready status and reason.
-    pub ready: Option<(bool, &'static str)>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -111,7 +132,7 @@ type Source<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
 
 #[derive(Default)]
 struct State {
-    objects: Mutex<BTreeMap<(String, String), ObjectGauges>>,
+    objects: Source<Vec<ObjectView>>,
     connections: Mutex<BTreeMap<ConnectionLabels, ConnectionGauges>>,
     queues: Source<Vec<QueueStats>>,
     due: Source<i64>,
@@ -150,13 +171,13 @@ struct StateCollector(Arc<State>);
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
-        let objects: Vec<((String, String), ObjectGauges)> = lock(&state.objects)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let ol = |k: &(String, String)| ObjectLabels {
-            namespace: k.0.clone(),
-            name: k.1.clone(),
+        let objects = lock(&state.objects)
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default();
+        let ol = |o: &ObjectView| ObjectLabels {
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
         };
         gauge(
             &mut enc,
@@ -164,7 +185,7 @@ impl Collector for StateCollector {
             "Expiry of the credentials in each ConnectedAccount's Secret (Unix seconds; absent when they do not expire)",
             objects
                 .iter()
-                .filter_map(|(k, o)| Some((ol(k), secs(o.expires_at?)))),
+                .filter_map(|o| Some((ol(o), secs(o.expires_at?)))),
         )?;
         gauge(
             &mut enc,
@@ -172,7 +193,7 @@ impl Collector for StateCollector {
             "When each ConnectedAccount is fetched from Pipedream next (Unix seconds)",
             objects
                 .iter()
-                .filter_map(|(k, o)| Some((ol(k), secs(o.next_sync?)))),
+                .filter_map(|o| Some((ol(o), secs(o.next_sync?)))),
         )?;
         gauge(
             &mut enc,
@@ -180,22 +201,34 @@ impl Collector for StateCollector {
             "Last time each ConnectedAccount's Secret was written or confirmed against Pipedream (Unix seconds)",
             objects
                 .iter()
-                .filter_map(|(k, o)| Some((ol(k), secs(o.last_sync?)))),
+                .filter_map(|o| Some((ol(o), secs(o.last_sync?)))),
         )?;
         gauge(
             &mut enc,
-            "connectedaccount_ready",
-            "1 when the ConnectedAccount is Ready, 0 when not; the reason label is its Ready reason",
-            objects.iter().filter_map(|(k, o)| {
-                let (ready, reason) = o.ready?;
-                Some((
-                    ReadyLabels {
-                        namespace: k.0.clone(),
-                        name: k.1.clone(),
-                        reason,
-                    },
-                    if ready { 1.0 } else { 0.0 },
-                ))
+            "connectedaccount_ready_status",
+            "The status of each ConnectedAccount's Ready condition: 1 on the series of its current status (True, False or Unknown), 0 on the others",
+            objects.iter().flat_map(|o| {
+                CONDITION_STATUSES.iter().map(move |c| {
+                    let labels = ConditionLabels {
+                        namespace: o.namespace.clone(),
+                        name: o.name.clone(),
+                        condition: c,
+                    };
+                    (labels, if *c == o.ready { 1.0 } else { 0.0 })
+                })
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "connectedaccount_ready_reason",
+            "1 per ConnectedAccount, labelled with its Ready reason (Synced, or why not)",
+            objects.iter().map(|o| {
+                let labels = ReasonLabels {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                    reason: o.reason.clone(),
+                };
+                (labels, 1.0)
             }),
         )?;
         let conns: Vec<(ConnectionLabels, ConnectionGauges)> = lock(&state.connections)
@@ -414,23 +447,9 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Update what the metrics show about ConnectedAccount `namespace/name`.
-    pub fn set_object(&self, namespace: &str, name: &str, f: impl FnOnce(&mut ObjectGauges)) {
-        let mut m = lock(&self.state.objects);
-        f(m.entry((namespace.to_string(), name.to_string()))
-            .or_default());
-    }
-
-    /// What the metrics show about one ConnectedAccount (tests).
-    pub fn object(&self, namespace: &str, name: &str) -> Option<ObjectGauges> {
-        lock(&self.state.objects)
-            .get(&(namespace.to_string(), name.to_string()))
-            .copied()
-    }
-
-    /// Drop a deleted ConnectedAccount's series.
-    pub fn forget_object(&self, namespace: &str, name: &str) {
-        lock(&self.state.objects).remove(&(namespace.to_string(), name.to_string()));
+    /// Where the per-ConnectedAccount series come from (read at scrape time: the cache of ConnectedAccounts).
+    pub fn set_object_source(&self, f: impl Fn() -> Vec<ObjectView> + Send + Sync + 'static) {
+        *lock(&self.state.objects) = Some(Box::new(f));
     }
 
     /// Record whether connection `id` can authenticate.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pipedream_secrets_operator::http::router;
-use pipedream_secrets_operator::metrics::Metrics;
+use pipedream_secrets_operator::metrics::{Metrics, ObjectView};
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
@@ -24,12 +24,17 @@ async fn health_readiness_and_metrics() {
     metrics.count_sync("UpstreamError");
     metrics.observe_request("connect_account", "200", Duration::from_millis(20));
     let exp: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
-    metrics.set_object("team-a", "gh", |o| {
-        o.expires_at = Some(exp);
-        o.ready = Some((true, "Synced"));
+    // Per-object series come from a source (the operator's cache of ConnectedAccounts) read at scrape time.
+    metrics.set_object_source(move || {
+        vec![ObjectView {
+            namespace: "team-a".into(),
+            name: "gh".into(),
+            ready: "True",
+            reason: "Synced".into(),
+            expires_at: Some(exp),
+            ..Default::default()
+        }]
     });
-    metrics.set_object("team-a", "gone", |o| o.ready = Some((false, "AccountDead")));
-    metrics.forget_object("team-a", "gone");
     let conn = pipedream_secrets_operator::identity::ConnectionId::cluster("default");
     metrics.set_connection_ready(&conn, true);
     metrics.count_rate_limit_wait(&conn, Duration::from_millis(250));
@@ -49,7 +54,10 @@ async fn health_readiness_and_metrics() {
         "pipedream_secrets_pipedream_request_duration_seconds_count{endpoint=\"connect_account\"} 1",
         "# TYPE pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds gauge",
         "pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds{namespace=\"team-a\",name=\"gh\"} 1795341600.0",
-        "pipedream_secrets_connectedaccount_ready{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1.0",
+        "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"True\"} 1.0",
+        "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"False\"} 0.0",
+        "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"Unknown\"} 0.0",
+        "pipedream_secrets_connectedaccount_ready_reason{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1.0",
         "pipedream_secrets_connection_ready{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1.0",
         "pipedream_secrets_rate_limit_waits_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1",
         "pipedream_secrets_rate_limit_wait_seconds_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 0.25",

@@ -530,3 +530,50 @@ fn credentials_come_back_exactly_as_pipedream_sent_them() {
     let all_null = Credentials::from_map(serde_json::from_str(r#"{"a":null}"#).unwrap());
     assert!(all_null.is_empty());
 }
+
+/// Issue 17 (2): a redirect from an allowed host was followed, to any host, re-sending the OAuth token request
+/// body with the client secret (reqwest's default policy). Redirects are never followed: the answer is an upstream
+/// error naming the status, and the other host hears nothing.
+#[tokio::test]
+async fn redirects_are_not_followed_and_the_client_secret_stays_home() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "stolen", "expires_in": 3600})),
+        )
+        .mount(&elsewhere)
+        .await;
+    let server = MockServer::start().await;
+    for (m, p) in [
+        ("POST", "/v1/oauth/token"),
+        ("GET", "/v1/connect/proj_P1/accounts/apn_A1"),
+    ] {
+        Mock::given(method(m))
+            .and(path(p))
+            .respond_with(
+                ResponseTemplate::new(307)
+                    .insert_header("location", format!("{}{p}", elsewhere.uri()).as_str()),
+            )
+            .mount(&server)
+            .await;
+    }
+    let c = connect(&server, oauth_loader(vec!["s1"]).0, Duration::from_secs(5));
+    let err = c.check_auth().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PipedreamError::Status {
+                status: 307,
+                endpoint: "token",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("307"), "{err}");
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "the other host was called"
+    );
+}

@@ -597,13 +597,22 @@ async fn metrics_have_the_documented_names_types_and_labels() {
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
+    // A failing account beside the synced one: the chart's alerts are tested on this scrape.
+    create_ca(&env, "nope", json!({"accountId": "apn_Nope1"})).await;
     env.wait_synced("gh", 20).await;
-    let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    env.wait("AccountNotFound", 20, async || {
+        (env.ready_reason("nope").await.as_deref() == Some("False/AccountNotFound")).then_some(())
+    })
+    .await;
+    let scrape_now = async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let scrape = scrape_now().await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("scrape.txt"), &scrape).unwrap();
@@ -657,7 +666,12 @@ async fn metrics_have_the_documented_names_types_and_labels() {
             &["namespace", "name"],
         ),
         (
-            "connectedaccount_ready",
+            "connectedaccount_ready_status",
+            "gauge",
+            &["namespace", "name", "condition"],
+        ),
+        (
+            "connectedaccount_ready_reason",
             "gauge",
             &["namespace", "name", "reason"],
         ),
@@ -713,13 +727,66 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         .expect("expiry of team-a/gh");
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(value as i64, status_expiry.as_second(), "{line}");
+    // Issue 17 (1): a fixed series per object and condition status, 0/1, like cert-manager's ready_status.
+    let team_a = env.ns("team-a");
+    let value = |scrape: &str, prefix: &str| -> Option<f64> {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+    };
+    let ready = |scrape: &str, name: &str, condition: &str| {
+        value(
+            scrape,
+            &format!(
+                "pipedream_secrets_connectedaccount_ready_status{{namespace=\"{team_a}\",name=\"{name}\",condition=\"{condition}\"}} "
+            ),
+        )
+    };
+    let reason = |scrape: &str, name: &str, reason: &str| {
+        value(
+            scrape,
+            &format!(
+                "pipedream_secrets_connectedaccount_ready_reason{{namespace=\"{team_a}\",name=\"{name}\",reason=\"{reason}\"}} "
+            ),
+        ) == Some(1.0)
+    };
+    for (condition, want) in [("True", 1.0), ("False", 0.0), ("Unknown", 0.0)] {
+        assert_eq!(
+            ready(&scrape, "gh", condition),
+            Some(want),
+            "gh {condition}: {scrape}"
+        );
+    }
+    for (condition, want) in [("True", 0.0), ("False", 1.0), ("Unknown", 0.0)] {
+        assert_eq!(
+            ready(&scrape, "nope", condition),
+            Some(want),
+            "nope {condition}: {scrape}"
+        );
+    }
     assert!(
-        scrape.contains(&format!(
-            "pipedream_secrets_connectedaccount_ready{{namespace=\"{}\",name=\"gh\",reason=\"Synced\"}} 1",
-            env.ns("team-a")
-        )),
+        reason(&scrape, "gh", "Synced") && reason(&scrape, "nope", "AccountNotFound"),
         "{scrape}"
     );
+    // Right after a restart, before any pass (the failing account waits minutes for its retry), the series are
+    // there: they come from the cached objects' status.
+    env.stop_operator();
+    env.start_operator();
+    let restarted = env
+        .wait("the restarted operator's series", 20, async || {
+            let s = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            ready(&s, "nope", "False").is_some().then_some(s)
+        })
+        .await;
+    assert_eq!(ready(&restarted, "nope", "False"), Some(1.0), "{restarted}");
+    assert_eq!(ready(&restarted, "gh", "True"), Some(1.0), "{restarted}");
+    assert!(reason(&restarted, "nope", "AccountNotFound"), "{restarted}");
+    std::fs::write(dir.join("scrape-after-restart.txt"), &restarted).unwrap();
     assert!(scrape.contains("pipedream_secrets_leader 1"), "{scrape}");
     assert!(!scrape.contains("tok-apn_Sys1"), "no credential in metrics");
 }

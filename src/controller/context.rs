@@ -122,6 +122,19 @@ pub struct ObjectState {
     pub written_next_sync: Option<Timestamp>,
     /// The target Secret's resourceVersion when this process last wrote or read it (status keeps it too).
     pub secret_version: Option<String>,
+    /// A digest of the status this process last wrote, and when: a cached object whose status differs is older
+    /// than that write (only the operator writes status), so a pass waits for the watch to catch up.
+    pub written_status: Option<(u64, Timestamp)>,
+}
+
+/// A digest of a status, to tell whether a cached object carries the status last written.
+pub fn status_digest(status: Option<&crate::crd::ConnectedAccountStatus>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&status)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Everything a reconcile needs.
@@ -205,6 +218,9 @@ impl Context {
             })
         });
         let weak = Arc::downgrade(&ctx);
+        metrics
+            .set_object_source(move || weak.upgrade().map_or_else(Vec::new, |c| c.object_views()));
+        let weak = Arc::downgrade(&ctx);
         metrics.set_due_source(move || {
             weak.upgrade().map_or(0, |c| {
                 let now = c.clock.now();
@@ -250,10 +266,21 @@ impl Context {
         self.metrics.forget_connection(id);
     }
 
-    /// Forget a deleted ConnectedAccount: its memory and its metric series.
-    pub fn forget(&self, uid: &str, namespace: &str, name: &str) {
+    /// Forget a deleted ConnectedAccount (its metric series go with it from the cache).
+    pub fn forget(&self, uid: &str) {
         self.forget_object(uid);
-        self.metrics.forget_object(namespace, name);
+    }
+
+    /// What the metrics show about every cached ConnectedAccount, from its status.
+    pub fn object_views(&self) -> Vec<crate::metrics::ObjectView> {
+        let stores = lock(&self.accounts).clone();
+        let mut out = Vec::new();
+        for store in stores {
+            for ca in store.state() {
+                out.push(object_view(&ca));
+            }
+        }
+        out
     }
 
     /// Count a failed pass of object `uid`; the attempt number (1 for the first failure in a row).
@@ -298,4 +325,24 @@ impl Context {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The metrics' view of one ConnectedAccount: its status, as cached.
+pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView {
+    use crate::schedule::parse_ts;
+    let status = ca.status.clone().unwrap_or_default();
+    let ready = ca.ready_condition();
+    crate::metrics::ObjectView {
+        namespace: kube::ResourceExt::namespace(ca).unwrap_or_default(),
+        name: kube::ResourceExt::name_any(ca),
+        ready: match ready.map(|c| c.status.as_str()) {
+            Some("True") => "True",
+            Some("False") => "False",
+            _ => "Unknown",
+        },
+        reason: ready.map_or_else(|| "Pending".to_string(), |c| c.reason.clone()),
+        expires_at: status.expires_at.as_deref().and_then(parse_ts),
+        next_sync: status.next_sync_time.as_deref().and_then(parse_ts),
+        last_sync: status.last_sync_time.as_deref().and_then(parse_ts),
+    }
 }

@@ -93,6 +93,9 @@ pub struct Facts {
     pub secret_exists: bool,
     /// The connection: usable, or why not.
     pub connection: Result<(), SyncFailure>,
+    /// When the connection narrows which accounts this namespace may use: the AccessDenied to report instead of
+    /// AccountNotFound, so a tenant cannot tell an account id that exists from one that does not.
+    pub narrowed: Option<SyncFailure>,
     /// The answer.
     pub answer: Answer,
     /// Deterministic per object, in [0, 1): spreads refreshes of accounts minted together.
@@ -183,7 +186,13 @@ pub fn decide(f: &Facts) -> Step {
     };
     let reusable = match (&f.answer, need) {
         (Answer::Arrived(Attempt::Ok(c)), _) => return Step::Write(c.clone(), cause),
-        (Answer::Arrived(Attempt::Failed(e)), _) => return Step::Fail(e.clone().into()),
+        (Answer::Arrived(Attempt::Failed(e)), _) => {
+            let failure: SyncFailure = e.clone().into();
+            return Step::Fail(match &f.narrowed {
+                Some(denied) if failure.reason == Reason::AccountNotFound => denied.clone(),
+                _ => failure,
+            });
+        }
         // Asked already: asking again joins the queued fetch; nothing is written before it arrives.
         (Answer::Awaited, _) => None,
         (Answer::Last(last), Need::Nothing | Need::Repair) => last.clone(),
@@ -312,6 +321,17 @@ pub fn still_fresh(c: &CachedFetch, now: Timestamp, policy: Policy, jitter: f64)
     })
 }
 
+/// The AccessDenied of an account the connection's narrowing does not admit. A narrowed tenant gets the same for
+/// an account that does not exist, so it cannot probe which account ids exist.
+pub fn access_denied(wanted: &str, connection: &str) -> SyncFailure {
+    SyncFailure::new(
+        Reason::AccessDenied,
+        format!(
+            "account {wanted} is not admitted by the access rules of {connection} (externalUserIds, apps or accountIds)"
+        ),
+    )
+}
+
 /// What an answer allows: the credentials to write, or why not. Messages never name another tenant's account
 /// details (app, external user).
 pub fn judge<'a>(
@@ -328,12 +348,7 @@ pub fn judge<'a>(
         );
     }
     if !access::admit_account(admission, account) {
-        return fail(
-            Reason::AccessDenied,
-            format!(
-                "account {wanted} is not admitted by the access rules of {connection} (externalUserIds, apps or accountIds)"
-            ),
-        );
+        return Err(access_denied(wanted, connection));
     }
     let upstream_error = account.error.as_ref().map(|e| {
         let text = match e {

@@ -274,8 +274,11 @@ impl Default for RefreshSpec {
 pub struct RolloutRestartTarget {
     /// `Deployment`, `StatefulSet` or `DaemonSet`.
     pub kind: WorkloadKind,
-    /// Name of the workload, in the ConnectedAccount's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the workload, in the ConnectedAccount's namespace (a DNS subdomain, as the API server requires).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 

@@ -128,6 +128,9 @@ pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10).min(timeout))
+        // Never follow a redirect: it could lead past `--allowed-api-hosts` and carry the token request's client
+        // secret to another host. A 3xx is reported as an upstream error naming its status.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
             "pipedream-secrets-operator/",
             env!("CARGO_PKG_VERSION")
@@ -620,6 +623,11 @@ fn map_status(
         }
         429 => PipedreamError::RateLimited {
             retry_after: retry_after(headers, Timestamp::now()),
+        },
+        300..=399 => PipedreamError::Status {
+            endpoint,
+            status: code,
+            message: Some("a redirect, which the operator does not follow".into()),
         },
         _ => PipedreamError::Status {
             endpoint,

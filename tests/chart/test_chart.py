@@ -384,6 +384,62 @@ def test_alert_rules_fire_on_synthetic_series_and_stay_silent_when_healthy(tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def scrape_to_series(text, hold="1x30"):
+    """promtool input series holding each sample of an OpenMetrics scrape constant for half an hour."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if value in ("NaN", "+Inf", "-Inf") or sample.endswith("_created"):
+            continue
+        steps = hold.split("x", 1)[1]
+        out.append({"series": sample, "values": f"{value}x{steps}"})
+    return out
+
+
+def sample_labels(text, prefix):
+    """The label sets of the samples of metric `prefix` in a scrape."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith(prefix + "{"):
+            body = line[len(prefix) + 1:line.index("}")]
+            found.append(dict(re.findall(r'(\w+)="([^"]*)"', body)))
+    return found
+
+
+@pytest.mark.parametrize("scrape_file", ["scrape.txt", "scrape-after-restart.txt"])
+def test_alerts_fire_on_a_real_scrape_of_a_failing_account_and_not_for_a_synced_one(tmp_path, scrape_file):
+    """Issue 17 (1): the not-Ready alert selected a series the operator never emitted. Fed a real scrape of the
+    running operator (one ConnectedAccount Synced, one failing with AccountNotFound; and the same right after an
+    operator restart, before any pass), the chart's rules fire for the failing one, by reason, and not for the
+    synced one."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "tmp" / "metrics" / scrape_file
+    assert path.exists(), "no scrape recorded: run `cargo test --test system` first (the README's test command does)"
+    text = path.read_text()
+    reasons = sample_labels(text, "pipedream_secrets_connectedaccount_ready_reason")
+    failing = [r for r in reasons if r["reason"] != "Synced"]
+    synced = [r for r in reasons if r["reason"] == "Synced"]
+    assert failing and synced, reasons
+    rule = by_kind(render(values("ha")), "PrometheusRule")[0]
+    groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+              for g in rule["spec"]["groups"]]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    not_ready = [{"exp_labels": {"severity": "warning", "namespace": r["namespace"], "name": r["name"],
+                                 "reason": r["reason"]}} for r in failing]
+    test = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": scrape_to_series(text),
+        "alert_rule_test": [
+            {"eval_time": "9m", "alertname": "PipedreamConnectedAccountNotReady", "exp_alerts": []},
+            {"eval_time": "11m", "alertname": "PipedreamConnectedAccountNotReady", "exp_alerts": not_ready},
+            {"eval_time": "11m", "alertname": "PipedreamSecretsOperatorNoLeader", "exp_alerts": []},
+        ]}]}
+    (tmp_path / "scrape_test.yaml").write_text(yaml.safe_dump(test))
+    out = subprocess.run([PROMTOOL, "test", "rules", "scrape_test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def scraped_metric_names():
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     scrape = target / "tmp" / "metrics" / "scrape.txt"

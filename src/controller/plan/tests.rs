@@ -29,6 +29,7 @@ fn facts(recorded: Recorded) -> Facts {
         secret: SecretFacts::AsWritten,
         secret_exists: true,
         connection: Ok(()),
+        narrowed: None,
         answer: Answer::Last(None),
         jitter: 0.0,
     }

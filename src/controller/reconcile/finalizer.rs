@@ -63,7 +63,6 @@ async fn set_finalizers(
 /// On deletion: a retained Secret loses this object's ownerReference before garbage collection can follow it,
 /// then the finalizer goes and the operator forgets the object.
 pub(super) async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
-    let ns = ca.namespace().unwrap_or_default();
     let uid = ca.uid().unwrap_or_default();
     if ca.finalizers().iter().any(|f| f == FINALIZER) {
         if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
@@ -71,7 +70,7 @@ pub(super) async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Act
         }
         set_finalizers(ca, ctx, without_ours(ca)).await?;
     }
-    ctx.forget(&uid, &ns, &ca.name_any());
+    ctx.forget(&uid);
     Ok(Action::await_change())
 }
 

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::Known;
-use crate::controller::plan::{Answer, Facts, Recorded, Remembered, SecretFacts};
+use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts};
 use crate::controller::resolve::{connection_version, resolve};
 use crate::controller::spec;
 use crate::controller::status::ready_of;
@@ -93,6 +93,11 @@ pub(super) async fn gather(
         (None, Some(k)) => Answer::Last(cache.last_ok(k)),
         (_, None) => Answer::Last(None),
     };
+    let narrowed = resolved
+        .as_ref()
+        .ok()
+        .filter(|r| crate::access::narrows(&r.admission))
+        .map(|r| plan::access_denied(&ca.spec.account_id, &r.key().id.to_string()));
     let (connection, resolved) = match resolved {
         Ok(r) => (Ok(()), Some(r)),
         Err(u) => (Err(u.failure), None),
@@ -106,6 +111,7 @@ pub(super) async fn gather(
             secret,
             secret_exists: exists,
             connection,
+            narrowed,
             answer,
             jitter: schedule::jitter_fraction(&uid),
         },

@@ -22,12 +22,19 @@ use tracing::{debug, warn};
 
 use super::Context;
 use super::build::Synced;
+use super::context::status_digest;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::AccountKey;
 use crate::reason::{Error, SyncFailure};
 use crate::schedule::{self, format_ts, parse_ts};
+
+/// How long a pass waits for the watch to deliver the operator's own last status write before it takes the cached
+/// status as it is (someone else changed it).
+const STALE_CACHE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon it looks again meanwhile.
+const STALE_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a pass ended, before it is reported.
 enum Outcome {
@@ -69,6 +76,16 @@ pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<A
 async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
     let mem = ctx.object(&uid);
+    let now = ctx.clock.now();
+    // A cached object older than this process's own status write (its Secret's watch event came first) would
+    // decide from the status before that write, and write it back: wait for the watch to deliver the new one.
+    if let Some((digest, at)) = mem.written_status
+        && digest != status_digest(ca.status.as_ref())
+        && now < schedule::add(at, STALE_CACHE_PATIENCE)
+    {
+        debug!("the cached object predates the last status write; waiting for the watch");
+        return Ok(requeue(ctx, &uid, schedule::add(now, STALE_CACHE_RECHECK)));
+    }
     // Waits need no reads: a failed object's own status write must cost nothing.
     let (recorded, remembered) = (
         gather::recorded(ca, &mem),

@@ -45,14 +45,6 @@ async fn synced(
     let forced = known.facts.recorded.forced.as_deref();
     let st = build::synced_status(ca, old, &s, forced, now);
     write_status(ca, ctx, old, &st, now).await?;
-    let last_sync = st.last_sync_time.as_deref().and_then(parse_ts);
-    ctx.metrics
-        .set_object(&ca.namespace().unwrap_or_default(), &ca.name_any(), |o| {
-            o.expires_at = s.expires_at.as_deref().and_then(parse_ts);
-            o.next_sync = Some(s.next);
-            o.last_sync = last_sync;
-            o.ready = Some((true, Reason::Synced.as_str()));
-        });
     if s.confirmed {
         ctx.metrics.count_sync(Reason::Synced.as_str());
         let written = s.written.map_or("unchanged", Written::reason);
@@ -108,12 +100,6 @@ async fn failed(
     write_status(ca, ctx, old, &st, now).await?;
     let reason = f.reason.as_str();
     ctx.metrics.count_sync(reason);
-    ctx.metrics
-        .set_object(&ca.namespace().unwrap_or_default(), &ca.name_any(), |o| {
-            o.expires_at = held_expiry;
-            o.next_sync = Some(next);
-            o.ready = Some((false, reason));
-        });
     warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
     if ready_changed(&old.conditions, &st.conditions) {
         publish(
@@ -146,8 +132,10 @@ async fn write_status(
         .await
         .map_err(Error::WriteStatus)?;
     let written = new.next_sync_time.as_deref().and_then(parse_ts);
+    let digest = crate::controller::context::status_digest(Some(new));
     ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
-        o.written_next_sync = written
+        o.written_next_sync = written;
+        o.written_status = Some((digest, now));
     });
     Ok(())
 }

@@ -63,11 +63,7 @@ pub(super) fn account_controller(
         .try_filter(move |e| future::ready(in_shard(&shard, e)))
         .map_ok(move |e| {
             if let (watcher::Event::Delete(ca), Some(ctx)) = (&e, forget.upgrade()) {
-                ctx.forget(
-                    ca.metadata.uid.as_deref().unwrap_or_default(),
-                    &ca.namespace().unwrap_or_default(),
-                    &ca.name_any(),
-                );
+                ctx.forget(ca.metadata.uid.as_deref().unwrap_or_default());
             }
             e
         })
@@ -75,6 +71,7 @@ pub(super) fn account_controller(
         .reflect(writer)
         .applied_objects();
     let (s1, s2) = (store.clone(), store.clone());
+    let default_connection = config.settings.default_connection.clone();
     let c = Controller::for_stream(accounts, store.clone())
         .watches_stream(secret_events, |s| accounts_of_secret(&s))
         .watches(
@@ -86,6 +83,7 @@ pub(super) fn account_controller(
                     ConnectionKind::PipedreamConnection,
                     conn.namespace(),
                     &conn.name_any(),
+                    None,
                 )
             },
         )
@@ -102,6 +100,7 @@ pub(super) fn account_controller(
                     ConnectionKind::ClusterPipedreamConnection,
                     None,
                     &conn.name_any(),
+                    default_connection.as_deref(),
                 )
             },
         )
@@ -197,26 +196,67 @@ fn log_result<K: kube::Resource, E: std::error::Error, Q: std::error::Error>(
     future::ready(())
 }
 
-/// The ConnectedAccounts of `store` that use connection `kind`/`namespace`/`name` (by name, or by default).
+/// The ConnectedAccounts of `store` that use connection `kind`/`namespace`/`name`: by name, or (a cluster
+/// connection named like `--default-connection`) by default.
 fn referencing(
     store: &Store<ConnectedAccount>,
     kind: ConnectionKind,
     namespace: Option<String>,
     name: &str,
+    default_connection: Option<&str>,
 ) -> Vec<ObjectRef<ConnectedAccount>> {
     store
         .state()
         .into_iter()
-        .filter(|ca| {
-            let (k, n) = match &ca.spec.connection_ref {
-                Some(r) => (r.kind, r.name.as_str()),
-                None => (ConnectionKind::ClusterPipedreamConnection, ""),
-            };
-            let by_default = ca.spec.connection_ref.is_none()
-                && kind == ConnectionKind::ClusterPipedreamConnection;
-            (by_default || (k == kind && n == name))
-                && (namespace.is_none() || ca.namespace() == namespace)
-        })
+        .filter(|ca| uses(ca, kind, namespace.as_deref(), name, default_connection))
         .map(|ca| ObjectRef::from_obj(&*ca))
         .collect()
+}
+
+/// Whether `ca` uses the connection `kind`/`namespace`/`name`.
+fn uses(
+    ca: &ConnectedAccount,
+    kind: ConnectionKind,
+    namespace: Option<&str>,
+    name: &str,
+    default_connection: Option<&str>,
+) -> bool {
+    let named = match &ca.spec.connection_ref {
+        Some(r) => r.kind == kind && r.name == name,
+        None => {
+            kind == ConnectionKind::ClusterPipedreamConnection && default_connection == Some(name)
+        }
+    };
+    named && namespace.is_none_or(|ns| ca.namespace().as_deref() == Some(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ca(spec: serde_json::Value) -> ConnectedAccount {
+        serde_json::from_value(
+            json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+            "metadata": {"name": "gh", "namespace": "team-a"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    /// Issue 17 (10): every ClusterPipedreamConnection event re-reconciled every ConnectedAccount without a
+    /// connectionRef, whichever connection changed.
+    #[test]
+    fn a_connection_event_maps_only_to_the_accounts_that_use_it() {
+        let cluster = ConnectionKind::ClusterPipedreamConnection;
+        let by_default = ca(json!({"accountId": "apn_A1"}));
+        assert!(uses(&by_default, cluster, None, "default", Some("default")));
+        assert!(!uses(&by_default, cluster, None, "other", Some("default")));
+        assert!(!uses(&by_default, cluster, None, "default", None));
+        let named = ca(json!({"accountId": "apn_A1",
+            "connectionRef": {"kind": "PipedreamConnection", "name": "pd"}}));
+        let ns = ConnectionKind::PipedreamConnection;
+        assert!(uses(&named, ns, Some("team-a"), "pd", None));
+        assert!(!uses(&named, ns, Some("team-b"), "pd", None));
+        assert!(!uses(&named, cluster, None, "pd", Some("pd")));
+    }
 }
