@@ -136,6 +136,7 @@ struct State {
     connections: Mutex<BTreeMap<ConnectionLabels, ConnectionGauges>>,
     queues: Source<Vec<QueueStats>>,
     due: Source<i64>,
+    cache: Source<(usize, usize)>,
 }
 
 impl std::fmt::Debug for State {
@@ -279,6 +280,21 @@ impl Collector for StateCollector {
             ConstGauge::new(0i64).metric_type(),
         )?;
         ConstGauge::new(due).encode(m)?;
+        let (bytes, entries) = lock(&state.cache).as_ref().map_or((0, 0), |f| f());
+        let m = enc.encode_descriptor(
+            "credentials_cache_bytes",
+            "Bytes of Pipedream answers held in memory (bounded; answers for accounts no ConnectedAccount uses are dropped)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        ConstGauge::new(bytes as i64).encode(m)?;
+        let m = enc.encode_descriptor(
+            "credentials_cache_entries",
+            "Accounts whose last Pipedream answer is held in memory",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        ConstGauge::new(entries as i64).encode(m)?;
         Ok(())
     }
 }
@@ -488,6 +504,11 @@ impl Metrics {
     /// Where the reconcile queue depth comes from (read at scrape time).
     pub fn set_due_source(&self, f: impl Fn() -> i64 + Send + Sync + 'static) {
         *lock(&self.state.due) = Some(Box::new(f));
+    }
+
+    /// Where the answer cache's size comes from (read at scrape time): bytes and entries.
+    pub fn set_cache_source(&self, f: impl Fn() -> (usize, usize) + Send + Sync + 'static) {
+        *lock(&self.state.cache) = Some(Box::new(f));
     }
 
     /// OpenMetrics text of every metric.

@@ -142,6 +142,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("writing status failed: {0}")]
     WriteStatus(#[source] kube::Error),
+    /// Reading another ConnectedAccount (a Merge writer) failed.
+    #[error("reading ConnectedAccount failed: {0}")]
+    ReadConnectedAccount(#[source] kube::Error),
     /// Reading a namespace for access rules failed.
     #[error("reading namespace failed: {0}")]
     ReadNamespace(#[source] kube::Error),

@@ -115,8 +115,18 @@ pub fn desired_secret(
             annotations.insert(EXPIRES_AT_ANNOTATION.into(), exp.to_string());
         }
     }
-    let owner_references =
-        wants_owner_ref(ca).then(|| ca.controller_owner_ref(&()).into_iter().collect());
+    // blockOwnerDeletion, as controller-runtime sets it: a foreground deletion of the ConnectedAccount waits for the
+    // Secret. (Clusters enforcing OwnerReferencesPermissionEnforcement require update on
+    // connectedaccounts/finalizers for it; the chart grants it.)
+    let owner_references = wants_owner_ref(ca).then(|| {
+        ca.controller_owner_ref(&())
+            .map(|mut o| {
+                o.block_owner_deletion = Some(true);
+                o
+            })
+            .into_iter()
+            .collect()
+    });
     Secret {
         metadata: ObjectMeta {
             name: Some(ca.secret_name()),
@@ -201,30 +211,79 @@ pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), C
     )))
 }
 
-/// A key of `keys` that another, still existing ConnectedAccount already writes into a Merge target.
-/// `exists(uid)` tells whether the ConnectedAccount with that UID still exists (a deleted writer's keys are free).
-pub fn merge_conflict<'a>(
+/// Who else owns a key of a Merge target, by its managed fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOwner {
+    /// Another ConnectedAccount (its field manager `pipedream-secrets.io/<uid>`; its name from its annotation).
+    ConnectedAccount {
+        /// Its UID.
+        uid: String,
+        /// Its name, when the Secret's Merge annotations say.
+        name: Option<String>,
+    },
+    /// Any other field manager (Helm, kubectl, cert-manager, ...).
+    Manager(String),
+}
+
+/// The keys of `keys` that a field manager other than this ConnectedAccount's owns in `existing`, with that
+/// owner, decided from the Secret's managed fields alone (so it holds whichever shard writes the other key).
+pub fn foreign_key_owners<'a>(
     ca: &ConnectedAccount,
     existing: &Secret,
     keys: impl IntoIterator<Item = &'a String>,
-    exists: impl Fn(&str) -> bool,
-) -> Option<Conflict> {
-    let me = ca.uid().unwrap_or_default();
-    let others: Vec<(&str, &String)> = merge_writers(existing)
-        .filter(|(uid, _)| *uid != me && exists(uid))
-        .collect();
+) -> Vec<(String, KeyOwner)> {
+    let me = field_manager(ca);
+    let names: BTreeMap<&str, &String> = merge_writers(existing).collect();
+    let entries = existing
+        .metadata
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default();
+    let mut out = Vec::new();
     for key in keys {
-        for (uid, other) in &others {
-            let owned = keys_owned_by(existing, &format!("{MERGE_MANAGER_PREFIX}{uid}"));
-            if owned.is_some_and(|o| o.contains(key)) {
-                return Some(Conflict(format!(
-                    "key {key} of Secret {} is already written by ConnectedAccount {other}",
-                    existing.name_any()
-                )));
+        let field = format!("f:{key}");
+        for e in entries {
+            let Some(manager) = e.manager.as_deref().filter(|m| *m != me) else {
+                continue;
+            };
+            let owns = e
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:data")?.as_object())
+                .is_some_and(|d| d.contains_key(&field));
+            if !owns {
+                continue;
             }
+            let owner = match manager.strip_prefix(MERGE_MANAGER_PREFIX) {
+                Some(uid) => KeyOwner::ConnectedAccount {
+                    uid: uid.to_string(),
+                    name: names.get(uid).map(|n| n.to_string()),
+                },
+                None => KeyOwner::Manager(manager.to_string()),
+            };
+            out.push((key.clone(), owner));
         }
     }
-    None
+    out
+}
+
+/// Why a key owned by `owner` stops this write, given whether that ConnectedAccount still exists.
+pub fn key_conflict(
+    secret: &str,
+    key: &str,
+    owner: &KeyOwner,
+    writer_exists: bool,
+) -> Option<Conflict> {
+    match owner {
+        KeyOwner::ConnectedAccount { .. } if !writer_exists => None,
+        KeyOwner::ConnectedAccount { uid, name } => Some(Conflict(format!(
+            "key {key} of Secret {secret} is already written by ConnectedAccount {}",
+            name.as_deref().unwrap_or(uid)
+        ))),
+        KeyOwner::Manager(m) => Some(Conflict(format!(
+            "key {key} of Secret {secret} belongs to field manager {m}; Merge writes only keys no one else owns"
+        ))),
+    }
 }
 
 /// Why `desired` cannot be applied over `existing` as is: a Secret's `type` never changes.

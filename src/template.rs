@@ -4,7 +4,9 @@
 //! Templates come from tenants and run in the shared operator, so the language is cut down to what cannot
 //! amplify memory or time: output expressions, `if`, and `for` over the context's own values; no `set`, `with`,
 //! macros, calls or filter blocks; no `*` or `**`; at most 16 operands joined by `~`/`+` in one expression; a
-//! curated filter set whose every result is capped; a fuel budget; and a capped output.
+//! curated filter set whose every result is capped; a fuel budget (instructions); a work budget that every filter
+//! charges by the size of what it processes (fuel counts a filter call as one instruction, so `dictsort` inside a
+//! loop over a wide credential body would otherwise run for minutes); a render deadline; and a capped output.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,6 +32,45 @@ pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 pub const FUEL: u64 = 200_000;
 /// Largest Secret data the operator writes (Kubernetes caps a whole Secret at 1 MiB).
 pub const MAX_SECRET_DATA_BYTES: usize = 1_000_000;
+/// Units of work (items sorted or listed, bytes transformed) the filters of one render may do.
+pub const WORK: u64 = 4_000_000;
+/// Longest one render may take.
+pub const RENDER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+thread_local! {
+    /// Work left and the deadline of the render running on this thread (renders run on a blocking thread each).
+    static BUDGET: std::cell::Cell<(u64, Option<std::time::Instant>)> =
+        const { std::cell::Cell::new((u64::MAX, None)) };
+}
+
+/// Charge `units` of work to the running render: an error once its budget or its deadline is spent.
+fn charge(units: usize) -> Result<(), Error> {
+    BUDGET.with(|b| {
+        let (left, deadline) = b.get();
+        let units = units as u64;
+        if units > left {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("the template is too expensive (more than {WORK} units of filter work)"),
+            ));
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the template took longer than {} s to render",
+                    RENDER_DEADLINE.as_secs()
+                ),
+            ));
+        }
+        b.set((left - units, deadline));
+        Ok(())
+    })
+}
+
+fn size(v: &Value) -> usize {
+    v.as_str().map(str::len).or_else(|| v.len()).unwrap_or(1)
+}
 
 /// A template that does not compile or render, naming the Secret key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +97,7 @@ fn cap(v: Value) -> Result<Value, Error> {
 }
 
 fn join(state: &State, v: &Value, sep: Option<String>) -> Result<String, Error> {
+    charge(size(v))?;
     let sep = sep.unwrap_or_default();
     let mut out = String::new();
     for (i, item) in v.try_iter()?.enumerate() {
@@ -79,6 +121,7 @@ fn join(state: &State, v: &Value, sep: Option<String>) -> Result<String, Error> 
 }
 
 fn replace(s: String, from: String, to: String) -> Result<String, Error> {
+    charge(s.len())?;
     let hits = if from.is_empty() {
         s.chars().count() + 1
     } else {
@@ -92,6 +135,7 @@ fn replace(s: String, from: String, to: String) -> Result<String, Error> {
 }
 
 fn tojson(v: &Value, indent: Option<Value>, kw: Kwargs) -> Result<Value, Error> {
+    charge(size(v))?;
     if indent
         .as_ref()
         .and_then(|i| i64::try_from(i.clone()).ok())
@@ -112,30 +156,76 @@ fn environment() -> Environment<'static> {
     // Secret values are written verbatim (minijinja would JSON-escape templates named *.json).
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_fuel(Some(FUEL));
-    env.add_filter("upper", |s: String| cap(Value::from(s.to_uppercase())));
-    env.add_filter("lower", |s: String| cap(Value::from(s.to_lowercase())));
-    env.add_filter("title", |s: String| cap(Value::from(f::title(s.into()))));
-    env.add_filter("trim", f::trim);
+    // Every filter charges the work it does (see `charge`) before doing it.
+    env.add_filter("upper", |s: String| {
+        charge(s.len())?;
+        cap(Value::from(s.to_uppercase()))
+    });
+    env.add_filter("lower", |s: String| {
+        charge(s.len())?;
+        cap(Value::from(s.to_lowercase()))
+    });
+    env.add_filter("title", |s: String| {
+        charge(s.len())?;
+        cap(Value::from(f::title(s.into())))
+    });
+    env.add_filter("trim", |s: String, chars: Option<String>| {
+        charge(s.len())?;
+        Ok::<_, Error>(match chars {
+            Some(chars) => s
+                .trim_matches(&chars.chars().collect::<Vec<_>>()[..])
+                .to_owned(),
+            None => s.trim().to_owned(),
+        })
+    });
     env.add_filter("default", f::default);
     env.add_filter("d", f::default);
-    env.add_filter("length", f::length);
-    env.add_filter("count", f::length);
-    env.add_filter("first", f::first);
-    env.add_filter("last", f::last);
-    env.add_filter("items", f::items);
-    env.add_filter("dictsort", f::dictsort);
+    env.add_filter("length", |v: &Value| {
+        charge(1)?;
+        f::length(v)
+    });
+    env.add_filter("count", |v: &Value| {
+        charge(1)?;
+        f::length(v)
+    });
+    env.add_filter("first", |v: &Value| {
+        charge(1)?;
+        f::first(v)
+    });
+    env.add_filter("last", |v: &Value| {
+        charge(size(v))?;
+        f::last(v.clone())
+    });
+    env.add_filter("items", |v: &Value| {
+        charge(size(v))?;
+        f::items(v)
+    });
+    env.add_filter("dictsort", |v: &Value, kw: Kwargs| {
+        // Sorting n items: about n log n comparisons.
+        let n = size(v);
+        charge(
+            n.saturating_mul(usize::BITS as usize - n.leading_zeros() as usize)
+                .max(1),
+        )?;
+        f::dictsort(v, kw)
+    });
     env.add_filter("int", f::int);
     env.add_filter("float", f::float);
-    env.add_filter("string", |st: &State, v: &Value| cap(f::string(st, v)?));
+    env.add_filter("string", |st: &State, v: &Value| {
+        charge(size(v))?;
+        cap(f::string(st, v)?)
+    });
     env.add_filter("join", join);
     env.add_filter("replace", replace);
     env.add_filter("tojson", tojson);
     env.add_filter("b64encode", |s: String| {
+        charge(s.len())?;
         cap(Value::from(
             base64::engine::general_purpose::STANDARD.encode(s),
         ))
     });
     env.add_filter("b64decode", |s: String| -> Result<String, Error> {
+        charge(s.len())?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|_| {
@@ -222,7 +312,17 @@ fn describe(e: &Error) -> String {
         }
         ErrorKind::InvalidOperation => e
             .detail()
-            .filter(|d| d.contains("would exceed") || d.contains("tojson indent"))
+            // Only the operator's own messages, which name limits and never values.
+            .filter(|d| {
+                [
+                    "would exceed",
+                    "tojson indent",
+                    "too expensive",
+                    "took longer than",
+                ]
+                .iter()
+                .any(|m| d.contains(m))
+            })
             .map(|d| format!(": {d}"))
             .unwrap_or_default(),
         _ => String::new(),
@@ -489,6 +589,17 @@ pub fn render(
     validate(templates)?;
     let env = environment();
     let ctx = context(credentials, account, expires_at);
+    BUDGET.with(|b| b.set((WORK, Some(std::time::Instant::now() + RENDER_DEADLINE))));
+    let out = render_all(&env, templates, &ctx);
+    BUDGET.with(|b| b.set((u64::MAX, None)));
+    out
+}
+
+fn render_all(
+    env: &Environment<'static>,
+    templates: &BTreeMap<String, String>,
+    ctx: &Value,
+) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
     let mut left = MAX_SECRET_DATA_BYTES;
     let mut data = BTreeMap::new();
     for (key, source) in templates {
@@ -501,7 +612,7 @@ pub fn render(
             out: Vec::new(),
             left: &mut left,
         };
-        tmpl.render_captured_to(&ctx, &mut w).map_err(fail)?;
+        tmpl.render_captured_to(ctx, &mut w).map_err(fail)?;
         data.insert(key.clone(), w.out);
     }
     Ok(data)

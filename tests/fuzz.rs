@@ -149,6 +149,19 @@ proptest! {
         let h1 = secret::data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
         let h2 = secret::data_hash(data.iter().rev().map(|(k, v)| (k, v.as_slice())));
         prop_assert_eq!(h1, h2);
-        prop_assert!(secret::merge_conflict(&ca, &desired, data.keys(), |_| true).is_none());
+        // Keys owned by another manager are reported, with that manager; keys this account owns are not.
+        let (theirs, mine): (Vec<&String>, Vec<&String>) = data.keys().partition(|k| k.len() % 2 == 0);
+        let entry = |manager: String, keys: &[&String]| {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                keys.iter().map(|k| (format!("f:{k}"), json!({}))).collect();
+            json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1",
+                   "fieldsV1": {"f:data": fields}})
+        };
+        let mut existing = desired.clone();
+        existing.metadata.managed_fields = Some(serde_json::from_value(json!([
+            entry("helm".into(), &theirs), entry(secret::field_manager(&ca), &mine)])).unwrap());
+        let owners = secret::foreign_key_owners(&ca, &existing, data.keys());
+        prop_assert_eq!(owners.iter().map(|(k, _)| k).collect::<Vec<_>>(), theirs);
+        prop_assert!(owners.iter().all(|(_, o)| *o == secret::KeyOwner::Manager("helm".into())));
     }
 }

@@ -675,6 +675,8 @@ async fn metrics_have_the_documented_names_types_and_labels() {
             "gauge",
             &["namespace", "name", "reason"],
         ),
+        ("credentials_cache_bytes", "gauge", &[]),
+        ("credentials_cache_entries", "gauge", &[]),
     ];
     for (name, kind, labels) in documented {
         let full = format!("pipedream_secrets_{name}");
@@ -944,4 +946,100 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
         (forced(&env, &owned_by_1).await.len() == owned_by_1.len()).then_some(())
     })
     .await;
+}
+
+/// Issue 17 (6): answers stayed in memory for every account id ever tried, after the ConnectedAccount was deleted
+/// or pointed elsewhere. Fat credentials (150 KB each) for 16 accounts: the answer cache holds them while they
+/// are used, drops an account's answer when its only ConnectedAccount moves to another account, and returns to
+/// empty once they are all deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let n = 16;
+    let fat = |id: &str| {
+        let mut a = oauth_account(id, Some(3600), 600);
+        a.credentials
+            .insert("blob".into(), json!("b".repeat(150_000)));
+        a
+    };
+    let mut accounts: Vec<_> = (0..n).map(|i| fat(&format!("apn_Mem{i}"))).collect();
+    accounts.push(fat("apn_MemOther"));
+    let Some(mut env) = Env::start(accounts).await else {
+        return;
+    };
+    env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
+    env.start_operator();
+    let gauge = async |name: &str| -> f64 {
+        let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("pipedream_secrets_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{scrape}"))
+            .parse()
+            .unwrap()
+    };
+    for i in 0..n {
+        create_ca(
+            &env,
+            &format!("mem-{i}"),
+            json!({"accountId": format!("apn_Mem{i}")}),
+        )
+        .await;
+    }
+    for i in 0..n {
+        env.wait_synced(&format!("mem-{i}"), 60).await;
+    }
+    let (bytes, entries) = (
+        gauge("credentials_cache_bytes").await,
+        gauge("credentials_cache_entries").await,
+    );
+    let pid = env.operator_pids()[0];
+    let rss_synced = env.operator_rss_kib(pid);
+    assert_eq!(entries, n as f64);
+    assert!(
+        bytes >= (n * 150_000) as f64,
+        "{bytes} bytes held for {n} fat answers"
+    );
+    // One ConnectedAccount moves to another account: its old answer goes, the new one comes.
+    create_ca(&env, "mem-0", json!({"accountId": "apn_MemOther"})).await;
+    env.wait("mem-0 to sync the other account", 30, async || {
+        let ca = env.ca("mem-0").await?;
+        (ca["status"]["observedGeneration"] == ca["metadata"]["generation"]
+            && support::ready_of(&ca).as_deref() == Some("True/Synced"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        gauge("credentials_cache_entries").await,
+        n as f64,
+        "apn_Mem0 replaced by apn_MemOther"
+    );
+    for i in 0..n {
+        env.delete(
+            "pipedream-secrets.io/v1alpha1",
+            "ConnectedAccount",
+            Some("team-a"),
+            &format!("mem-{i}"),
+        )
+        .await;
+    }
+    env.wait("the answer cache to empty", 30, async || {
+        (gauge("credentials_cache_entries").await == 0.0
+            && gauge("credentials_cache_bytes").await == 0.0)
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "answer cache: {bytes} bytes for {n} accounts; RSS synced {rss_synced:?} KiB, after delete {:?} KiB",
+        env.operator_rss_kib(pid)
+    );
 }

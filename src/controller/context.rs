@@ -230,6 +230,8 @@ impl Context {
                     .count() as i64
             })
         });
+        let weak = Arc::downgrade(&ctx);
+        metrics.set_cache_source(move || weak.upgrade().map_or((0, 0), |c| c.fetcher.cache.held()));
         ctx
     }
 
@@ -269,6 +271,7 @@ impl Context {
     /// Forget a deleted ConnectedAccount (its metric series go with it from the cache).
     pub fn forget(&self, uid: &str) {
         self.forget_object(uid);
+        self.fetcher.cache.used_by(uid, None);
     }
 
     /// What the metrics show about every cached ConnectedAccount, from its status.
@@ -308,18 +311,6 @@ impl Context {
             .map(|n| kube::ResourceExt::labels(&n).clone());
         lock(&self.namespace_labels).insert(ns.to_string(), (now, labels.clone()));
         Ok(labels)
-    }
-
-    /// Whether a ConnectedAccount with this UID exists (Merge writers that were deleted free their keys). Without
-    /// stores (unit tests) every writer counts as existing.
-    pub fn account_exists(&self, uid: &str) -> bool {
-        let stores = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        stores.is_empty()
-            || stores.iter().any(|s| {
-                s.state()
-                    .iter()
-                    .any(|ca| ca.metadata.uid.as_deref() == Some(uid))
-            })
     }
 }
 

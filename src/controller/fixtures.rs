@@ -35,6 +35,8 @@ struct State {
     status: BTreeMap<String, Value>,
     /// The last resourceVersion handed out.
     rv: u64,
+    /// Other ConnectedAccounts that exist, by (namespace, name): their UID.
+    cas: BTreeMap<(String, String), String>,
 }
 
 impl State {
@@ -238,6 +240,25 @@ impl MockApi {
             ),
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => (201, body),
             ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => (200, body),
+            (
+                "GET",
+                [
+                    "apis",
+                    "pipedream-secrets.io",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "connectedaccounts",
+                    name,
+                ],
+            ) => match st.cas.get(&(ns.to_string(), name.to_string())) {
+                Some(uid) => (
+                    200,
+                    json!({"apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                        "metadata": {"name": name, "namespace": ns, "uid": uid}, "spec": {"accountId": "apn_A1"}}),
+                ),
+                None => (404, status_body(404, "NotFound")),
+            },
             ("GET", ["api", "v1", "namespaces", ns]) => match st.namespaces.get(*ns) {
                 Some(labels) => (
                     200,
@@ -325,6 +346,15 @@ impl MockApi {
             .get(&(ns.into(), name.into()))
             .cloned()?;
         serde_json::from_value(v).ok()
+    }
+
+    /// Another ConnectedAccount exists (as the API server would answer a GET of it).
+    pub fn put_ca(&self, ns: &str, name: &str, uid: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .cas
+            .insert((ns.into(), name.into()), uid.into());
     }
 
     /// Set a namespace's labels.

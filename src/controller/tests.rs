@@ -686,6 +686,71 @@ async fn merge_writes_only_our_keys_into_an_existing_secret() {
     assert!(s.metadata.owner_references.is_none());
 }
 
+/// Issue 17 (7, 8): Merge took over a key another field manager owned (Helm's `token`); and it decided whether
+/// another ConnectedAccount still writes a key from the local cache, which under sharding holds only this shard's
+/// objects, so two shards wrote one key in turns. Keys are judged by the Secret's managed fields, and a
+/// ConnectedAccount writer's existence by asking the API server.
+#[tokio::test]
+async fn merge_refuses_keys_other_field_managers_own_whichever_shard_writes_them() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    let owned_by = |manager: &str, key: &str| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some("Apply".into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(json!({"f:data": {format!("f:{key}"): {}}}))),
+        ..Default::default()
+    };
+    let merge = json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}});
+    for (owner, annotation, exists, refused) in [
+        ("helm", None, false, true),
+        ("pipedream-secrets.io/uid-other", Some("other"), true, true),
+        (
+            "pipedream-secrets.io/uid-other",
+            Some("other"),
+            false,
+            false,
+        ),
+    ] {
+        let h = Harness::new().await;
+        let mut theirs = Secret::default();
+        theirs.metadata.name = Some("gh".into());
+        theirs.metadata.managed_fields = Some(vec![owned_by(owner, "TOKEN")]);
+        if let Some(a) = annotation {
+            theirs.metadata.annotations = Some(
+                [(
+                    "merge.pipedream-secrets.io/uid-other".to_string(),
+                    a.to_string(),
+                )]
+                .into(),
+            );
+        }
+        theirs.data = Some(
+            [(
+                "TOKEN".to_string(),
+                k8s_openapi::ByteString(b"theirs".to_vec()),
+            )]
+            .into(),
+        );
+        h.api.put_secret("team-a", &theirs);
+        if exists {
+            // On another shard: not in this process's cache, but it exists.
+            h.api.put_ca("team-a", "other", "uid-other");
+        }
+        let mut c = ca(merge.clone());
+        h.reconcile(&mut c).await.unwrap();
+        let token = secret_value(&h.api.secret("team-a", "gh").unwrap(), "TOKEN");
+        if refused {
+            assert_eq!(ready(&c).1, "SecretConflict", "{owner} exists={exists}");
+            assert!(ready(&c).2.contains("TOKEN"), "{}", ready(&c).2);
+            assert_eq!(token, "theirs", "{owner}: the key stays its owner's");
+        } else {
+            assert_eq!(ready(&c).1, "Synced", "a deleted writer's key is free");
+            assert_eq!(token, TOKEN);
+        }
+    }
+}
+
 #[tokio::test]
 async fn force_sync_annotation_fetches_once_per_new_value() {
     let h = Harness::new().await;

@@ -57,6 +57,10 @@ impl Credentials {
     pub fn expose(&self) -> Map<String, Value> {
         serde_json::from_str(&self.json).unwrap_or_default()
     }
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.json.len()
+    }
     /// True when there is no field with a non-null value.
     pub fn is_empty(&self) -> bool {
         self.expose().values().all(Value::is_null)

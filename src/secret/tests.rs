@@ -173,21 +173,51 @@ fn merge_writers_have_their_own_managers_and_cannot_share_a_key() {
     target.metadata.annotations = Some([(merge_annotation(&a), "a".to_string())].into());
     assert!(check_ownership(&b, &target).is_ok());
     let wants = ["B_TOKEN".to_string()];
-    assert!(merge_conflict(&b, &target, &wants, |_| true).is_none());
+    assert!(foreign_key_owners(&b, &target, &wants).is_empty());
     let clash = ["A_TOKEN".to_string()];
-    let c = merge_conflict(&b, &target, &clash, |_| true).unwrap();
+    let owners = foreign_key_owners(&b, &target, &clash);
+    assert_eq!(
+        owners,
+        vec![(
+            "A_TOKEN".to_string(),
+            KeyOwner::ConnectedAccount {
+                uid: "uid-a".into(),
+                name: Some("a".into())
+            }
+        )]
+    );
+    let c = key_conflict("shared", "A_TOKEN", &owners[0].1, true).unwrap();
     assert!(
         c.0.contains("A_TOKEN") && c.0.contains("ConnectedAccount a"),
         "{c:?}"
     );
     assert!(
-        merge_conflict(&b, &target, &clash, |_| false).is_none(),
+        key_conflict("shared", "A_TOKEN", &owners[0].1, false).is_none(),
         "a deleted writer's keys are free"
     );
     assert!(
-        merge_conflict(&a, &target, &clash, |_| true).is_none(),
+        foreign_key_owners(&a, &target, &clash).is_empty(),
         "its own key"
     );
+}
+
+/// Issue 17 (7): Merge force-applied into any Secret it did not control, taking over a key Helm (or any other
+/// field manager) owned, and later removing it. A key another field manager owns is refused.
+#[test]
+fn merge_refuses_a_key_another_field_manager_owns() {
+    let m = named(
+        ca(CreationPolicy::Merge, DeletionPolicy::Retain),
+        "m",
+        "uid-m",
+    );
+    let target = secret(&[("token", "helm's")], vec![owns("helm", &["token"])]);
+    let owners = foreign_key_owners(&m, &target, &["token".to_string(), "other".to_string()]);
+    assert_eq!(
+        owners,
+        vec![("token".to_string(), KeyOwner::Manager("helm".into()))]
+    );
+    let c = key_conflict("s", "token", &owners[0].1, true).unwrap();
+    assert!(c.0.contains("field manager helm"), "{c:?}");
 }
 
 /// Regression (issue 7): Merge force-applied `app.kubernetes.io/managed-by`, replacing the owner's value; when

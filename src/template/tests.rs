@@ -174,3 +174,45 @@ fn secret_keys_follow_the_api_server_rules_exactly() {
         assert!(!is_valid_secret_key(bad), "{bad}");
     }
 }
+
+/// Issue 17 (9): fuel counts a filter call as one instruction, so sorting or listing a wide credential body
+/// inside a loop over it ran for minutes on a blocking thread. Filters charge their work to a per-render budget
+/// (and a deadline): such a template fails quickly, naming the key, and ordinary templates are unaffected.
+#[test]
+fn filter_work_inside_loops_over_a_wide_body_is_bounded() {
+    let wide: serde_json::Map<String, Json> = (0..2000)
+        .map(|i| (format!("k{i:04}"), json!("y".repeat(200))))
+        .collect();
+    let account: Account =
+        serde_json::from_value(json!({"id": "apn_W1", "credentials": wide})).unwrap();
+    for src in [
+        "{% for a in credentials %}{{ credentials|dictsort|length }}{% endfor %}",
+        "{% for a in credentials %}{{ credentials|items|length }}{% endfor %}",
+        "{% for a in credentials %}{{ credentials|tojson|length }}{% endfor %}",
+    ] {
+        let t: BTreeMap<String, String> = [("K".to_string(), src.to_string())].into();
+        let started = std::time::Instant::now();
+        let err = render(&t, account.credentials.as_ref().unwrap(), &account, None).unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{src}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.key, "K");
+        assert!(
+            ["too expensive", "longer than", "would exceed"]
+                .iter()
+                .any(|m| err.message.contains(m)),
+            "{src}: {}",
+            err.message
+        );
+    }
+    // One pass over the same body is fine.
+    let t: BTreeMap<String, String> = [(
+        "K".to_string(),
+        "{{ credentials|dictsort|length }}".to_string(),
+    )]
+    .into();
+    let out = render(&t, account.credentials.as_ref().unwrap(), &account, None).unwrap();
+    assert_eq!(out["K"], b"2000");
+}

@@ -49,10 +49,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [pipedream-secrets.io]
   resources: [connectedaccounts/status, pipedreamconnections/status]
   verbs: [patch]
-# The cleanup finalizer (releases Retain Secrets on delete) is added and removed by a JSON patch.
+# patch: the cleanup finalizer of Retain objects is added and removed by a merge patch; get: whether another
+# ConnectedAccount that owns a key of a Merge target still exists (asked of the API server: it may be another
+# shard's).
 - apiGroups: [pipedream-secrets.io]
   resources: [connectedaccounts]
-  verbs: [patch]
+  verbs: [get, patch]
 # Written Secrets carry an ownerReference with blockOwnerDeletion; clusters enforcing
 # OwnerReferencesPermissionEnforcement (OpenShift) require update on the owner's finalizers.
 - apiGroups: [pipedream-secrets.io]

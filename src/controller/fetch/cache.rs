@@ -1,13 +1,22 @@
 //! Answers per account, as seen through one connection: the last attempt (which the object that asked for it
 //! reads) and the last success (for reuse and drift repair).
+//!
+//! Bounded: a slot goes when no ConnectedAccount uses its account through that connection any more (each object
+//! reports the key it uses; see [`AccountCache::used_by`]) or when its connection changes, and the answers held in
+//! all slots together stay under [`MAX_CACHED_BYTES`], the least recently used answers going first (an evicted
+//! answer only costs a fetch if its Secret must be repaired).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
-use crate::identity::AccountKey;
+use crate::identity::{AccountKey, ConnectionKey};
 use crate::pipedream::{FetchedAccount, PipedreamError};
+
+/// Most bytes of answers held at once.
+pub const MAX_CACHED_BYTES: usize = 32 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -35,32 +44,122 @@ pub enum Attempt {
 struct Slot {
     ok: Option<CachedFetch>,
     last: Option<Attempt>,
-    /// Completed attempts so far.
+    /// The sequence number of its last completed attempt (global, so a slot evicted and made again never
+    /// repeats a number an object is waiting past).
     generation: u64,
+    /// Bytes its answers hold.
+    bytes: usize,
+    /// When it was last used (a global counter).
+    used: u64,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<AccountKey, Slot>,
+    /// ConnectedAccount UID -> the key it uses.
+    users: HashMap<String, AccountKey>,
+    /// How many ConnectedAccounts use each key.
+    uses: HashMap<AccountKey, usize>,
+    bytes: usize,
 }
 
 /// Answers per account (as seen through one connection).
 #[derive(Default)]
 pub struct AccountCache {
-    slots: Mutex<HashMap<AccountKey, Slot>>,
+    slots: Mutex<Slots>,
+    seq: AtomicU64,
+    max_bytes: Option<usize>,
+}
+
+fn answer_bytes(f: &FetchedAccount) -> usize {
+    // The credentials are most of it; the rest of an account is a few hundred bytes.
+    f.account.credentials.as_ref().map_or(0, |c| c.size()) + 512
 }
 
 impl AccountCache {
-    /// Completed attempts so far for `key` (a later attempt has a higher number).
+    /// A cache holding at most `max_bytes` of answers (tests).
+    #[cfg(test)]
+    pub fn with_limit(max_bytes: usize) -> Self {
+        Self {
+            max_bytes: Some(max_bytes),
+            ..Default::default()
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The number of the last completed attempt for `key` (a later attempt has a higher number).
     pub fn generation(&self, key: &AccountKey) -> u64 {
-        lock(&self.slots).get(key).map_or(0, |s| s.generation)
+        lock(&self.slots).map.get(key).map_or(0, |s| s.generation)
     }
 
     /// The latest attempt, if one completed after generation `after`.
     pub fn attempt_after(&self, key: &AccountKey, after: u64) -> Option<Attempt> {
-        let slots = lock(&self.slots);
-        let s = slots.get(key)?;
+        let used = self.next();
+        let mut slots = lock(&self.slots);
+        let s = slots.map.get_mut(key)?;
+        s.used = used;
         (s.generation > after).then(|| s.last.clone()).flatten()
     }
 
     /// The last successful answer, for reuse and drift repair.
     pub fn last_ok(&self, key: &AccountKey) -> Option<CachedFetch> {
-        lock(&self.slots).get(key).and_then(|s| s.ok.clone())
+        let used = self.next();
+        let mut slots = lock(&self.slots);
+        let s = slots.map.get_mut(key)?;
+        s.used = used;
+        s.ok.clone()
+    }
+
+    /// ConnectedAccount `uid` uses `key` (or, with `None`, nothing any more): a key no object uses is forgotten.
+    pub fn used_by(&self, uid: &str, key: Option<&AccountKey>) {
+        let mut slots = lock(&self.slots);
+        if slots.users.get(uid) == key {
+            return;
+        }
+        let old = match key {
+            Some(k) => slots.users.insert(uid.to_string(), k.clone()),
+            None => slots.users.remove(uid),
+        };
+        if let Some(k) = key {
+            *slots.uses.entry(k.clone()).or_default() += 1;
+        }
+        if let Some(old) = old {
+            let left = slots.uses.get_mut(&old).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) {
+                slots.uses.remove(&old);
+                if let Some(s) = slots.map.remove(&old) {
+                    slots.bytes -= s.bytes;
+                }
+            }
+        }
+    }
+
+    /// Forget every answer fetched through a connection `which` picks (its spec changed or it was deleted).
+    pub fn forget_connections(&self, which: impl Fn(&ConnectionKey) -> bool) {
+        let mut slots = lock(&self.slots);
+        let gone: Vec<AccountKey> = slots
+            .map
+            .keys()
+            .filter(|k| which(&k.connection))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(s) = slots.map.remove(&k) {
+                slots.bytes -= s.bytes;
+            }
+        }
+    }
+
+    /// Bytes of answers held, and slots.
+    pub fn held(&self) -> (usize, usize) {
+        let slots = lock(&self.slots);
+        (slots.bytes, slots.map.len())
     }
 
     pub(super) fn complete(
@@ -69,11 +168,15 @@ impl AccountCache {
         result: Result<FetchedAccount, PipedreamError>,
         at: Timestamp,
     ) {
+        let generation = self.next();
         let mut slots = lock(&self.slots);
-        let s = slots.entry(key).or_default();
-        s.generation += 1;
+        let s = slots.map.entry(key.clone()).or_default();
+        let before = s.bytes;
+        s.generation = generation;
+        s.used = generation;
         s.last = Some(match result {
             Ok(f) => {
+                s.bytes = answer_bytes(&f);
                 let c = CachedFetch {
                     fetched: Arc::new(f),
                     at,
@@ -83,5 +186,110 @@ impl AccountCache {
             }
             Err(e) => Attempt::Failed(e),
         });
+        let after = s.bytes;
+        slots.bytes = slots.bytes - before + after;
+        self.evict(&mut slots, &key);
+    }
+
+    /// Drop the least recently used answers (never `keep`'s) until the total is under the bound.
+    fn evict(&self, slots: &mut Slots, keep: &AccountKey) {
+        let max = self.max_bytes.unwrap_or(MAX_CACHED_BYTES);
+        while slots.bytes > max {
+            let Some(victim) = slots
+                .map
+                .iter()
+                .filter(|(k, s)| *k != keep && s.bytes > 0)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            if let Some(s) = slots.map.get_mut(&victim) {
+                slots.bytes -= s.bytes;
+                s.bytes = 0;
+                s.ok = None;
+                if matches!(s.last, Some(Attempt::Ok(_))) {
+                    s.last = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ConnectionId;
+    use serde_json::json;
+
+    fn key(conn: &Arc<ConnectionKey>, id: &str) -> AccountKey {
+        AccountKey {
+            connection: conn.clone(),
+            account_id: id.into(),
+        }
+    }
+
+    fn answer(id: &str, bytes: usize) -> FetchedAccount {
+        FetchedAccount {
+            account: serde_json::from_value(
+                json!({"id": id, "credentials": {"k": "x".repeat(bytes)}}),
+            )
+            .unwrap(),
+            server_time: None,
+        }
+    }
+
+    fn connection(name: &str) -> Arc<ConnectionKey> {
+        let spec: crate::crd::PipedreamConnectionSpec = serde_json::from_value(json!({
+            "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
+        .unwrap();
+        Arc::new(ConnectionKey::new(
+            ConnectionId::namespaced("team-a", name),
+            &spec,
+        ))
+    }
+
+    /// Issue 17 (6): slots were never removed: every account id ever tried and every connection fingerprint
+    /// stayed in memory with its credentials after the ConnectedAccount or connection was gone.
+    #[test]
+    fn answers_go_with_their_last_user_and_their_connection() {
+        let cache = AccountCache::default();
+        let pd = connection("pd");
+        let (a, b) = (key(&pd, "apn_A"), key(&pd, "apn_B"));
+        cache.used_by("uid-1", Some(&a));
+        cache.used_by("uid-2", Some(&a));
+        cache.complete(a.clone(), Ok(answer("apn_A", 1000)), Timestamp::now());
+        cache.used_by("uid-1", None);
+        assert!(cache.last_ok(&a).is_some(), "uid-2 still uses it");
+        cache.used_by("uid-2", Some(&b));
+        assert!(cache.last_ok(&a).is_none(), "no one uses it");
+        assert_eq!(cache.held(), (0, 0));
+        cache.complete(b.clone(), Ok(answer("apn_B", 1000)), Timestamp::now());
+        assert_eq!(cache.held().1, 1);
+        cache.forget_connections(|c| *c == *pd);
+        assert_eq!(cache.held(), (0, 0));
+    }
+
+    #[test]
+    fn answers_stay_under_the_byte_bound_least_recently_used_first() {
+        let cache = AccountCache::with_limit(12_000);
+        let pd = connection("pd");
+        let keys: Vec<AccountKey> = (0..5).map(|i| key(&pd, &format!("apn_{i}"))).collect();
+        for k in &keys[..3] {
+            cache.complete(k.clone(), Ok(answer(&k.account_id, 3000)), Timestamp::now());
+        }
+        // The oldest is read, so the second oldest is the least recently used.
+        assert!(cache.last_ok(&keys[0]).is_some());
+        cache.complete(keys[3].clone(), Ok(answer("apn_3", 3000)), Timestamp::now());
+        assert!(cache.held().0 <= 12_000, "{:?}", cache.held());
+        assert!(
+            cache.last_ok(&keys[1]).is_none(),
+            "least recently used went"
+        );
+        assert!(cache.last_ok(&keys[0]).is_some() && cache.last_ok(&keys[3]).is_some());
+        // Generations keep growing across eviction: an object waiting past one is not stuck.
+        let g = cache.generation(&keys[1]);
+        cache.complete(keys[1].clone(), Ok(answer("apn_1", 10)), Timestamp::now());
+        assert!(cache.generation(&keys[1]) > g);
     }
 }

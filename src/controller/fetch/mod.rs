@@ -262,6 +262,7 @@ impl Fetcher {
             for w in old.close() {
                 self.triggers.send(w);
             }
+            self.cache.forget_connections(|c| *c == *old.key);
         }
         drop(map);
         tokio::spawn(dispatch(
@@ -280,6 +281,7 @@ impl Fetcher {
                 self.triggers.send(w);
             }
         }
+        self.cache.forget_connections(|c| c.id == *id);
     }
 
     /// Every live dispatcher (metrics).

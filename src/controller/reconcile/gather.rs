@@ -77,6 +77,7 @@ pub(super) async fn gather(
         account_id: ca.spec.account_id.clone(),
     });
     let cache = &ctx.fetcher.cache;
+    cache.used_by(&uid, key.as_ref());
     let asked = mem
         .asked
         .as_ref()

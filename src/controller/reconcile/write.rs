@@ -214,11 +214,45 @@ async fn refuse(
     }
     if ca.spec.target.creation_policy == CreationPolicy::Merge
         && let Some(data) = built.secret.data.as_ref()
-        && let Some(c) = secret::merge_conflict(ca, &e, data.keys(), |u| ctx.account_exists(u))
     {
-        return conflict(c.0);
+        for (key, owner) in secret::foreign_key_owners(ca, &e, data.keys()) {
+            let exists = match &owner {
+                secret::KeyOwner::ConnectedAccount { uid, name } => {
+                    writer_exists(
+                        ctx,
+                        &ca.namespace().unwrap_or_default(),
+                        uid,
+                        name.as_deref(),
+                    )
+                    .await?
+                }
+                secret::KeyOwner::Manager(_) => true,
+            };
+            if let Some(c) = secret::key_conflict(&name, &key, &owner, exists) {
+                return conflict(c.0);
+            }
+        }
     }
     Ok(None)
+}
+
+/// Whether the ConnectedAccount `uid` (named `name` by the Secret's annotation) still exists: asked of the API
+/// server, not the local cache, which holds only this shard's objects. Without a name it counts as existing.
+async fn writer_exists(
+    ctx: &Context,
+    namespace: &str,
+    uid: &str,
+    name: Option<&str>,
+) -> Result<bool, Error> {
+    let Some(name) = name else {
+        return Ok(true);
+    };
+    let api: Api<ConnectedAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(Error::ReadConnectedAccount)?;
+    Ok(found.is_some_and(|m| m.metadata.uid.as_deref() == Some(uid)))
 }
 
 /// The API server refused the Secret: name the spec field that caused it. Its message names fields and keys,
