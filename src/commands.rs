@@ -91,11 +91,9 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
         instance: args.pod_name.clone(),
-        leader_election: args.leader_election.then(|| {
-            (
-                args.shard.lease_name(&args.leader_election_lease),
-                args.leader_election_duration_seconds.max(2),
-            )
+        leader_election: args.leader_election.then(|| controller::LeaderElection {
+            lease: args.leader_election_lease.clone(),
+            duration_secs: args.leader_election_duration_seconds.max(2),
         }),
     };
     info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, shard = %config.settings.shard, "starting");

@@ -48,6 +48,25 @@ impl Shard {
         }
     }
 
+    /// The shard whose Lease on `base` is named `name`, if it is one (`base` itself is the unsharded one).
+    pub fn of_lease(base: &str, name: &str) -> Option<Self> {
+        if name == base {
+            return Some(Self::default());
+        }
+        let (i, n) = name
+            .strip_prefix(base)?
+            .strip_prefix("-shard-")?
+            .split_once("-of-")?;
+        let parsed = Self::new(i.parse().ok()?, n.parse().ok()?)?;
+        // Only the canonical spelling (no `01`, no `+1`).
+        (parsed.lease_name(base) == name).then_some(parsed)
+    }
+
+    /// How many shards the ConnectedAccounts are split into.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     /// This shard's part of a connection's rate limit: `⌊rate / n⌋` and `⌊burst / n⌋`, at least 1 each.
     pub fn share_of(&self, r: RateLimit) -> RateLimit {
         RateLimit {
@@ -91,6 +110,25 @@ impl FromStr for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_names_round_trip_and_nothing_else_is_a_shard_lease() {
+        for (i, n) in [(0, 1), (0, 2), (1, 2), (6, 7)] {
+            let s = Shard::new(i, n).unwrap();
+            assert_eq!(Shard::of_lease("pdso", &s.lease_name("pdso")), Some(s));
+        }
+        for other in [
+            "pdso-other",
+            "pdso-shard-2-of-2",
+            "pdso-shard-01-of-2",
+            "pdso-shard-+1-of-2",
+            "pdso-shard-1-of-",
+            "other-shard-0-of-2",
+            "pdso2",
+        ] {
+            assert_eq!(Shard::of_lease("pdso", other), None, "{other}");
+        }
+    }
 
     #[test]
     fn parses_i_of_n_and_rejects_the_rest() {

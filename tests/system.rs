@@ -529,6 +529,84 @@ async fn leader_failover_takes_over_without_refetching() {
     .await;
 }
 
+/// Issue 17 (4): kube-lease-manager does not report a renewal that keeps failing, so a leader cut off from the API
+/// server went on reconciling while the standby took the expired Lease (two writers once the partition healed).
+/// With only the leader partitioned (its own proxy), it gives up leadership and exits before the standby leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_gives_up_before_the_standby_takes_over() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    env.extra_args = vec!["--leader-election-duration-seconds=6".into()];
+    let proxies = [
+        env.start_operator_behind_own_proxy().await,
+        env.start_operator_behind_own_proxy().await,
+    ];
+    let pids = env.operator_pids();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    let holder = env
+        .lease_holder("pipedream-secrets-operator")
+        .await
+        .expect("Lease");
+    let leader = pids
+        .iter()
+        .position(|p| holder.ends_with(&format!("-{p}")))
+        .expect("leader pid");
+    proxies[leader].partition(true);
+    let partitioned = std::time::Instant::now();
+    env.wait("the standby to lead", 30, async || {
+        (env.logs().matches("became leader").count() == 2).then_some(())
+    })
+    .await;
+    let took_over = partitioned.elapsed();
+    let logs = env.logs();
+    let gave_up = logs
+        .find("giving up leadership")
+        .expect("the partitioned leader gives up");
+    let second_leader = logs.rfind("became leader").unwrap();
+    assert!(
+        gave_up < second_leader,
+        "the old leader gave up before the standby led"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.operator_running(pids[leader]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partitioned leader exits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let standby = 1 - leader;
+    assert!(env.operator_running(pids[standby]));
+    let new_holder = env
+        .lease_holder("pipedream-secrets-operator")
+        .await
+        .unwrap();
+    assert!(
+        new_holder.ends_with(&format!("-{}", pids[standby])),
+        "{new_holder}"
+    );
+    eprintln!("the standby led {took_over:?} after the partition");
+    // Healed: the standby alone writes; a forced sync goes through it.
+    proxies[leader].partition(false);
+    let mut body = account_spec(json!({}));
+    body["metadata"] =
+        json!({"annotations": {"pipedream-secrets.io/force-sync": "after-partition"}});
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gh",
+        body,
+    )
+    .await;
+    env.wait("a sync by the new leader", 20, async || {
+        (env.ca("gh").await?["status"]["lastForceSync"] == "after-partition").then_some(())
+    })
+    .await;
+}
+
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {
@@ -1041,5 +1119,210 @@ async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
     eprintln!(
         "answer cache: {bytes} bytes for {n} accounts; RSS synced {rss_synced:?} KiB, after delete {:?} KiB",
         env.operator_rss_kib(pid)
+    );
+}
+
+/// Issue 17 (8): changing the shard count ran old and new shards on different Leases side by side (a rollout
+/// starts the new pods before the old ones stop), so two processes wrote the same accounts. The new shards hold
+/// their Leases but wait, writing nothing, while the old leader's Lease is live; once it stops they take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_count_change_never_runs_two_writers() {
+    // Twelve accounts: each new shard owns some (all in one shard: 2 in 4,096).
+    let n = 12;
+    let ids: Vec<String> = (0..n).map(|i| format!("apn_Resh{i}")).collect();
+    let accounts = ids
+        .iter()
+        .map(|id| oauth_account(id, Some(3600), 600))
+        .collect();
+    let Some(mut env) = Env::start(accounts).await else {
+        return;
+    };
+    let lease = ["--leader-election-duration-seconds=6".to_string()];
+    env.extra_args = lease.to_vec();
+    env.start_operator();
+    let old = env.operator_pids()[0];
+    for (i, id) in ids.iter().enumerate() {
+        create_ca(&env, &format!("ca-{i}"), json!({"accountId": id})).await;
+    }
+    for i in 0..n {
+        env.wait_synced(&format!("ca-{i}"), 30).await;
+    }
+    // The rollout to two shards: the new pods start while the old one still leads.
+    let mut proxies = Vec::new();
+    for s in ["0/2", "1/2"] {
+        env.extra_args = [lease[0].clone(), "--shard".into(), s.into()].to_vec();
+        proxies.push(env.start_operator_behind_own_proxy().await);
+    }
+    env.wait("both new shards to hold their Leases", 30, async || {
+        for l in ["0-of-2", "1-of-2"] {
+            env.lease_holder(&format!("pipedream-secrets-operator-shard-{l}"))
+                .await?;
+        }
+        Some(())
+    })
+    .await;
+    let force = async |env: &Env, token: &str| {
+        for (i, id) in ids.iter().enumerate() {
+            let mut body = account_spec(json!({"accountId": id}));
+            body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": token}});
+            env.apply(
+                "pipedream-secrets.io/v1alpha1",
+                "ConnectedAccount",
+                Some("team-a"),
+                &format!("ca-{i}"),
+                body,
+            )
+            .await;
+        }
+        env.wait(
+            &format!("every account to handle force-sync {token}"),
+            30,
+            async || {
+                for i in 0..n {
+                    if env.ca(&format!("ca-{i}")).await?["status"]["lastForceSync"] != token {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    };
+    force(&env, "during-rollout").await;
+    // Only Lease traffic from the new shards while the old leader lives.
+    let writes = |p: &pdso_testkit::faultproxy::FaultProxy| -> Vec<(String, String)> {
+        p.counts()
+            .into_keys()
+            .filter(|(verb, resource)| {
+                matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
+                    && resource != "leases"
+            })
+            .collect()
+    };
+    for p in &proxies {
+        assert_eq!(
+            writes(p),
+            Vec::<(String, String)>::new(),
+            "a waiting shard wrote"
+        );
+    }
+    // The old pod stops (gracefully, releasing its Lease): the new shards take over.
+    env.terminate_operator(old);
+    env.wait("the new shards to start", 20, async || {
+        (env.logs()
+            .matches("the leaders of the other shard count have stopped")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    force(&env, "after-rollout").await;
+    assert!(
+        proxies.iter().all(|p| !writes(p).is_empty()),
+        "both new shards write after the old one stopped"
+    );
+}
+
+/// Issue 17 (7, 8): Merge force-applied into any Secret, taking keys Helm or another ConnectedAccount owned, and
+/// across shards two ConnectedAccounts wrote the same key in turn. On the real field manager: a key another manager
+/// owns is refused (SecretConflict naming it, value untouched), and of two ConnectedAccounts on different shards
+/// merging the same key, the first keeps it and the Secret stops changing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_never_takes_a_key_another_manager_or_shard_owns() {
+    use base64::Engine;
+    use pipedream_secrets_operator::shard::Shard;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    for s in ["0/2", "1/2"] {
+        env.extra_args = vec!["--shard".into(), s.into()];
+        env.start_operator();
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    env.apply(
+        "v1",
+        "Secret",
+        Some("team-a"),
+        "shared",
+        json!({"data": {"HELM_KEY": b64("from-helm")}}),
+    )
+    .await;
+    let merge = |target: &str, key: &str| {
+        json!({"target": {"name": target, "creationPolicy": "Merge", "deletionPolicy": "Retain",
+            "template": {"data": {key: "{{ credentials.oauth_access_token }}"}}}})
+    };
+    create_ca(&env, "takes-helm", merge("shared", "HELM_KEY")).await;
+    create_ca(&env, "first", merge("shared", "TOKEN")).await;
+    env.wait_synced("first", 20).await;
+    env.wait("SecretConflict for the Helm key", 20, async || {
+        (env.ready_reason("takes-helm").await.as_deref() == Some("False/SecretConflict"))
+            .then_some(())
+    })
+    .await;
+    let message = env.ca("takes-helm").await.unwrap()["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("HELM_KEY") && message.contains("system-test"),
+        "{message}"
+    );
+    // A second writer of TOKEN on the other shard from `first`.
+    let shard_of = |uid: &str| Shard::new(0, 2).unwrap().owns(uid);
+    let first_uid = env.ca("first").await.unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut second = None;
+    for k in 0..20 {
+        let name = format!("second-{k}");
+        // First on a Secret of its own, to learn its UID (so its shard) before it touches `shared`.
+        create_ca(
+            &env,
+            &name,
+            json!({"target": {"name": format!("scratch-{k}")}}),
+        )
+        .await;
+        let uid = env.ca(&name).await.unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if shard_of(&uid) != shard_of(&first_uid) {
+            second = Some(name);
+            break;
+        }
+        env.delete(
+            "pipedream-secrets.io/v1alpha1",
+            "ConnectedAccount",
+            Some("team-a"),
+            &name,
+        )
+        .await;
+    }
+    let second = second.expect("a ConnectedAccount on the other shard within 20 tries");
+    create_ca(&env, &second, merge("shared", "TOKEN")).await;
+    env.wait("SecretConflict for the second writer", 20, async || {
+        (env.ready_reason(&second).await.as_deref() == Some("False/SecretConflict")).then_some(())
+    })
+    .await;
+    let s = env.secret("team-a", "shared").await.unwrap();
+    assert_eq!(secret_value(&s, "HELM_KEY").as_deref(), Some("from-helm"));
+    assert_eq!(
+        secret_value(&s, "TOKEN").as_deref(),
+        Some("tok-apn_Sys1-g1")
+    );
+    // No write/repair loop between the shards: the Secret stays as it is.
+    let rv = s["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = env.secret("team-a", "shared").await.unwrap();
+    assert_eq!(
+        later["metadata"]["resourceVersion"], rv,
+        "the Secret stopped changing"
+    );
+    assert!(
+        env.ready_reason("first")
+            .await
+            .unwrap()
+            .starts_with("True/")
     );
 }

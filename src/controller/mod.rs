@@ -19,7 +19,7 @@ mod watches;
 pub use context::{Clock, Context, ObjectState, Settings};
 pub use hosts::AllowedHosts;
 pub use resolve::client_parts;
-pub use watches::{RunConfig, run};
+pub use watches::{LeaderElection, RunConfig, run};
 
 #[cfg(test)]
 mod fixtures;

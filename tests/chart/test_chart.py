@@ -189,7 +189,7 @@ USED = {
     ("", "secrets"): {"get", "list", "watch", "create", "patch"},
     ("", "namespaces"): {"get"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "list", "create", "patch"},
     ("apps", "deployments"): {"patch"},
     ("apps", "statefulsets"): {"patch"},
     ("apps", "daemonsets"): {"patch"},

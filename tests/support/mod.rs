@@ -69,6 +69,8 @@ pub struct Env {
     pub operator_kubeconfig: PathBuf,
     /// Who the operator authenticates as.
     pub operator_user: String,
+    /// Its bearer token.
+    operator_token: String,
     pub operators: Vec<Child>,
     pub log: PathBuf,
     /// Extra arguments for every operator started from now on.
@@ -177,6 +179,7 @@ impl Env {
             kubeconfig,
             operator_kubeconfig: dir.join("operator.kubeconfig"),
             operator_user: controlplane::OPERATOR.to_string(),
+            operator_token: String::new(),
             operators: Vec::new(),
             log: dir.join("operator.log"),
             extra_args: Vec::new(),
@@ -217,6 +220,7 @@ impl Env {
             None => env.plane.token(controlplane::OPERATOR).to_string(),
         };
         std::fs::write(&env.operator_kubeconfig, env.proxy.kubeconfig(&token, None)).unwrap();
+        env.operator_token = token;
         Some(env)
     }
 
@@ -443,6 +447,32 @@ impl Env {
     }
 
     pub fn start_operator(&mut self) {
+        let kubeconfig = self.operator_kubeconfig.clone();
+        self.spawn_operator(&kubeconfig);
+    }
+
+    /// Start an operator behind a fault proxy of its own (to partition one replica); the proxy lives as long as
+    /// the returned value.
+    pub async fn start_operator_behind_own_proxy(&mut self) -> FaultProxy {
+        let proxy = FaultProxy::start(self.plane.url(), self.plane.ca_pem())
+            .await
+            .unwrap();
+        let kubeconfig = self
+            .dir
+            .join(format!("operator-{}.kubeconfig", self.operators.len()));
+        std::fs::write(&kubeconfig, proxy.kubeconfig(&self.operator_token, None)).unwrap();
+        self.spawn_operator(&kubeconfig);
+        proxy
+    }
+
+    /// Whether operator `pid` still runs.
+    pub fn operator_running(&mut self, pid: u32) -> bool {
+        self.operators
+            .iter_mut()
+            .any(|c| c.id() == pid && c.try_wait().ok().flatten().is_none())
+    }
+
+    fn spawn_operator(&mut self, kubeconfig: &std::path::Path) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -462,7 +492,7 @@ impl Env {
             .args(self.scope_args())
             .args(metrics_addr)
             .args(&self.extra_args)
-            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -481,6 +511,26 @@ impl Env {
             let mut c = self.operators.remove(i);
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM one operator (graceful: it releases its Lease) and wait for it to exit.
+    pub fn terminate_operator(&mut self, pid: u32) {
+        if let Some(i) = self.operators.iter().position(|c| c.id() == pid) {
+            let mut c = self.operators.remove(i);
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("operator {pid} did not stop within 10 s of SIGTERM");
         }
     }
 

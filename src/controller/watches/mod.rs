@@ -31,8 +31,17 @@ pub struct RunConfig {
     pub request_timeout: std::time::Duration,
     /// Pod name, for Event reporting and the leader-election identity.
     pub instance: Option<String>,
-    /// Leader election (Lease name, duration), or none to always reconcile.
-    pub leader_election: Option<(String, u64)>,
+    /// Leader election, or none to always reconcile.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Lease-based leader election.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// The Lease's base name (each shard elects on `<lease>-shard-<i>-of-<n>`).
+    pub lease: String,
+    /// Lease duration.
+    pub duration_secs: u64,
 }
 
 type Scope = Option<String>;
@@ -109,26 +118,35 @@ pub async fn run(
         _ = shutdown.clone() => return Ok(()),
     }
     let mut leadership = None;
-    if let Some((lease, duration)) = &config.leader_election {
+    if let Some(election) = &config.leader_election {
         // Standbys are ready once the connection caches are warm; the leader additionally lists ConnectedAccounts.
         ready.store(true, Ordering::SeqCst);
         let identity = config
             .instance
             .clone()
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-        match leader::acquire(
+        let shard = config.settings.shard;
+        let Some(mut l) = leader::acquire(
             client.clone(),
             &config.settings.operator_namespace,
-            lease,
+            &shard.lease_name(&election.lease),
             &identity,
-            *duration,
+            election.duration_secs,
             shutdown.clone(),
         )
         .await?
-        {
-            Some(l) => leadership = Some(l),
-            None => return Ok(()),
+        else {
+            return Ok(());
+        };
+        // During a change of the shard count the old shards still lead on their Leases: wait for them.
+        tokio::select! {
+            waited = l.wait_for_other_shard_counts(&election.lease, shard) => waited?,
+            _ = shutdown.clone() => {
+                l.release().await;
+                return Ok(());
+            }
         }
+        leadership = Some(l);
     }
     metrics.set_leader(true);
     let readiness = {
