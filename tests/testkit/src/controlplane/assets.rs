@@ -81,11 +81,25 @@ pub fn find() -> Result<PathBuf, Missing> {
     unpack(&archives).map_err(Missing)
 }
 
-/// Unpack the archives into `target/kube-assets/<key>/`, once: the key changes when the archives do, and each
-/// binary is written under a temporary name and renamed, so concurrent test binaries never see half a file.
+/// Unpack into `target/kube-assets/<key>/`.
 fn unpack(archives: &Path) -> Result<PathBuf, String> {
-    let key = archive_key(archives)?;
-    let dir = target_dir().join("kube-assets").join(key);
+    let dir = target_dir()
+        .join("kube-assets")
+        .join(archive_key(archives)?);
+    unpack_into(archives, &dir)?;
+    Ok(dir)
+}
+
+/// Unpack the archives into `dir`, once: the key changes when the archives do, and each binary is written under a
+/// temporary name and renamed, so concurrent test binaries never see half a file.
+/// Threads of one process take turns (one unpacks, the others then find the binaries), and a temporary name is
+/// unique to its process and call.
+fn unpack_into(archives: &Path, dir: &Path) -> Result<(), String> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let _turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for bin in BINARIES {
         let dest = dir.join(bin);
@@ -93,7 +107,11 @@ fn unpack(archives: &Path) -> Result<PathBuf, String> {
             continue;
         }
         let src = archives.join(format!("{bin}.xz"));
-        let tmp = dir.join(format!(".{bin}.{}", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{bin}.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let result = (|| -> std::io::Result<()> {
             let mut reader = liblzma::read::XzDecoder::new(std::fs::File::open(&src)?);
             let mut out = std::fs::File::create(&tmp)?;
@@ -115,7 +133,7 @@ fn unpack(archives: &Path) -> Result<PathBuf, String> {
             return Err(format!("unpacking {}: {e}", src.display()));
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// A short key for the archives' contents: their checksums file when present, else their sizes.
@@ -133,4 +151,43 @@ fn archive_key(archives: &Path) -> Result<String, String> {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     Ok(format!("{hash:016x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests of one test binary call `find()` at the same time on a fresh clone (nothing unpacked yet): every call
+    /// must get the binaries (CI once failed with ENOENT when two threads of one process raced on one temporary
+    /// name).
+    #[test]
+    fn concurrent_unpacks_in_one_process_all_succeed() {
+        let root = std::env::temp_dir().join(format!("pdso-unpack-{}", std::process::id()));
+        let archives = root.join("archives");
+        std::fs::create_dir_all(&archives).unwrap();
+        let body = vec![7u8; 3 << 20];
+        for bin in BINARIES {
+            let f = std::fs::File::create(archives.join(format!("{bin}.xz"))).unwrap();
+            let mut enc = liblzma::write::XzEncoder::new(f, 0);
+            std::io::Write::write_all(&mut enc, &body).unwrap();
+            enc.finish().unwrap();
+        }
+        for round in 0..5 {
+            let dir = root.join(format!("out-{round}"));
+            let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..6)
+                    .map(|_| s.spawn(|| unpack_into(&archives, &dir)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+            for bin in BINARIES {
+                assert!(executable(&dir.join(bin)));
+                assert_eq!(std::fs::read(dir.join(bin)).unwrap(), body);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
