@@ -1,4 +1,4 @@
-//! Command line: `run` (default), `crd`, `check`, `status`, `render`. Installed as `kubectl-pipedream` the same
+//! Command line: `run` (default), `crd`, `check`, `status`, `sync`, `render`, `version`, `completion`. Installed as `kubectl-pipedream` the same
 //! binary is a kubectl plugin (`kubectl pipedream status`).
 
 use std::net::SocketAddr;
@@ -42,11 +42,39 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
-    /// List ConnectedAccounts with their Ready reason, expiry horizon and next sync (never secret values).
+    /// List ConnectedAccounts with their Ready reason, expiry horizon and next sync; with NAME, one in detail
+    /// (conditions, recent Events, the Secret's keys and expiry, the connection). Never secret values.
     Status {
-        /// Only this namespace (default: all namespaces).
-        #[arg(short = 'n', long)]
-        namespace: Option<String>,
+        /// One ConnectedAccount, in detail.
+        name: Option<String>,
+        /// Where to look.
+        #[command(flatten)]
+        kube: KubeArgs,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Fetch now: sets the force-sync annotation of the named ConnectedAccounts (or all that match), so each
+    /// fetches once, as `kubectl annotate … pipedream-secrets.io/force-sync=…` would.
+    Sync {
+        /// ConnectedAccounts to sync.
+        names: Vec<String>,
+        /// Every ConnectedAccount in the namespace (or, with -A, everywhere).
+        #[arg(long)]
+        all: bool,
+        /// Only those matching this label selector (e.g. `team=a`).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Where to look.
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
+    /// Print the version and the git commit it was built from.
+    Version,
+    /// Print a shell completion script (`source <(pipedream-secrets-operator completion bash)`).
+    Completion {
+        /// Shell.
+        shell: clap_complete::Shell,
     },
     /// Render a ConnectedAccount's Secret data offline from a credentials or account JSON file.
     Render {
@@ -57,6 +85,34 @@ pub enum Command {
         #[arg(long)]
         credentials: PathBuf,
     },
+}
+
+/// kubectl's flags for which cluster and namespace.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Kubeconfig file (default: `KUBECONFIG`, then `~/.kube/config`, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Namespace (default: the context's namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+}
+
+/// Output format of `status`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A table (a description with NAME).
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
 }
 
 /// Log output format.

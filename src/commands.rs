@@ -283,32 +283,3 @@ pub async fn check(
     }
     Ok(())
 }
-
-/// `status`: one line per ConnectedAccount (all namespaces, or `namespace`) with its Ready reason and expiry horizon.
-pub async fn status(namespace: Option<String>) -> Result<(), String> {
-    use crate::crd::ConnectedAccount;
-    let client = Client::try_default()
-        .await
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
-    let api: Api<ConnectedAccount> = match &namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let list = api
-        .list(&Default::default())
-        .await
-        .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?;
-    let now = jiff::Timestamp::now();
-    let mut rows: Vec<_> = list
-        .items
-        .iter()
-        .map(|ca| crate::status_view::row(ca, now))
-        .collect();
-    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    if rows.is_empty() {
-        println!("No ConnectedAccounts found.");
-    } else {
-        print!("{}", crate::status_view::table(&rows));
-    }
-    Ok(())
-}

@@ -8,6 +8,7 @@ mod controller;
 pub mod crd;
 pub mod http;
 pub mod identity;
+pub mod kubectl;
 pub mod metrics;
 pub mod pipedream;
 mod reason;

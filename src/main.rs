@@ -1,6 +1,6 @@
 use clap::{CommandFactory, FromArgMatches, Parser};
 use pipedream_secrets_operator::cli::{Cli, Command};
-use pipedream_secrets_operator::commands;
+use pipedream_secrets_operator::{commands, kubectl};
 
 // See Cargo.toml: resident memory at 10,000 accounts is the reason.
 #[cfg(not(target_env = "msvc"))]
@@ -36,7 +36,32 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let result = match cli.command {
-        Some(Command::Status { namespace }) => block_on(commands::status(namespace)),
+        Some(Command::Status { name, kube, output }) => {
+            block_on(kubectl::status(name, kube, output))
+        }
+        Some(Command::Sync {
+            names,
+            all,
+            selector,
+            kube,
+        }) => block_on(kubectl::sync(names, all, selector, kube)),
+        Some(Command::Version) => {
+            println!(
+                "pipedream-secrets-operator {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                pipedream_secrets_operator::metrics::GIT_COMMIT
+            );
+            Ok(())
+        }
+        Some(Command::Completion { shell }) => {
+            let name = if plugin {
+                "kubectl-pipedream"
+            } else {
+                "pipedream-secrets-operator"
+            };
+            clap_complete::generate(shell, &mut Cli::command(), name, &mut std::io::stdout());
+            Ok(())
+        }
         Some(Command::Crd { dir }) => commands::crd(dir.as_deref()),
         Some(Command::Render { file, credentials }) => commands::render(&file, &credentials),
         Some(Command::Check {

@@ -30,6 +30,9 @@ use prometheus_client::registry::Registry;
 
 use crate::identity::ConnectionId;
 
+/// The git commit the binary was built from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("PDSO_GIT_COMMIT");
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -53,6 +56,7 @@ struct ErrorLabels {
 
 /// Labels of a connection: kind, namespace (empty for a ClusterPipedreamConnection), name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+
 pub struct ConnectionLabels {
     kind: &'static str,
     namespace: String,
@@ -339,7 +343,7 @@ impl Metrics {
             "Version and commit of the running operator",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION")),
-                ("commit", env!("PDSO_GIT_COMMIT")),
+                ("commit", GIT_COMMIT),
             ]),
         );
         let syncs = Family::<ResultLabels, Counter>::default();

@@ -35,6 +35,14 @@ pub const EXPIRED_FAST_WINDOW: Duration = Duration::from_secs(120);
 pub const EXPIRED_SLOW_MAX: Duration = Duration::from_secs(60);
 /// Clock differences below this are not corrected (HTTP dates have second precision).
 pub const SKEW_TOLERANCE: Duration = Duration::from_secs(2);
+/// Clock differences beyond this are not believed: a `Date` header that far off is broken or hostile, and
+/// correcting by it would move every refresh by as much. The local clock is used as is.
+pub const MAX_BELIEVED_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// Pipedream's `Date` header, if it is within [`MAX_BELIEVED_SKEW`] of the local time the answer arrived.
+fn believed(server: Option<Timestamp>, received: Timestamp) -> Option<Timestamp> {
+    server.filter(|s| s.duration_since(received).unsigned_abs() <= MAX_BELIEVED_SKEW)
+}
 
 /// Per-object timing settings (from `spec.refresh`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,24 +249,29 @@ pub fn after_failure(
     }
 }
 
-/// Move Pipedream timestamps onto the local clock using its `Date` header (`server`, whole seconds) seen at local
-/// time `received`: expiry conservatively early, the refresh time conservatively late, so neither clock skew nor
-/// the header's one-second resolution pushes a fetch past expiry or before the refresh.
+/// Move Pipedream timestamps onto the local clock using its `Date` header (`server`, whole seconds) on an
+/// answer that arrived at local time `received` after a `round_trip`: expiry conservatively early, the refresh
+/// time conservatively late, so neither clock skew, the header's one-second resolution nor a slow answer pushes a
+/// fetch past expiry or before the refresh. A header off by more than [`MAX_BELIEVED_SKEW`] is ignored.
 pub fn observe(
     expires_at: Option<Timestamp>,
     next_refresh_at: Option<Timestamp>,
     server: Option<Timestamp>,
     received: Timestamp,
+    round_trip: Duration,
 ) -> Observed {
-    let Some(server) = server else {
+    let Some(server) = believed(server, received) else {
         return Observed {
             expires_at,
             next_refresh_at,
         };
     };
-    // True offset (server − local) lies in [server − received, server + 1 s − received].
+    // The header was stamped at some local time in [received − round_trip, received], and truncated to the
+    // second: the true offset (server − local) lies in [server − received, server + 1 s − (received − round_trip)].
     let low = server.duration_since(received);
-    let high = low + SignedDuration::from_secs(1);
+    let high = low
+        + SignedDuration::from_secs(1)
+        + SignedDuration::try_from(round_trip).unwrap_or(SignedDuration::MAX);
     let shift = |t: Timestamp, by: SignedDuration| t.saturating_sub(by).unwrap_or(t);
     Observed {
         expires_at: expires_at.map(|t| shift(t, high)),
@@ -269,7 +282,9 @@ pub fn observe(
 /// A Pipedream timestamp for display (status, Secret annotation): corrected for clock skew beyond the header's
 /// resolution, otherwise as Pipedream wrote it.
 pub fn display_time(t: Timestamp, server: Option<Timestamp>, received: Timestamp) -> Timestamp {
-    let Some(server) = server else { return t };
+    let Some(server) = believed(server, received) else {
+        return t;
+    };
     let offset = server.duration_since(received);
     if offset.unsigned_abs() <= SKEW_TOLERANCE {
         return t;

@@ -293,7 +293,8 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
             (Some((j, e, r, date)), poller) => {
                 failures = 0;
                 let parse = |s: &str| schedule::parse_ts(s);
-                let obs = schedule::observe(parse(&e), parse(&r), Some(date), received);
+                let obs =
+                    schedule::observe(parse(&e), parse(&r), Some(date), received, Duration::ZERO);
                 let true_e = tl.tokens[j].expires;
                 let same = held.is_some_and(|h| h.0 == j);
                 let calls = held.filter(|_| same).map_or(0, |h| h.3);

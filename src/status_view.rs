@@ -1,13 +1,18 @@
 //! The `status` view (`kubectl pipedream status`): one line per ConnectedAccount with its expiry horizon and Ready
-//! reason. Pure: built from the objects and the clock, so it is tested without a cluster.
+//! reason, or one ConnectedAccount in detail. Pure: built from the objects and the clock, so it is tested without
+//! a cluster. Never holds a credential value: of the Secret only key names are kept.
 
 use jiff::Timestamp;
+use serde::Serialize;
 
-use crate::crd::ConnectedAccount;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::crd::{ConnectedAccount, EXPIRES_AT_ANNOTATION};
 use crate::schedule::parse_ts;
 
 /// One line of the view.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Row {
     /// Namespace.
     pub namespace: String,
@@ -125,6 +130,252 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The target Secret as `status NAME` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretState {
+    /// Name.
+    pub name: String,
+    /// It exists.
+    pub exists: bool,
+    /// Its keys (never values).
+    pub keys: Vec<String>,
+    /// The expires-at annotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Why it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SecretState {
+    /// From the Secret, if any: key names and the expiry annotation; the values are dropped here.
+    pub fn of(name: &str, secret: Option<&k8s_openapi::api::core::v1::Secret>) -> Self {
+        let keys = secret
+            .and_then(|s| s.data.as_ref())
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        Self {
+            name: name.into(),
+            exists: secret.is_some(),
+            keys,
+            expires_at: secret
+                .and_then(|s| s.metadata.annotations.as_ref())
+                .and_then(|a| a.get(EXPIRES_AT_ANNOTATION).cloned()),
+            error: None,
+        }
+    }
+
+    /// A Secret this user may not read.
+    pub fn unreadable(name: &str, error: &str) -> Self {
+        Self {
+            name: name.into(),
+            exists: false,
+            keys: Vec::new(),
+            expires_at: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// The connection as `status NAME` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionState {
+    /// `Kind/name`, empty before the first pass.
+    pub name: String,
+    /// Its Ready condition: `True`, `False`, `Unknown`, or `NotFound`.
+    pub ready: String,
+    /// The reason and message of that condition.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+}
+
+impl ConnectionState {
+    /// From the connection's conditions (`Ok(None)`: it does not exist).
+    pub fn of<E: std::fmt::Display>(name: &str, got: Result<Option<Vec<Condition>>, E>) -> Self {
+        let (ready, reason, message) = match got {
+            Ok(Some(conditions)) => match conditions.iter().find(|c| c.type_ == "Ready") {
+                Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
+                None => ("Unknown".into(), String::new(), String::new()),
+            },
+            Ok(None) => ("NotFound".into(), String::new(), String::new()),
+            Err(e) => ("Unknown".into(), "Unreadable".into(), e.to_string()),
+        };
+        Self {
+            name: name.into(),
+            ready,
+            reason,
+            message,
+        }
+    }
+
+    /// No connection recorded yet.
+    pub fn unknown() -> Self {
+        Self::of::<String>("", Ok(Some(Vec::new())))
+    }
+}
+
+/// One Event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventLine {
+    /// When it last happened.
+    pub time: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Reason.
+    pub reason: String,
+    /// `ConnectedAccount` or `Secret`.
+    pub object: String,
+    /// Message (the operator's Events never carry credential values).
+    pub message: String,
+    /// How often.
+    pub count: i32,
+}
+
+impl EventLine {
+    /// From a core/v1 view of an Event.
+    pub fn of(e: &k8s_openapi::api::core::v1::Event) -> Self {
+        let time = e
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0.to_string()))
+            .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
+            .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+            .or_else(|| {
+                e.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+            })
+            .unwrap_or_default();
+        Self {
+            time,
+            type_: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            object: e.involved_object.kind.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+            count: e
+                .series
+                .as_ref()
+                .and_then(|s| s.count)
+                .or(e.count)
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// One ConnectedAccount in detail.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Detail {
+    /// The table's line.
+    #[serde(flatten)]
+    pub row: Row,
+    /// Its conditions.
+    pub conditions: Vec<Condition>,
+    /// `status.expiresAt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// `status.nextSyncTime`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_sync_time: Option<String>,
+    /// `status.lastSyncTime`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// The Secret.
+    pub secret_state: SecretState,
+    /// The connection.
+    pub connection: ConnectionState,
+    /// Recent Events of the ConnectedAccount and its Secret, oldest first.
+    pub events: Vec<EventLine>,
+}
+
+impl Detail {
+    /// Put the pieces together.
+    pub fn build(
+        ca: &ConnectedAccount,
+        secret_state: SecretState,
+        connection: ConnectionState,
+        mut events: Vec<EventLine>,
+        now: Timestamp,
+    ) -> Self {
+        let status = ca.status.clone().unwrap_or_default();
+        events.sort_by(|a, b| a.time.cmp(&b.time));
+        let keep = events.len().saturating_sub(20);
+        events.drain(..keep);
+        Self {
+            row: row(ca, now),
+            conditions: status.conditions,
+            expires_at: status.expires_at,
+            next_sync_time: status.next_sync_time,
+            last_sync_time: status.last_sync_time,
+            secret_state,
+            connection,
+            events,
+        }
+    }
+}
+
+/// `status NAME` as text, like `kubectl describe`.
+pub fn describe(d: &Detail) -> String {
+    let r = &d.row;
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "Name:          {}\nNamespace:     {}\nAccount:       {}\nReady:         {} {}\nExpires:       {} ({})\nNext sync:     {} ({})\nLast sync:     {}\n",
+        r.name,
+        r.namespace,
+        r.account,
+        r.ready,
+        r.reason,
+        or_dash(&d.expires_at),
+        r.expires_in,
+        or_dash(&d.next_sync_time),
+        r.next_sync,
+        or_dash(&d.last_sync_time),
+    );
+    let s = &d.secret_state;
+    let secret = match (&s.error, s.exists) {
+        (Some(e), _) => format!("{} (cannot read: {e})", s.name),
+        (None, false) => format!("{} (does not exist)", s.name),
+        (None, true) => format!("{} keys: {}", s.name, s.keys.join(", ")),
+    };
+    out.push_str(&format!("Secret:        {secret}\n"));
+    let c = &d.connection;
+    out.push_str(&format!(
+        "Connection:    {} Ready={} {} {}\n",
+        if c.name.is_empty() { "-" } else { &c.name },
+        c.ready,
+        c.reason,
+        c.message
+    ));
+    out.push_str("Conditions:\n");
+    for c in &d.conditions {
+        out.push_str(&format!(
+            "  {:<8} {:<6} {:<22} {}\n",
+            c.type_, c.status, c.reason, c.message
+        ));
+    }
+    out.push_str("Events:\n");
+    if d.events.is_empty() {
+        out.push_str("  <none>\n");
+    }
+    for e in &d.events {
+        out.push_str(&format!(
+            "  {}  {:<7} {:<18} {:<16} {} (x{})\n",
+            e.time, e.type_, e.reason, e.object, e.message, e.count
+        ));
+    }
+    out.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +425,7 @@ mod tests {
         );
         let r = row(&ca(json!({})), now);
         assert_eq!((r.ready.as_str(), r.expires_in.as_str()), ("Unknown", "-"));
-        let t = table(&[r]);
+        let t = table(std::slice::from_ref(&r));
         assert!(
             t.starts_with(
                 "NAMESPACE   NAME   ACCOUNT   READY     REASON   EXPIRES IN   NEXT SYNC   SECRET\n"
@@ -190,5 +441,38 @@ mod tests {
         assert_eq!(humanize(3600 + 120), "1h2m");
         assert_eq!(humanize(2 * 86_400 + 3 * 3600 + 5), "2d3h");
         assert_eq!(humanize(-90), "1m30s");
+    }
+
+    #[test]
+    fn the_detail_keeps_key_names_and_drops_values() {
+        let now: Timestamp = "2026-11-22T09:00:00Z".parse().unwrap();
+        let c = ca(
+            json!({"expiresAt": "2026-11-22T09:54:00Z", "secretName": "gh",
+            "connection": "ClusterPipedreamConnection/default",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "ok",
+            "lastTransitionTime": "2026-11-22T08:00:00Z"}]}),
+        );
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "gh", "annotations": {EXPIRES_AT_ANNOTATION: "2026-11-22T09:54:00Z"}},
+            "data": {"oauth_access_token": "c2VjcmV0LXRva2Vu"}}))
+        .unwrap();
+        let d = Detail::build(
+            &c,
+            SecretState::of("gh", Some(&secret)),
+            ConnectionState::of::<String>("ClusterPipedreamConnection/default", Ok(None)),
+            Vec::new(),
+            now,
+        );
+        let text = describe(&d);
+        let yaml = serde_saphyr::to_string(&d).unwrap();
+        for out in [&text, &yaml] {
+            assert!(out.contains("oauth_access_token"), "{out}");
+            assert!(
+                !out.contains("c2VjcmV0LXRva2Vu") && !out.contains("secret-token"),
+                "{out}"
+            );
+        }
+        assert!(text.contains("Ready=NotFound"), "{text}");
+        assert!(yaml.contains("reason: Synced"), "{yaml}");
     }
 }

@@ -213,8 +213,23 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
-    // Rotate at Pipedream (old tokens revoked) and in the cluster; force a sync (past the 2 s single-flight window).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Issue 17 (10): the credentials Secret is watched, not polled (it was read every 5 s per connection).
+    let secret_gets = |env: &Env| {
+        env.proxy
+            .counts()
+            .get(&("get".to_string(), "secrets".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = secret_gets(&env);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        secret_gets(&env),
+        before,
+        "no Secret read by a healthy, idle operator"
+    );
+    // Rotate at Pipedream (old tokens revoked) and in the cluster; the operator hears of it from its watch;
+    // then force a sync.
     env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
     env.apply(
         "v1",
@@ -224,6 +239,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
         json!({"stringData": {"client_secret": "rotated-secret"}}),
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut body = account_spec(json!({}));
     body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "1"}});
     env.apply(
@@ -245,6 +261,17 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
         .then_some(())
     })
     .await;
+    // Issue 17 (3): the rotation cost two mints and a 401 (a request still sent the revoked token). The operator
+    // knew the secret had changed before it asked: one mint, no failed request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = env.pd.requests();
+    let failed: Vec<_> = log.iter().filter(|r| r.status >= 400).collect();
+    assert!(failed.is_empty(), "no failed request: {failed:?}");
+    assert_eq!(
+        env.pd.count("token"),
+        2,
+        "one mint at start, one for the rotation"
+    );
 }
 
 /// Issue 7: a `Retain` Secret (no ownerReference) edited or deleted by hand is repaired at once, from the last
@@ -1325,4 +1352,267 @@ async fn merge_never_takes_a_key_another_manager_or_shard_owns() {
             .unwrap()
             .starts_with("True/")
     );
+}
+
+/// Issue 17 (5): one namespace floods a shared ClusterPipedreamConnection (limited to one request per second) with
+/// ConnectedAccounts naming accounts that do not exist, and edits another one's account id in a loop. The other
+/// namespace's Secrets must keep refreshing before every expiry: due refreshes of tokens about to expire go first,
+/// each namespace gets a fair share of the connection, and a failed object's spec edits are debounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_namespace_cannot_starve_another_on_a_shared_cluster_connection() {
+    let victims = ["apn_Vic1", "apn_Vic2"];
+    let Some(mut env) = Env::start(
+        victims
+            .iter()
+            .map(|id| oauth_account(id, Some(20), 8))
+            .collect(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (ops, team_a, team_b) = (env.ns("ops"), env.ns("team-a"), env.ns("team-b"));
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ClusterPipedreamConnection",
+        None,
+        "default",
+        json!({"spec": {
+            "apiUrl": env.pd.url(),
+            "auth": {"oauth": {"clientId": support::CLIENT_ID, "projectId": "proj_sys",
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
+            "rateLimit": {"requestsPerSecond": 1, "burst": 1},
+            "access": [{"namespaces": [team_a, team_b]}]}}),
+    )
+    .await;
+    env.start_operator();
+    for (i, id) in victims.iter().enumerate() {
+        create_ca(&env, &format!("v{i}"), json!({"accountId": id})).await;
+    }
+    for i in 0..victims.len() {
+        env.wait_synced(&format!("v{i}"), 30).await;
+    }
+    let hostile = |name: String, id: String| {
+        let env = &env;
+        async move {
+            env.apply(
+                "pipedream-secrets.io/v1alpha1",
+                "ConnectedAccount",
+                Some("team-b"),
+                &name,
+                json!({"spec": {"accountId": id}}),
+            )
+            .await;
+        }
+    };
+    for i in 0..40 {
+        hostile(format!("h{i}"), format!("apn_Bogus{i}")).await;
+    }
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut edits = 0;
+    while started.elapsed() < Duration::from_secs(50) {
+        for i in 0..victims.len() {
+            let s = env.secret("team-a", &format!("v{i}")).await.unwrap();
+            let exp: jiff::Timestamp =
+                s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+            assert!(
+                exp > jiff::Timestamp::now(),
+                "after {:?} v{i} holds a token that expired at {exp}",
+                started.elapsed()
+            );
+            seen.insert((i, secret_value(&s, "oauth_access_token").unwrap()));
+        }
+        hostile("churn".into(), format!("apn_Churn{edits}")).await;
+        edits += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Pipedream refreshes each victim token every 12 s: 50 s show at least three per account.
+    for i in 0..victims.len() {
+        let n = seen.iter().filter(|(v, _)| *v == i).count();
+        assert!(n >= 3, "v{i} saw {n} tokens: {seen:?}");
+    }
+    // The attacker is served too, at its share: its objects report what is wrong with them.
+    let b = env.ns("team-b");
+    let mut answered = 0;
+    for i in 0..40 {
+        if env.ready_in(&b, &format!("h{i}")).await.as_deref() == Some("False/AccountNotFound") {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered >= 10,
+        "only {answered} of the attacker's objects were answered"
+    );
+    // A failed object's spec edits are debounced: ~200 edits in 50 s cost a handful of Pipedream calls.
+    let churn_calls = env
+        .pd
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.account
+                .as_deref()
+                .is_some_and(|a| a.starts_with("apn_Churn"))
+        })
+        .count();
+    assert!(
+        churn_calls <= 10,
+        "{churn_calls} Pipedream calls for {edits} edits of one failing object"
+    );
+}
+
+/// Issue 19: the CLI as users of cmctl expect it, run as `kubectl pipedream …`: `--context` picks the cluster and
+/// its namespace is the default, `sync` makes the operator fetch again, `status NAME -o json|yaml` shows the
+/// conditions, Events, the Secret's keys (never values) and the connection; `version` and `completion` work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    let team_a = env.ns("team-a");
+    // Two contexts: the current one points nowhere; `real` is the cluster, with team-a as its namespace.
+    let admin = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let mut kc = kube::config::Kubeconfig::from_yaml(&admin).unwrap();
+    let real = kc.contexts[0].clone();
+    let mut real_ctx = real.context.clone().unwrap();
+    real_ctx.namespace = Some(team_a.clone());
+    let mut broken_cluster = kc.clusters[0].clone();
+    broken_cluster.name = "nowhere".into();
+    broken_cluster.cluster.as_mut().unwrap().server = Some("https://127.0.0.1:1".into());
+    let mut broken_ctx = real_ctx.clone();
+    broken_ctx.cluster = "nowhere".into();
+    kc.clusters.push(broken_cluster);
+    let named = |name: &str, ctx| {
+        let mut c = real.clone();
+        c.name = name.into();
+        c.context = Some(ctx);
+        c
+    };
+    kc.contexts = vec![named("real", real_ctx), named("broken", broken_ctx)];
+    kc.current_context = Some("broken".into());
+    let dir = std::env::temp_dir().join(format!("pdso-cli-{}-{}", std::process::id(), env.ns("x")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_json::to_string(&kc).unwrap()).unwrap();
+    let plugin = dir.join("kubectl-pipedream");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &plugin).unwrap();
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&kubectl)
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, _, _) = run(&["pipedream", "status"]);
+    assert!(!ok, "the current context points nowhere");
+    let (ok, text, err) = run(&["pipedream", "status", "--context", "real"]);
+    assert!(ok, "{text}{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{team_a} ")) && l.contains(" gh ")),
+        "the context's namespace is the default: {text}"
+    );
+    // sync: one more fetch, acted upon (status.lastForceSync is the value set).
+    let before = env.pd.count("connect_account");
+    let (ok, text, err) = run(&["pipedream", "sync", "gh", "--context", "real"]);
+    assert!(ok && text.contains("sync requested"), "{text}{err}");
+    env.wait("the forced fetch", 20, async || {
+        let ca = env.ca("gh").await?;
+        let value = ca["metadata"]["annotations"]["pipedream-secrets.io/force-sync"]
+            .as_str()?
+            .to_string();
+        (ca["status"]["lastForceSync"].as_str() == Some(value.as_str())).then_some(())
+    })
+    .await;
+    assert_eq!(env.pd.count("connect_account"), before + 1);
+    let (ok, _, err) = run(&["pipedream", "sync", "--context", "real"]);
+    assert!(!ok && err.contains("--all"), "nothing named: {err}");
+    // status NAME.
+    let (ok, text, err) = run(&[
+        "pipedream",
+        "status",
+        "gh",
+        "--context",
+        "real",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{text}{err}");
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(d["reason"], "Synced", "{d}");
+    assert_eq!(
+        d["secretState"]["keys"],
+        json!(["oauth_access_token", "oauth_refresh_token"]),
+        "{d}"
+    );
+    assert!(d["secretState"]["expiresAt"].is_string(), "{d}");
+    assert_eq!(
+        d["connection"]["name"],
+        format!("ClusterPipedreamConnection/{}", env.cluster("default")),
+        "{d}"
+    );
+    // A namespace-scoped install keeps no status on cluster connections: Unknown, not made up.
+    assert_eq!(d["connection"]["ready"], "Unknown", "{d}");
+    assert!(
+        d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "SecretCreated"),
+        "{d}"
+    );
+    let (ok, yaml, err) = run(&[
+        "pipedream",
+        "status",
+        "gh",
+        "--context",
+        "real",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        ok && yaml.contains("reason: Synced") && yaml.contains("- oauth_access_token"),
+        "{yaml}{err}"
+    );
+    let (ok, described, err) = run(&["pipedream", "status", "gh", "--context", "real"]);
+    assert!(
+        ok && described.contains("Events:") && described.contains("SecretCreated"),
+        "{described}{err}"
+    );
+    for out in [&text, &yaml, &described] {
+        assert!(
+            !out.contains("tok-apn_Sys1") && !out.contains("refresh\n"),
+            "{out}"
+        );
+    }
+    let (ok, version, _) = run(&["pipedream", "version"]);
+    assert!(
+        ok && version.contains(env!("CARGO_PKG_VERSION")),
+        "{version}"
+    );
+    let (ok, completion, _) = run(&["pipedream", "completion", "bash"]);
+    assert!(
+        ok && completion.contains("complete") && completion.contains("sync"),
+        "{completion}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,8 +22,21 @@ use crate::schedule::{self, FailureClass};
 
 /// Re-check a healthy connection this often (the token is cached, so this costs a call about once an hour).
 pub const RECHECK: Duration = Duration::from_secs(600);
-/// How often the credentials Secret's resourceVersion is looked at (one metadata GET per connection).
+/// How often the resourceVersion of a credentials Secret the watch does not cover is looked at while the
+/// connection fails (one metadata GET per Secret), so a fixed Secret is used within seconds.
 pub const CREDENTIALS_POLL: Duration = Duration::from_secs(5);
+/// The same while the connection works: a rotation is picked up within a minute (or at the first 401).
+pub const CREDENTIALS_POLL_HEALTHY: Duration = Duration::from_secs(60);
+
+/// When to check a connection again, `due` being its own recheck or retry time: a Secret the credentials watch
+/// covers wakes the check when it changes; other Secrets are polled, often while failing, rarely while healthy.
+fn next_check(watched: bool, healthy: bool, due: Duration) -> Duration {
+    match (watched, healthy) {
+        (true, _) => due,
+        (false, true) => due.min(CREDENTIALS_POLL_HEALTHY),
+        (false, false) => due.min(CREDENTIALS_POLL),
+    }
+}
 
 /// Reconcile a ClusterPipedreamConnection.
 pub async fn reconcile_cluster(
@@ -63,7 +76,10 @@ where
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let old = old.cloned().unwrap_or_default();
     let generation = obj.meta().generation;
-    // Rotated credentials are noticed by looking at the Secret's metadata every few seconds (no Secret watch).
+    let watched = super::credentials::secrets_read(spec, id.namespace.as_deref())
+        .iter()
+        .all(|(ns, _)| ctx.credential_watch.covers(ns));
+    // Rotated credentials: the Secrets' resourceVersions, compared with those the last check saw.
     let credentials_version = credentials_version(&ctx.client, spec, id.namespace.as_deref()).await;
     let rotated = old
         .credentials_version
@@ -76,9 +92,11 @@ where
         && !rotated
         && let Some(at) = mem.retry_at.filter(|t| now < *t)
     {
-        return Ok(Action::requeue(
-            schedule::until(now, at).min(CREDENTIALS_POLL),
-        ));
+        return Ok(Action::requeue(next_check(
+            watched,
+            mem.failures == 0,
+            schedule::until(now, at),
+        )));
     }
     if rotated {
         info!(connection = %id, "the connection's credentials Secret changed; checking it again");
@@ -87,7 +105,7 @@ where
     let outcome: Result<(), SyncFailure> = match dispatcher(ctx, id.clone(), spec) {
         Ok(d) => {
             if rotated {
-                d.client.forget_token().await;
+                d.client.credentials_changed();
             }
             d.client.check_auth().await.map_err(SyncFailure::from)
         }
@@ -173,7 +191,7 @@ where
     if ready_changed(&old.conditions, &st.conditions) {
         publish(ctx, obj, event.0, &event.1, "CheckConnection", event.2).await;
     }
-    Ok(Action::requeue(delay.min(CREDENTIALS_POLL)))
+    Ok(Action::requeue(next_check(watched, outcome.is_ok(), delay)))
 }
 
 #[derive(Serialize)]

@@ -113,6 +113,8 @@ pub struct ObjectState {
     pub asked: Option<(AccountKey, u64)>,
     /// Last time a force-sync made it fetch.
     pub last_forced: Option<Timestamp>,
+    /// When the last failed pass happened (spec edits of a failing object are debounced from it).
+    pub last_failed: Option<Timestamp>,
     /// The connection's resourceVersion when a connection-related failure happened: a change retries at once.
     pub failed_connection_version: Option<String>,
     /// When the controller will next reconcile it (queue-depth metric).
@@ -165,6 +167,8 @@ pub struct Context {
     /// Clock.
     pub clock: Clock,
     objects: Mutex<HashMap<String, ObjectState>>,
+    /// Rotated connection credentials (see [`super::credentials`]).
+    pub credential_watch: super::credentials::CredentialWatch,
 }
 
 impl Context {
@@ -202,6 +206,7 @@ impl Context {
             metrics: metrics.clone(),
             clock,
             objects: Mutex::default(),
+            credential_watch: Default::default(),
         });
         let weak = Arc::downgrade(&ctx);
         metrics.set_queue_source(move || {
@@ -262,8 +267,9 @@ impl Context {
         self.lock_objects().remove(uid);
     }
 
-    /// Forget a deleted connection: stop its dispatcher, drop its metric series.
-    pub fn forget_connection(&self, id: &crate::identity::ConnectionId) {
+    /// Forget a deleted connection: its memory, its dispatcher and answers, its metric series.
+    pub fn forget_connection(&self, id: &crate::identity::ConnectionId, uid: &str) {
+        self.forget_object(uid);
         self.fetcher.remove(id);
         self.metrics.forget_connection(id);
     }

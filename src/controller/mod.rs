@@ -4,6 +4,7 @@
 mod build;
 mod connection;
 mod context;
+mod credentials;
 mod fetch;
 mod hosts;
 mod leader;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::fetch::{Attempt, CachedFetch};
+use super::fetch::{Attempt, CachedFetch, Urgency};
 use super::spec::Validated;
 use crate::access::{self, Admission};
 use crate::pipedream::{Account, Credentials};
@@ -15,6 +15,9 @@ use crate::schedule::{self, NextFetch, Observed, Policy, add, format_ts, parse_t
 
 /// At most one forced fetch per object this often; a newer force-sync value waits for the rest.
 pub const FORCE_DEBOUNCE: Duration = Duration::from_secs(10);
+/// A failed object whose spec changes retries at once, but at most this often: a spec edited in a loop (a bogus
+/// account id, say) cannot turn into a loop of Pipedream calls.
+pub const SPEC_EDIT_DEBOUNCE: Duration = Duration::from_secs(10);
 /// Re-check a pass waiting for its fetch this long after asking (the fetch normally triggers it first).
 pub const PENDING_RECHECK: Duration = Duration::from_secs(300);
 /// A retry this soon is not written to status (it is in memory; after a restart the object is retried at once
@@ -47,6 +50,8 @@ pub struct Remembered {
     pub last_forced: Option<Timestamp>,
     /// The connection changed since a failure it caused.
     pub connection_changed: bool,
+    /// When the last failed pass happened.
+    pub last_failed: Option<Timestamp>,
     /// A fetch this object asked for has not been used yet.
     pub asked: bool,
 }
@@ -120,8 +125,8 @@ pub enum Step {
     Keep(Timestamp),
     /// Ask the connection's dispatcher; its answer triggers the next pass.
     Fetch {
-        /// Queue order: the earliest first.
-        needed_by: Timestamp,
+        /// How soon: orders the connection's queue.
+        urgency: Urgency,
     },
     /// Build the Secret from this answer and write it if it differs.
     Write(CachedFetch, Cause),
@@ -204,17 +209,22 @@ pub fn decide(f: &Facts) -> Step {
     match reusable {
         Some(c) => Step::Write(c, cause),
         None => Step::Fetch {
-            needed_by: needed_by(&f.recorded, f.now, f.secret_exists),
+            urgency: urgency(&f.recorded, f.now, f.secret_exists),
         },
     }
 }
 
 /// When a failed object may try again, if not yet: its own status write (or any other event) must not cause
-/// another attempt, and another Pipedream call. A spec change, a new force-sync value, or a change to the
-/// connection a connection-related failure was about retries at once.
+/// another attempt, and another Pipedream call. A new force-sync value (debounced by [`force_wait`]) or a change
+/// to the connection a connection-related failure was about retries at once; a spec change too, unless the last
+/// failure is less than [`SPEC_EDIT_DEBOUNCE`] old.
 pub fn wait_for_retry(r: &Recorded, m: &Remembered, now: Timestamp) -> Option<Timestamp> {
-    if !r.failed || r.forced.is_some() || r.spec_changed || m.connection_changed {
+    if !r.failed || r.forced.is_some() || m.connection_changed {
         return None;
+    }
+    if r.spec_changed {
+        let at = add(m.last_failed?, SPEC_EDIT_DEBOUNCE);
+        return (now < at).then_some(at);
     }
     let at = r.next_due.max(m.retry_at)?;
     (now < at).then_some(at)
@@ -241,18 +251,19 @@ pub fn need(r: &Recorded, now: Timestamp, drifted: bool) -> Need {
     if drifted { Need::Repair } else { Need::Nothing }
 }
 
-/// Queue order of a fetch: the time by which it is needed. A missing Secret comes first, then credentials by
-/// expiry (already expired ones before all others), then forced and interval checks.
-pub fn needed_by(r: &Recorded, now: Timestamp, secret_exists: bool) -> Timestamp {
+/// How soon a fetch is needed: a refresh of credentials the Secret holds goes by their expiry, before all else; a
+/// missing Secret before other fetches; forced and interval checks by when they are due.
+pub fn urgency(r: &Recorded, now: Timestamp, secret_exists: bool) -> Urgency {
     if !secret_exists {
-        return now
-            .saturating_sub(jiff::SignedDuration::from_hours(24))
-            .unwrap_or(now);
+        return Urgency::Missing;
     }
     if r.forced.is_some() {
-        return add(now, Duration::from_secs(300));
+        return Urgency::By(add(now, Duration::from_secs(300)));
     }
-    r.held_expiry.or(r.next_due).unwrap_or(now)
+    match r.held_expiry {
+        Some(e) => Urgency::Expiring(e),
+        None => Urgency::By(r.next_due.unwrap_or(now)),
+    }
 }
 
 /// When a failed pass retries, and a note for the message when Pipedream asks for longer than the held
@@ -308,7 +319,7 @@ pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
     let refresh = parse("next_refresh_at", &account.next_refresh_at)?;
     let server = c.fetched.server_time;
     Ok(Timing {
-        observed: schedule::observe(expires, refresh, server, c.at),
+        observed: schedule::observe(expires, refresh, server, c.at, c.fetched.round_trip),
         expires_at: expires.map(|e| schedule::display_time(e, server, c.at)),
     })
 }

@@ -258,21 +258,10 @@ pub async fn credentials_version(
     spec: &impl ConnectionSettings,
     namespace: Option<&str>,
 ) -> String {
-    let auth = spec.auth();
-    let refs: Vec<&SecretKeyRef> = match (&auth.oauth, &auth.api_key) {
-        (Some(o), _) => o
-            .client_id_secret_ref
-            .iter()
-            .chain(std::iter::once(&o.client_secret_ref))
-            .collect(),
-        (None, Some(k)) => vec![&k.secret_ref],
-        (None, None) => Vec::new(),
-    };
-    let mut versions = Vec::with_capacity(refs.len());
-    for r in refs {
-        let ns = namespace.or(r.namespace.as_deref()).unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let v = match api.get_metadata_opt(&r.name).await {
+    let mut versions = Vec::new();
+    for (ns, name) in super::credentials::secrets_read(spec, namespace) {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let v = match api.get_metadata_opt(&name).await {
             Ok(Some(m)) => m.metadata.resource_version.unwrap_or_default(),
             _ => "-".to_string(),
         };

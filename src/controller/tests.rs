@@ -1027,8 +1027,14 @@ async fn a_failed_object_waits_for_its_retry_time_without_requests() {
         "no Pipedream call while waiting"
     );
     assert!(requeue_of(&action).is_some_and(|d| d >= Duration::from_secs(1)));
-    // A spec change retries at once.
+    // A spec change moments after the failure waits for the edit debounce (no call), then retries.
     ca.metadata.generation = Some(2);
+    let action = h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(h.pipedream_calls("/accounts/").await, calls, "debounced");
+    assert!(requeue_of(&action).is_some_and(|d| d <= crate::controller::plan::SPEC_EDIT_DEBOUNCE));
+    h.ctx
+        .clock
+        .advance(crate::controller::plan::SPEC_EDIT_DEBOUNCE);
     h.serve_account(account_json(
         TOKEN,
         Some(t0() + SignedDuration::from_hours(1)),

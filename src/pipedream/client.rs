@@ -92,12 +92,16 @@ pub struct FetchedAccount {
     pub account: Account,
     /// Pipedream's `Date` header, if sent.
     pub server_time: Option<Timestamp>,
+    /// How long the exchange that brought the answer took (the header was stamped somewhere within it).
+    pub round_trip: Duration,
 }
 
 struct Token {
     value: SecretString,
     refresh_at: Instant,
     generation: u64,
+    /// Fingerprint of the client credentials it was minted with.
+    material: u64,
 }
 
 /// Client for one connection. Cheap to share (`Arc`).
@@ -109,6 +113,11 @@ pub struct PipedreamClient {
     token: Mutex<Option<Token>>,
     api_key: Mutex<Option<SecretString>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Set when the connection's Secret may have changed: the next call re-reads it and mints only if the
+    /// credentials differ from the held token's.
+    stale: std::sync::atomic::AtomicBool,
+    /// Keys the in-memory fingerprints (process-local, never shown).
+    fingerprints: std::collections::hash_map::RandomState,
     last_forced_remint: std::sync::Mutex<Option<Instant>>,
     metrics: Reporting,
 }
@@ -158,6 +167,8 @@ impl PipedreamClient {
             token: Mutex::new(None),
             api_key: Mutex::new(None),
             generation: 0.into(),
+            stale: false.into(),
+            fingerprints: Default::default(),
             last_forced_remint: std::sync::Mutex::new(None),
             metrics,
         }
@@ -175,6 +186,31 @@ impl PipedreamClient {
 
     /// Retrieve one account with its credentials.
     pub async fn fetch_account(&self, account_id: &str) -> Result<FetchedAccount, PipedreamError> {
+        self.fetch(account_id, false).await
+    }
+
+    /// Wait for the rate limiter's next slot and take it, for a request chosen once it may be sent
+    /// ([`Self::fetch_account_paced`]).
+    pub async fn pace(&self) {
+        if self.limiter.check().is_err() {
+            let waited = std::time::Instant::now();
+            self.limiter.until_ready().await;
+            if let Some((m, id)) = &self.metrics {
+                m.count_rate_limit_wait(id, waited.elapsed());
+            }
+        }
+    }
+
+    /// [`Self::fetch_account`] whose first request uses the slot [`Self::pace`] took.
+    pub async fn fetch_account_paced(
+        &self,
+        account_id: &str,
+    ) -> Result<FetchedAccount, PipedreamError> {
+        self.fetch(account_id, true).await
+    }
+
+    async fn fetch(&self, account_id: &str, paced: bool) -> Result<FetchedAccount, PipedreamError> {
+        let mut paced = paced;
         let (endpoint, url) = match &self.settings.mode {
             ApiMode::Connect { project_id, .. } => (
                 "connect_account",
@@ -213,7 +249,8 @@ impl PipedreamClient {
             if let ApiMode::Connect { environment, .. } = &self.settings.mode {
                 req = req.header("x-pd-environment", environment.as_str());
             }
-            match self.send(endpoint, req).await {
+            let sent = Instant::now();
+            match self.send(endpoint, req, std::mem::take(&mut paced)).await {
                 Ok((headers, body)) => {
                     let account = parse_account(endpoint, &body)?;
                     let server_time = headers
@@ -223,6 +260,7 @@ impl PipedreamClient {
                     return Ok(FetchedAccount {
                         account,
                         server_time,
+                        round_trip: sent.elapsed(),
                     });
                 }
                 Err(e @ PipedreamError::Unauthorized { .. }) if !reauthed => {
@@ -241,10 +279,23 @@ impl PipedreamClient {
         }
     }
 
-    /// Drop the held token or API key: the connection's Secret changed, so the next call re-reads it.
-    pub async fn forget_token(&self) {
-        *self.token.lock().await = None;
-        *self.api_key.lock().await = None;
+    /// The connection's Secret may have changed: the next call re-reads it, and a token is minted again only if
+    /// the credentials differ from those the held token was minted with (a 401 may already have picked them up).
+    pub fn credentials_changed(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fingerprint(&self, m: &AuthMaterial) -> u64 {
+        use std::hash::BuildHasher;
+        match m {
+            AuthMaterial::OAuth {
+                client_id,
+                client_secret,
+            } => self
+                .fingerprints
+                .hash_one((client_id.as_str(), client_secret.expose())),
+            AuthMaterial::ApiKey(k) => self.fingerprints.hash_one(k.expose()),
+        }
     }
 
     /// Drop the credential that just got a 401 so the next call re-reads the Secret and re-authenticates; false
@@ -269,22 +320,29 @@ impl PipedreamClient {
         true
     }
 
+    async fn load(&self) -> Result<AuthMaterial, PipedreamError> {
+        (self.loader)()
+            .await
+            .map_err(PipedreamError::LoadCredentials)
+    }
+
     /// The bearer for account calls and the generation of the token it came from.
     async fn bearer(&self) -> Result<(SecretString, u64), PipedreamError> {
+        let stale = self.stale.swap(false, std::sync::atomic::Ordering::SeqCst);
         match &self.settings.mode {
             ApiMode::ApiKey { .. } => {
                 let mut key = self.api_key.lock().await;
-                if key.is_none() {
-                    match (self.loader)()
-                        .await
-                        .map_err(PipedreamError::LoadCredentials)?
-                    {
-                        AuthMaterial::ApiKey(k) => *key = Some(k),
-                        AuthMaterial::OAuth { .. } => {
+                if key.is_none() || stale {
+                    match self.load().await {
+                        Ok(AuthMaterial::ApiKey(k)) => *key = Some(k),
+                        Ok(AuthMaterial::OAuth { .. }) => {
                             return Err(PipedreamError::LoadCredentials(
                                 CredentialsError::WrongMaterial("an API key"),
                             ));
                         }
+                        // The Secret went bad: the key held still works; the connection's status reports it.
+                        Err(_) if key.is_some() => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok((key.clone().unwrap_or_else(|| SecretString::new("")), 0))
@@ -292,10 +350,26 @@ impl PipedreamClient {
             ApiMode::Connect { environment, .. } => {
                 // Holding the lock across the refresh makes it single-flight: waiters reuse the new token.
                 let mut token = self.token.lock().await;
+                let mut material = None;
+                // Unreadable now: the held token still works, and the connection's status reports the Secret.
+                if stale
+                    && token.is_some()
+                    && let Ok(m) = self.load().await
+                {
+                    let f = self.fingerprint(&m);
+                    if token.as_ref().is_some_and(|t| t.material != f) {
+                        *token = None;
+                    }
+                    material = Some(m);
+                }
                 if let Some(t) = token.as_ref().filter(|t| Instant::now() < t.refresh_at) {
                     return Ok((t.value.clone(), t.generation));
                 }
-                let fresh = self.mint_token(*environment).await?;
+                let material = match material {
+                    Some(m) => m,
+                    None => self.load().await?,
+                };
+                let fresh = self.mint_token(*environment, material).await?;
                 let out = (fresh.value.clone(), fresh.generation);
                 *token = Some(fresh);
                 Ok(out)
@@ -303,11 +377,13 @@ impl PipedreamClient {
         }
     }
 
-    async fn mint_token(&self, environment: PipedreamEnvironment) -> Result<Token, PipedreamError> {
-        let (client_id, client_secret) = match (self.loader)()
-            .await
-            .map_err(PipedreamError::LoadCredentials)?
-        {
+    async fn mint_token(
+        &self,
+        environment: PipedreamEnvironment,
+        material: AuthMaterial,
+    ) -> Result<Token, PipedreamError> {
+        let fingerprint = self.fingerprint(&material);
+        let (client_id, client_secret) = match material {
             AuthMaterial::OAuth {
                 client_id,
                 client_secret,
@@ -331,7 +407,7 @@ impl PipedreamClient {
                 .request(Method::POST, &url)
                 .header("x-pd-environment", environment.as_str())
                 .json(&body);
-            match self.send("token", req).await {
+            match self.send("token", req, false).await {
                 Ok(ok) => break ok,
                 Err(e) if e.is_transient() && !retried => {
                     retried = true;
@@ -368,21 +444,19 @@ impl PipedreamClient {
                 .checked_add(refresh_after(lifetime))
                 .unwrap_or_else(Instant::now),
             generation,
+            material: fingerprint,
         })
     }
 
-    /// One HTTP exchange: rate limit, metrics, status mapping.
+    /// One HTTP exchange: rate limit (unless `paced` already took its slot), metrics, status mapping.
     async fn send(
         &self,
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
+        paced: bool,
     ) -> Result<(HeaderMap, bytes::Bytes), PipedreamError> {
-        if self.limiter.check().is_err() {
-            let waited = std::time::Instant::now();
-            self.limiter.until_ready().await;
-            if let Some((m, id)) = &self.metrics {
-                m.count_rate_limit_wait(id, waited.elapsed());
-            }
+        if !paced {
+            self.pace().await;
         }
         let started = std::time::Instant::now();
         let result = req.send().await;

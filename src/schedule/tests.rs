@@ -264,6 +264,7 @@ fn clock_skew_moves_expiry_early_and_refresh_late() {
         Some(ts("2026-11-22T10:05:00Z")),
         Some(ts("2026-11-22T09:10:00Z")),
         local,
+        Duration::ZERO,
     );
     assert_eq!(o.expires_at, Some(ts("2026-11-22T09:59:59Z")));
     assert_eq!(o.next_refresh_at, Some(ts("2026-11-22T09:55:00Z")));
@@ -273,6 +274,7 @@ fn clock_skew_moves_expiry_early_and_refresh_late() {
         None,
         Some(local),
         add(local, Duration::from_millis(700)),
+        Duration::ZERO,
     );
     let e = o.expires_at.unwrap();
     assert!(
@@ -377,4 +379,43 @@ async fn paused_time_rotation_always_lands_before_expiry() {
         assert!(expires.duration_since(now) >= SignedDuration::from_secs(120));
         expires = now + SignedDuration::from_secs(3600);
     }
+}
+
+/// Issue 17 (10): the skew correction believed any `Date` header, and assumed it was stamped at most a second
+/// before the answer arrived.
+#[test]
+fn a_wild_date_header_is_ignored_and_a_slow_answer_moves_expiry_earlier() {
+    let local = ts("2026-11-22T09:00:00Z");
+    let expiry = ts("2026-11-22T10:00:00Z");
+    let expires = Some(expiry);
+    let refresh = Some(ts("2026-11-22T09:55:00Z"));
+    // A year ahead, or an hour behind: not believed, the timestamps stay as Pipedream wrote them.
+    for wild in ["2027-11-22T09:00:00Z", "2026-11-22T08:00:00Z"] {
+        let o = observe(expires, refresh, Some(ts(wild)), local, Duration::ZERO);
+        assert_eq!(
+            (o.expires_at, o.next_refresh_at),
+            (expires, refresh),
+            "{wild}"
+        );
+        assert_eq!(display_time(expiry, Some(ts(wild)), local), expiry);
+    }
+    // In sync, but the answer took 20 s: the header may have been stamped 20 s before it arrived, so expiry
+    // is taken 21 s early; the refresh time is not moved earlier.
+    let o = observe(
+        expires,
+        refresh,
+        Some(add(local, Duration::ZERO)),
+        add(local, Duration::from_secs(20)),
+        Duration::from_secs(20),
+    );
+    assert_eq!(o.expires_at, Some(ts("2026-11-22T09:59:59Z")));
+    let o = observe(
+        expires,
+        refresh,
+        Some(local),
+        local,
+        Duration::from_secs(20),
+    );
+    assert_eq!(o.expires_at, Some(ts("2026-11-22T09:59:39Z")));
+    assert_eq!(o.next_refresh_at, refresh);
 }

@@ -196,9 +196,14 @@ USED = {
 }
 
 
+def aggregated(role):
+    """A ClusterRole for users (aggregated into view/edit/admin), not the operator's."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"].get("labels", {}))
+
+
 def grants(docs):
     out = set()
-    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+    for role in [r for r in by_kind(docs, "ClusterRole") if not aggregated(r)] + by_kind(docs, "Role"):
         for rule in role["rules"]:
             for g in rule["apiGroups"]:
                 for r in rule["resources"]:
@@ -356,6 +361,26 @@ def test_network_policy_allows_egress_only_to_dns_the_api_server_and_pipedream_o
     pipedream = pol["spec"]["egress"][-1]
     assert [p["port"] for p in pipedream["ports"]] == [443]
     assert not by_kind(render({}), "NetworkPolicy"), "off unless enabled (API server ports differ per cluster)"
+
+
+def test_network_policy_defaults_reach_kube_dns_only_and_the_api_server_on_443_and_6443():
+    pol = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")[0]
+    dns, api, pipedream = pol["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    # DNS only to kube-dns, not port 53 anywhere (an open 53 is an exfiltration path).
+    assert dns["to"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }], dns
+    # The API server's Service says 443, but NetworkPolicy sees the endpoint after DNAT: 6443 on most clusters.
+    assert sorted(p["port"] for p in api["ports"]) == [443, 6443], api
+    assert [p["port"] for p in pipedream["ports"]] == [443]
+    # The older single `port` still works, alone.
+    legacy = by_kind(render({"networkPolicy": {"enabled": True, "apiServer": {"port": 8443}}}), "NetworkPolicy")[0]
+    assert [p["port"] for p in legacy["spec"]["egress"][1]["ports"]] == [8443]
+    # A cluster whose DNS runs elsewhere names it.
+    custom = by_kind(render({"networkPolicy": {"enabled": True, "dns": {"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]}}}), "NetworkPolicy")[0]
+    assert custom["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "169.254.20.10/32"}}]
 
 
 PROMTOOL = os.environ.get("PROMTOOL", shutil.which("promtool") or "promtool")
@@ -579,3 +604,117 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
         for p in procs:
             p.wait(timeout=10)
         log.close()
+
+
+# Issue 19: values users bring from External Secrets and Vault Secrets Operator charts (same names, same meaning).
+ESO_STYLE = {
+    "revisionHistoryLimit": 7,
+    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+    "deploymentAnnotations": {"team": "platform"},
+    "commonLabels": {"cost-center": "42"},
+    "serviceAccount": {"automount": False, "extraLabels": {"sa-label": "yes"}},
+    "extraVolumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+    "extraVolumeMounts": [{"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+    "extraContainers": [{"name": "sidecar", "image": "busybox:1.36"}],
+    "extraInitContainers": [{"name": "init", "image": "busybox:1.36"}],
+    "extraObjects": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "{{ .Release.Name }}-extra"}, "data": {"a": "b"}},
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: as-text\n",
+    ],
+    "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http-metrics"}, "periodSeconds": 33, "failureThreshold": 5},
+    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http-metrics"}, "periodSeconds": 11},
+    "terminationGracePeriodSeconds": 45,
+    "dnsPolicy": "None",
+    "dnsConfig": {"nameservers": ["10.0.0.10"], "options": [{"name": "ndots", "value": "2"}]},
+    "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["pd.internal"]}],
+    "runtimeClassName": "gvisor",
+    "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
+}
+
+
+def test_eso_style_values_are_in_the_schema_documented_and_rendered():
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(ESO_STYLE)
+    documented = (CHART / "values.yaml").read_text()
+    for key in ["revisionHistoryLimit", "strategy", "deploymentAnnotations", "commonLabels", "automount", "extraLabels",
+                "extraVolumes", "extraVolumeMounts", "extraContainers", "extraInitContainers", "extraObjects",
+                "livenessProbe", "readinessProbe", "terminationGracePeriodSeconds", "dnsPolicy", "dnsConfig",
+                "hostAliases", "runtimeClassName", "maxUnavailable", "aggregateToView", "aggregateToEdit",
+                "aggregateToAdmin"]:
+        lines = documented.splitlines()
+        at = next((i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")), None)
+        assert at is not None, f"{key} is not in values.yaml"
+        j = at - 1
+        while j > 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+            j -= 1
+        assert lines[j].strip().startswith("# --"), f"{key} has no `# --` comment in values.yaml"
+    docs = render(ESO_STYLE)
+    dep = by_kind(docs, "Deployment")[0]
+    assert dep["spec"]["revisionHistoryLimit"] == 7
+    assert dep["spec"]["strategy"] == ESO_STYLE["strategy"]
+    assert dep["metadata"]["annotations"]["team"] == "platform"
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["volumes"] == ESO_STYLE["extraVolumes"]
+    operator = pod["containers"][0]
+    assert operator["volumeMounts"] == ESO_STYLE["extraVolumeMounts"]
+    assert [c["name"] for c in pod["containers"]] == ["operator", "sidecar"]
+    assert [c["name"] for c in pod["initContainers"]] == ["init"]
+    assert operator["livenessProbe"]["periodSeconds"] == 33 and operator["readinessProbe"]["periodSeconds"] == 11
+    assert pod["terminationGracePeriodSeconds"] == 45
+    assert pod["dnsPolicy"] == "None" and pod["dnsConfig"] == ESO_STYLE["dnsConfig"]
+    assert pod["hostAliases"] == ESO_STYLE["hostAliases"]
+    assert pod["runtimeClassName"] == "gvisor"
+    pdb = by_kind(docs, "PodDisruptionBudget")[0]
+    assert pdb["spec"] == {**{"maxUnavailable": 1}, "selector": pdb["spec"]["selector"]}, "maxUnavailable replaces minAvailable"
+    sa = by_kind(docs, "ServiceAccount")[0]
+    assert sa["metadata"]["labels"]["sa-label"] == "yes"
+    extra = sorted(d["metadata"]["name"] for d in by_kind(docs, "ConfigMap"))
+    assert extra == ["as-text", "pdso-extra"], extra
+    for d in docs:
+        if d["metadata"]["name"] in extra:
+            continue  # the user's own objects, as given
+        assert d["metadata"]["labels"].get("cost-center") == "42", f"{d['kind']}/{d['metadata']['name']} lacks commonLabels"
+    # The defaults keep today's behaviour.
+    dep = by_kind(render({}), "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["revisionHistoryLimit"] == 3 and "strategy" not in dep["spec"]
+    assert pod["automountServiceAccountToken"] is True and "volumes" not in pod and "initContainers" not in pod
+    assert pod["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["terminationGracePeriodSeconds"] == 30
+    # Without leader election, a rolling update would run two writers: Recreate wins over the value.
+    one = by_kind(render({"leaderElection": {"enabled": False}, "strategy": {"type": "RollingUpdate"}}), "Deployment")[0]
+    assert one["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_namespace_users_get_connected_account_rights_through_aggregated_cluster_roles():
+    docs = render({})
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole") if aggregated(r)}
+    by_label = {k.rsplit("-", 1)[-1]: r for r in roles.values() for k in r["metadata"]["labels"]
+                if k.startswith("rbac.authorization.k8s.io/aggregate-to-")}
+    assert set(by_label) == {"view", "edit", "admin"}, sorted(roles)
+    def verbs(role, resource):
+        return {v for rule in role["rules"] if resource in rule["resources"] for v in rule["verbs"]}
+    assert verbs(by_label["view"], "connectedaccounts") == {"get", "list", "watch"}
+    assert verbs(by_label["view"], "pipedreamconnections") == {"get", "list", "watch"}
+    for kind in ["edit", "admin"]:
+        assert verbs(by_label[kind], "connectedaccounts") == {"create", "delete", "deletecollection", "patch", "update"}
+        assert verbs(by_label[kind], "pipedreamconnections") == {"create", "delete", "deletecollection", "patch", "update"}
+    for r in roles.values():
+        for rule in r["rules"]:
+            assert "secrets" not in rule["resources"] and "clusterpipedreamconnections" not in rule["resources"]
+            assert not any(res.endswith("/status") and v != "get" for res in rule["resources"] for v in rule["verbs"])
+    off = render({"rbac": {"aggregateToView": False, "aggregateToEdit": False, "aggregateToAdmin": False}})
+    assert not [r for r in by_kind(off, "ClusterRole") if aggregated(r)]
+    assert not [r for r in by_kind(render(values("scoped")), "ClusterRole")], "a scoped install makes no ClusterRole"
+
+
+def test_chart_readme_is_generated_from_values_yaml_and_every_comment_lands():
+    import values_doc
+    text = (CHART / "values.yaml").read_text()
+    rows = values_doc.entries(text)
+    assert len(rows) == text.count("# --"), "a `# --` comment not attached to a key"
+    keys = [k for k, _ in rows]
+    assert len(keys) == len(set(keys))
+    committed = (CHART / "README.md").read_text()
+    assert committed == values_doc.render(), "run `python tests/chart/values_doc.py --write` and commit the result"

@@ -236,6 +236,7 @@ mod tests {
             )
             .unwrap(),
             server_time: None,
+            round_trip: std::time::Duration::ZERO,
         }
     }
 

@@ -9,17 +9,19 @@
 //! call.
 
 mod cache;
+mod queue;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 pub use cache::{AccountCache, Attempt, CachedFetch};
+use queue::Queue;
+pub use queue::Urgency;
 
 use super::Clock;
 use crate::crd::{ConnectedAccount, RateLimit};
@@ -66,22 +68,6 @@ impl Triggers {
     }
 }
 
-struct Entry {
-    needed_by: Timestamp,
-    seq: u64,
-    waiters: HashSet<ObjectRef<ConnectedAccount>>,
-    in_flight: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    order: BTreeSet<(Timestamp, u64, String)>,
-    entries: HashMap<String, Entry>,
-    in_flight: usize,
-    seq: u64,
-    paused_until: Option<tokio::time::Instant>,
-}
-
 /// One connection as used: its key, its Pipedream client (token, rate limiter) and its fetch queue, served by
 /// its own dispatcher task.
 pub struct Dispatcher {
@@ -91,96 +77,57 @@ pub struct Dispatcher {
     pub client: Arc<PipedreamClient>,
     rate: RateLimit,
     queue: Mutex<Queue>,
+    paused_until: Mutex<Option<tokio::time::Instant>>,
     wake: Notify,
     closed: AtomicBool,
     tenant: Option<Arc<Semaphore>>,
 }
 
 impl Dispatcher {
-    /// Ask for `account` to be fetched; `who` is triggered when the answer is in. `needed_by` orders the queue:
-    /// earliest first.
-    pub fn request(&self, account: &str, needed_by: Timestamp, who: ObjectRef<ConnectedAccount>) {
-        let mut q = lock(&self.queue);
-        q.seq += 1;
-        let seq = q.seq;
-        let reorder = match q.entries.get_mut(account) {
-            Some(e) => {
-                e.waiters.insert(who);
-                if !e.in_flight && needed_by < e.needed_by {
-                    let old = (e.needed_by, e.seq, account.to_string());
-                    e.needed_by = needed_by;
-                    e.seq = seq;
-                    Some(old)
-                } else {
-                    None
-                }
-            }
-            None => {
-                q.entries.insert(
-                    account.to_string(),
-                    Entry {
-                        needed_by,
-                        seq,
-                        waiters: [who].into(),
-                        in_flight: false,
-                    },
-                );
-                q.order.insert((needed_by, seq, account.to_string()));
-                None
-            }
-        };
-        if let Some(old) = reorder {
-            q.order.remove(&old);
-            q.order.insert((needed_by, seq, account.to_string()));
-        }
-        drop(q);
+    /// Ask for `account` to be fetched; `who` is triggered when the answer is in. `urgency` orders it within
+    /// `who`'s namespace; namespaces take turns.
+    pub fn request(&self, account: &str, urgency: Urgency, who: ObjectRef<ConnectedAccount>) {
+        lock(&self.queue).request(account, urgency, who);
         self.wake.notify_one();
     }
 
     /// Requests waiting (not yet in flight).
     pub fn queued(&self) -> usize {
-        lock(&self.queue).order.len()
+        lock(&self.queue).queued()
     }
 
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
-        lock(&self.queue).in_flight
+        lock(&self.queue).in_flight()
     }
 
-    /// Position of `account` in the queue (0 = next), if queued.
+    /// Position of `account` among its namespace's requests (0 = next), if queued.
     #[cfg(test)]
     pub fn position(&self, account: &str) -> Option<usize> {
-        let q = lock(&self.queue);
-        q.order.iter().position(|(_, _, a)| a == account)
+        lock(&self.queue).position(account)
     }
 
     fn close(&self) -> Vec<ObjectRef<ConnectedAccount>> {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
-        let mut q = lock(&self.queue);
-        q.order.clear();
-        q.entries.drain().flat_map(|(_, e)| e.waiters).collect()
+        lock(&self.queue).drain()
     }
 
-    fn next(&self) -> Next {
-        let mut q = lock(&self.queue);
-        if let Some(until) = q.paused_until {
+    /// Whether a request may be sent now (the rate limiter aside).
+    fn state(&self) -> Next {
+        let mut paused = lock(&self.paused_until);
+        if let Some(until) = *paused {
             if tokio::time::Instant::now() < until {
                 return Next::Sleep(until);
             }
-            q.paused_until = None;
+            *paused = None;
         }
-        if q.in_flight >= MAX_IN_FLIGHT {
-            return Next::Wait;
+        drop(paused);
+        if lock(&self.queue).ready() {
+            Next::Ready
+        } else {
+            Next::Wait
         }
-        let Some((_, _, account)) = q.order.pop_first() else {
-            return Next::Wait;
-        };
-        q.in_flight += 1;
-        if let Some(e) = q.entries.get_mut(&account) {
-            e.in_flight = true;
-        }
-        Next::Fetch(account)
     }
 
     fn finish(
@@ -188,20 +135,15 @@ impl Dispatcher {
         account: &str,
         pause: Option<Duration>,
     ) -> HashSet<ObjectRef<ConnectedAccount>> {
-        let mut q = lock(&self.queue);
-        q.in_flight = q.in_flight.saturating_sub(1);
         if let Some(p) = pause {
-            q.paused_until = Some(tokio::time::Instant::now() + p);
+            *lock(&self.paused_until) = Some(tokio::time::Instant::now() + p);
         }
-        q.entries
-            .remove(account)
-            .map(|e| e.waiters)
-            .unwrap_or_default()
+        lock(&self.queue).finish(account)
     }
 }
 
 enum Next {
-    Fetch(String),
+    Ready,
     Sleep(tokio::time::Instant),
     Wait,
 }
@@ -253,7 +195,8 @@ impl Fetcher {
             key: Arc::new(key.clone()),
             client: Arc::new(build()),
             rate,
-            queue: Mutex::default(),
+            queue: Mutex::new(Queue::new(MAX_IN_FLIGHT)),
+            paused_until: Mutex::default(),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             tenant,
@@ -272,6 +215,11 @@ impl Fetcher {
             self.clock.clone(),
         ));
         rt
+    }
+
+    /// The dispatcher of connection `id`, if one runs.
+    pub fn get(&self, id: &ConnectionId) -> Option<Arc<Dispatcher>> {
+        lock(&self.dispatchers).get(id).cloned()
     }
 
     /// Stop and forget the dispatcher of a deleted connection.
@@ -297,8 +245,8 @@ async fn dispatch(rt: Arc<Dispatcher>, cache: Arc<AccountCache>, triggers: Trigg
         }
         // Registered before looking at the queue, so a request that arrives in between is not missed.
         let woken = rt.wake.notified();
-        let account = match rt.next() {
-            Next::Fetch(a) => a,
+        match rt.state() {
+            Next::Ready => {}
             Next::Sleep(until) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
@@ -310,6 +258,15 @@ async fn dispatch(rt: Arc<Dispatcher>, cache: Arc<AccountCache>, triggers: Trigg
                 woken.await;
                 continue;
             }
+        }
+        // The rate limiter's wait comes before the choice, so the request sent is the most urgent one at the
+        // moment it may go, not the one that happened to wait longest.
+        rt.client.pace().await;
+        if !matches!(rt.state(), Next::Ready) {
+            continue;
+        }
+        let Some(account) = lock(&rt.queue).take() else {
+            continue;
         };
         let permit = match &rt.tenant {
             Some(s) => s.clone().acquire_owned().await.ok(),
@@ -318,7 +275,7 @@ async fn dispatch(rt: Arc<Dispatcher>, cache: Arc<AccountCache>, triggers: Trigg
         let (rt2, cache, triggers, clock) =
             (rt.clone(), cache.clone(), triggers.clone(), clock.clone());
         tokio::spawn(async move {
-            let result = rt2.client.fetch_account(&account).await;
+            let result = rt2.client.fetch_account_paced(&account).await;
             drop(permit);
             let pause = match &result {
                 Err(PipedreamError::RateLimited { retry_after }) => {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::pipedream::{ApiMode, AuthMaterial, ClientSettings, FetchedAccount, SecretString};
 use futures::FutureExt;
+use jiff::Timestamp;
 
 fn dispatcher_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Dispatcher> {
     let id = match ns {
@@ -58,13 +59,13 @@ async fn requests_are_served_most_urgent_first_and_joined_per_account() {
     let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
     // Fill the in-flight slots, then queue three more in reverse urgency.
     for i in 0..MAX_IN_FLIGHT {
-        rt.request(&format!("apn_Busy{i}"), t(0), obj("busy"));
+        rt.request(&format!("apn_Busy{i}"), Urgency::By(t(0)), obj("busy"));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    rt.request("apn_Late", t(300), obj("late"));
-    rt.request("apn_Soon", t(100), obj("soon"));
-    rt.request("apn_Now", t(-5), obj("now"));
-    rt.request("apn_Soon", t(100), obj("soon-too"));
+    rt.request("apn_Late", Urgency::By(t(300)), obj("late"));
+    rt.request("apn_Soon", Urgency::By(t(100)), obj("soon"));
+    rt.request("apn_Now", Urgency::By(t(-5)), obj("now"));
+    rt.request("apn_Soon", Urgency::By(t(100)), obj("soon-too"));
     assert_eq!(rt.queued(), 3);
     assert_eq!(rt.position("apn_Now"), Some(0));
     assert_eq!(rt.position("apn_Late"), Some(2));
@@ -129,6 +130,7 @@ fn answers_are_kept_per_connection_identity() {
     let fetched: FetchedAccount = FetchedAccount {
         account: serde_json::from_value(serde_json::json!({"id": "apn_A1"})).unwrap(),
         server_time: None,
+        round_trip: std::time::Duration::ZERO,
     };
     cache.complete(a.clone(), Ok(fetched), Timestamp::now());
     assert!(cache.last_ok(&a).is_some());

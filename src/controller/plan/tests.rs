@@ -43,6 +43,7 @@ fn answer(expires: &str) -> CachedFetch {
         fetched: std::sync::Arc::new(crate::pipedream::FetchedAccount {
             account,
             server_time: None,
+            round_trip: std::time::Duration::ZERO,
         }),
         at: ts("2026-11-22T09:00:00Z"),
     }
@@ -64,9 +65,23 @@ fn what_a_pass_does() {
     };
     assert_eq!(need(&forced, now, false), Need::Fetch { reuse: false });
     // Urgency: no Secret first, then by expiry, forced behind what expires within five minutes.
-    assert!(needed_by(&new, now, false) < needed_by(&due, now, true));
-    assert_eq!(needed_by(&due, now, true), ts("2026-11-22T10:00:00Z"));
-    assert_eq!(needed_by(&forced, now, true), ts("2026-11-22T09:35:00Z"));
+    assert_eq!(urgency(&new, now, false), Urgency::Missing);
+    assert_eq!(
+        urgency(&due, now, true),
+        Urgency::Expiring(ts("2026-11-22T10:00:00Z"))
+    );
+    assert_eq!(
+        urgency(&forced, now, true),
+        Urgency::By(ts("2026-11-22T09:35:00Z"))
+    );
+    let api_key = Recorded {
+        held_expiry: None,
+        ..due.clone()
+    };
+    assert_eq!(
+        urgency(&api_key, now, true),
+        Urgency::By(ts("2026-11-22T09:29:00Z"))
+    );
 }
 
 #[test]
@@ -90,7 +105,12 @@ fn one_step_per_situation() {
     assert!(matches!(decide(&f), Step::Write(_, Cause::Sync)));
     f.answer = Answer::Last(Some(answer("2026-11-22T09:31:00Z")));
     assert!(
-        matches!(decide(&f), Step::Fetch { needed_by } if needed_by < f.now),
+        matches!(
+            decide(&f),
+            Step::Fetch {
+                urgency: Urgency::Missing
+            }
+        ),
         "a missing Secret is the most urgent fetch"
     );
     // An arrived failure is reported; a conflict is reported before anything else is considered.
@@ -154,6 +174,11 @@ fn a_failed_object_waits_unless_something_relevant_changed() {
     assert_eq!(wait(&f), Some(ts("2026-11-22T09:40:00Z")));
     f.recorded.spec_changed = true;
     assert_eq!(wait(&f), None, "a spec change retries at once");
+    // ... unless the last failure was moments ago: a spec edited in a loop is debounced.
+    f.remembered.last_failed = Some(ts("2026-11-22T09:29:55Z"));
+    assert_eq!(wait(&f), Some(ts("2026-11-22T09:30:05Z")));
+    f.remembered.last_failed = Some(ts("2026-11-22T09:29:40Z"));
+    assert_eq!(wait(&f), None, "the last failure is old enough");
 }
 
 /// Regression (issue 7): AccessDenied quoted the denied account's app and external user, so another tenant

@@ -42,6 +42,7 @@ pub(super) fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState
     Remembered {
         retry_at: mem.retry_at,
         last_forced: mem.last_forced,
+        last_failed: mem.last_failed,
         connection_changed: mem
             .failed_connection_version
             .as_ref()

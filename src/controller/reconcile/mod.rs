@@ -98,8 +98,8 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let known = gather::gather(ca, ctx, &mem).await?;
     let outcome = match plan::decide(&known.facts) {
         Step::Wait(at) => return Ok(requeue(ctx, &uid, at)),
-        Step::Fetch { needed_by } => {
-            write::ask(ca, ctx, &known, needed_by);
+        Step::Fetch { urgency } => {
+            write::ask(ca, ctx, &known, urgency);
             let at = schedule::add(ctx.clock.now(), plan::PENDING_RECHECK);
             return Ok(requeue(ctx, &uid, at));
         }

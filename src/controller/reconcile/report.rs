@@ -93,6 +93,7 @@ async fn failed(
         .flatten();
     ctx.update_object(&uid, |o| {
         o.retry_at = Some(next);
+        o.last_failed = Some(now);
         o.failed_connection_version = failed_version;
     });
     let forced = known.facts.recorded.forced.as_deref();

@@ -12,7 +12,7 @@ use tracing::debug;
 use super::{Known, Outcome};
 use crate::controller::Context;
 use crate::controller::build::{self, Built, Synced};
-use crate::controller::fetch::CachedFetch;
+use crate::controller::fetch::{CachedFetch, Urgency};
 use crate::controller::plan::{Cause, SecretFacts};
 use crate::controller::resolve::Resolved;
 use crate::controller::restart;
@@ -24,14 +24,14 @@ use crate::schedule;
 use crate::secret::{self, check_ownership};
 
 /// Ask the connection's dispatcher for the account; its answer triggers the next pass.
-pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, needed_by: Timestamp) {
+pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, urgency: Urgency) {
     let (Some(conn), Some(key)) = (&known.connection, &known.key) else {
         return;
     };
     let uid = ca.uid().unwrap_or_default();
     let generation = ctx.fetcher.cache.generation(key);
     conn.dispatcher
-        .request(&ca.spec.account_id, needed_by, ObjectRef::from_obj(ca));
+        .request(&ca.spec.account_id, urgency, ObjectRef::from_obj(ca));
     let forced_at = known
         .facts
         .recorded

@@ -130,8 +130,12 @@ pub(super) fn connection_controllers(
             Some(ns) => Api::namespaced(ctx.client.clone(), ns),
             None => Api::all(ctx.client.clone()),
         };
+        // A change to a Secret a connection reads wakes its check (see `credentials`).
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ctx.credential_watch.wake_namespaced_via(scope.clone(), tx);
         out.push(Box::pin(
             Controller::new(conns, watcher::Config::default().any_semantic())
+                .reconcile_on(UnboundedReceiverStream::new(rx))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(
                     connection::reconcile_namespaced,
@@ -142,11 +146,14 @@ pub(super) fn connection_controllers(
         ));
     }
     if scopes == [None] && !config.settings.cluster_connections_disabled {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        ctx.credential_watch.wake_cluster_via(tx);
         out.push(Box::pin(
             Controller::new(
                 Api::<ClusterPipedreamConnection>::all(ctx.client.clone()),
                 watcher::Config::default().any_semantic(),
             )
+            .reconcile_on(UnboundedReceiverStream::new(rx))
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 connection::reconcile_cluster,

@@ -16,7 +16,7 @@ use super::fetch::Triggers;
 use super::leader;
 use crate::metrics::Metrics;
 use controllers::{account_controller, connection_controllers};
-use stores::{cluster_store, connection_stores, secret_watch};
+use stores::{cluster_store, connection_stores, credentials_watch, secret_watch};
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -92,6 +92,8 @@ pub async fn run(
         triggers,
     );
     let _ = ctx_cell.set(Arc::downgrade(&ctx));
+    credentials_watch(&client, &scopes, on_ctx.clone(), &mut background);
+    ctx.credential_watch.started(scopes.clone());
     let secrets = secret_watch(&client, &scopes, ctx.secrets.clone());
     let mut controllers: Vec<Task> = Vec::new();
     let mut account_stores = Vec::new();

@@ -68,7 +68,8 @@ pub(super) fn connection_stores(
         let on_ctx = on_ctx.clone();
         let (store, fut) = reflect(api, move |c: &PipedreamConnection| {
             let id = ConnectionId::namespaced(c.namespace().unwrap_or_default(), c.name_any());
-            on_ctx(&|ctx| ctx.forget_connection(&id));
+            let uid = c.uid().unwrap_or_default();
+            on_ctx(&|ctx| ctx.forget_connection(&id, &uid));
         });
         stores.insert(scope.clone(), store);
         background.push(fut);
@@ -93,7 +94,8 @@ pub(super) fn cluster_store(
         Api::<ClusterPipedreamConnection>::all(client.clone()),
         move |c: &ClusterPipedreamConnection| {
             let id = ConnectionId::cluster(c.name_any());
-            on_ctx(&|ctx| ctx.forget_connection(&id));
+            let uid = c.uid().unwrap_or_default();
+            on_ctx(&|ctx| ctx.forget_connection(&id, &uid));
         },
     );
     background.push(fut);
@@ -128,4 +130,43 @@ pub(super) fn secret_watch(
             .boxed()
         })
         .collect()
+}
+
+/// The credentials watch of each scope: metadata of the Secrets the operator does not manage, without a store;
+/// each event is looked up against the connections (see `credentials`).
+pub(super) fn credentials_watch(
+    client: &Client,
+    scopes: &[Scope],
+    on_ctx: impl Fn(&dyn Fn(&Context)) + Clone + Send + Sync + 'static,
+    background: &mut Vec<Task>,
+) {
+    use crate::controller::credentials::SecretEvent;
+    for scope in scopes {
+        let api: Api<PartialObjectMeta<Secret>> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let on_ctx = on_ctx.clone();
+        let fut = watcher(
+            api,
+            watcher::Config::default().labels(&format!("{WATCH_LABEL}!=true")),
+        )
+        .default_backoff()
+        .for_each(move |r| {
+            let seen = |m: &PartialObjectMeta<Secret>, e: SecretEvent| {
+                let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
+                on_ctx(&|ctx| ctx.credentials_secret_event(&ns, &name, e.clone()));
+            };
+            let rv = |m: &PartialObjectMeta<Secret>| m.resource_version().unwrap_or_default();
+            match r {
+                Ok(watcher::Event::Apply(m)) => seen(&m, SecretEvent::Changed(rv(&m))),
+                Ok(watcher::Event::InitApply(m)) => seen(&m, SecretEvent::Listed(rv(&m))),
+                Ok(watcher::Event::Delete(m)) => seen(&m, SecretEvent::Deleted),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "credentials Secret watch failed"),
+            }
+            future::ready(())
+        });
+        background.push(Box::pin(fut));
+    }
 }

@@ -100,7 +100,7 @@ fn unpack_into(archives: &Path, dir: &Path) -> Result<(), String> {
     let _turn = TURN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for bin in BINARIES {
         let dest = dir.join(bin);
         if executable(&dest) {

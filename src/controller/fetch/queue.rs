@@ -1,0 +1,378 @@
+//! One connection's fetch queue, pure: one lane per namespace, so on a connection several namespaces share (a
+//! ClusterPipedreamConnection) each gets a fair share of its requests and of its in-flight slots, whatever the
+//! others queue. The next request is chosen only when one may be sent (after the rate limiter's wait), so it is
+//! the most urgent at that moment:
+//!
+//! 1. refreshes of credentials a Secret holds, earliest expiry first, lanes taking turns;
+//! 2. then everything else (missing Secrets first, then by the time needed), lanes taking turns.
+//!
+//! A lane at its share of the in-flight slots waits while other lanes have work.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::crd::ConnectedAccount;
+
+/// How soon a fetch is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// The Secret holds credentials that expire at this time: a refresh, before everything else.
+    Expiring(Timestamp),
+    /// No Secret yet.
+    Missing,
+    /// Wanted by this time (a periodic check, a force-sync).
+    By(Timestamp),
+}
+
+impl Urgency {
+    /// Which of a lane's two orders it joins, and where.
+    fn slot(self) -> (bool, Timestamp) {
+        match self {
+            Urgency::Expiring(t) => (true, t),
+            Urgency::Missing => (false, Timestamp::MIN),
+            Urgency::By(t) => (false, t),
+        }
+    }
+
+    /// `self` asks for the fetch sooner than `other`.
+    fn sooner_than(self, other: Urgency) -> bool {
+        let (a, b) = (self.slot(), other.slot());
+        (a.0 && !b.0) || (a.0 == b.0 && a.1 < b.1)
+    }
+}
+
+type Key = (Timestamp, u64, String);
+
+#[derive(Default)]
+struct Lane {
+    expiring: BTreeSet<Key>,
+    rest: BTreeSet<Key>,
+    in_flight: usize,
+    /// The queue's turn when this lane was last served: the lowest goes next.
+    served: u64,
+}
+
+impl Lane {
+    fn queued(&self) -> usize {
+        self.expiring.len() + self.rest.len()
+    }
+    fn set(&mut self, expiring: bool) -> &mut BTreeSet<Key> {
+        if expiring {
+            &mut self.expiring
+        } else {
+            &mut self.rest
+        }
+    }
+    /// The lane's most urgent account, from refreshes only or from all.
+    fn first(&self, refreshes_only: bool) -> Option<(bool, &Key)> {
+        let e = self.expiring.first().map(|k| (true, k));
+        if refreshes_only {
+            return e;
+        }
+        let r = self.rest.first().map(|k| (false, k));
+        match (e, r) {
+            (Some(e), Some(r)) => Some(if r.1.0 < e.1.0 { r } else { e }),
+            (e, r) => e.or(r),
+        }
+    }
+}
+
+struct Entry {
+    lane: String,
+    urgency: Urgency,
+    seq: u64,
+    waiters: HashSet<ObjectRef<ConnectedAccount>>,
+    in_flight: bool,
+}
+
+/// The queue of one connection.
+#[derive(Default)]
+pub(super) struct Queue {
+    lanes: BTreeMap<String, Lane>,
+    entries: HashMap<String, Entry>,
+    in_flight: usize,
+    seq: u64,
+    turn: u64,
+    /// The connection's in-flight limit.
+    pub(super) max_in_flight: usize,
+}
+
+impl Queue {
+    pub(super) fn new(max_in_flight: usize) -> Self {
+        Self {
+            max_in_flight,
+            ..Self::default()
+        }
+    }
+
+    /// Queue `account` for `who` (its namespace is the lane); a request for an account already queued joins it
+    /// and can only make it sooner.
+    pub(super) fn request(
+        &mut self,
+        account: &str,
+        urgency: Urgency,
+        who: ObjectRef<ConnectedAccount>,
+    ) {
+        self.seq += 1;
+        let seq = self.seq;
+        let lane_name = who.namespace.clone().unwrap_or_default();
+        let moved = match self.entries.get_mut(account) {
+            Some(e) => {
+                e.waiters.insert(who);
+                if e.in_flight || !urgency.sooner_than(e.urgency) {
+                    return;
+                }
+                let old = (e.urgency, e.seq);
+                e.urgency = urgency;
+                e.seq = seq;
+                Some((e.lane.clone(), old))
+            }
+            None => {
+                self.entries.insert(
+                    account.to_string(),
+                    Entry {
+                        lane: lane_name.clone(),
+                        urgency,
+                        seq,
+                        waiters: [who].into(),
+                        in_flight: false,
+                    },
+                );
+                None
+            }
+        };
+        let lane_name = match moved {
+            Some((lane, (old, old_seq))) => {
+                let (set, t) = old.slot();
+                if let Some(l) = self.lanes.get_mut(&lane) {
+                    l.set(set).remove(&(t, old_seq, account.to_string()));
+                }
+                lane
+            }
+            None => lane_name,
+        };
+        let (set, t) = urgency.slot();
+        self.lanes
+            .entry(lane_name)
+            .or_default()
+            .set(set)
+            .insert((t, seq, account.to_string()));
+    }
+
+    /// Requests waiting (not in flight).
+    pub(super) fn queued(&self) -> usize {
+        self.lanes.values().map(Lane::queued).sum()
+    }
+
+    /// Requests in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Where `account`'s lane would pick it among its own (0 = next), if queued.
+    #[cfg(test)]
+    pub(super) fn position(&self, account: &str) -> Option<usize> {
+        let e = self.entries.get(account)?;
+        let lane = self.lanes.get(&e.lane)?;
+        lane.expiring
+            .iter()
+            .chain(lane.rest.iter())
+            .position(|k| k.2 == account)
+    }
+
+    /// The lane and account that would go next, if any may go now.
+    fn pick(&self) -> Option<(&str, bool, &Key)> {
+        if self.in_flight >= self.max_in_flight {
+            return None;
+        }
+        let active = self
+            .lanes
+            .values()
+            .filter(|l| l.queued() > 0 || l.in_flight > 0)
+            .count()
+            .max(1);
+        let share = self.max_in_flight.div_ceil(active).max(1);
+        let eligible = || {
+            self.lanes
+                .iter()
+                .filter(move |(_, l)| l.queued() > 0 && l.in_flight < share)
+        };
+        for refreshes_only in [true, false] {
+            let best = eligible()
+                .filter_map(|(name, l)| l.first(refreshes_only).map(|f| (name, l.served, f)))
+                .min_by_key(|(name, served, _)| (*served, name.as_str()));
+            if let Some((name, _, (set, key))) = best {
+                return Some((name.as_str(), set, key));
+            }
+        }
+        None
+    }
+
+    /// Whether a request may go now.
+    pub(super) fn ready(&self) -> bool {
+        self.pick().is_some()
+    }
+
+    /// Take the next request: it is in flight until [`Self::finish`].
+    pub(super) fn take(&mut self) -> Option<String> {
+        let (lane, set, key) = self.pick().map(|(l, s, k)| (l.to_string(), s, k.clone()))?;
+        self.turn += 1;
+        let turn = self.turn;
+        let l = self.lanes.get_mut(&lane)?;
+        l.set(set).remove(&key);
+        l.in_flight += 1;
+        l.served = turn;
+        self.in_flight += 1;
+        if let Some(e) = self.entries.get_mut(&key.2) {
+            e.in_flight = true;
+        }
+        Some(key.2)
+    }
+
+    /// `account`'s fetch is done: its waiters.
+    pub(super) fn finish(&mut self, account: &str) -> HashSet<ObjectRef<ConnectedAccount>> {
+        let Some(e) = self.entries.remove(account) else {
+            return HashSet::new();
+        };
+        if e.in_flight {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if let Some(l) = self.lanes.get_mut(&e.lane) {
+            if e.in_flight {
+                l.in_flight = l.in_flight.saturating_sub(1);
+            }
+            if l.queued() == 0 && l.in_flight == 0 {
+                self.lanes.remove(&e.lane);
+            }
+        }
+        e.waiters
+    }
+
+    /// Drop everything queued: the waiters of every entry.
+    pub(super) fn drain(&mut self) -> Vec<ObjectRef<ConnectedAccount>> {
+        self.lanes.clear();
+        self.in_flight = 0;
+        self.entries.drain().flat_map(|(_, e)| e.waiters).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn who(ns: &str, name: &str) -> ObjectRef<ConnectedAccount> {
+        ObjectRef::new(name).within(ns)
+    }
+
+    fn take_all(q: &mut Queue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(a) = q.take() {
+            q.finish(&a);
+            out.push(a);
+        }
+        out
+    }
+
+    #[test]
+    fn refreshes_of_expiring_credentials_go_before_a_flood_of_new_objects() {
+        let mut q = Queue::new(4);
+        for i in 0..100 {
+            q.request(
+                &format!("apn_B{i}"),
+                Urgency::Missing,
+                who("b", &format!("h{i}")),
+            );
+        }
+        q.request("apn_A2", Urgency::Expiring(t(30)), who("a", "v2"));
+        q.request("apn_A1", Urgency::Expiring(t(10)), who("a", "v1"));
+        let order = take_all(&mut q);
+        assert_eq!(&order[..2], ["apn_A1", "apn_A2"]);
+        assert_eq!(order.len(), 102);
+    }
+
+    #[test]
+    fn namespaces_take_turns_whatever_one_of_them_queues() {
+        let mut q = Queue::new(4);
+        for i in 0..50 {
+            q.request(
+                &format!("apn_B{i}"),
+                Urgency::Missing,
+                who("b", &format!("h{i}")),
+            );
+        }
+        for i in 0..3 {
+            q.request(
+                &format!("apn_A{i}"),
+                Urgency::By(t(i)),
+                who("a", &format!("v{i}")),
+            );
+        }
+        let order = take_all(&mut q);
+        let a_at: Vec<usize> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.starts_with("apn_A"))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(a_at.iter().all(|i| *i < 6), "a's three went at {a_at:?}");
+        // Inside a lane: a missing Secret first, then by time.
+        let mut q = Queue::new(4);
+        q.request("apn_Late", Urgency::By(t(300)), who("a", "late"));
+        q.request("apn_New", Urgency::Missing, who("a", "new"));
+        q.request("apn_Soon", Urgency::By(t(100)), who("a", "soon"));
+        assert_eq!(take_all(&mut q), ["apn_New", "apn_Soon", "apn_Late"]);
+    }
+
+    #[test]
+    fn a_lane_at_its_share_of_in_flight_slots_waits_while_another_has_work() {
+        let mut q = Queue::new(4);
+        for i in 0..10 {
+            q.request(
+                &format!("apn_B{i}"),
+                Urgency::Missing,
+                who("b", &format!("h{i}")),
+            );
+        }
+        // Alone, b may use every slot.
+        let taken: Vec<String> = std::iter::from_fn(|| q.take()).collect();
+        assert_eq!(taken.len(), 4);
+        q.request("apn_A1", Urgency::By(t(0)), who("a", "v1"));
+        assert!(!q.ready(), "every slot is in flight");
+        q.finish(&taken[0]);
+        // Now b holds 3 of its share of 2: the free slot is a's.
+        assert_eq!(q.take().as_deref(), Some("apn_A1"));
+        q.finish(&taken[1]);
+        q.finish(&taken[2]);
+        assert!(q.take().is_some_and(|a| a.starts_with("apn_B")));
+    }
+
+    #[test]
+    fn a_joined_request_only_moves_sooner_and_every_waiter_is_returned() {
+        let mut q = Queue::new(4);
+        q.request("apn_X", Urgency::By(t(100)), who("a", "one"));
+        q.request("apn_Y", Urgency::By(t(50)), who("a", "two"));
+        q.request("apn_X", Urgency::By(t(500)), who("b", "three"));
+        assert_eq!(
+            q.position("apn_X"),
+            Some(1),
+            "a later request does not delay it"
+        );
+        q.request("apn_X", Urgency::Expiring(t(900)), who("a", "four"));
+        assert_eq!(q.position("apn_X"), Some(0), "a refresh goes first");
+        assert_eq!(q.queued(), 2);
+        let first = q.take().unwrap();
+        assert_eq!(first, "apn_X");
+        let waiters = q.finish(&first);
+        assert_eq!(waiters.len(), 3);
+        assert_eq!(q.in_flight(), 0);
+        assert!(q.finish("apn_Unknown").is_empty());
+        assert_eq!(q.drain().len(), 1);
+        assert_eq!(q.queued(), 0);
+    }
+}

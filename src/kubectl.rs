@@ -1,0 +1,222 @@
+//! The kubectl-style subcommands (`status`, `sync`), with kubectl's `--kubeconfig`, `--context`, `-n` (default:
+//! the context's namespace) and `-A`. What they show is built by [`crate::status_view`]; this is the I/O.
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::cli::{KubeArgs, Output};
+use crate::crd::{
+    ClusterPipedreamConnection, ConnectedAccount, FORCE_SYNC_ANNOTATION, PipedreamConnection,
+};
+use crate::status_view::{self, ConnectionState, Detail, EventLine, SecretState};
+
+/// A client for `--kubeconfig`/`--context`, and the namespace to use (`-n`, else the context's, else `default`;
+/// `None` with `-A`).
+async fn client(args: &KubeArgs) -> Result<(Client, Option<String>), String> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let failed = |e: &dyn std::fmt::Display| format!("cannot load a Kubernetes configuration: {e}");
+    let config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| failed(&e))?
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| failed(&e))?,
+        (None, None) => kube::Config::infer().await.map_err(|e| failed(&e))?,
+    };
+    let namespace = if args.all_namespaces {
+        None
+    } else {
+        Some(
+            args.namespace
+                .clone()
+                .unwrap_or_else(|| config.default_namespace.clone()),
+        )
+    };
+    let client =
+        Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    Ok((client, namespace))
+}
+
+fn accounts(client: &Client, namespace: Option<&str>) -> Api<ConnectedAccount> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn print(output: Output, value: &impl serde::Serialize) -> Result<(), String> {
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n",
+        Output::Yaml | Output::Table => {
+            serde_saphyr::to_string(value).map_err(|e| e.to_string())?
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `status`: the table of ConnectedAccounts, or one in detail.
+pub async fn status(name: Option<String>, args: KubeArgs, output: Output) -> Result<(), String> {
+    let (client, namespace) = client(&args).await?;
+    if let Some(name) = name {
+        let ns = namespace.ok_or("a NAME needs a namespace, not -A")?;
+        let detail = describe(&client, &ns, &name).await?;
+        return match output {
+            Output::Table => {
+                print!("{}", status_view::describe(&detail));
+                Ok(())
+            }
+            o => print(o, &detail),
+        };
+    }
+    let list = accounts(&client, namespace.as_deref())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?;
+    let now = jiff::Timestamp::now();
+    let mut rows: Vec<_> = list
+        .items
+        .iter()
+        .map(|ca| status_view::row(ca, now))
+        .collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    match output {
+        Output::Table if rows.is_empty() => println!("No ConnectedAccounts found."),
+        Output::Table => print!("{}", status_view::table(&rows)),
+        o => print(o, &rows)?,
+    }
+    Ok(())
+}
+
+/// What `status NAME` shows: read the ConnectedAccount, its Secret (key names only), its connection and recent
+/// Events of both.
+async fn describe(client: &Client, ns: &str, name: &str) -> Result<Detail, String> {
+    let ca = Api::<ConnectedAccount>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| format!("ConnectedAccount {ns}/{name}: {e}"))?;
+    let status = ca.status.clone().unwrap_or_default();
+    let secret_name = status
+        .secret_name
+        .clone()
+        .or_else(|| ca.spec.target.name.clone())
+        .unwrap_or_else(|| name.to_string());
+    let secret = match Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&secret_name)
+        .await
+    {
+        Ok(s) => SecretState::of(&secret_name, s.as_ref()),
+        Err(e) => SecretState::unreadable(&secret_name, &e.to_string()),
+    };
+    let connection = match status.connection.as_deref().and_then(|c| c.split_once('/')) {
+        Some(("ClusterPipedreamConnection", c)) => {
+            let got = Api::<ClusterPipedreamConnection>::all(client.clone())
+                .get_opt(c)
+                .await;
+            ConnectionState::of(
+                &format!("ClusterPipedreamConnection/{c}"),
+                got.map(|o| o.map(|o| o.status.unwrap_or_default().conditions)),
+            )
+        }
+        Some(("PipedreamConnection", c)) => {
+            let got = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
+                .get_opt(c)
+                .await;
+            ConnectionState::of(
+                &format!("PipedreamConnection/{c}"),
+                got.map(|o| o.map(|o| o.status.unwrap_or_default().conditions)),
+            )
+        }
+        _ => ConnectionState::unknown(),
+    };
+    let mut events = Vec::new();
+    let api = Api::<Event>::namespaced(client.clone(), ns);
+    for (kind, object) in [("ConnectedAccount", name), ("Secret", secret_name.as_str())] {
+        let lp = ListParams::default().fields(&format!("involvedObject.name={object}"));
+        if let Ok(list) = api.list(&lp).await {
+            events.extend(
+                list.items
+                    .iter()
+                    .filter(|e| e.involved_object.kind.as_deref() == Some(kind))
+                    .map(EventLine::of),
+            );
+        }
+    }
+    Ok(Detail::build(
+        &ca,
+        secret,
+        connection,
+        events,
+        jiff::Timestamp::now(),
+    ))
+}
+
+/// `sync`: set the force-sync annotation of the chosen ConnectedAccounts to a new value.
+pub async fn sync(
+    names: Vec<String>,
+    all: bool,
+    selector: Option<String>,
+    args: KubeArgs,
+) -> Result<(), String> {
+    if names.is_empty() && !all && selector.is_none() {
+        return Err("name one or more ConnectedAccounts, or use --all or -l".into());
+    }
+    if !names.is_empty() && (all || selector.is_some()) {
+        return Err("names and --all/-l cannot be combined".into());
+    }
+    let (client, namespace) = client(&args).await?;
+    if !names.is_empty() && namespace.is_none() {
+        return Err("names need a namespace, not -A".into());
+    }
+    let targets: Vec<(String, String)> = if names.is_empty() {
+        let mut lp = ListParams::default();
+        if let Some(s) = &selector {
+            lp = lp.labels(s);
+        }
+        accounts(&client, namespace.as_deref())
+            .list(&lp)
+            .await
+            .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?
+            .items
+            .iter()
+            .map(|ca| (ca.namespace().unwrap_or_default(), ca.name_any()))
+            .collect()
+    } else {
+        let ns = namespace.unwrap_or_default();
+        names.into_iter().map(|n| (ns.clone(), n)).collect()
+    };
+    if targets.is_empty() {
+        println!("No ConnectedAccounts found.");
+        return Ok(());
+    }
+    let value = jiff::Timestamp::now().to_string();
+    let patch = json!({"metadata": {"annotations": {FORCE_SYNC_ANNOTATION: value}}});
+    let mut failed = 0;
+    for (ns, name) in &targets {
+        let api = Api::<ConnectedAccount>::namespaced(client.clone(), ns);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => println!("connectedaccount {ns}/{name}: sync requested"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("connectedaccount {ns}/{name}: {e}");
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} could not be marked", targets.len())),
+    }
+}
