@@ -28,6 +28,9 @@ pub enum Command {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Print the API reference (Markdown, docs/api.md) instead.
+        #[arg(long, conflicts_with = "dir")]
+        api_reference: bool,
     },
     /// Authenticate with a connection and optionally fetch one account: prints health and expiry, never secret
     /// values. Exits non-zero when Pipedream refuses.

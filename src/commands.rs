@@ -38,10 +38,10 @@ pub fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
 /// `run`: watch and reconcile until SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log_level);
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
-    run_with_client(args, client).await
+        .map_err(|e| format!("cannot load a Kubernetes configuration: {e}"))?;
+    run_with_config(args, config).await
 }
 
 /// `run` against the cluster of a given kubeconfig file (the local demo uses this).
@@ -55,12 +55,16 @@ pub async fn run_with_kubeconfig(
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| e.to_string())?;
-    let client =
-        Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
-    run_with_client(args, client).await
+    run_with_config(args, config).await
 }
 
-async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
+async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    // Every request to the API server is counted by method and code (kubernetes_requests_total).
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?
+        .with_layer(&crate::metrics::KubeRequestMetrics::new(metrics.clone()))
+        .build();
     let namespaces = args.watched_namespaces();
     // Fail early and clearly when the CRDs are missing or RBAC forbids reading them.
     let probe: Api<ConnectedAccount> = match namespaces.first() {
@@ -70,7 +74,6 @@ async fn run_with_client(args: RunArgs, client: Client) -> Result<(), String> {
     probe.list(&ListParams::default().limit(1)).await.map_err(|e| {
         format!("cannot list ConnectedAccounts ({e}); are the CRDs installed (kubectl apply --server-side -f crds/) and is RBAC granted?")
     })?;
-    let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown_signal();
     let server = tokio::spawn(http::serve(

@@ -62,7 +62,19 @@ fn main() -> std::process::ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), name, &mut std::io::stdout());
             Ok(())
         }
-        Some(Command::Crd { dir }) => commands::crd(dir.as_deref()),
+        Some(Command::Crd {
+            api_reference: true,
+            ..
+        }) => {
+            print!(
+                "{}",
+                pipedream_secrets_operator::crd::api_reference(
+                    &pipedream_secrets_operator::crd::all_crds()
+                )
+            );
+            Ok(())
+        }
+        Some(Command::Crd { dir, .. }) => commands::crd(dir.as_deref()),
         Some(Command::Render { file, credentials }) => commands::render(&file, &credentials),
         Some(Command::Check {
             connection,

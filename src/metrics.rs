@@ -13,6 +13,11 @@
 //! (Over 400 lines: every family is declared in one registry, so names, types and label sets read as the
 //! documented table.)
 
+mod kube_layer;
+mod process;
+
+pub use kube_layer::KubeRequestMetrics;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -53,6 +58,41 @@ struct EndpointLabels {
 struct ErrorLabels {
     error: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    controller: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KubeLabels {
+    method: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    endpoint: &'static str,
+    cause: &'static str,
+}
+
+/// The controllers, as the `controller` label names them.
+pub const CONTROLLERS: [&str; 2] = ["connectedaccount", "connection"];
+/// Pipedream endpoints, as the `endpoint` label names them.
+pub const ENDPOINTS: [&str; 4] = ["token", "connect_account", "account", "account_credentials"];
+/// Why a Pipedream request was sent again: a 401 answered with a new token, or a transient failure.
+pub const RETRY_CAUSES: [&str; 2] = ["reauth", "transient"];
 
 /// Labels of a connection: kind, namespace (empty for a ClusterPipedreamConnection), name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -226,7 +266,7 @@ impl Collector for StateCollector {
         gauge(
             &mut enc,
             "connectedaccount_ready_reason",
-            "1 per ConnectedAccount, labelled with its Ready reason (Synced, or why not)",
+            "1 per ConnectedAccount, labelled with its Ready reason (SecretSynced, or why not)",
             objects.iter().map(|o| {
                 let labels = ReasonLabels {
                     namespace: o.namespace.clone(),
@@ -310,8 +350,12 @@ pub struct Metrics {
     syncs: Family<ResultLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<EndpointLabels, Histogram>,
-    reconcile_duration: Histogram,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    reconciles: Family<ReconcileLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    kube_requests: Family<KubeLabels, Counter>,
+    kube_request_duration: Family<MethodLabels, Histogram>,
+    pipedream_retries: Family<RetryLabels, Counter>,
     rate_limit_waits: Family<ConnectionLabels, Counter>,
     rate_limit_wait_seconds: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
     in_flight: Gauge,
@@ -337,7 +381,9 @@ impl Drop for InFlight<'_> {
 impl Metrics {
     /// Register every metric under the `pipedream_secrets` prefix.
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("pipedream_secrets");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let r = root.sub_registry_with_prefix("pipedream_secrets");
         r.register(
             "build",
             "Version and commit of the running operator",
@@ -349,7 +395,7 @@ impl Metrics {
         let syncs = Family::<ResultLabels, Counter>::default();
         r.register(
             "syncs",
-            "ConnectedAccount syncs by result (Synced or the failing Ready reason)",
+            "ConnectedAccount syncs by result (SecretSynced or the failing Ready reason)",
             syncs.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
@@ -359,18 +405,48 @@ impl Metrics {
             requests.clone(),
         );
         let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.01, 2.0, 12))
+            // Up to 40.96 s: past the default 30 s request timeout, so a timeout lands in a finite bucket.
+            Histogram::new(exponential_buckets(0.01, 2.0, 13))
         });
         r.register(
             "pipedream_request_duration_seconds",
             "Latency of requests to Pipedream",
             request_duration.clone(),
         );
-        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            });
         r.register(
             "reconcile_duration_seconds",
-            "Duration of ConnectedAccount reconciles",
+            "Duration of reconciles, by controller (connectedaccount, connection)",
             reconcile_duration.clone(),
+        );
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        r.register(
+            "reconciles",
+            "Reconciles by controller and result (success, error: a Kubernetes API failure)",
+            reconciles.clone(),
+        );
+        let kube_requests = Family::<KubeLabels, Counter>::default();
+        r.register(
+            "kubernetes_requests",
+            "Requests to the Kubernetes API server by method and HTTP code (error: no answer)",
+            kube_requests.clone(),
+        );
+        let kube_request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        r.register(
+            "kubernetes_request_duration_seconds",
+            "Time until the API server's response headers (for a watch: until it starts)",
+            kube_request_duration.clone(),
+        );
+        let pipedream_retries = Family::<RetryLabels, Counter>::default();
+        r.register(
+            "pipedream_retries",
+            "Pipedream requests sent again within one fetch: after a 401 with a fresh token (reauth) or a transient failure",
+            pipedream_retries.clone(),
         );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         r.register(
@@ -405,13 +481,37 @@ impl Metrics {
         );
         let state = Arc::new(State::default());
         r.register_collector(Box::new(StateCollector(state.clone())));
+        // Counters with bounded label sets exist from 0, so `increase()` sees the first event.
+        for reason in crate::reason::Reason::all() {
+            let _ = syncs.get_or_create(&ResultLabels {
+                result: reason.as_str(),
+            });
+        }
+        for controller in CONTROLLERS {
+            let _ = reconcile_duration.get_or_create(&ControllerLabels { controller });
+            for result in ["success", "error"] {
+                let _ = reconciles.get_or_create(&ReconcileLabels { controller, result });
+            }
+        }
+        for endpoint in ENDPOINTS {
+            for cause in RETRY_CAUSES {
+                let _ = pipedream_retries.get_or_create(&RetryLabels { endpoint, cause });
+            }
+        }
+        for error in crate::reason::Error::labels() {
+            let _ = reconcile_errors.get_or_create(&ErrorLabels { error });
+        }
         Self {
-            registry: r,
+            registry: root,
             syncs,
             requests,
             request_duration,
             reconcile_duration,
+            reconciles,
             reconcile_errors,
+            kube_requests,
+            kube_request_duration,
+            pipedream_retries,
             rate_limit_waits,
             rate_limit_wait_seconds,
             in_flight,
@@ -420,7 +520,7 @@ impl Metrics {
         }
     }
 
-    /// Count one sync outcome (`Synced` or a Ready reason).
+    /// Count one sync outcome (`SecretSynced` or a Ready reason).
     pub fn count_sync(&self, result: &'static str) {
         self.syncs.get_or_create(&ResultLabels { result }).inc();
     }
@@ -441,9 +541,33 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// Time one reconcile.
-    pub fn observe_reconcile(&self, elapsed: Duration) {
-        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    /// Time and count one reconcile of `controller` (one of [`CONTROLLERS`]).
+    pub fn observe_reconcile(&self, controller: &'static str, ok: bool, elapsed: Duration) {
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller })
+            .observe(elapsed.as_secs_f64());
+        let result = if ok { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+    }
+
+    /// Count and time one request to the Kubernetes API server.
+    pub fn observe_kube_request(&self, method: &'static str, code: Option<u16>, elapsed: Duration) {
+        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        self.kube_requests
+            .get_or_create(&KubeLabels { method, code })
+            .inc();
+        self.kube_request_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A Pipedream request of one fetch is sent again (`cause`: one of [`RETRY_CAUSES`]).
+    pub fn count_pipedream_retry(&self, endpoint: &'static str, cause: &'static str) {
+        self.pipedream_retries
+            .get_or_create(&RetryLabels { endpoint, cause })
+            .inc();
     }
 
     /// Count a reconcile ended by a Kubernetes API failure.

@@ -7,11 +7,20 @@ use crate::schedule::FailureClass;
 
 /// A Ready condition reason. The strings are API: alerts and scripts key on them (the variant name is the string).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumIter, strum::EnumCount,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::EnumString,
 )]
 pub enum Reason {
     /// The Secret holds fresh credentials.
-    Synced,
+    SecretSynced,
     /// The spec is invalid in a way the CRD schema cannot express.
     InvalidSpec,
     /// The referenced connection does not exist.
@@ -36,8 +45,8 @@ pub enum Reason {
     UpstreamError,
     /// The target Secret belongs to something else.
     SecretConflict,
-    /// Pipedream returned credentials that have already expired.
-    Expired,
+    /// Pipedream returned credentials that have already expired (not `Expired`: that is a condition type).
+    StaleCredentials,
     /// The API server refused the Secret write (a permission or a limit, not a transient failure).
     SecretWriteFailed,
 }
@@ -56,9 +65,10 @@ impl Reason {
     /// How a failure with this reason is retried.
     pub fn class(self) -> FailureClass {
         match self {
-            Self::RateLimited | Self::UpstreamError | Self::Expired | Self::Synced => {
-                FailureClass::Transient
-            }
+            Self::RateLimited
+            | Self::UpstreamError
+            | Self::StaleCredentials
+            | Self::SecretSynced => FailureClass::Transient,
             Self::AccountUnhealthy => FailureClass::Unhealthy,
             _ => FailureClass::Permanent,
         }
@@ -130,7 +140,7 @@ impl From<PipedreamError> for SyncFailure {
 
 /// Errors that end a reconcile without a status update: the Kubernetes API itself failed. Named after the failed
 /// action; the snake-case name is the `error` label of `reconcile_errors_total`.
-#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr, strum::VariantNames)]
 #[strum(serialize_all = "snake_case")]
 pub enum Error {
     /// Reading the target Secret failed.
@@ -160,5 +170,37 @@ impl Error {
     /// Bounded metric label.
     pub fn metric_label(&self) -> &'static str {
         self.into()
+    }
+
+    /// Every metric label, for counters that exist from 0.
+    pub fn labels() -> &'static [&'static str] {
+        <Self as strum::VariantNames>::VARIANTS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason the code can report is in the README's reason table and in the CRD's description of
+    /// `status.conditions` (which `kubectl explain` shows); `SecretWriteFailed` once was in neither.
+    #[test]
+    fn every_reason_is_documented_in_the_readme_table_and_the_crd() {
+        let readme = include_str!("../README.md");
+        let crd = crate::crd::all_crds()
+            .iter()
+            .map(|c| crate::crd::crd_yaml(c).unwrap_or_default())
+            .collect::<String>();
+        for r in Reason::all() {
+            let s = r.as_str();
+            assert!(
+                readme.contains(&format!("\n| `{s}` |")),
+                "{s} is not a row of the README's reason table"
+            );
+            assert!(
+                crd.contains(&format!("`{s}`")),
+                "{s} is not in the CRD's description"
+            );
+        }
     }
 }

@@ -315,7 +315,10 @@ pub fn calls_while_valid_bound_announced(lifetime: Duration) -> u32 {
     (u64::BITS - secs.leading_zeros()) + 2
 }
 
-/// Parse a `spec.refresh`-style duration: one or more `<digits><s|m|h>` (e.g. `90s`, `5m`, `1h30m`).
+/// Parse a `spec.refresh`-style duration: one or more `<digits><s|m|h>` (e.g. `90s`, `5m`, `1h30m`). Exactly the
+/// language of the CRD's admission pattern `^([0-9]+(s|m|h))+$`, so the reconciler accepts what the API server
+/// admits and nothing more; jiff's friendly parser takes a larger one (fractions, unit words, ISO 8601) and
+/// refuses some admitted values (`30m1h`), so it is not used here.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut num = String::new();

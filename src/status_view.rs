@@ -397,7 +397,7 @@ mod tests {
         let r = row(
             &ca(
                 json!({"expiresAt": "2026-11-22T09:54:00Z", "nextSyncTime": "2026-11-22T09:49:05Z",
-                "secretName": "gh", "conditions": [{"type": "Ready", "status": "True", "reason": "Synced",
+                "secretName": "gh", "conditions": [{"type": "Ready", "status": "True", "reason": "SecretSynced",
                 "message": "", "lastTransitionTime": "2026-11-22T08:00:00Z"}]}),
             ),
             now,
@@ -409,12 +409,12 @@ mod tests {
                 r.expires_in.as_str(),
                 r.next_sync.as_str()
             ),
-            ("True", "Synced", "54m", "49m")
+            ("True", "SecretSynced", "54m", "49m")
         );
         let r = row(
             &ca(
                 json!({"expiresAt": "2026-11-22T08:57:00Z", "nextSyncTime": "2026-11-22T08:59:59Z",
-                "conditions": [{"type": "Ready", "status": "False", "reason": "Expired",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "StaleCredentials",
                 "message": "", "lastTransitionTime": "2026-11-22T08:00:00Z"}]}),
             ),
             now,
@@ -449,7 +449,7 @@ mod tests {
         let c = ca(
             json!({"expiresAt": "2026-11-22T09:54:00Z", "secretName": "gh",
             "connection": "ClusterPipedreamConnection/default",
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Synced", "message": "ok",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "SecretSynced", "message": "ok",
             "lastTransitionTime": "2026-11-22T08:00:00Z"}]}),
         );
         let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
@@ -473,6 +473,6 @@ mod tests {
             );
         }
         assert!(text.contains("Ready=NotFound"), "{text}");
-        assert!(yaml.contains("reason: Synced"), "{yaml}");
+        assert!(yaml.contains("reason: SecretSynced"), "{yaml}");
     }
 }

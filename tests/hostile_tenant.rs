@@ -263,7 +263,7 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     assert_eq!(reason("apn-giant1").await, "False/UpstreamError");
     assert_eq!(reason("apn-endless1").await, "False/UpstreamError");
     assert_eq!(reason("apn-limited1").await, "False/RateLimited");
-    assert_eq!(reason("apn-huge1").await, "True/Synced");
+    assert_eq!(reason("apn-huge1").await, "True/SecretSynced");
     assert_eq!(reason("apn-absurd1").await, "False/UpstreamError");
     assert_eq!(reason("ssrf").await, "False/ConnectionNotReady");
     assert_eq!(reason("bomb").await, "False/InvalidSpec");

@@ -20,7 +20,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
     ready.store(true, Ordering::SeqCst);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
-    metrics.count_sync("Synced");
+    metrics.count_sync("SecretSynced");
     metrics.count_sync("UpstreamError");
     metrics.observe_request("connect_account", "200", Duration::from_millis(20));
     let exp: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
@@ -30,7 +30,7 @@ async fn health_readiness_and_metrics() {
             namespace: "team-a".into(),
             name: "gh".into(),
             ready: "True",
-            reason: "Synced".into(),
+            reason: "SecretSynced".into(),
             expires_at: Some(exp),
             ..Default::default()
         }]
@@ -48,7 +48,14 @@ async fn health_readiness_and_metrics() {
     );
     let text = resp.text().await.unwrap();
     for needle in [
-        "pipedream_secrets_syncs_total{result=\"Synced\"} 1",
+        "pipedream_secrets_syncs_total{result=\"SecretSynced\"} 1",
+        // Counters with bounded label sets exist from 0.
+        "pipedream_secrets_syncs_total{result=\"AuthFailed\"} 0",
+        "pipedream_secrets_reconciles_total{controller=\"connection\",result=\"error\"} 0",
+        "pipedream_secrets_reconcile_errors_total{error=\"write_secret\"} 0",
+        "pipedream_secrets_pipedream_retries_total{endpoint=\"token\",cause=\"reauth\"} 0",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_start_time_seconds gauge",
         "pipedream_secrets_syncs_total{result=\"UpstreamError\"} 1",
         "pipedream_secrets_pipedream_requests_total{endpoint=\"connect_account\",status=\"200\"} 1",
         "pipedream_secrets_pipedream_request_duration_seconds_count{endpoint=\"connect_account\"} 1",
@@ -57,7 +64,7 @@ async fn health_readiness_and_metrics() {
         "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"True\"} 1.0",
         "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"False\"} 0.0",
         "pipedream_secrets_connectedaccount_ready_status{namespace=\"team-a\",name=\"gh\",condition=\"Unknown\"} 0.0",
-        "pipedream_secrets_connectedaccount_ready_reason{namespace=\"team-a\",name=\"gh\",reason=\"Synced\"} 1.0",
+        "pipedream_secrets_connectedaccount_ready_reason{namespace=\"team-a\",name=\"gh\",reason=\"SecretSynced\"} 1.0",
         "pipedream_secrets_connection_ready{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1.0",
         "pipedream_secrets_rate_limit_waits_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 1",
         "pipedream_secrets_rate_limit_wait_seconds_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 0.25",

@@ -113,6 +113,7 @@ async fn kubectl_applies_gets_and_deletes_on_a_real_api_server() {
         "ACCOUNT",
         "SECRET",
         "READY",
+        "REASON",
         "EXPIRES",
         "NEXT SYNC",
         "AGE",
@@ -137,7 +138,14 @@ async fn kubectl_applies_gets_and_deletes_on_a_real_api_server() {
             "wide",
         ],
     );
-    assert!(wide.contains("REASON") && wide.contains("Synced"), "{wide}");
+    assert!(
+        row.contains("SecretSynced"),
+        "the reason is in the default view: {table}"
+    );
+    assert!(
+        wide.contains("CONNECTION") && wide.contains("ClusterPipedreamConnection/"),
+        "{wide}"
+    );
     let category = ok(&env, &["get", "pipedream", "-A"]);
     assert!(
         category.contains("github-bot") && category.contains("default"),

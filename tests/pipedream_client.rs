@@ -485,6 +485,15 @@ fn retry_after_accepts_seconds_http_dates_ms_and_reset() {
         Some(Duration::from_secs(30))
     );
     assert_eq!(retry_after(&h("retry-after", "soon"), now), None);
+    // RFC 9110 §5.6.7: a recipient must also accept the obsolete RFC 850 and asctime forms.
+    assert_eq!(
+        retry_after(&h("retry-after", "Sunday, 22-Nov-26 09:00:45 GMT"), now),
+        Some(Duration::from_secs(45))
+    );
+    assert_eq!(
+        retry_after(&h("retry-after", "Sun Nov 22 09:00:45 2026"), now),
+        Some(Duration::from_secs(45))
+    );
 }
 
 #[test]

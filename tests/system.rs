@@ -257,7 +257,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     env.wait("forced sync handled", 20, async || {
         let ca = env.ca("gh").await?;
         (ca["status"]["lastForceSync"] == "1"
-            && env.ready_reason("gh").await.as_deref() == Some("True/Synced"))
+            && env.ready_reason("gh").await.as_deref() == Some("True/SecretSynced"))
         .then_some(())
     })
     .await;
@@ -385,7 +385,7 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
     .await;
     let updated = std::time::Instant::now();
     env.wait("Synced with the rotated secret", 15, async || {
-        (env.ready_reason("gh").await.as_deref() == Some("True/Synced")).then_some(())
+        (env.ready_reason("gh").await.as_deref() == Some("True/SecretSynced")).then_some(())
     })
     .await;
     assert!(updated.elapsed() < Duration::from_secs(15));
@@ -727,7 +727,19 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         ("leader", "gauge", &[]),
         ("reconciles_in_flight", "gauge", &[]),
         ("reconcile_queue_depth", "gauge", &[]),
-        ("reconcile_duration_seconds", "histogram", &["le"]),
+        (
+            "reconcile_duration_seconds",
+            "histogram",
+            &["controller", "le"],
+        ),
+        ("reconciles_total", "counter", &["controller", "result"]),
+        ("kubernetes_requests_total", "counter", &["method", "code"]),
+        (
+            "kubernetes_request_duration_seconds",
+            "histogram",
+            &["method", "le"],
+        ),
+        ("pipedream_retries_total", "counter", &["endpoint", "cause"]),
         ("syncs_total", "counter", &["result"]),
         (
             "pipedream_requests_total",
@@ -818,6 +830,60 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         want.sort();
         assert_eq!(got, want, "{full} labels: {sample}");
     }
+    // Issue 19: what users expect beside our own families. Counters exist from 0 (an alert on `increase()` sees
+    // the first failure), the Pipedream latency buckets reach past the 30 s request timeout, the operator's
+    // requests to the API server are counted by method and code, and standard process metrics are there.
+    let value_of = |prefix: &str| -> Option<f64> {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value_of("pipedream_secrets_syncs_total{result=\"AuthFailed\"}"),
+        Some(0.0),
+        "counters exist from 0"
+    );
+    assert!(
+        value_of(
+            "pipedream_secrets_reconciles_total{controller=\"connectedaccount\",result=\"success\"}"
+        )
+        .is_some_and(|v| v >= 2.0)
+    );
+    assert!(
+        scrape.lines().any(|l| {
+            l.starts_with("pipedream_secrets_pipedream_request_duration_seconds_bucket{")
+                && l.split("le=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .and_then(|le| le.parse::<f64>().ok())
+                    .is_some_and(|le| (30.0..f64::INFINITY).contains(&le))
+        }),
+        "a finite bucket at or past the 30 s timeout"
+    );
+    for (method, code) in [("GET", "200"), ("PATCH", "200")] {
+        let series = format!(
+            "pipedream_secrets_kubernetes_requests_total{{method=\"{method}\",code=\"{code}\"}}"
+        );
+        assert!(
+            value_of(&series).is_some_and(|v| v >= 1.0),
+            "{series} in\n{scrape}"
+        );
+    }
+    let rss = value_of("process_resident_memory_bytes ").expect("process_resident_memory_bytes");
+    assert!((1e6..2e9).contains(&rss), "rss {rss}");
+    let fds = value_of("process_open_fds ").expect("process_open_fds");
+    let max_fds = value_of("process_max_fds ").expect("process_max_fds");
+    assert!(fds >= 3.0 && fds < max_fds, "{fds} of {max_fds}");
+    let started = value_of("process_start_time_seconds ").expect("process_start_time_seconds");
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!(
+        (now - 600.0..=now + 5.0).contains(&started),
+        "started {started}, now {now}"
+    );
+    assert!(value_of("process_cpu_seconds_total ").is_some_and(|v| v > 0.0));
+    assert!(scrape.contains("# TYPE process_cpu_seconds counter\n"));
     let status_expiry: jiff::Timestamp = env.ca("gh").await.unwrap()["status"]["expiresAt"]
         .as_str()
         .unwrap()
@@ -872,7 +938,7 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         );
     }
     assert!(
-        reason(&scrape, "gh", "Synced") && reason(&scrape, "nope", "AccountNotFound"),
+        reason(&scrape, "gh", "SecretSynced") && reason(&scrape, "nope", "AccountNotFound"),
         "{scrape}"
     );
     // Right after a restart, before any pass (the failing account waits minutes for its retry), the series are
@@ -942,7 +1008,7 @@ async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         &cols[..5],
-        &[team_a.as_str(), "gh", "apn_Sys1", "True", "Synced"],
+        &[team_a.as_str(), "gh", "apn_Sys1", "True", "SecretSynced"],
         "{text}"
     );
     assert!(
@@ -1119,7 +1185,7 @@ async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
     env.wait("mem-0 to sync the other account", 30, async || {
         let ca = env.ca("mem-0").await?;
         (ca["status"]["observedGeneration"] == ca["metadata"]["generation"]
-            && support::ready_of(&ca).as_deref() == Some("True/Synced"))
+            && support::ready_of(&ca).as_deref() == Some("True/SecretSynced"))
         .then_some(())
     })
     .await;
@@ -1558,7 +1624,7 @@ async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
     ]);
     assert!(ok, "{text}{err}");
     let d: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(d["reason"], "Synced", "{d}");
+    assert_eq!(d["reason"], "SecretSynced", "{d}");
     assert_eq!(
         d["secretState"]["keys"],
         json!(["oauth_access_token", "oauth_refresh_token"]),
@@ -1590,7 +1656,7 @@ async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
         "yaml",
     ]);
     assert!(
-        ok && yaml.contains("reason: Synced") && yaml.contains("- oauth_access_token"),
+        ok && yaml.contains("reason: SecretSynced") && yaml.contains("- oauth_access_token"),
         "{yaml}{err}"
     );
     let (ok, described, err) = run(&["pipedream", "status", "gh", "--context", "real"]);

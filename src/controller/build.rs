@@ -243,7 +243,7 @@ pub fn synced_event(
         Some(Written::SecretUpdated) if spec_changed => {
             Some(("SecretUpdated", format!("updated Secret {name}; {msg}")))
         }
-        _ if ready_changed => Some((Reason::Synced.as_str(), msg)),
+        _ if ready_changed => Some((Reason::SecretSynced.as_str(), msg)),
         _ => None,
     }
 }
@@ -263,7 +263,7 @@ pub fn synced_status(
         &mut st.conditions,
         "Ready",
         true,
-        Reason::Synced.as_str(),
+        Reason::SecretSynced.as_str(),
         &msg,
         generation,
         now,

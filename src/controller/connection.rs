@@ -43,9 +43,13 @@ pub async fn reconcile_cluster(
     conn: Arc<ClusterPipedreamConnection>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let api: Api<ClusterPipedreamConnection> = Api::all(ctx.client.clone());
     let id = ConnectionId::cluster(conn.name_any());
-    check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
+    let out = check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await;
+    ctx.metrics
+        .observe_reconcile("connection", out.is_ok(), started.elapsed());
+    out
 }
 
 /// Reconcile a namespaced PipedreamConnection.
@@ -54,9 +58,13 @@ pub async fn reconcile_namespaced(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let ns = conn.namespace().unwrap_or_default();
+    let started = std::time::Instant::now();
     let api: Api<PipedreamConnection> = Api::namespaced(ctx.client.clone(), &ns);
     let id = ConnectionId::namespaced(ns, conn.name_any());
-    check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await
+    let out = check_connection(&*conn, &conn.spec, conn.status.as_ref(), id, api, &ctx).await;
+    ctx.metrics
+        .observe_reconcile("connection", out.is_ok(), started.elapsed());
+    out
 }
 
 /// Authenticate with the connection (the cached token, or a new one), note its credentials' version, and report.

@@ -406,7 +406,7 @@ pub fn expired_answer(
     now: Timestamp,
 ) -> SyncFailure {
     let mut f = SyncFailure::new(
-        Reason::Expired,
+        Reason::StaleCredentials,
         format!(
             "Pipedream returned credentials for {wanted} that expired at {}; polling every few seconds until it refreshes them",
             expires_at.map(format_ts).unwrap_or_else(|| "?".into())

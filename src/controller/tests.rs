@@ -345,7 +345,7 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     );
     assert_eq!(ann["pipedream-secrets.io/connected-account"], "team-a/gh");
     let st = ca.status.clone().unwrap();
-    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(ready(&ca).1, "SecretSynced");
     assert_eq!(st.expires_at.as_deref(), Some("2026-11-22T10:00:00Z"));
     assert_eq!(
         st.connection.as_deref(),
@@ -466,6 +466,46 @@ async fn restart_recovers_the_schedule_from_status_without_fetching() {
         "fresh credentials are not re-fetched after a restart"
     );
     assert!(matches!(action, a if a != Action::await_change()));
+}
+
+/// The soak found this: a leader that failed objects with a connection problem (a rotated client secret, a
+/// missing Secret) remembers the connection's version and retries them once the connection changes; a new leader
+/// after a failover had no such memory and waited for the persisted retry time (60 s and doubling) although the
+/// connection had been fixed meanwhile. A process's first pass over such an object now tries once.
+#[tokio::test]
+async fn a_new_process_retries_a_connection_failure_at_once_instead_of_waiting() {
+    let h = Harness::new().await;
+    h.api.delete_secret("ops", "pd-oauth");
+    let mut gh = ca(json!({}));
+    h.reconcile(&mut gh).await.unwrap();
+    assert_eq!(ready(&gh).1, "ConnectionNotReady");
+    // Still failing in the same process: it waits (no API request, no Pipedream call).
+    h.api.take();
+    h.reconcile(&mut gh).await.unwrap();
+    assert!(
+        h.api.take().is_empty(),
+        "the same process waits for its retry"
+    );
+    // A new leader, where the connection works (the Secret is back): it retries at once.
+    let h2 = Harness::new().await;
+    h2.reconcile(&mut gh).await.unwrap();
+    assert_eq!(ready(&gh).1, "SecretSynced");
+    // Failing again in the new process waits as usual: one try per process, not a loop.
+    let h3 = Harness::new().await;
+    h3.api.delete_secret("ops", "pd-oauth");
+    let mut other = ca(json!({}));
+    other.metadata.name = Some("other".into());
+    other.metadata.uid = Some("uid-other".into());
+    h.reconcile(&mut other).await.unwrap();
+    assert_eq!(ready(&other).1, "ConnectionNotReady");
+    h3.reconcile(&mut other).await.unwrap();
+    assert_eq!(ready(&other).1, "ConnectionNotReady");
+    h3.api.take();
+    h3.reconcile(&mut other).await.unwrap();
+    assert!(
+        h3.api.take().is_empty(),
+        "after its one try the new process waits too"
+    );
 }
 
 #[tokio::test]
@@ -632,7 +672,7 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     .await;
     let mut ca8 = ca(json!({}));
     let action = h.reconcile(&mut ca8).await.unwrap();
-    assert_eq!(ready(&ca8).1, "Expired");
+    assert_eq!(ready(&ca8).1, "StaleCredentials");
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
     assert!(h.api.secret("team-a", "gh").is_none());
 
@@ -679,7 +719,7 @@ async fn merge_writes_only_our_keys_into_an_existing_secret() {
         "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
     );
     h.reconcile(&mut ca).await.unwrap();
-    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(ready(&ca).1, "SecretSynced");
     let s = h.api.secret("team-a", "gh").unwrap();
     assert_eq!(secret_value(&s, "other"), "keep");
     assert_eq!(secret_value(&s, "TOKEN"), TOKEN);
@@ -745,7 +785,11 @@ async fn merge_refuses_keys_other_field_managers_own_whichever_shard_writes_them
             assert!(ready(&c).2.contains("TOKEN"), "{}", ready(&c).2);
             assert_eq!(token, "theirs", "{owner}: the key stays its owner's");
         } else {
-            assert_eq!(ready(&c).1, "Synced", "a deleted writer's key is free");
+            assert_eq!(
+                ready(&c).1,
+                "SecretSynced",
+                "a deleted writer's key is free"
+            );
             assert_eq!(token, TOKEN);
         }
     }
@@ -873,7 +917,7 @@ async fn kubernetes_api_failures_abort_without_writes_and_back_off() {
     );
     h.api.heal();
     h.reconcile(&mut ca).await.unwrap();
-    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(ready(&ca).1, "SecretSynced");
 }
 
 #[tokio::test]
@@ -1005,7 +1049,7 @@ async fn namespace_selector_access_reads_namespace_labels() {
     );
     h.ctx.clock.advance(Duration::from_secs(120));
     h.reconcile(&mut ca).await.unwrap();
-    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(ready(&ca).1, "SecretSynced");
 }
 
 /// Regression: the status write of a failure triggers a watch event; that pass must not retry (and call
@@ -1041,7 +1085,7 @@ async fn a_failed_object_waits_for_its_retry_time_without_requests() {
     ))
     .await;
     h.reconcile(&mut ca).await.unwrap();
-    assert_eq!(ready(&ca).1, "Synced");
+    assert_eq!(ready(&ca).1, "SecretSynced");
 }
 
 fn tenant_ca(ns: &str, name: &str, account: &str) -> ConnectedAccount {
@@ -1157,7 +1201,7 @@ async fn a_tarpitted_connection_does_not_delay_another_tenants_refresh() {
     }
     let mut victim = ca(json!({}));
     h.reconcile(&mut victim).await.unwrap();
-    assert_eq!(ready(&victim).1, "Synced");
+    assert_eq!(ready(&victim).1, "SecretSynced");
     let triggered = h.triggered.0.lock().unwrap().clone();
     assert!(
         triggered.iter().all(|n| !n.starts_with("slow-")),
@@ -1317,7 +1361,7 @@ async fn an_expired_answer_is_polled_within_seconds_until_the_fresh_token_arrive
     );
     h.api.take();
     let a = h.reconcile(&mut c).await.unwrap();
-    assert_eq!(ready(&c).1, "Expired");
+    assert_eq!(ready(&c).1, "StaleCredentials");
     assert_eq!(a, Action::requeue(Duration::from_secs(1)));
     let writes = |h: &Harness| {
         lines(&h.api.take())
@@ -1339,7 +1383,7 @@ async fn an_expired_answer_is_polled_within_seconds_until_the_fresh_token_arrive
     ))
     .await;
     h.reconcile(&mut c).await.unwrap();
-    assert_eq!(ready(&c).1, "Synced");
+    assert_eq!(ready(&c).1, "SecretSynced");
     assert_eq!(
         secret_value(&h.api.secret("team-a", "gh").unwrap(), "oauth_access_token"),
         "gho_FRESH"

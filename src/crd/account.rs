@@ -32,7 +32,12 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(s|m|h))+$";
     printcolumn(
         name = "Reason",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Connection",
+        type_ = "string",
+        json_path = ".status.connection",
         priority = "1"
     ),
     printcolumn(
@@ -297,10 +302,10 @@ pub enum WorkloadKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectedAccountStatus {
-    /// `Ready` (reason: `Synced`, `InvalidSpec`, `ConnectionNotFound`, `ConnectionNotReady`, `AccessDenied`,
+    /// `Ready` (reason: `SecretSynced`, `InvalidSpec`, `ConnectionNotFound`, `ConnectionNotReady`, `AccessDenied`,
     /// `AuthFailed`, `AccountNotFound`, `AccountUnhealthy`, `AccountDead`, `CredentialsUnavailable`, `RateLimited`,
-    /// `UpstreamError`, `SecretConflict`, `Expired`) and `Expired` (True while the Secret holds credentials past
-    /// their expiry).
+    /// `UpstreamError`, `SecretConflict`, `StaleCredentials`, `SecretWriteFailed`) and `Expired` (True with reason
+    /// `CredentialsExpired` while the Secret holds credentials past their expiry, else False with `Fresh`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.

@@ -2,9 +2,11 @@
 
 mod account;
 mod connection;
+mod reference;
 
 pub use account::*;
 pub use connection::*;
+pub use reference::api_reference;
 
 use kube::CustomResourceExt;
 use schemars::JsonSchema;

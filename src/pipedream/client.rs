@@ -269,13 +269,21 @@ impl PipedreamClient {
                     if !self.invalidate(generation).await {
                         return Err(e);
                     }
+                    self.count_retry(endpoint, "reauth");
                 }
                 Err(e) if e.is_transient() && !retried => {
                     retried = true;
+                    self.count_retry(endpoint, "transient");
                     tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    fn count_retry(&self, endpoint: &'static str, cause: &'static str) {
+        if let Some((m, _)) = &self.metrics {
+            m.count_pipedream_retry(endpoint, cause);
         }
     }
 
@@ -742,7 +750,8 @@ pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
 
 /// Parse an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub fn parse_http_date(s: &str) -> Option<Timestamp> {
-    jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(s)
+    // httpdate takes all three forms RFC 9110 requires a recipient to accept (IMF-fixdate, RFC 850, asctime).
+    httpdate::parse_http_date(s.trim())
         .ok()
+        .and_then(|t| Timestamp::try_from(t).ok())
 }

@@ -5,21 +5,30 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A string that must never be printed: OAuth client secrets, API keys, access tokens.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// A string that must never be printed: OAuth client secrets, API keys, access tokens. Held in a
+/// [`secrecy::SecretString`], so its memory is zeroized when it is dropped.
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct SecretString(String);
+pub struct SecretString(secrecy::SecretString);
 
 impl SecretString {
     /// Wrap a secret.
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        Self(secrecy::SecretString::from(s.into()))
     }
     /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
+
+impl PartialEq for SecretString {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for SecretString {}
 
 impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -437,7 +437,7 @@ def sample_labels(text, prefix):
 @pytest.mark.parametrize("scrape_file", ["scrape.txt", "scrape-after-restart.txt"])
 def test_alerts_fire_on_a_real_scrape_of_a_failing_account_and_not_for_a_synced_one(tmp_path, scrape_file):
     """Issue 17 (1): the not-Ready alert selected a series the operator never emitted. Fed a real scrape of the
-    running operator (one ConnectedAccount Synced, one failing with AccountNotFound; and the same right after an
+    running operator (one ConnectedAccount SecretSynced, one failing with AccountNotFound; and the same right after an
     operator restart, before any pass), the chart's rules fire for the failing one, by reason, and not for the
     synced one."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -445,8 +445,8 @@ def test_alerts_fire_on_a_real_scrape_of_a_failing_account_and_not_for_a_synced_
     assert path.exists(), "no scrape recorded: run `cargo test --test system` first (the README's test command does)"
     text = path.read_text()
     reasons = sample_labels(text, "pipedream_secrets_connectedaccount_ready_reason")
-    failing = [r for r in reasons if r["reason"] != "Synced"]
-    synced = [r for r in reasons if r["reason"] == "Synced"]
+    failing = [r for r in reasons if r["reason"] != "SecretSynced"]
+    synced = [r for r in reasons if r["reason"] == "SecretSynced"]
     assert failing and synced, reasons
     rule = by_kind(render(values("ha")), "PrometheusRule")[0]
     groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
@@ -718,3 +718,93 @@ def test_chart_readme_is_generated_from_values_yaml_and_every_comment_lands():
     assert len(keys) == len(set(keys))
     committed = (CHART / "README.md").read_text()
     assert committed == values_doc.render(), "run `python tests/chart/values_doc.py --write` and commit the result"
+
+
+# Prometheus Operator attaches these target labels to every scraped sample of a ServiceMonitor endpoint.
+def target_labels(release_ns):
+    return {"job": "pdso-metrics", "namespace": release_ns, "pod": "pdso-7d9f-abcde", "service": "pdso-metrics",
+            "endpoint": "http-metrics", "instance": "10.0.0.7:8080", "container": "operator"}
+
+
+def relabel_like_prometheus(text, endpoint, release_ns):
+    """A scrape as Prometheus stores it for this ServiceMonitor endpoint (scrape.go mutateSampleLabels): with
+    honorLabels a scraped label wins over a target label of the same name (a target label fills in where the scraped
+    value is empty); without, a clashing scraped label becomes `exported_<name>`. Then metricRelabelings (the
+    `labeldrop`/`replace` actions)."""
+    honor = endpoint.get("honorLabels", False)
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        name, _, body = sample.partition("{")
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', body))
+        merged = {k: v for k, v in labels.items() if v != ""}
+        for k, v in target_labels(release_ns).items():
+            if honor:
+                merged.setdefault(k, v)
+            else:
+                if k in merged:
+                    merged[f"exported_{k}"] = merged.pop(k)
+                merged[k] = v
+        for r in endpoint.get("metricRelabelings", []):
+            if r.get("action") == "labeldrop":
+                merged = {k: v for k, v in merged.items() if not re.fullmatch(r["regex"], k)}
+            elif r.get("action", "replace") == "replace" and "targetLabel" in r:
+                src = ";".join(merged.get(s, "") for s in r.get("sourceLabels", []))
+                m = re.fullmatch(r.get("regex", "(.*)"), src)
+                if m:
+                    merged[r["targetLabel"]] = m.expand(r.get("replacement", "$1").replace("$", "\\"))
+        rendered = ",".join(f'{k}="{v}"' for k, v in sorted(merged.items()))
+        out.append(f"{name}{{{rendered}}} {value}")
+    return "\n".join(out) + "\n"
+
+
+def test_rules_and_dashboard_select_the_right_series_from_a_scrape_relabelled_as_the_default_service_monitor(tmp_path):
+    """Issue 19: per-object series carry `namespace` (the ConnectedAccount's); Prometheus's own `namespace` target
+    label (the operator's) replaced it (`exported_namespace`) unless the ServiceMonitor honours labels, and every
+    rule and panel selecting by namespace then pointed at the operator's namespace."""
+    release_ns = "pipedream-secrets-operator"
+    sm = by_kind(render(values("ha"), namespace=release_ns), "ServiceMonitor")[0]
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint.get("honorLabels") is True, "the default ServiceMonitor honours the operator's labels"
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    raw = (target / "tmp" / "metrics" / "scrape.txt").read_text()
+    failing = [r for r in sample_labels(raw, "pipedream_secrets_connectedaccount_ready_reason")
+               if r["reason"] != "SecretSynced"]
+    assert failing and all(r["namespace"] != release_ns for r in failing)
+
+    def alerts_and_panels(scrape):
+        rule = by_kind(render(values("ha"), namespace=release_ns), "PrometheusRule")[0]
+        groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+                  for g in rule["spec"]["groups"]]
+        (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+        expected = [{"exp_labels": {"severity": "warning", "namespace": r["namespace"], "name": r["name"],
+                                    "reason": r["reason"]}} for r in failing]
+        # The dashboard's per-object panels group by the objects' namespace.
+        panel = 'group by (namespace, name) (pipedream_secrets_connectedaccount_ready_reason{reason!="SecretSynced"})'
+        test = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+            "interval": "1m", "input_series": scrape_to_series(scrape),
+            "alert_rule_test": [{"eval_time": "11m", "alertname": "PipedreamConnectedAccountNotReady",
+                                 "exp_alerts": expected}],
+            "promql_expr_test": [{"expr": panel, "eval_time": "5m", "exp_samples": [
+                {"labels": f'{{namespace="{r["namespace"]}", name="{r["name"]}"}}', "value": 1} for r in failing]}],
+        }]}
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump(test))
+        return subprocess.run([PROMTOOL, "test", "rules", "t.yaml"], cwd=tmp_path, capture_output=True, text=True)
+
+    out = alerts_and_panels(relabel_like_prometheus(raw, endpoint, release_ns))
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The same check fails as it did before honorLabels: the namespace is the operator's.
+    broken = relabel_like_prometheus(raw, {**endpoint, "honorLabels": False}, release_ns)
+    assert "exported_namespace" in broken
+    assert alerts_and_panels(broken).returncode != 0
+    # The knobs users know from ESO's and cert-manager's charts reach the ServiceMonitor.
+    custom = {"metrics": {"serviceMonitor": {"enabled": True, "honorLabels": False,
+                                             "relabelings": [{"action": "labeldrop", "regex": "pod"}],
+                                             "metricRelabelings": [{"action": "labeldrop", "regex": "container"}],
+                                             "scrapeTimeout": "10s"}}}
+    ep = by_kind(render(custom), "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert ep["honorLabels"] is False and ep["scrapeTimeout"] == "10s"
+    assert ep["relabelings"] == [{"action": "labeldrop", "regex": "pod"}]
+    assert ep["metricRelabelings"] == [{"action": "labeldrop", "regex": "container"}]

@@ -610,10 +610,10 @@ impl Env {
             .all(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    /// Wait until ConnectedAccount `name` (in team-a) is Ready=True/Synced.
+    /// Wait until ConnectedAccount `name` (in team-a) is Ready=True/SecretSynced.
     pub async fn wait_synced(&self, name: &str, secs: u64) {
-        self.wait("Ready=True/Synced", secs, async || {
-            (self.ready_reason(name).await.as_deref() == Some("True/Synced")).then_some(())
+        self.wait("Ready=True/SecretSynced", secs, async || {
+            (self.ready_reason(name).await.as_deref() == Some("True/SecretSynced")).then_some(())
         })
         .await;
     }

@@ -37,16 +37,28 @@ pub(super) fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
     }
 }
 
+/// Ready is False for a reason a change to the connection can fix (AuthFailed, ConnectionNotReady, ...).
+fn recorded_connection_failure(ca: &ConnectedAccount) -> bool {
+    ca.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "False")
+        .and_then(|c| c.reason.parse::<crate::reason::Reason>().ok())
+        .is_some_and(crate::reason::Reason::about_connection)
+}
+
 pub(super) fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState) -> Remembered {
     let version = connection_version(ca, ctx);
     Remembered {
         retry_at: mem.retry_at,
         last_forced: mem.last_forced,
         last_failed: mem.last_failed,
-        connection_changed: mem
-            .failed_connection_version
-            .as_ref()
-            .is_some_and(|was| version.as_ref() != Some(was)),
+        connection_changed: match &mem.failed_connection_version {
+            Some(was) => version.as_ref() != Some(was),
+            // This process has not tried the object yet (a new leader, a restart): nobody knows whether the
+            // connection a recorded connection failure was about has changed since, so it is tried once.
+            None => mem.failures == 0 && recorded_connection_failure(ca),
+        },
         asked: mem.asked.is_some(),
     }
 }

@@ -68,7 +68,8 @@ pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<A
             Err(e) => Err(e),
         }
     };
-    ctx.metrics.observe_reconcile(started.elapsed());
+    ctx.metrics
+        .observe_reconcile("connectedaccount", out.is_ok(), started.elapsed());
     out
 }
 

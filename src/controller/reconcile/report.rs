@@ -46,7 +46,7 @@ async fn synced(
     let st = build::synced_status(ca, old, &s, forced, now);
     write_status(ca, ctx, old, &st, now).await?;
     if s.confirmed {
-        ctx.metrics.count_sync(Reason::Synced.as_str());
+        ctx.metrics.count_sync(Reason::SecretSynced.as_str());
         let written = s.written.map_or("unchanged", Written::reason);
         info!(secret = %s.secret_name, written, expires_at = ?s.expires_at, next_sync = %format_ts(s.next), "synced");
     }
