@@ -31,20 +31,9 @@ async fn memory_per_synced_account_stays_within_its_bound() {
     let Some(mut env) = Env::start_with(accounts, options).await else {
         return;
     };
-    let (ops, team_a) = (env.ns("ops"), env.ns("team-a"));
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ClusterPipedreamConnection",
-        None,
-        "default",
-        json!({"spec": {
-            "apiUrl": env.pd.url(),
-            "auth": {"oauth": {"clientId": support::CLIENT_ID, "projectId": "proj_sys",
-                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
-            "rateLimit": {"requestsPerSecond": 1000, "burst": 100},
-            "access": [{"namespaces": [team_a]}]}}),
-    )
-    .await;
+    let team_a = env.ns("team-a");
+    env.apply_default_connection(json!({"rateLimit": {"requestsPerSecond": 1000, "burst": 100}}))
+        .await;
     env.start_operator();
     let pid = env.operator_pids()[0];
     // Settle, then take the baseline with the connection in use (one account synced).

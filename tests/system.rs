@@ -18,6 +18,20 @@ fn account_spec(extra: serde_json::Value) -> serde_json::Value {
     json!({"spec": spec})
 }
 
+/// Set ConnectedAccount `name`'s (in team-a, spec `account_spec(extra)`) force-sync annotation to `value`.
+async fn force_sync(env: &Env, name: &str, extra: serde_json::Value, value: &str) {
+    let mut body = account_spec(extra);
+    body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": value}});
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        name,
+        body,
+    )
+    .await;
+}
+
 async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
     env.apply(
         "pipedream-secrets.io/v1alpha1",
@@ -240,16 +254,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut body = account_spec(json!({}));
-    body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "1"}});
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ConnectedAccount",
-        Some("team-a"),
-        "gh",
-        body,
-    )
-    .await;
+    force_sync(&env, "gh", json!({}), "1").await;
     env.wait("a second token", 20, async || {
         (env.pd.count("token") >= 2).then_some(())
     })
@@ -361,16 +366,7 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
         .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     env.pd.rotate_client(support::CLIENT_ID, "rotated-secret");
-    let mut body = account_spec(json!({}));
-    body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "1"}});
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ConnectedAccount",
-        Some("team-a"),
-        "gh",
-        body,
-    )
-    .await;
+    force_sync(&env, "gh", json!({}), "1").await;
     env.wait("AuthFailed", 20, async || {
         (env.ready_reason("gh").await.as_deref() == Some("False/AuthFailed")).then_some(())
     })
@@ -539,17 +535,7 @@ async fn leader_failover_takes_over_without_refetching() {
         "no re-fetch of fresh credentials at takeover"
     );
     // The new leader works: a forced sync goes through it.
-    let mut body = account_spec(json!({}));
-    body["metadata"] =
-        json!({"annotations": {"pipedream-secrets.io/force-sync": "after-failover"}});
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ConnectedAccount",
-        Some("team-a"),
-        "gh",
-        body,
-    )
-    .await;
+    force_sync(&env, "gh", json!({}), "after-failover").await;
     env.wait("a sync by the new leader", 20, async || {
         (env.ca("gh").await?["status"]["lastForceSync"] == "after-failover").then_some(())
     })
@@ -617,17 +603,7 @@ async fn a_partitioned_leader_gives_up_before_the_standby_takes_over() {
     eprintln!("the standby led {took_over:?} after the partition");
     // Healed: the standby alone writes; a forced sync goes through it.
     proxies[leader].partition(false);
-    let mut body = account_spec(json!({}));
-    body["metadata"] =
-        json!({"annotations": {"pipedream-secrets.io/force-sync": "after-partition"}});
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ConnectedAccount",
-        Some("team-a"),
-        "gh",
-        body,
-    )
-    .await;
+    force_sync(&env, "gh", json!({}), "after-partition").await;
     env.wait("a sync by the new leader", 20, async || {
         (env.ca("gh").await?["status"]["lastForceSync"] == "after-partition").then_some(())
     })
@@ -1077,16 +1053,7 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
     // Stop shard 1, then force-sync everything: only shard 0's accounts sync.
     env.kill_operator(shard_pids[1]);
     for (i, id) in ids.iter().enumerate() {
-        let mut body = account_spec(json!({"accountId": id}));
-        body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": "one"}});
-        env.apply(
-            "pipedream-secrets.io/v1alpha1",
-            "ConnectedAccount",
-            Some("team-a"),
-            &format!("ca-{i}"),
-            body,
-        )
-        .await;
+        force_sync(&env, &format!("ca-{i}"), json!({"accountId": id}), "one").await;
     }
     // Which of `indices` have handled the forced sync.
     let forced = async |env: &Env, indices: &[usize]| {
@@ -1256,16 +1223,7 @@ async fn a_shard_count_change_never_runs_two_writers() {
     .await;
     let force = async |env: &Env, token: &str| {
         for (i, id) in ids.iter().enumerate() {
-            let mut body = account_spec(json!({"accountId": id}));
-            body["metadata"] = json!({"annotations": {"pipedream-secrets.io/force-sync": token}});
-            env.apply(
-                "pipedream-secrets.io/v1alpha1",
-                "ConnectedAccount",
-                Some("team-a"),
-                &format!("ca-{i}"),
-                body,
-            )
-            .await;
+            force_sync(env, &format!("ca-{i}"), json!({"accountId": id}), token).await;
         }
         env.wait(
             &format!("every account to handle force-sync {token}"),
@@ -1437,20 +1395,11 @@ async fn a_hostile_namespace_cannot_starve_another_on_a_shared_cluster_connectio
     else {
         return;
     };
-    let (ops, team_a, team_b) = (env.ns("ops"), env.ns("team-a"), env.ns("team-b"));
-    env.apply(
-        "pipedream-secrets.io/v1alpha1",
-        "ClusterPipedreamConnection",
-        None,
-        "default",
-        json!({"spec": {
-            "apiUrl": env.pd.url(),
-            "auth": {"oauth": {"clientId": support::CLIENT_ID, "projectId": "proj_sys",
-                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
-            "rateLimit": {"requestsPerSecond": 1, "burst": 1},
-            "access": [{"namespaces": [team_a, team_b]}]}}),
-    )
-    .await;
+    let (team_a, team_b) = (env.ns("team-a"), env.ns("team-b"));
+    env.apply_default_connection(json!({
+        "rateLimit": {"requestsPerSecond": 1, "burst": 1},
+        "access": [{"namespaces": [team_a, team_b]}]}))
+        .await;
     env.start_operator();
     for (i, id) in victims.iter().enumerate() {
         create_ca(&env, &format!("v{i}"), json!({"accountId": id})).await;

@@ -1,6 +1,6 @@
 //! The pure half of a pass: from what it knows ([`Facts`], read off the object, the operator's memory, the Secret
 //! index and the answer cache) to the one thing it does ([`Step`]); and what an answer from Pipedream allows.
-//! No I/O.
+//! No I/O. (Over 400 lines: the decision and the judgement of an answer are one policy; tests live in plan/tests.rs.)
 
 use std::time::Duration;
 

@@ -190,8 +190,6 @@ impl Env {
         for ns in NAMESPACES {
             env.apply("v1", "Namespace", None, ns, json!({})).await;
         }
-        let ops = env.ns("ops");
-        let team_a = env.ns("team-a");
         env.apply(
             "v1",
             "Secret",
@@ -200,18 +198,7 @@ impl Env {
             json!({"stringData": {"client_secret": CLIENT_SECRET}}),
         )
         .await;
-        env.apply(
-            "pipedream-secrets.io/v1alpha1",
-            "ClusterPipedreamConnection",
-            None,
-            "default",
-            json!({"spec": {
-            "apiUrl": env.pd.url(),
-            "auth": {"oauth": {"clientId": CLIENT_ID, "projectId": "proj_sys",
-                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
-            "access": [{"namespaces": [team_a]}]}}),
-        )
-        .await;
+        env.apply_default_connection(json!({})).await;
         let token = match std::env::var_os("PDSO_RBAC_MANIFESTS") {
             Some(path) => {
                 env.run_as_chart_service_account(std::path::Path::new(&path))
@@ -222,6 +209,28 @@ impl Env {
         std::fs::write(&env.operator_kubeconfig, env.proxy.kubeconfig(&token, None)).unwrap();
         env.operator_token = token;
         Some(env)
+    }
+
+    /// Apply this test's `default` ClusterPipedreamConnection (OAuth against the fake Pipedream, the client secret
+    /// in `ops`, open to team-a), with `extra` replacing or adding top-level spec fields (`rateLimit`, `access`).
+    pub async fn apply_default_connection(&self, extra: Value) {
+        let (ops, team_a) = (self.ns("ops"), self.ns("team-a"));
+        let mut spec = json!({
+            "apiUrl": self.pd.url(),
+            "auth": {"oauth": {"clientId": CLIENT_ID, "projectId": "proj_sys",
+                "clientSecretRef": {"name": "pd-oauth", "key": "client_secret", "namespace": ops}}},
+            "access": [{"namespaces": [team_a]}]});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        self.apply(
+            "pipedream-secrets.io/v1alpha1",
+            "ClusterPipedreamConnection",
+            None,
+            "default",
+            json!({"spec": spec}),
+        )
+        .await;
     }
 
     /// This test's name for a logical namespace (`team-a` → `team-a-<id>`); names already mapped stay.
