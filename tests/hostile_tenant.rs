@@ -231,12 +231,7 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
                 !token.contains("EVIL"),
                 "team B's data reached team A's Secret {name}"
             );
-            let exp: jiff::Timestamp =
-                s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+            let exp = support::secret_expiry(&s).unwrap();
             assert!(
                 exp > jiff::Timestamp::now(),
                 "{name} holds a token that expired at {exp}"

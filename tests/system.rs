@@ -8,7 +8,7 @@ use std::time::Duration;
 use pdso_testkit::apiserver::ApiFault;
 use pdso_testkit::pipedream::{Fault, FaultKind};
 use serde_json::json;
-use support::{Env, oauth_account, secret_value};
+use support::{Env, oauth_account, secret_expiry, secret_value};
 
 fn account_spec(extra: serde_json::Value) -> serde_json::Value {
     let mut spec = json!({"accountId": "apn_Sys1", "refresh": {"beforeExpiry": "5s"}});
@@ -30,6 +30,30 @@ async fn force_sync(env: &Env, name: &str, extra: serde_json::Value, value: &str
         body,
     )
     .await;
+}
+
+/// Run `kubectl ARGS` with this build installed as the `kubectl-pipedream` plugin in `dir` (put first on `PATH`).
+fn kubectl_with_plugin(
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let plugin = dir.join("kubectl-pipedream");
+    if !plugin.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &plugin)
+            .unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(args)
+        .env("PATH", &path)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap()
 }
 
 async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
@@ -135,11 +159,7 @@ async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
     let mut seen = std::collections::BTreeSet::new();
     while started.elapsed() < Duration::from_secs(55) {
         let s = env.secret("team-a", "gh").await.unwrap();
-        let exp: jiff::Timestamp = s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let exp = secret_expiry(&s).unwrap();
         assert!(
             exp > jiff::Timestamp::now(),
             "the Secret holds a token that expired at {exp}"
@@ -952,23 +972,8 @@ async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
     env.wait_synced("gh", 20).await;
     let dir = std::env::temp_dir().join(format!("pdso-plugin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let plugin = dir.join("kubectl-pipedream");
-    let _ = std::fs::remove_file(&plugin);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &plugin).unwrap();
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let run = |args: &[&str]| {
-        std::process::Command::new(&kubectl)
-            .args(args)
-            .env("PATH", &path)
-            .env("KUBECONFIG", &env.kubeconfig)
-            .output()
-            .unwrap()
-    };
+    let _ = std::fs::remove_file(dir.join("kubectl-pipedream"));
+    let run = |args: &[&str]| kubectl_with_plugin(&dir, &env.kubeconfig, args);
     let team_a = env.ns("team-a");
     let out = run(&["pipedream", "status", "-n", &team_a]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -1429,12 +1434,7 @@ async fn a_hostile_namespace_cannot_starve_another_on_a_shared_cluster_connectio
     while started.elapsed() < Duration::from_secs(50) {
         for i in 0..victims.len() {
             let s = env.secret("team-a", &format!("v{i}")).await.unwrap();
-            let exp: jiff::Timestamp =
-                s["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+            let exp = secret_expiry(&s).unwrap();
             assert!(
                 exp > jiff::Timestamp::now(),
                 "after {:?} v{i} holds a token that expired at {exp}",
@@ -1516,21 +1516,8 @@ async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, serde_json::to_string(&kc).unwrap()).unwrap();
-    let plugin = dir.join("kubectl-pipedream");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &plugin).unwrap();
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&kubectl)
-            .args(args)
-            .env("PATH", &path)
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .unwrap();
+        let out = kubectl_with_plugin(&dir, &kubeconfig, args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string(),

@@ -683,6 +683,14 @@ fn rand_suffix() -> u64 {
     h.finish()
 }
 
+/// The `pipedream-secrets.io/expires-at` annotation of a written Secret.
+pub fn secret_expiry(secret: &Value) -> Option<jiff::Timestamp> {
+    secret["metadata"]["annotations"]["pipedream-secrets.io/expires-at"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD
