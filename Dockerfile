@@ -5,6 +5,8 @@ FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev make
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# .cargo/config.toml sets the allocator's compiled-in defaults.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY crds ./crds
 COPY tests/testkit ./tests/testkit

@@ -38,6 +38,7 @@ struct Args {
     cycles: u32,
     json: PathBuf,
     real: bool,
+    concurrency: u16,
 }
 
 fn args() -> Args {
@@ -48,6 +49,7 @@ fn args() -> Args {
         cycles: 3,
         json: PathBuf::new(),
         real: false,
+        concurrency: 16,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +66,7 @@ fn args() -> Args {
             "--token-secs" => a.token_secs = val.parse().expect("--token-secs S"),
             "--cycles" => a.cycles = val.parse().expect("--cycles C"),
             "--json" => a.json = PathBuf::from(val),
+            "--concurrency" => a.concurrency = val.parse().expect("--concurrency N"),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
@@ -179,6 +182,7 @@ struct Bench {
     client: Client,
     kubeconfig: PathBuf,
     metrics_port: u16,
+    concurrency: u16,
     peak_rss_kib: std::cell::Cell<u64>,
 }
 
@@ -191,12 +195,24 @@ impl Bench {
                 "--default-connection=default",
                 "--log-level=warn",
                 "--leader-election=false",
-                "--concurrency=16",
+                &format!("--concurrency={}", self.concurrency),
                 &format!("--metrics-addr=127.0.0.1:{}", self.metrics_port),
             ])
             .env("KUBECONFIG", &self.kubeconfig)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // BENCH_OPERATOR_STDERR=FILE keeps the operator's stderr (warnings; jemalloc's statistics at exit with
+            // `_RJEM_MALLOC_CONF=stats_print:true`).
+            .stderr(
+                std::env::var_os("BENCH_OPERATOR_STDERR")
+                    .and_then(|f| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(f)
+                            .ok()
+                    })
+                    .map_or_else(Stdio::null, Stdio::from),
+            )
             .spawn()
             .expect("operator")
     }
@@ -454,6 +470,7 @@ async fn main() {
         client,
         kubeconfig,
         metrics_port,
+        concurrency: a.concurrency,
         peak_rss_kib: Default::default(),
     };
     for ns in ["ops", "bench"] {
@@ -643,7 +660,21 @@ async fn main() {
         };
         let (sync_server, sync_operator) = phase(s0, s1);
         let (cycle_server, cycle_operator) = phase(s1, s2);
-        let per = |c: &Counts, d: f64| c.values().sum::<u64>() as f64 / d.max(1.0);
+        // Watches are long-running: re-opened every few minutes whatever the number of accounts, so they are
+        // reported as counts, not per account.
+        let per = |c: &Counts, d: f64| {
+            c.iter()
+                .filter(|((verb, _), _)| verb != "watch")
+                .map(|(_, v)| v)
+                .sum::<u64>() as f64
+                / d.max(1.0)
+        };
+        let watches = |c: &Counts| {
+            c.iter()
+                .filter(|((verb, _), _)| verb == "watch")
+                .map(|(_, v)| v)
+                .sum::<u64>()
+        };
         let breakdown = |c: &Counts, d: f64| -> Value {
             c.iter()
                 .map(|((verb, res), v)| (format!("{verb} {res}"), json!(*v as f64 / d.max(1.0))))
@@ -675,12 +706,29 @@ async fn main() {
                 "operator_refresh_by_request",
                 breakdown(&cycle_operator, delivered as f64),
             ),
+            (
+                "operator_watches_opened_first_sync",
+                json!(watches(&sync_operator)),
+            ),
+            (
+                "operator_watches_opened_refresh_window",
+                json!(watches(&cycle_operator)),
+            ),
+            (
+                "api_first_sync_by_request",
+                breakdown(&sync_server, n as f64),
+            ),
+            (
+                "api_refresh_by_request",
+                breakdown(&cycle_server, delivered as f64),
+            ),
         ];
     }
     let results: BTreeMap<&str, Value> = [
         ("accounts", json!(n)),
         ("rate_per_second", json!(a.rate)),
         ("token_seconds", json!(a.token_secs)),
+        ("operator_concurrency", json!(a.concurrency)),
         ("initial_sync_seconds", json!(sync_secs)),
         ("rate_limit_bound_seconds", json!(bound_secs)),
         ("sync_over_bound", json!(sync_secs / bound_secs)),

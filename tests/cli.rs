@@ -230,3 +230,29 @@ fn the_demo_stops_on_sigterm_within_seconds() {
     };
     assert!(status.success(), "demo exited with {status}");
 }
+
+/// The allocator settings of `.cargo/config.toml` are compiled into the binary (one arena, pages returned within a
+/// second, a background purging thread): jemalloc's own statistics, printed at exit, say so.
+#[test]
+fn the_binary_carries_its_allocator_settings() {
+    let out = bin()
+        .arg("version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stats.contains(
+            "config.malloc_conf: \"narenas:1,dirty_decay_ms:1000,background_thread:true\""
+        ),
+        "{stats}"
+    );
+    for opt in [
+        "opt.narenas: 1\n",
+        "opt.dirty_decay_ms: 1000",
+        "opt.background_thread: true",
+    ] {
+        assert!(stats.contains(opt), "{opt} not in {stats}");
+    }
+}

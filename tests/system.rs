@@ -1279,6 +1279,56 @@ async fn a_shard_count_change_never_runs_two_writers() {
     );
 }
 
+/// Issue 18: a first write learns whether someone else's Secret holds its name from the credentials watch instead
+/// of a list. On the real API server: a Secret that existed before the operator started, and one created while it
+/// runs, a moment before the ConnectedAccount naming it, are both refused (SecretConflict), left exactly as they
+/// were, and cost no Pipedream call; a free name next to them is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
+    use base64::Engine;
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let foreign = |key: &str| json!({"data": {key: b64("theirs")}});
+    env.apply("v1", "Secret", Some("team-a"), "before", foreign("A"))
+        .await;
+    env.start_operator();
+    // Running, its caches synced.
+    create_ca(&env, "free", json!({})).await;
+    env.wait_synced("free", 20).await;
+    env.apply("v1", "Secret", Some("team-a"), "during", foreign("B"))
+        .await;
+    let kept = |name: &'static str| {
+        let env = &env;
+        async move { env.secret("team-a", name).await.unwrap() }
+    };
+    let (before, during) = (kept("before").await, kept("during").await);
+    for name in ["during", "before"] {
+        create_ca(&env, name, json!({"target": {"name": name}})).await;
+    }
+    for name in ["before", "during"] {
+        env.wait("SecretConflict", 20, async || {
+            (env.ready_reason(name).await.as_deref() == Some("False/SecretConflict")).then_some(())
+        })
+        .await;
+    }
+    // Untouched: same resourceVersion, so no byte, label or field owner was added.
+    assert_eq!(
+        kept("before").await["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        kept("during").await["metadata"]["resourceVersion"],
+        during["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        env.pd.count("connect_account"),
+        1,
+        "only the free name was fetched"
+    );
+}
+
 /// Issue 17 (7, 8): Merge force-applied into any Secret, taking keys Helm or another ConnectedAccount owned, and
 /// across shards two ConnectedAccounts wrote the same key in turn. On the real field manager: a key another manager
 /// owns is refused (SecretConflict naming it, value untouched), and of two ConnectedAccounts on different shards

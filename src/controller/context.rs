@@ -127,6 +127,9 @@ pub struct ObjectState {
     /// A digest of the status this process last wrote, and when: a cached object whose status differs is older
     /// than that write (only the operator writes status), so a pass waits for the watch to catch up.
     pub written_status: Option<(u64, Timestamp)>,
+    /// What the Secret index held for the target just before this process's last Secret write, and when: while it
+    /// still holds that, its watch has not delivered the write yet, and a pass waits instead of reading the Secret.
+    pub index_before_write: Option<(Option<String>, Timestamp)>,
 }
 
 /// A digest of a status, to tell whether a cached object carries the status last written.

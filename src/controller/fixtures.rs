@@ -1,4 +1,6 @@
 //! A mocked Kubernetes API server (tower-test) that stores Secrets, records every request, and can inject faults.
+//! (Over 400 lines: one fake serves every controller test: Secrets, ConnectedAccounts and their status, Events,
+//! watch events for the index and faults, each a few lines.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -286,6 +288,7 @@ impl MockApi {
         let mut v = serde_json::to_value(s).unwrap();
         v["apiVersion"] = json!("v1");
         v["kind"] = json!("Secret");
+        v["metadata"]["namespace"] = json!(ns);
         let name = s.metadata.name.clone().unwrap();
         let mut st = self.0.lock().unwrap();
         st.bump(&mut v);
@@ -319,6 +322,23 @@ impl MockApi {
         let mut out = vec![Event::Init];
         for s in st.secrets.values() {
             if s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true" {
+                let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
+                out.push(Event::InitApply(meta));
+            }
+        }
+        out.push(Event::InitDone);
+        out
+    }
+
+    /// What the credentials watch (Secrets without the watch label) would deliver on a listing now.
+    pub fn foreign_watch_events(
+        &self,
+    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
+        use kube::runtime::watcher::Event;
+        let st = self.0.lock().unwrap();
+        let mut out = vec![Event::Init];
+        for s in st.secrets.values() {
+            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] != "true" {
                 let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
                 out.push(Event::InitApply(meta));
             }

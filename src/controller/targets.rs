@@ -6,10 +6,11 @@
 //! wrote or read the Secret: equal means the Secret is exactly as written, so the pass needs no read.
 //!
 //! A Secret the operator has never written may still exist and belong to someone else, and a server-side apply
-//! would take it over; so a first write asks [`ForeignNames`] first. It lists the names of the namespace's
-//! Secrets without the watch label (`managed!=true`: a metadata list, usually a handful of names) at most once per
-//! [`FOREIGN_NAMES_TTL`], so a burst of thousands of first writes costs a few list requests instead of one read
-//! each.
+//! would take it over; so a first write asks [`ForeignNames`] first. It answers from the names the credentials
+//! watch (metadata of the Secrets without the watch label, which the operator runs anyway to follow connection
+//! credentials) has delivered, so a first write costs no request. Before that watch's first listing completes it
+//! lists the names of the namespace's Secrets without the watch label (a metadata list, usually a handful of
+//! names) at most once per [`FOREIGN_NAMES_TTL`], shared by every first write meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -85,9 +86,10 @@ struct IndexState {
 }
 
 impl IndexState {
-    fn apply(&mut self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+    fn apply(&mut self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
         let id = |m: &PartialObjectMeta<Secret>| {
-            SecretId::new(m.namespace().unwrap_or_default(), m.name_any())
+            let ns = m.namespace().or_else(|| scope.clone());
+            SecretId::new(ns.unwrap_or_default(), m.name_any())
         };
         match event {
             watcher::Event::Apply(m) => {
@@ -130,7 +132,10 @@ impl SecretIndex {
 
     /// Apply one watch event of `scope`'s watch (the same events a reflector store takes).
     pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        lock(&self.0).entry(scope.clone()).or_default().apply(event);
+        lock(&self.0)
+            .entry(scope.clone())
+            .or_default()
+            .apply(scope, event);
     }
 
     /// What the index holds for `id`; `None` when it does not hold it. Before the first listing of the scope
@@ -166,17 +171,90 @@ struct Listing {
     names: OnceCell<Result<HashSet<String>, String>>,
 }
 
-/// Names of the Secrets in a namespace that do not carry the watch label, listed on demand and shared by every
-/// first write within [`FOREIGN_NAMES_TTL`].
+/// Secret names by namespace, as one scope's watch delivered them: a name costs a few dozen bytes.
+#[derive(Default)]
+struct NameState {
+    names: HashMap<String, HashSet<String>>,
+    /// A re-list in progress: its names replace the set when it completes.
+    relist: Option<HashMap<String, HashSet<String>>>,
+    ready: bool,
+}
+
+impl NameState {
+    fn apply(&mut self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let ns = |m: &PartialObjectMeta<Secret>| {
+            m.namespace().or_else(|| scope.clone()).unwrap_or_default()
+        };
+        match event {
+            watcher::Event::Apply(m) => {
+                self.names.entry(ns(m)).or_default().insert(m.name_any());
+            }
+            watcher::Event::Delete(m) => {
+                let ns = ns(m);
+                if let Some(set) = self.names.get_mut(&ns) {
+                    set.remove(&m.name_any());
+                    if set.is_empty() {
+                        self.names.remove(&ns);
+                    }
+                }
+            }
+            watcher::Event::Init => self.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(m) => {
+                self.relist
+                    .get_or_insert_with(HashMap::new)
+                    .entry(ns(m))
+                    .or_default()
+                    .insert(m.name_any());
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relist.take() {
+                    self.names = fresh;
+                }
+                self.ready = true;
+            }
+        }
+    }
+}
+
+/// Names of the Secrets that do not carry the watch label: as the credentials watch delivered them, or (before
+/// its first listing) listed on demand and shared by every first write within [`FOREIGN_NAMES_TTL`].
 #[derive(Default)]
 pub struct ForeignNames {
+    /// Fed by the credentials watch of each scope.
+    watched: Mutex<HashMap<Option<String>, NameState>>,
     listings: Mutex<HashMap<String, Arc<Listing>>>,
 }
 
 impl ForeignNames {
-    /// Whether a Secret named `id.name` exists in `id.namespace` without the watch label. One metadata list per
-    /// namespace per [`FOREIGN_NAMES_TTL`], however many first writes ask.
+    /// Apply one event of `scope`'s credentials watch.
+    pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        lock(&self.watched)
+            .entry(scope.clone())
+            .or_default()
+            .apply(scope, event);
+    }
+
+    /// What the watch of the scope covering `id` knows, once it has listed.
+    fn watched(&self, id: &SecretId) -> Option<bool> {
+        let parts = lock(&self.watched);
+        let part = parts
+            .get(&Some(id.namespace.clone()))
+            .or_else(|| parts.get(&None))
+            .filter(|p| p.ready)?;
+        Some(
+            part.names
+                .get(&id.namespace)
+                .is_some_and(|set| set.contains(&id.name)),
+        )
+    }
+
+    /// Whether a Secret named `id.name` exists in `id.namespace` without the watch label. From the watch when it
+    /// has listed its scope; otherwise one metadata list per namespace per [`FOREIGN_NAMES_TTL`], however many
+    /// first writes ask.
     pub async fn exists(&self, client: &Client, id: &SecretId) -> Result<bool, kube::Error> {
+        if let Some(found) = self.watched(id) {
+            return Ok(found);
+        }
         let listing = {
             let mut map = lock(&self.listings);
             let now = tokio::time::Instant::now();
@@ -228,99 +306,4 @@ async fn list_foreign(client: &Client, ns: &str) -> Result<HashSet<String>, kube
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::api::ObjectMeta;
-
-    fn meta(name: &str, rv: &str, annotations: &[(&str, &str)]) -> PartialObjectMeta<Secret> {
-        PartialObjectMeta {
-            types: None,
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("team-a".into()),
-                resource_version: Some(rv.into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            _phantom: Default::default(),
-        }
-    }
-
-    #[test]
-    fn the_index_follows_the_watch_and_replaces_itself_on_a_relist() {
-        let idx = SecretIndex::new(&[None]);
-        let id = SecretId::new("team-a", "gh");
-        assert_eq!(
-            idx.get(&id),
-            Err(NotReady),
-            "nothing is known before the first listing"
-        );
-        idx.apply(&None, &watcher::Event::Init);
-        idx.apply(
-            &None,
-            &watcher::Event::InitApply(meta("gh", "5", &[(OWNER_ANNOTATION, "team-a/gh")])),
-        );
-        idx.apply(
-            &None,
-            &watcher::Event::InitApply(meta(
-                "shared",
-                "6",
-                &[("merge.pipedream-secrets.io/uid-1", "a")],
-            )),
-        );
-        idx.apply(&None, &watcher::Event::InitDone);
-        let got = idx.get(&id).unwrap().unwrap();
-        assert_eq!(got.resource_version, "5");
-        assert_eq!(got.owner.as_deref(), Some("team-a/gh"));
-        assert_eq!(
-            idx.get(&SecretId::new("team-a", "shared"))
-                .unwrap()
-                .unwrap()
-                .merge_writers,
-            ["uid-1"]
-        );
-        idx.apply(&None, &watcher::Event::Apply(meta("gh", "9", &[])));
-        assert_eq!(idx.get(&id).unwrap().unwrap().resource_version, "9");
-        idx.apply(&None, &watcher::Event::Delete(meta("gh", "9", &[])));
-        assert_eq!(idx.get(&id), Ok(None));
-        // A re-list (after a 410) drops what it no longer lists, once it is complete.
-        idx.apply(&None, &watcher::Event::Init);
-        idx.apply(&None, &watcher::Event::InitApply(meta("gh", "12", &[])));
-        assert!(
-            idx.get(&SecretId::new("team-a", "shared"))
-                .unwrap()
-                .is_some()
-        );
-        idx.apply(&None, &watcher::Event::InitDone);
-        assert_eq!(idx.get(&SecretId::new("team-a", "shared")), Ok(None));
-        assert_eq!(idx.len(), 1);
-    }
-
-    /// Regression (issue 18): with several watched namespaces, one namespace's listing finishing first replaced
-    /// the whole index and declared it ready, so the other namespace's Secrets looked deleted and were fetched
-    /// again after a failover.
-    #[test]
-    fn each_watched_namespace_keeps_its_own_listing() {
-        let scopes = [Some("ops".to_string()), Some("team-a".to_string())];
-        let idx = SecretIndex::new(&scopes);
-        idx.apply(&scopes[1], &watcher::Event::Init);
-        idx.apply(&scopes[1], &watcher::Event::InitApply(meta("gh", "5", &[])));
-        idx.apply(&scopes[0], &watcher::Event::Init);
-        idx.apply(&scopes[0], &watcher::Event::InitDone);
-        assert!(!idx.is_ready());
-        assert_eq!(
-            idx.get(&SecretId::new("team-a", "gh")),
-            Err(NotReady),
-            "team-a is not listed yet"
-        );
-        idx.apply(&scopes[1], &watcher::Event::InitDone);
-        assert!(idx.is_ready());
-        assert!(idx.get(&SecretId::new("team-a", "gh")).unwrap().is_some());
-        assert_eq!(idx.get(&SecretId::new("ops", "gh")), Ok(None));
-    }
-}
+mod tests;

@@ -25,6 +25,7 @@ use super::build::Synced;
 use super::context::status_digest;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
+use super::targets::SecretId;
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::AccountKey;
 use crate::reason::{Error, SyncFailure};
@@ -35,6 +36,11 @@ use crate::schedule::{self, format_ts, parse_ts};
 const STALE_CACHE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How soon it looks again meanwhile.
 const STALE_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a pass waits for the Secret watch to deliver the operator's own last Secret write before it reads the
+/// Secret (the watch is lagging or broken). A change by someone else right after a write shows in the index as a
+/// third version and is read at once; only a deletion within this window waits it out.
+const INDEX_LAG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a pass ended, before it is reported.
 enum Outcome {
@@ -87,6 +93,11 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
         debug!("the cached object predates the last status write; waiting for the watch");
         return Ok(requeue(ctx, &uid, schedule::add(now, STALE_CACHE_RECHECK)));
     }
+    // Likewise for the Secret: until the index has seen this process's write, the pass would have to read it.
+    if let Some(at) = index_lagging(ca, ctx, &mem, now) {
+        debug!("the Secret index has not seen the last Secret write; waiting for the watch");
+        return Ok(requeue(ctx, &uid, at));
+    }
     // Waits need no reads: a failed object's own status write must cost nothing.
     let (recorded, remembered) = (
         gather::recorded(ca, &mem),
@@ -109,6 +120,24 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
         Step::Fail(f) => Outcome::Failed(f),
     };
     report::report(ca, ctx, &known, outcome).await
+}
+
+/// When to look again, if the Secret index still holds what it held before this process's last Secret write.
+fn index_lagging(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    mem: &super::ObjectState,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let (before, at) = mem.index_before_write.as_ref()?;
+    if now >= schedule::add(*at, INDEX_LAG_PATIENCE)
+        || ca.spec.target.creation_policy == crate::crd::CreationPolicy::Merge
+    {
+        return None;
+    }
+    let id = SecretId::new(ca.namespace().unwrap_or_default(), ca.secret_name());
+    let held = ctx.secrets.get(&id).ok()?.map(|e| e.resource_version);
+    (held == *before).then(|| schedule::add(now, STALE_CACHE_RECHECK))
 }
 
 /// The next pass at `at`, counted from the end of this one: a slow pass does not push the next one later.

@@ -108,6 +108,8 @@ pub(super) async fn write(
         (None, st.secret_resource_version.clone())
     } else {
         let manager = secret::field_manager(ca);
+        let id = SecretId::new(&ns, &name);
+        let indexed_before = ctx.secrets.get(&id).map(|e| e.map(|e| e.resource_version));
         let applied = api
             .patch(
                 &name,
@@ -124,7 +126,15 @@ pub(super) async fn write(
         };
         let version = applied.resource_version();
         let uid = ca.uid().unwrap_or_default();
-        ctx.update_object(&uid, |o| o.secret_version = version.clone());
+        let now = known.facts.now;
+        ctx.update_object(&uid, |o| {
+            o.secret_version = version.clone();
+            // A write that changed nothing (same resourceVersion) has no watch event to wait for.
+            o.index_before_write = indexed_before
+                .ok()
+                .filter(|before| before.as_ref() != version.as_ref())
+                .map(|before| (before, now));
+        });
         let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
         let kind = build::written(
             known.exists,

@@ -762,7 +762,19 @@ pub fn object_path(obj: &Value) -> Result<String, String> {
     })
 }
 
-/// Sum `apiserver_request_total` samples by (verb, resource[/subresource]).
+/// The metrics' verb (`POST`, `PUT`, `APPLY`, ...) as the audit log and [`crate::faultproxy::classify`] name it
+/// (`create`, `update`, `patch`, ...), so counts from both can be subtracted.
+fn audit_verb(metric_verb: &str) -> String {
+    match metric_verb {
+        "POST" => "create",
+        "PUT" => "update",
+        "APPLY" | "PATCH" => "patch",
+        other => return other.to_ascii_lowercase(),
+    }
+    .to_string()
+}
+
+/// Sum `apiserver_request_total` samples by (verb, resource[/subresource]), verbs named as in the audit log.
 pub fn parse_request_totals(text: &str) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
@@ -785,7 +797,7 @@ pub fn parse_request_totals(text: &str) -> BTreeMap<(String, String), u64> {
             sub => format!("{}/{sub}", label("resource")),
         };
         let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-        *out.entry((label("verb").to_ascii_lowercase(), resource))
+        *out.entry((audit_verb(&label("verb")), resource))
             .or_insert(0) += n;
     }
     out
