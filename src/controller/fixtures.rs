@@ -312,33 +312,29 @@ impl MockApi {
         st.secrets.insert((ns.into(), name), v);
     }
 
-    /// What the label-selected Secret watch would deliver now: every Secret carrying the watch label, as a
-    /// complete re-list.
+    /// What the label-selected Secret watch (the Secrets the operator writes into) would deliver on a listing now.
     pub fn watch_events(
         &self,
     ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
-        use kube::runtime::watcher::Event;
-        let st = self.0.lock().unwrap();
-        let mut out = vec![Event::Init];
-        for s in st.secrets.values() {
-            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true" {
-                let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
-                out.push(Event::InitApply(meta));
-            }
-        }
-        out.push(Event::InitDone);
-        out
+        self.listing(true)
     }
 
     /// What the credentials watch (Secrets without the watch label) would deliver on a listing now.
     pub fn foreign_watch_events(
         &self,
     ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
+        self.listing(false)
+    }
+
+    fn listing(
+        &self,
+        managed: bool,
+    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
         use kube::runtime::watcher::Event;
         let st = self.0.lock().unwrap();
         let mut out = vec![Event::Init];
         for s in st.secrets.values() {
-            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] != "true" {
+            if (s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true") == managed {
                 let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
                 out.push(Event::InitApply(meta));
             }
