@@ -662,19 +662,14 @@ async fn main() {
         let (cycle_server, cycle_operator) = phase(s1, s2);
         // Watches are long-running: re-opened every few minutes whatever the number of accounts, so they are
         // reported as counts, not per account.
-        let per = |c: &Counts, d: f64| {
+        let sum = |c: &Counts, watch: bool| {
             c.iter()
-                .filter(|((verb, _), _)| verb != "watch")
-                .map(|(_, v)| v)
-                .sum::<u64>() as f64
-                / d.max(1.0)
-        };
-        let watches = |c: &Counts| {
-            c.iter()
-                .filter(|((verb, _), _)| verb == "watch")
+                .filter(|((verb, _), _)| (verb == "watch") == watch)
                 .map(|(_, v)| v)
                 .sum::<u64>()
         };
+        let per = |c: &Counts, d: f64| sum(c, false) as f64 / d.max(1.0);
+        let watches = |c: &Counts| sum(c, true);
         let breakdown = |c: &Counts, d: f64| -> Value {
             c.iter()
                 .map(|((verb, res), v)| (format!("{verb} {res}"), json!(*v as f64 / d.max(1.0))))

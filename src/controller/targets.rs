@@ -63,7 +63,13 @@ pub struct Indexed {
     pub merge_writers: Vec<String>,
 }
 
-impl Indexed {
+/// What a scope's index keeps of each Secret its watch delivers.
+pub trait Kept: Clone + Send + 'static {
+    /// The entry for one Secret's metadata.
+    fn of(meta: &PartialObjectMeta<Secret>) -> Self;
+}
+
+impl Kept for Indexed {
     fn of(meta: &PartialObjectMeta<Secret>) -> Self {
         let annotations = meta.annotations();
         Self {
@@ -77,15 +83,29 @@ impl Indexed {
     }
 }
 
-#[derive(Default)]
-struct IndexState {
-    entries: HashMap<SecretId, Indexed>,
+/// The name alone.
+impl Kept for () {
+    fn of(_: &PartialObjectMeta<Secret>) -> Self {}
+}
+
+struct IndexState<V> {
+    entries: HashMap<SecretId, V>,
     /// A re-list in progress: its entries replace the index when it completes.
-    relist: Option<HashMap<SecretId, Indexed>>,
+    relist: Option<HashMap<SecretId, V>>,
     ready: bool,
 }
 
-impl IndexState {
+impl<V> Default for IndexState<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            relist: None,
+            ready: false,
+        }
+    }
+}
+
+impl<V: Kept> IndexState<V> {
     fn apply(&mut self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
         let id = |m: &PartialObjectMeta<Secret>| {
             let ns = m.namespace().or_else(|| scope.clone());
@@ -93,7 +113,7 @@ impl IndexState {
         };
         match event {
             watcher::Event::Apply(m) => {
-                self.entries.insert(id(m), Indexed::of(m));
+                self.entries.insert(id(m), V::of(m));
             }
             watcher::Event::Delete(m) => {
                 self.entries.remove(&id(m));
@@ -102,7 +122,7 @@ impl IndexState {
             watcher::Event::InitApply(m) => {
                 self.relist
                     .get_or_insert_with(HashMap::new)
-                    .insert(id(m), Indexed::of(m));
+                    .insert(id(m), V::of(m));
             }
             watcher::Event::InitDone => {
                 if let Some(fresh) = self.relist.take() {
@@ -114,12 +134,26 @@ impl IndexState {
     }
 }
 
-/// The Secrets carrying the watch label, by resourceVersion and writer; fed by the metadata watch of each watched
-/// scope (a namespace, or `None` for all), each with its own listings.
-#[derive(Clone, Default)]
-pub struct SecretIndex(Arc<Mutex<HashMap<Option<String>, IndexState>>>);
+/// Secrets by identity, fed by a metadata watch of each watched scope (a namespace, or `None` for all), each with
+/// its own listings. [`SecretIndex`] keeps the Secrets carrying the watch label by resourceVersion and writer.
+pub struct ScopedIndex<V>(Arc<Mutex<HashMap<Option<String>, IndexState<V>>>>);
 
-impl SecretIndex {
+/// The Secrets carrying the watch label, by resourceVersion and writer.
+pub type SecretIndex = ScopedIndex<Indexed>;
+
+impl<V> Clone for ScopedIndex<V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<V> Default for ScopedIndex<V> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<V: Kept> ScopedIndex<V> {
     /// An index fed by one watch per scope.
     pub fn new(scopes: &[Option<String>]) -> Self {
         Self(Arc::new(Mutex::new(
@@ -140,7 +174,7 @@ impl SecretIndex {
 
     /// What the index holds for `id`; `None` when it does not hold it. Before the first listing of the scope
     /// covering it completed, nothing is known (`Err`).
-    pub fn get(&self, id: &SecretId) -> Result<Option<Indexed>, NotReady> {
+    pub fn get(&self, id: &SecretId) -> Result<Option<V>, NotReady> {
         let parts = lock(&self.0);
         let part = parts
             .get(&Some(id.namespace.clone()))
@@ -171,89 +205,27 @@ struct Listing {
     names: OnceCell<Result<HashSet<String>, String>>,
 }
 
-/// Secret names by namespace, as one scope's watch delivered them: a name costs a few dozen bytes.
-#[derive(Default)]
-struct NameState {
-    names: HashMap<String, HashSet<String>>,
-    /// A re-list in progress: its names replace the set when it completes.
-    relist: Option<HashMap<String, HashSet<String>>>,
-    ready: bool,
-}
-
-impl NameState {
-    fn apply(&mut self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        let ns = |m: &PartialObjectMeta<Secret>| {
-            m.namespace().or_else(|| scope.clone()).unwrap_or_default()
-        };
-        match event {
-            watcher::Event::Apply(m) => {
-                self.names.entry(ns(m)).or_default().insert(m.name_any());
-            }
-            watcher::Event::Delete(m) => {
-                let ns = ns(m);
-                if let Some(set) = self.names.get_mut(&ns) {
-                    set.remove(&m.name_any());
-                    if set.is_empty() {
-                        self.names.remove(&ns);
-                    }
-                }
-            }
-            watcher::Event::Init => self.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(m) => {
-                self.relist
-                    .get_or_insert_with(HashMap::new)
-                    .entry(ns(m))
-                    .or_default()
-                    .insert(m.name_any());
-            }
-            watcher::Event::InitDone => {
-                if let Some(fresh) = self.relist.take() {
-                    self.names = fresh;
-                }
-                self.ready = true;
-            }
-        }
-    }
-}
-
 /// Names of the Secrets that do not carry the watch label: as the credentials watch delivered them, or (before
 /// its first listing) listed on demand and shared by every first write within [`FOREIGN_NAMES_TTL`].
 #[derive(Default)]
 pub struct ForeignNames {
     /// Fed by the credentials watch of each scope.
-    watched: Mutex<HashMap<Option<String>, NameState>>,
+    watched: ScopedIndex<()>,
     listings: Mutex<HashMap<String, Arc<Listing>>>,
 }
 
 impl ForeignNames {
     /// Apply one event of `scope`'s credentials watch.
     pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        lock(&self.watched)
-            .entry(scope.clone())
-            .or_default()
-            .apply(scope, event);
-    }
-
-    /// What the watch of the scope covering `id` knows, once it has listed.
-    fn watched(&self, id: &SecretId) -> Option<bool> {
-        let parts = lock(&self.watched);
-        let part = parts
-            .get(&Some(id.namespace.clone()))
-            .or_else(|| parts.get(&None))
-            .filter(|p| p.ready)?;
-        Some(
-            part.names
-                .get(&id.namespace)
-                .is_some_and(|set| set.contains(&id.name)),
-        )
+        self.watched.apply(scope, event);
     }
 
     /// Whether a Secret named `id.name` exists in `id.namespace` without the watch label. From the watch when it
     /// has listed its scope; otherwise one metadata list per namespace per [`FOREIGN_NAMES_TTL`], however many
     /// first writes ask.
     pub async fn exists(&self, client: &Client, id: &SecretId) -> Result<bool, kube::Error> {
-        if let Some(found) = self.watched(id) {
-            return Ok(found);
+        if let Ok(found) = self.watched.get(id) {
+            return Ok(found.is_some());
         }
         let listing = {
             let mut map = lock(&self.listings);
