@@ -15,8 +15,10 @@
 
 mod kube_layer;
 mod process;
+mod scrape;
 
 pub use kube_layer::KubeRequestMetrics;
+pub use scrape::accepts_gzip;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -113,40 +115,21 @@ impl From<&ConnectionId> for ConnectionLabels {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ObjectLabels {
-    namespace: String,
-    name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ConditionLabels {
-    namespace: String,
-    name: String,
-    condition: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    namespace: String,
-    name: String,
-    reason: String,
-}
-
 /// The values of a Ready condition's status.
 pub const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
 
-/// What the metrics show about one ConnectedAccount, read off its status.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ObjectView {
+/// What the metrics show about one ConnectedAccount, read off its status (borrowed from the cached object: a scrape
+/// of 10,000 objects copies none of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ObjectView<'a> {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: &'a str,
     /// Name.
-    pub name: String,
+    pub name: &'a str,
     /// Ready's status: `True`, `False`, or `Unknown` (no Ready condition yet).
     pub ready: &'static str,
     /// Ready's reason (`Pending` before the first pass reports one). Bounded: the reasons the operator writes.
-    pub reason: String,
+    pub reason: &'a str,
     /// Expiry of the credentials in its Secret.
     pub expires_at: Option<Timestamp>,
     /// When it is fetched next.
@@ -154,6 +137,10 @@ pub struct ObjectView {
     /// Last time its Secret was written or confirmed against Pipedream.
     pub last_sync: Option<Timestamp>,
 }
+
+/// Visits every cached ConnectedAccount: calls its argument once per object.
+type EachObject<'a> = dyn Fn(&mut dyn FnMut(ObjectView<'_>)) + 'a;
+type ObjectSource = Box<dyn Fn(&mut dyn FnMut(ObjectView<'_>)) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct ConnectionGauges {
@@ -176,7 +163,7 @@ type Source<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
 
 #[derive(Default)]
 struct State {
-    objects: Source<Vec<ObjectView>>,
+    objects: Mutex<Option<ObjectSource>>,
     connections: Mutex<BTreeMap<ConnectionLabels, ConnectionGauges>>,
     queues: Source<Vec<QueueStats>>,
     due: Source<i64>,
@@ -210,72 +197,100 @@ fn gauge<S: EncodeLabelSet>(
     Ok(())
 }
 
+/// Writes one series of a family: its labels and value.
+type Row<'r> = dyn FnMut(&[(&str, &str)], f64) -> Result<(), std::fmt::Error> + 'r;
+
+/// A gauge family with `rows` series per object, written as the objects are visited (nothing is collected first).
+fn object_gauge(
+    enc: &mut DescriptorEncoder,
+    each: &EachObject<'_>,
+    name: &str,
+    help: &str,
+    rows: impl Fn(&ObjectView<'_>, &mut Row<'_>) -> Result<(), std::fmt::Error>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+    let mut result = Ok(());
+    each(&mut |o| {
+        if result.is_ok() {
+            result = rows(&o, &mut |labels, v| {
+                ConstGauge::new(v).encode(m.encode_family(&labels)?)
+            });
+        }
+    });
+    result
+}
+
 #[derive(Debug)]
 struct StateCollector(Arc<State>);
 
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
-        let objects = lock(&state.objects)
-            .as_ref()
-            .map(|f| f())
-            .unwrap_or_default();
-        let ol = |o: &ObjectView| ObjectLabels {
-            namespace: o.namespace.clone(),
-            name: o.name.clone(),
+        let objects = lock(&state.objects);
+        let each = |f: &mut dyn FnMut(ObjectView<'_>)| {
+            if let Some(source) = objects.as_ref() {
+                source(f);
+            }
         };
-        gauge(
+        let timestamp = |at: fn(&ObjectView<'_>) -> Option<Timestamp>| {
+            move |o: &ObjectView<'_>, row: &mut Row<'_>| match at(o) {
+                Some(t) => row(&[("namespace", o.namespace), ("name", o.name)], secs(t)),
+                None => Ok(()),
+            }
+        };
+        object_gauge(
             &mut enc,
+            &each,
             "connectedaccount_credentials_expiration_timestamp_seconds",
             "Expiry of the credentials in each ConnectedAccount's Secret (Unix seconds; absent when they do not expire)",
-            objects
-                .iter()
-                .filter_map(|o| Some((ol(o), secs(o.expires_at?)))),
+            timestamp(|o| o.expires_at),
         )?;
-        gauge(
+        object_gauge(
             &mut enc,
+            &each,
             "connectedaccount_next_sync_timestamp_seconds",
             "When each ConnectedAccount is fetched from Pipedream next (Unix seconds)",
-            objects
-                .iter()
-                .filter_map(|o| Some((ol(o), secs(o.next_sync?)))),
+            timestamp(|o| o.next_sync),
         )?;
-        gauge(
+        object_gauge(
             &mut enc,
+            &each,
             "connectedaccount_last_sync_timestamp_seconds",
             "Last time each ConnectedAccount's Secret was written or confirmed against Pipedream (Unix seconds)",
-            objects
-                .iter()
-                .filter_map(|o| Some((ol(o), secs(o.last_sync?)))),
+            timestamp(|o| o.last_sync),
         )?;
-        gauge(
+        object_gauge(
             &mut enc,
+            &each,
             "connectedaccount_ready_status",
             "The status of each ConnectedAccount's Ready condition: 1 on the series of its current status (True, False or Unknown), 0 on the others",
-            objects.iter().flat_map(|o| {
-                CONDITION_STATUSES.iter().map(move |c| {
-                    let labels = ConditionLabels {
-                        namespace: o.namespace.clone(),
-                        name: o.name.clone(),
-                        condition: c,
-                    };
-                    (labels, if *c == o.ready { 1.0 } else { 0.0 })
-                })
-            }),
+            |o, row| {
+                for c in CONDITION_STATUSES {
+                    let labels = [
+                        ("namespace", o.namespace),
+                        ("name", o.name),
+                        ("condition", c),
+                    ];
+                    row(&labels, if c == o.ready { 1.0 } else { 0.0 })?;
+                }
+                Ok(())
+            },
         )?;
-        gauge(
+        object_gauge(
             &mut enc,
+            &each,
             "connectedaccount_ready_reason",
             "1 per ConnectedAccount, labelled with its Ready reason (SecretSynced, or why not)",
-            objects.iter().map(|o| {
-                let labels = ReasonLabels {
-                    namespace: o.namespace.clone(),
-                    name: o.name.clone(),
-                    reason: o.reason.clone(),
-                };
-                (labels, 1.0)
-            }),
+            |o, row| {
+                let labels = [
+                    ("namespace", o.namespace),
+                    ("name", o.name),
+                    ("reason", o.reason),
+                ];
+                row(&labels, 1.0)
+            },
         )?;
+        drop(objects);
         let conns: Vec<(ConnectionLabels, ConnectionGauges)> = lock(&state.connections)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
@@ -361,6 +376,8 @@ pub struct Metrics {
     in_flight: Gauge,
     leader: Gauge,
     state: Arc<State>,
+    /// Length of the last plain-text scrape (the next one's buffer starts that large).
+    last_scrape_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -517,6 +534,7 @@ impl Metrics {
             in_flight,
             leader,
             state,
+            last_scrape_len: Default::default(),
         }
     }
 
@@ -592,7 +610,11 @@ impl Metrics {
     }
 
     /// Where the per-ConnectedAccount series come from (read at scrape time: the cache of ConnectedAccounts).
-    pub fn set_object_source(&self, f: impl Fn() -> Vec<ObjectView> + Send + Sync + 'static) {
+    /// `f` calls its argument once per object.
+    pub fn set_object_source(
+        &self,
+        f: impl Fn(&mut dyn FnMut(ObjectView<'_>)) + Send + Sync + 'static,
+    ) {
         *lock(&self.state.objects) = Some(Box::new(f));
     }
 
@@ -641,10 +663,11 @@ impl Metrics {
 
     /// OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        scrape::plain(&self.registry, &self.last_scrape_len)
+    }
+
+    /// OpenMetrics text of every metric, gzip-compressed as it is written (see `scrape`).
+    pub fn encode_gzip(&self) -> Vec<u8> {
+        scrape::gzip(&self.registry)
     }
 }

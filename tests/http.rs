@@ -25,15 +25,15 @@ async fn health_readiness_and_metrics() {
     metrics.observe_request("connect_account", "200", Duration::from_millis(20));
     let exp: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
     // Per-object series come from a source (the operator's cache of ConnectedAccounts) read at scrape time.
-    metrics.set_object_source(move || {
-        vec![ObjectView {
-            namespace: "team-a".into(),
-            name: "gh".into(),
+    metrics.set_object_source(move |each| {
+        each(ObjectView {
+            namespace: "team-a",
+            name: "gh",
             ready: "True",
-            reason: "SecretSynced".into(),
+            reason: "SecretSynced",
             expires_at: Some(exp),
             ..Default::default()
-        }]
+        })
     });
     let conn = pipedream_secrets_operator::identity::ConnectionId::cluster("default");
     metrics.set_connection_ready(&conn, true);
@@ -83,4 +83,78 @@ async fn health_readiness_and_metrics() {
         !text.contains("credentials_expiry_seconds"),
         "the relative gauge is gone"
     );
+}
+
+/// Prometheus asks for gzip: it gets the same text, compressed, and a client that does not ask gets plain text.
+#[tokio::test]
+async fn metrics_are_gzip_compressed_for_a_scraper_that_asks() {
+    use std::io::Read;
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ready = Arc::new(AtomicBool::new(true));
+    tokio::spawn(axum::serve(listener, router(metrics.clone(), ready)).into_future());
+    let n = 10_000;
+    metrics.set_object_source(move |each| {
+        for i in 0..n {
+            let (namespace, name) = (format!("team-{}", i % 7), format!("ca-{i:05}"));
+            each(ObjectView {
+                namespace: &namespace,
+                name: &name,
+                ready: "True",
+                reason: "SecretSynced",
+                expires_at: Some(jiff::Timestamp::from_second(1_795_341_600 + i).unwrap()),
+                ..Default::default()
+            })
+        }
+    });
+    // reqwest here has no gzip support of its own: the body arrives as the server sent it.
+    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5)).unwrap();
+    let scrape = |accept: Option<&'static str>| {
+        let mut req = http.get(format!("http://{addr}/metrics"));
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
+        }
+        req.send()
+    };
+    let plain = scrape(None).await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let plain = plain.text().await.unwrap();
+    let zipped = scrape(Some("gzip, deflate")).await.unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    assert_eq!(zipped.headers()["vary"], "accept-encoding");
+    assert!(
+        zipped.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let zipped = zipped.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    // The process's own gauges (memory, CPU) move between two scrapes; every other line is the same.
+    let stable = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("process_"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(stable(&text), stable(&plain));
+    assert!(text.ends_with("# EOF\n"), "complete text");
+    let expiry = "pipedream_secrets_connectedaccount_credentials_expiration_timestamp_seconds";
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(expiry)).count(),
+        n as usize
+    );
+    assert!(
+        zipped.len() * 5 < plain.len(),
+        "{} compressed bytes for {} of text",
+        zipped.len(),
+        plain.len()
+    );
+    // q=0 refuses gzip.
+    let refused = scrape(Some("gzip;q=0")).await.unwrap();
+    assert_eq!(refused.headers().get("content-encoding"), None);
 }

@@ -130,6 +130,9 @@ pub struct ObjectState {
     /// What the Secret index held for the target just before this process's last Secret write, and when: while it
     /// still holds that, its watch has not delivered the write yet, and a pass waits instead of reading the Secret.
     pub index_before_write: Option<(Option<String>, Timestamp)>,
+    /// The account (through its connection) whose answers it uses: the answer cache counts an account's users
+    /// and forgets it with the last (see [`Context::use_account`]).
+    pub uses: Option<AccountKey>,
 }
 
 /// A digest of a status, to tell whether a cached object carries the status last written.
@@ -169,7 +172,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Clock.
     pub clock: Clock,
-    objects: Mutex<HashMap<String, ObjectState>>,
+    /// Boxed: a map's table is sized in powers of two, so at 10,000 objects an unboxed one held 16,384 slots of
+    /// the full state (5 MiB); boxed, the spare slots cost a pointer.
+    objects: Mutex<HashMap<String, Box<ObjectState>>>,
     /// Rotated connection credentials (see [`super::credentials`]).
     pub credential_watch: super::credentials::CredentialWatch,
 }
@@ -226,8 +231,11 @@ impl Context {
             })
         });
         let weak = Arc::downgrade(&ctx);
-        metrics
-            .set_object_source(move || weak.upgrade().map_or_else(Vec::new, |c| c.object_views()));
+        metrics.set_object_source(move |f| {
+            if let Some(c) = weak.upgrade() {
+                c.each_object_view(f);
+            }
+        });
         let weak = Arc::downgrade(&ctx);
         metrics.set_due_source(move || {
             weak.upgrade().map_or(0, |c| {
@@ -251,18 +259,25 @@ impl Context {
         Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
-    fn lock_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObjectState>> {
+    fn lock_objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<ObjectState>>> {
         lock(&self.objects)
     }
 
     /// A copy of what is remembered about object `uid`.
     pub fn object(&self, uid: &str) -> ObjectState {
-        self.lock_objects().get(uid).cloned().unwrap_or_default()
+        self.lock_objects()
+            .get(uid)
+            .map(|o| ObjectState::clone(o))
+            .unwrap_or_default()
     }
 
     /// Change what is remembered about object `uid`.
     pub fn update_object<T>(&self, uid: &str, f: impl FnOnce(&mut ObjectState) -> T) -> T {
-        f(self.lock_objects().entry(uid.to_string()).or_default())
+        let mut objects = self.lock_objects();
+        match objects.get_mut(uid) {
+            Some(o) => f(o),
+            None => f(objects.entry(uid.to_string()).or_default()),
+        }
     }
 
     /// Forget a deleted object.
@@ -279,20 +294,29 @@ impl Context {
 
     /// Forget a deleted ConnectedAccount (its metric series go with it from the cache).
     pub fn forget(&self, uid: &str) {
-        self.forget_object(uid);
-        self.fetcher.cache.used_by(uid, None);
+        let used = self.lock_objects().remove(uid).and_then(|o| o.uses);
+        self.fetcher.cache.switch_use(used.as_ref(), None);
     }
 
-    /// What the metrics show about every cached ConnectedAccount, from its status.
-    pub fn object_views(&self) -> Vec<crate::metrics::ObjectView> {
+    /// ConnectedAccount `uid` now uses `key` (or nothing): the answer cache keeps an account's answers while some
+    /// object uses them.
+    pub fn use_account(&self, uid: &str, key: Option<&AccountKey>) {
+        let moved = self.update_object(uid, |o| {
+            (o.uses.as_ref() != key).then(|| std::mem::replace(&mut o.uses, key.cloned()))
+        });
+        if let Some(from) = moved {
+            self.fetcher.cache.switch_use(from.as_ref(), key);
+        }
+    }
+
+    /// Show `f` what the metrics show about every cached ConnectedAccount, from its status.
+    pub fn each_object_view(&self, f: &mut dyn FnMut(crate::metrics::ObjectView<'_>)) {
         let stores = lock(&self.accounts).clone();
-        let mut out = Vec::new();
         for store in stores {
             for ca in store.state() {
-                out.push(object_view(&ca));
+                f(object_view(&ca));
             }
         }
-        out
     }
 
     /// Count a failed pass of object `uid`; the attempt number (1 for the first failure in a row).
@@ -328,21 +352,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The metrics' view of one ConnectedAccount: its status, as cached.
-pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView {
+pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView<'_> {
     use crate::schedule::parse_ts;
-    let status = ca.status.clone().unwrap_or_default();
+    let status = ca.status.as_ref();
     let ready = ca.ready_condition();
+    let time = |f: fn(&crate::crd::ConnectedAccountStatus) -> &Option<String>| {
+        status.and_then(|s| f(s).as_deref()).and_then(parse_ts)
+    };
     crate::metrics::ObjectView {
-        namespace: kube::ResourceExt::namespace(ca).unwrap_or_default(),
-        name: kube::ResourceExt::name_any(ca),
+        namespace: ca.metadata.namespace.as_deref().unwrap_or_default(),
+        name: ca.metadata.name.as_deref().unwrap_or_default(),
         ready: match ready.map(|c| c.status.as_str()) {
             Some("True") => "True",
             Some("False") => "False",
             _ => "Unknown",
         },
-        reason: ready.map_or_else(|| "Pending".to_string(), |c| c.reason.clone()),
-        expires_at: status.expires_at.as_deref().and_then(parse_ts),
-        next_sync: status.next_sync_time.as_deref().and_then(parse_ts),
-        last_sync: status.last_sync_time.as_deref().and_then(parse_ts),
+        reason: ready.map_or("Pending", |c| c.reason.as_str()),
+        expires_at: time(|s| &s.expires_at),
+        next_sync: time(|s| &s.next_sync_time),
+        last_sync: time(|s| &s.last_sync_time),
     }
 }

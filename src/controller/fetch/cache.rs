@@ -2,9 +2,9 @@
 //! reads) and the last success (for reuse and drift repair).
 //!
 //! Bounded: a slot goes when no ConnectedAccount uses its account through that connection any more (each object
-//! reports the key it uses; see [`AccountCache::used_by`]) or when its connection changes, and the answers held in
-//! all slots together stay under [`MAX_CACHED_BYTES`], the least recently used answers going first (an evicted
-//! answer only costs a fetch if its Secret must be repaired).
+//! reports when it moves to another key; see [`AccountCache::switch_use`]) or when its connection changes, and the
+//! answers held in all slots together stay under [`MAX_CACHED_BYTES`], the least recently used answers going first
+//! (an evicted answer only costs a fetch if its Secret must be repaired).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,27 +40,59 @@ pub enum Attempt {
     Failed(PipedreamError),
 }
 
+/// One account as seen through one connection: its users and its answers. Kept small (56 bytes): at 10,000
+/// accounts the map's table holds 16,384 of them.
 #[derive(Default)]
 struct Slot {
+    /// The last successful answer.
     ok: Option<CachedFetch>,
-    last: Option<Attempt>,
+    /// The last attempt, when it failed (boxed: rare, and an error is larger than the rest of the slot).
+    failed: Option<Box<PipedreamError>>,
     /// The sequence number of its last completed attempt (global, so a slot evicted and made again never
     /// repeats a number an object is waiting past).
     generation: u64,
-    /// Bytes its answers hold.
-    bytes: usize,
     /// When it was last used (a global counter).
     used: u64,
+    /// Bytes its answers hold.
+    bytes: u32,
+    /// How many ConnectedAccounts use it.
+    users: u32,
+}
+
+impl Slot {
+    /// The outcome of the last completed attempt still held.
+    fn last(&self) -> Option<Attempt> {
+        match (&self.failed, &self.ok) {
+            (Some(e), _) => Some(Attempt::Failed(PipedreamError::clone(e))),
+            (None, Some(ok)) => Some(Attempt::Ok(ok.clone())),
+            (None, None) => None,
+        }
+    }
+
+    fn holds_answer(&self) -> bool {
+        self.ok.is_some() || self.failed.is_some()
+    }
 }
 
 #[derive(Default)]
 struct Slots {
     map: HashMap<AccountKey, Slot>,
-    /// ConnectedAccount UID -> the key it uses.
-    users: HashMap<String, AccountKey>,
-    /// How many ConnectedAccounts use each key.
-    uses: HashMap<AccountKey, usize>,
     bytes: usize,
+}
+
+impl Slots {
+    /// Drop the answers of `key` (the slot stays while someone uses it).
+    fn drop_answers(&mut self, key: &AccountKey) {
+        let Some(s) = self.map.get_mut(key) else {
+            return;
+        };
+        self.bytes -= s.bytes as usize;
+        if s.users == 0 {
+            self.map.remove(key);
+        } else {
+            (s.ok, s.failed, s.bytes) = (None, None, 0);
+        }
+    }
 }
 
 /// Answers per account (as seen through one connection).
@@ -101,7 +133,7 @@ impl AccountCache {
         let mut slots = lock(&self.slots);
         let s = slots.map.get_mut(key)?;
         s.used = used;
-        (s.generation > after).then(|| s.last.clone()).flatten()
+        (s.generation > after).then(|| s.last()).flatten()
     }
 
     /// The last successful answer, for reuse and drift repair.
@@ -113,29 +145,23 @@ impl AccountCache {
         s.ok.clone()
     }
 
-    /// ConnectedAccount `uid` uses `key` (or, with `None`, nothing any more): a key no object uses is forgotten.
-    pub fn used_by(&self, uid: &str, key: Option<&AccountKey>) {
-        let mut slots = lock(&self.slots);
-        if slots.users.get(uid) == key {
+    /// A ConnectedAccount moved from `from` to `to` (either may be none; the caller remembers which it used): an
+    /// account no object uses any more is forgotten with its answers.
+    pub fn switch_use(&self, from: Option<&AccountKey>, to: Option<&AccountKey>) {
+        if from == to {
             return;
         }
-        let old = match key {
-            Some(k) => slots.users.insert(uid.to_string(), k.clone()),
-            None => slots.users.remove(uid),
-        };
-        if let Some(k) = key {
-            *slots.uses.entry(k.clone()).or_default() += 1;
+        let mut slots = lock(&self.slots);
+        if let Some(k) = to {
+            let s = slots.map.entry(k.clone()).or_default();
+            s.users = s.users.saturating_add(1);
         }
-        if let Some(old) = old {
-            let left = slots.uses.get_mut(&old).map(|n| {
-                *n = n.saturating_sub(1);
-                *n
-            });
-            if left == Some(0) {
-                slots.uses.remove(&old);
-                if let Some(s) = slots.map.remove(&old) {
-                    slots.bytes -= s.bytes;
-                }
+        if let Some(old) = from
+            && let Some(s) = slots.map.get_mut(old)
+        {
+            s.users = s.users.saturating_sub(1);
+            if s.users == 0 {
+                slots.drop_answers(old);
             }
         }
     }
@@ -150,16 +176,15 @@ impl AccountCache {
             .cloned()
             .collect();
         for k in gone {
-            if let Some(s) = slots.map.remove(&k) {
-                slots.bytes -= s.bytes;
-            }
+            slots.drop_answers(&k);
         }
     }
 
-    /// Bytes of answers held, and slots.
+    /// Bytes of answers held, and how many accounts have one.
     pub fn held(&self) -> (usize, usize) {
         let slots = lock(&self.slots);
-        (slots.bytes, slots.map.len())
+        let entries = slots.map.values().filter(|s| s.holds_answer()).count();
+        (slots.bytes, entries)
     }
 
     pub(super) fn complete(
@@ -171,22 +196,21 @@ impl AccountCache {
         let generation = self.next();
         let mut slots = lock(&self.slots);
         let s = slots.map.entry(key.clone()).or_default();
-        let before = s.bytes;
+        let before = s.bytes as usize;
         s.generation = generation;
         s.used = generation;
-        s.last = Some(match result {
+        match result {
             Ok(f) => {
-                s.bytes = answer_bytes(&f);
-                let c = CachedFetch {
+                s.bytes = u32::try_from(answer_bytes(&f)).unwrap_or(u32::MAX);
+                s.ok = Some(CachedFetch {
                     fetched: Arc::new(f),
                     at,
-                };
-                s.ok = Some(c.clone());
-                Attempt::Ok(c)
+                });
+                s.failed = None;
             }
-            Err(e) => Attempt::Failed(e),
-        });
-        let after = s.bytes;
+            Err(e) => s.failed = Some(Box::new(e)),
+        }
+        let after = s.bytes as usize;
         slots.bytes = slots.bytes - before + after;
         self.evict(&mut slots, &key);
     }
@@ -205,12 +229,9 @@ impl AccountCache {
                 return;
             };
             if let Some(s) = slots.map.get_mut(&victim) {
-                slots.bytes -= s.bytes;
+                slots.bytes -= s.bytes as usize;
                 s.bytes = 0;
                 s.ok = None;
-                if matches!(s.last, Some(Attempt::Ok(_))) {
-                    s.last = None;
-                }
             }
         }
     }
@@ -257,12 +278,12 @@ mod tests {
         let cache = AccountCache::default();
         let pd = connection("pd");
         let (a, b) = (key(&pd, "apn_A"), key(&pd, "apn_B"));
-        cache.used_by("uid-1", Some(&a));
-        cache.used_by("uid-2", Some(&a));
+        cache.switch_use(None, Some(&a));
+        cache.switch_use(None, Some(&a));
         cache.complete(a.clone(), Ok(answer("apn_A", 1000)), Timestamp::now());
-        cache.used_by("uid-1", None);
+        cache.switch_use(Some(&a), None);
         assert!(cache.last_ok(&a).is_some(), "uid-2 still uses it");
-        cache.used_by("uid-2", Some(&b));
+        cache.switch_use(Some(&a), Some(&b));
         assert!(cache.last_ok(&a).is_none(), "no one uses it");
         assert_eq!(cache.held(), (0, 0));
         cache.complete(b.clone(), Ok(answer("apn_B", 1000)), Timestamp::now());

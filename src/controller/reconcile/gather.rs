@@ -89,8 +89,8 @@ pub(super) async fn gather(
         connection: r.key().clone(),
         account_id: ca.spec.account_id.clone(),
     });
+    ctx.use_account(&uid, key.as_ref());
     let cache = &ctx.fetcher.cache;
-    cache.used_by(&uid, key.as_ref());
     let asked = mem
         .asked
         .as_ref()
