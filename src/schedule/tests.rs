@@ -1,3 +1,6 @@
+//! Tests of the schedule policy: one or more per rule of the module documentation, a property over random
+//! expiries, refresh times and margins, and clock skew. (Over 400 lines: one policy, tested rule by rule.)
+
 use super::*;
 use crate::controller::Clock;
 use proptest::prelude::*;
