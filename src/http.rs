@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -54,20 +54,17 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let Ok(body) = body else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let content_type = (
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    let vary = (header::VARY, "accept-encoding");
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if gzip {
-        (
-            [content_type, vary, (header::CONTENT_ENCODING, "gzip")],
-            body,
-        )
-            .into_response()
-    } else {
-        ([content_type, vary], body).into_response()
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
+    response
 }
 
 /// Serve until `shutdown` resolves.

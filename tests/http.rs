@@ -7,13 +7,28 @@ use std::time::Duration;
 use pipedream_secrets_operator::http::router;
 use pipedream_secrets_operator::metrics::{Metrics, ObjectView};
 
+/// The router on a free loopback port.
+async fn serve(metrics: &Arc<Metrics>, ready: &Arc<AtomicBool>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, router(metrics.clone(), ready.clone())).into_future());
+    addr
+}
+
+fn assert_openmetrics(resp: &reqwest::Response) {
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, router(metrics.clone(), ready.clone())).into_future());
+    let addr = serve(&metrics, &ready).await;
     let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5)).unwrap();
     let get = |p: &str| http.get(format!("http://{addr}{p}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
@@ -40,12 +55,7 @@ async fn health_readiness_and_metrics() {
     metrics.count_rate_limit_wait(&conn, Duration::from_millis(250));
     metrics.set_leader(true);
     let resp = get("/metrics").await.unwrap();
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
-    );
+    assert_openmetrics(&resp);
     let text = resp.text().await.unwrap();
     for needle in [
         "pipedream_secrets_syncs_total{result=\"SecretSynced\"} 1",
@@ -90,10 +100,7 @@ async fn health_readiness_and_metrics() {
 async fn metrics_are_gzip_compressed_for_a_scraper_that_asks() {
     use std::io::Read;
     let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let ready = Arc::new(AtomicBool::new(true));
-    tokio::spawn(axum::serve(listener, router(metrics.clone(), ready)).into_future());
+    let addr = serve(&metrics, &Arc::new(AtomicBool::new(true))).await;
     let n = 10_000;
     metrics.set_object_source(move |each| {
         for i in 0..n {
@@ -123,12 +130,7 @@ async fn metrics_are_gzip_compressed_for_a_scraper_that_asks() {
     let zipped = scrape(Some("gzip, deflate")).await.unwrap();
     assert_eq!(zipped.headers()["content-encoding"], "gzip");
     assert_eq!(zipped.headers()["vary"], "accept-encoding");
-    assert!(
-        zipped.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
-    );
+    assert_openmetrics(&zipped);
     let zipped = zipped.bytes().await.unwrap();
     let mut text = String::new();
     flate2::read::GzDecoder::new(&zipped[..])

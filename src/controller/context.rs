@@ -280,9 +280,9 @@ impl Context {
         }
     }
 
-    /// Forget a deleted object.
-    pub fn forget_object(&self, uid: &str) {
-        self.lock_objects().remove(uid);
+    /// Forget a deleted object; what was remembered about it.
+    pub fn forget_object(&self, uid: &str) -> Option<Box<ObjectState>> {
+        self.lock_objects().remove(uid)
     }
 
     /// Forget a deleted connection: its memory, its dispatcher and answers, its metric series.
@@ -294,7 +294,7 @@ impl Context {
 
     /// Forget a deleted ConnectedAccount (its metric series go with it from the cache).
     pub fn forget(&self, uid: &str) {
-        let used = self.lock_objects().remove(uid).and_then(|o| o.uses);
+        let used = self.forget_object(uid).and_then(|o| o.uses);
         self.fetcher.cache.switch_use(used.as_ref(), None);
     }
 
