@@ -152,6 +152,7 @@ async fn main() -> Result<(), String> {
         leader_election_duration_seconds: 15,
         shard: Default::default(),
         allowed_api_hosts: vec!["api.pipedream.com".into()],
+        propagation_time: std::time::Duration::from_secs(100),
     };
     let operator = tokio::spawn(pipedream_secrets_operator::commands::run_with_kubeconfig(
         args,

@@ -21,6 +21,7 @@ fn main() {
         policy: Policy {
             before_expiry: Duration::from_secs(300),
             interval: Duration::from_secs(3600),
+            propagation: pipedream_secrets_operator::schedule::DEFAULT_PROPAGATION,
         },
         jitter: 0.5,
     };

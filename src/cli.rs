@@ -200,6 +200,17 @@ pub struct RunArgs {
     /// Lease duration in seconds: how long a dead leader blocks a standby.
     #[arg(long, env = "LEADER_ELECTION_DURATION_SECONDS", default_value_t = 15)]
     pub leader_election_duration_seconds: u64,
+    /// How long a Secret write takes to reach every pod (`spec.refresh.propagationTime` of ConnectedAccounts that
+    /// set none), e.g. `100s`: the kubelets' `syncFrequency` × 1.5 plus 10 s. Fetches, retries and rollout
+    /// restarts leave pods this much time before their credentials expire.
+    #[arg(long, env = "PROPAGATION_TIME", default_value = "100s", value_parser = parse_duration_arg)]
+    pub propagation_time: std::time::Duration,
+}
+
+/// A duration flag in the CRD's syntax (`90s`, `2m`, `1h30m`).
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::schedule::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 90s, 2m or 1h30m"))
 }
 
 impl RunArgs {

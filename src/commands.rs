@@ -90,6 +90,7 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
             cluster_connections_disabled: args.disable_cluster_connections,
             allowed_api_hosts: controller::AllowedHosts::new(args.allowed_api_hosts.clone()),
             shard: args.shard,
+            propagation: args.propagation_time,
         },
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),

@@ -136,6 +136,10 @@ pub struct ObjectView<'a> {
     pub next_sync: Option<Timestamp>,
     /// Last time its Secret was written or confirmed against Pipedream.
     pub last_sync: Option<Timestamp>,
+    /// Its `PodsAtRisk` condition: pods may read expired credentials (absent before the first judgement).
+    pub pods_at_risk: Option<bool>,
+    /// How long before the replaced credentials expired the last new ones were written (seconds).
+    pub refresh_lead_seconds: Option<i64>,
 }
 
 /// Visits every cached ConnectedAccount: calls its argument once per object.
@@ -274,6 +278,29 @@ impl Collector for StateCollector {
                     row(&labels, if c == o.ready { 1.0 } else { 0.0 })?;
                 }
                 Ok(())
+            },
+        )?;
+        object_gauge(
+            &mut enc,
+            &each,
+            "connectedaccount_pods_at_risk",
+            "1 when pods may read expired credentials from the ConnectedAccount's Secret (Pipedream refreshes, or the last new credentials were written, less than the propagation time before expiry), else 0",
+            |o, row| match o.pods_at_risk {
+                Some(r) => row(
+                    &[("namespace", o.namespace), ("name", o.name)],
+                    if r { 1.0 } else { 0.0 },
+                ),
+                None => Ok(()),
+            },
+        )?;
+        object_gauge(
+            &mut enc,
+            &each,
+            "connectedaccount_refresh_lead_seconds",
+            "How long before the credentials they replaced expired the last new credentials were written into each ConnectedAccount's Secret (seconds); pods need at least the propagation time",
+            |o, row| match o.refresh_lead_seconds {
+                Some(l) => row(&[("namespace", o.namespace), ("name", o.name)], l as f64),
+                None => Ok(()),
             },
         )?;
         object_gauge(

@@ -1,11 +1,17 @@
 //! When to fetch next: one policy, as pure functions of the clock and what Pipedream reported, so it is tested
 //! (and simulated over many token cycles, see [`crate::simulate`]) without I/O.
 //!
+//! Pods see a Secret change only after the kubelet's next pod sync (mounted volumes) or a new pod (environment
+//! variables, `subPath`), so every rule leaves them the *propagation time* `P` (`spec.refresh.propagationTime`,
+//! default [`DEFAULT_PROPAGATION`]): the pods' deadline for a new token is `D = E − P`.
+//!
 //! After a fetch that returned credentials expiring at `E`, with Pipedream's own refresh planned at `R`:
-//! - `R` in the future: right after it (`R + δ`, δ = half the refresh lead, 1–5 s), since that is when a new token
-//!   exists; never later than just after `E`. Steady state: one call per token.
-//! - no usable `R`: at `E − beforeExpiry − jitter`; inside that margin (Pipedream is late), halve the remaining
-//!   life while that stays outside the last 20 s, then go to just after `E`.
+//! - `R` in the future: right after it (`R + δ`, δ = half the refresh lead, 1–5 s, and no later than `D` when `R`
+//!   is before it), since that is when a new token exists; never later than just after `E`. Steady state: one
+//!   call per token. An `R` after `D` leaves pods too little time: the status reports the risk.
+//! - no usable `R`: at `E − max(beforeExpiry, P) − jitter`; inside that margin (Pipedream is late), halve the
+//!   time left until `D` while that stays over 20 s, poll at `D`, then halve the time left until `E` the same
+//!   way and go to just after `E`.
 //! - `E` passed (or the answer is already expired): every second, then every 2 s, for two minutes; then slower
 //!   (a tenth of the time since expiry, at most a minute), but always just after a future `R` (Pipedream's
 //!   announced retry of its refresh). A past or absent `R` never delays this.
@@ -21,6 +27,11 @@ use sha2::{Digest, Sha256};
 
 /// Upper bound of the wait after Pipedream's `next_refresh_at` (half the refresh lead when that is shorter).
 pub const AFTER_REFRESH_DELAY: Duration = Duration::from_secs(5);
+/// How long a Secret write takes to reach every pod, unless a ConnectedAccount or the operator's
+/// `--propagation-time` says otherwise: a kubelet syncs each pod every `syncFrequency` (1 min by default) plus up to
+/// half of it as jitter, so a mounted volume sees a change at most 90 s after it; 10 s more cover the operator's own
+/// wait after Pipedream's refresh and a rollout of a few pods.
+pub const DEFAULT_PROPAGATION: Duration = Duration::from_secs(100);
 /// Upper bound of the deterministic jitter subtracted from an expiry-based due time.
 pub const MAX_EXPIRY_JITTER: Duration = Duration::from_secs(30);
 /// No requeue is ever shorter than this.
@@ -51,6 +62,21 @@ pub struct Policy {
     pub before_expiry: Duration,
     /// Cadence for credentials without expiry.
     pub interval: Duration,
+    /// How long a Secret write takes to reach every pod (zero: consumers read the API directly).
+    pub propagation: Duration,
+}
+
+impl Policy {
+    /// The pods' deadline for credentials expiring at `e`: the last moment a write still reaches every pod
+    /// before `e`.
+    pub fn pod_deadline(&self, e: Timestamp) -> Timestamp {
+        sub(e, self.propagation)
+    }
+
+    /// How long before expiry a fetch is due: `beforeExpiry`, and never less than the propagation time.
+    pub fn margin(&self) -> Duration {
+        self.before_expiry.max(self.propagation)
+    }
 }
 
 /// Expiry facts of one fetch, on the local clock.
@@ -163,27 +189,43 @@ fn valid_until(
     jitter: f64,
 ) -> Timestamp {
     let just_after_expiry = add(e, MIN_DELAY);
+    let deadline = policy.pod_deadline(e);
     if let Some(r) = next_refresh.filter(|r| *r > now) {
         // A new token exists only from R on: fetching earlier returns this one again. A Pipedream that keeps
-        // announcing new retry times is followed at no less than half the remaining life, so the calls per token
-        // stay logarithmic ([`calls_while_valid_bound_announced`]).
-        let delta = if r < e {
+        // announcing new retry times is followed at no less than half the remaining life (up to the pods'
+        // deadline), so the calls per token stay logarithmic ([`calls_while_valid_bound_announced`]).
+        let mut delta = if r < e {
             (between(r, e) / 2).clamp(MIN_DELAY, AFTER_REFRESH_DELAY)
         } else {
             MIN_DELAY
         };
+        if r < deadline {
+            delta = delta.min(between(r, deadline).max(MIN_DELAY));
+        }
         let half_life = add(now, between(now, e) / 2);
-        return add(r, delta).max(half_life).min(just_after_expiry);
+        let follow = if now < deadline {
+            half_life.min(deadline)
+        } else {
+            half_life
+        };
+        return add(r, delta).max(follow).min(just_after_expiry);
     }
-    let spread = (policy.before_expiry / 10)
-        .min(MAX_EXPIRY_JITTER)
-        .mul_f64(jitter);
-    let due = sub(sub(e, policy.before_expiry), spread);
+    let margin = policy.margin();
+    let spread = (margin / 10).min(MAX_EXPIRY_JITTER).mul_f64(jitter);
+    let due = sub(sub(e, margin), spread);
     if due > now {
         return due;
     }
-    // Inside the margin and Pipedream has not refreshed: halve the remaining life while that stays outside the
-    // last 20 s, then wait for expiry.
+    // Inside the margin and Pipedream has not refreshed: halve the time left until the pods' deadline while that
+    // stays over 20 s and poll at the deadline, then do the same until expiry and wait for it.
+    if !policy.propagation.is_zero() && now < deadline {
+        let left = between(now, deadline);
+        return if left > LAST_POLL_BEFORE_EXPIRY * 2 {
+            add(now, left / 2)
+        } else {
+            deadline
+        };
+    }
     let left = between(now, e);
     if left > LAST_POLL_BEFORE_EXPIRY * 2 {
         add(now, left / 2)
@@ -213,12 +255,14 @@ pub struct Retry {
 }
 
 /// Backoff after the `attempt`-th consecutive failure (0-based). While the Secret's credentials are valid, every
-/// retry lands before they expire (a server-imposed `retry_after`, capped by the client, wins and is reported);
-/// once they have expired, transient failures are retried like expired answers.
+/// retry lands before they expire, and before the pods' deadline (`propagation` before expiry) while that is
+/// ahead (a server-imposed `retry_after`, capped by the client, wins and is reported); once they have expired,
+/// transient failures are retried like expired answers.
 pub fn after_failure(
     now: Timestamp,
     attempt: u32,
     held_expiry: Option<Timestamp>,
+    propagation: Duration,
     class: FailureClass,
     retry_after: Option<Duration>,
 ) -> Retry {
@@ -230,8 +274,11 @@ pub fn after_failure(
     let mut delay = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
     match held_expiry {
         Some(e) if e > now => {
-            // One more try before expiry is cheap and may save the Secret.
-            let left = between(now, e).saturating_sub(SKEW_TOLERANCE);
+            // One more try before expiry (before the pods' deadline, while there is one) is cheap and may save
+            // the Secret.
+            let deadline = sub(e, propagation);
+            let until = if deadline > now { deadline } else { e };
+            let left = between(now, until).saturating_sub(SKEW_TOLERANCE);
             delay = delay.min(left);
         }
         Some(e) if class == FailureClass::Transient => {
@@ -293,26 +340,41 @@ pub fn display_time(t: Timestamp, server: Option<Timestamp>, received: Timestamp
 }
 
 /// The most calls per token the schedule makes while that token is valid and Pipedream has not refreshed it:
-/// one just after Pipedream's announced `next_refresh_at`, the fetch at `E − beforeExpiry`, the halvings down to
-/// 20 s before expiry, and two around expiry (the conservative expiry of second-precision timestamps may be up to
-/// two seconds early, so the first poll "after" it can still see the old token). Once the token has expired
-/// (Pipedream is late), add at most one call per [`expired_retry`] wait.
+/// one just after Pipedream's announced `next_refresh_at`, the fetch at `E − margin`, the halvings down to 20 s
+/// before the pods' deadline and the poll at it, the halvings down to 20 s before expiry, and two around expiry
+/// (the conservative expiry of second-precision timestamps may be up to two seconds early, so the first poll
+/// "after" it can still see the old token). Once the token has expired (Pipedream is late), add at most one call
+/// per [`expired_retry`] wait.
 pub fn calls_while_valid_bound(policy: Policy) -> u32 {
-    let spread = (policy.before_expiry / 10).min(MAX_EXPIRY_JITTER);
-    let mut left = (policy.before_expiry + spread).as_secs_f64();
-    let mut calls = 3;
-    while left > 2.0 * LAST_POLL_BEFORE_EXPIRY.as_secs_f64() {
-        left /= 2.0;
-        calls += 1;
-    }
-    calls + 1
+    let margin = policy.margin();
+    let spread = (margin / 10).min(MAX_EXPIRY_JITTER);
+    let halvings = |d: Duration| {
+        let mut left = d.as_secs_f64();
+        let mut n = 0;
+        while left > 2.0 * LAST_POLL_BEFORE_EXPIRY.as_secs_f64() {
+            left /= 2.0;
+            n += 1;
+        }
+        n
+    };
+    // Without a propagation time the deadline is expiry itself: one stretch of halvings.
+    let (before_deadline, before_expiry) = if policy.propagation.is_zero() {
+        (0, halvings(margin + spread))
+    } else {
+        (
+            halvings((margin + spread).saturating_sub(policy.propagation)) + 1,
+            halvings(policy.propagation),
+        )
+    };
+    3 + before_deadline + before_expiry + 1
 }
 
 /// The most calls per token while it is valid when Pipedream keeps moving `next_refresh_at` forward (it retries a
-/// failing refresh and announces each try): each call halves the remaining life, so about `log2(lifetime / 1 s) + 2`.
+/// failing refresh and announces each try): each call halves the remaining life (once stopping at the pods'
+/// deadline), so about `log2(lifetime / 1 s) + 3`.
 pub fn calls_while_valid_bound_announced(lifetime: Duration) -> u32 {
     let secs = lifetime.as_secs().max(2);
-    (u64::BITS - secs.leading_zeros()) + 2
+    (u64::BITS - secs.leading_zeros()) + 3
 }
 
 /// Parse a `spec.refresh`-style duration: one or more `<digits><s|m|h>` (e.g. `90s`, `5m`, `1h30m`). Exactly the

@@ -10,7 +10,9 @@
 //! `P_j = E_j − lead` (its `next_refresh_at`) and performs it `late_j` later, at `A_j`, which issues token `j+1`.
 //! A refresh at or after `E_j − NEAR_EXPIRY` is *late*: from `E_j` until the operator's next fetch after `A_j`, a
 //! Secret cannot hold a valid token without guessing. **Exposure** is the time a Secret holds an expired token
-//! while Pipedream serves a valid one.
+//! while Pipedream serves a valid one. **Pod exposure** is the time pods hold one: they see each Secret write a
+//! kubelet propagation time later (its worst case), and for a token Pipedream refreshed at least the offered lead
+//! before expiry it must be zero.
 
 use std::time::Duration;
 
@@ -233,6 +235,21 @@ pub struct Outcome {
     pub max_calls_while_valid: u32,
     /// Shortest wait the schedule ever chose.
     pub min_delay: Duration,
+    /// Time pods held an expired token that Pipedream had refreshed in time for them (see [`PodView`]).
+    pub pod_exposure: Duration,
+    /// Longest such stretch.
+    pub worst_pod_exposure: Duration,
+    /// Tokens Pipedream refreshed in time for pods.
+    pub refreshed_in_time_for_pods: u32,
+}
+
+/// How pods see the Secret in a run.
+#[derive(Clone, Copy, Debug)]
+pub struct PodView {
+    /// A Secret write reaches pods this long after it (the kubelet's worst case: `syncFrequency` × 1.5).
+    pub kubelet: Duration,
+    /// Pod exposure counts for tokens Pipedream refreshed at least this long before they expired.
+    pub offered_ahead: Duration,
 }
 
 impl Outcome {
@@ -253,6 +270,17 @@ pub enum Poller {
 
 /// Run `poller` against `up` for `cycles` token lifetimes from `start`.
 pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outcome {
+    run_with_pods(up, poller, start, cycles, None)
+}
+
+/// [`run`], also measuring what pods hold when they see writes as `pods` says.
+pub fn run_with_pods(
+    up: &Upstream,
+    poller: Poller,
+    start: Timestamp,
+    cycles: u32,
+    pods: Option<PodView>,
+) -> Outcome {
     let end = add(start, up.lifetime.saturating_mul(cycles));
     let tl = Timeline::new(up, start, end);
     let mut out = Outcome {
@@ -265,6 +293,28 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
         .iter()
         .filter(|k| k.late() && k.refreshed.is_some_and(|a| a < end))
         .count() as u32;
+    let in_time = |k: &Token| {
+        pods.is_some_and(|p| {
+            k.refreshed
+                .is_some_and(|a| add(a, p.offered_ahead) <= k.expires)
+        })
+    };
+    out.refreshed_in_time_for_pods = tl
+        .tokens
+        .iter()
+        .filter(|k| in_time(k) && k.refreshed.is_some_and(|a| a < end))
+        .count() as u32;
+    // Pods hold token `j` until a later one has been written for a kubelet's propagation time.
+    let pod_stretch = |out: &mut Outcome, j: usize, replaced: Timestamp| {
+        let (Some(p), k) = (pods, tl.tokens[j]) else {
+            return;
+        };
+        if in_time(&k) {
+            let stretch = between(k.expires, add(replaced, p.kubelet).min(end));
+            out.pod_exposure += stretch;
+            out.worst_pod_exposure = out.worst_pod_exposure.max(stretch);
+        }
+    };
     // (token index, its true expiry, its observed expiry, fetches made while it was valid)
     let mut held: Option<(usize, Timestamp, Option<Timestamp>, u32)> = None;
     let mut written = start;
@@ -296,6 +346,9 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
                 let obs =
                     schedule::observe(parse(&e), parse(&r), Some(date), received, Duration::ZERO);
                 let true_e = tl.tokens[j].expires;
+                if let Some(h) = held.filter(|h| h.0 != j) {
+                    pod_stretch(&mut out, h.0, received);
+                }
                 let same = held.is_some_and(|h| h.0 == j);
                 let calls = held.filter(|_| same).map_or(0, |h| h.3);
                 held = Some((j, true_e, obs.expires_at, calls));
@@ -308,10 +361,15 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
             }
             (None, Poller::Operator { .. }) => {
                 let held_expiry = held.and_then(|h| h.2);
+                let propagation = match poller {
+                    Poller::Operator { policy, .. } => policy.propagation,
+                    Poller::Fixed { .. } => Duration::ZERO,
+                };
                 let retry = after_failure(
                     received,
                     failures,
                     held_expiry,
+                    propagation,
                     FailureClass::Permanent,
                     None,
                 );
@@ -332,6 +390,7 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
         t = next;
     }
     if let Some((j, e, _, _)) = held {
+        pod_stretch(&mut out, j, end);
         let stretch = tl.valid_within(written.max(e), end);
         out.exposure += stretch;
         out.worst_exposure = out.worst_exposure.max(stretch);
@@ -416,6 +475,30 @@ pub fn behaviours() -> Vec<(&'static str, Upstream)> {
             Upstream {
                 skew: SignedDuration::from_secs(-30),
                 late: vec![Duration::ZERO, s(305)],
+                ..base.clone()
+            },
+        ),
+        (
+            "pods: 150 s tokens, lead 120 s",
+            Upstream {
+                lifetime: s(150),
+                lead: s(120),
+                ..base.clone()
+            },
+        ),
+        (
+            "pods: 180 s tokens, lead 100 s",
+            Upstream {
+                lifetime: s(180),
+                lead: s(100),
+                ..base.clone()
+            },
+        ),
+        (
+            "pods: 240 s tokens, lead 150 s",
+            Upstream {
+                lifetime: s(240),
+                lead: s(150),
                 ..base.clone()
             },
         ),

@@ -118,6 +118,7 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     let options = support::Options {
         cluster_wide: true,
         alone_in_binary: true,
+        ..Default::default()
     };
     let victims = vec![victim_account("apn_Vic1"), victim_account("apn_Vic2")];
     let Some(mut env) = Env::start_with(victims, options).await else {

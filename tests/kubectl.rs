@@ -63,6 +63,7 @@ async fn kubectl_applies_gets_and_deletes_on_a_real_api_server() {
     let options = support::Options {
         cluster_wide: true,
         alone_in_binary: true,
+        ..Default::default()
     };
     let accounts = vec![support::oauth_account("apn_Sys1", Some(3600), 600)];
     let Some(mut env) = support::Env::start_with(accounts, options).await else {

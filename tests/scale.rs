@@ -27,6 +27,7 @@ async fn memory_per_synced_account_stays_within_its_bound() {
     let options = support::Options {
         cluster_wide: true,
         alone_in_binary: true,
+        ..Default::default()
     };
     let Some(mut env) = Env::start_with(accounts, options).await else {
         return;

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use pipedream_secrets_operator::schedule::{
-    MIN_DELAY, Policy, calls_while_valid_bound, calls_while_valid_bound_announced,
+    DEFAULT_PROPAGATION, MIN_DELAY, Policy, calls_while_valid_bound,
+    calls_while_valid_bound_announced,
 };
 use pipedream_secrets_operator::simulate::{
-    Outcome, Poller, TimeFormat, Upstream, behaviours, run,
+    Outcome, PodView, Poller, TimeFormat, Upstream, behaviours, run, run_with_pods,
 };
 use proptest::prelude::*;
 
@@ -22,6 +23,7 @@ fn policy(before_expiry: u64) -> Policy {
     Policy {
         before_expiry: Duration::from_secs(before_expiry),
         interval: Duration::from_secs(3600),
+        propagation: pipedream_secrets_operator::schedule::DEFAULT_PROPAGATION,
     }
 }
 
@@ -92,6 +94,59 @@ fn every_behaviour_keeps_exposure_per_late_refresh_within_two_seconds() {
             check(name, &out, calls_bound(&up, 300), per_stretch);
         }
     }
+}
+
+/// A real kubelet syncs each pod every minute plus up to half a minute of jitter: a Secret write reaches a mounted
+/// volume up to 90 s later (measured on the hollow node: 5 s to 84 s).
+const KUBELET_WORST: Duration = Duration::from_secs(90);
+
+fn pods() -> Option<PodView> {
+    Some(PodView {
+        kubelet: KUBELET_WORST,
+        offered_ahead: DEFAULT_PROPAGATION,
+    })
+}
+
+/// Issue 24: what pods read. For every token Pipedream refreshed at least the propagation time (100 s) before it
+/// expired, pods that see each write 90 s late never hold it past its expiry — also for tokens that live shorter
+/// than `beforeExpiry` (the schedule once waited for half the token's remaining life after Pipedream's refresh:
+/// with 150 s tokens refreshed 120 s early the write came 75 s before expiry).
+#[test]
+fn pods_never_hold_a_token_pipedream_refreshed_in_time() {
+    let mut judged = 0;
+    for (name, up) in behaviours() {
+        for jitter in [0.0, 0.31, 0.99] {
+            let out = run_with_pods(&up, operator(300, jitter), start(), 300, pods());
+            assert_eq!(
+                out.pod_exposure,
+                Duration::ZERO,
+                "{name}: pods held a token refreshed in time past its expiry for {:?} (worst {:?}): {out:?}",
+                out.pod_exposure,
+                out.worst_pod_exposure
+            );
+            judged += out.refreshed_in_time_for_pods;
+        }
+    }
+    assert!(judged > 1000, "{judged} tokens judged");
+}
+
+/// The pod measure can fail: a schedule that writes right at Pipedream's refresh but leaves pods less time (a
+/// propagation time of 0, as for API readers) exposes them on the same traces.
+#[test]
+fn the_pod_measure_catches_a_schedule_without_propagation_time() {
+    let (_, up) = behaviours()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("pods: 150 s"))
+        .unwrap();
+    let no_room = Poller::Operator {
+        policy: Policy {
+            propagation: Duration::ZERO,
+            ..policy(300)
+        },
+        jitter: 0.5,
+    };
+    let out = run_with_pods(&up, no_room, start(), 100, pods());
+    assert!(out.worst_pod_exposure > Duration::from_secs(10), "{out:?}");
 }
 
 /// design.md §2 item 2: one call per token in steady state when Pipedream refreshes on time.
@@ -212,5 +267,36 @@ proptest! {
         let calls_bound = calls_bound(&up, before_expiry);
         prop_assert!(out.max_calls_while_valid <= calls_bound, "{} > {}: {:?}", out.max_calls_while_valid, calls_bound, out);
         prop_assert!(out.min_delay >= MIN_DELAY, "{:?}", out);
+    }
+
+    /// Random traces for pods: lifetimes from 2 to 120 minutes and more, leads of at least the propagation time
+    /// (on time, or late), skew ±30 s, any format, 0–300 ms round trips, any margin: no pod holds a token that
+    /// Pipedream refreshed at least the propagation time before expiry past that expiry.
+    #[test]
+    fn random_traces_leave_pods_no_expired_token(
+        lifetime in 120u64..7200,
+        lead_extra in 0.0f64..1.0,
+        late in proptest::collection::vec(proptest::option::weighted(0.2, 0u64..300), 1..6),
+        skew in -30i64..=30,
+        fmt in format(),
+        latency_ms in 0u64..300,
+        before_expiry in 5u64..600,
+        jitter in 0.0f64..1.0,
+    ) {
+        let p = DEFAULT_PROPAGATION.as_secs();
+        let lead = p + ((lifetime.saturating_sub(p + 1)) as f64 * lead_extra) as u64;
+        let late = late.into_iter().map(|l| Duration::from_secs(l.unwrap_or(0))).collect();
+        let up = Upstream {
+            lifetime: Duration::from_secs(lifetime),
+            lead: Duration::from_secs(lead.min(lifetime - 1)),
+            late,
+            skew: SignedDuration::from_secs(skew),
+            format: fmt,
+            latency: Duration::from_millis(latency_ms),
+            ..Upstream::default()
+        };
+        let cycles = (50 * 3600 / lifetime).clamp(20, 150) as u32;
+        let out = run_with_pods(&up, operator(before_expiry, jitter), start(), cycles, pods());
+        prop_assert_eq!(out.pod_exposure, Duration::ZERO, "{:?}", out);
     }
 }

@@ -203,6 +203,7 @@ async fn soak_keeps_every_secret_fresh_through_faults_kills_and_failover() {
     let options = support::Options {
         cluster_wide: true,
         alone_in_binary: true,
+        ..Default::default()
     };
     let Some(mut env) = Env::start_with(fakes, options).await else {
         return;

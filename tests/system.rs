@@ -788,6 +788,11 @@ async fn metrics_have_the_documented_names_types_and_labels() {
             "gauge",
             &["namespace", "name", "reason"],
         ),
+        (
+            "connectedaccount_pods_at_risk",
+            "gauge",
+            &["namespace", "name"],
+        ),
         ("credentials_cache_bytes", "gauge", &[]),
         ("credentials_cache_entries", "gauge", &[]),
     ];

@@ -17,7 +17,7 @@ use crate::access::Admission;
 use crate::crd::{AccountSummary, ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::ConnectionId;
 use crate::reason::{Reason, SyncFailure};
-use crate::schedule::{self, format_ts};
+use crate::schedule::{self, Observed, Policy, format_ts};
 use crate::secret::{data_hash, data_size, desired_secret};
 use crate::template;
 
@@ -52,6 +52,87 @@ pub struct Built {
     pub next: Timestamp,
     /// What Pipedream said about the account.
     pub account: AccountSummary,
+    /// The answer's expiry and refresh time, on the local clock (conservative).
+    pub observed: Observed,
+}
+
+/// Whether pods get new credentials in time: what the `PodsAtRisk` condition says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRisk {
+    /// Pods may read expired credentials.
+    pub at_risk: bool,
+    /// The condition's message.
+    pub message: String,
+    /// When this pass replaces credentials that expire: how long before their expiry.
+    pub lead: Option<std::time::Duration>,
+}
+
+/// Condition type of [`PodRisk`].
+pub const PODS_AT_RISK: &str = "PodsAtRisk";
+/// Its reason while pods may read expired credentials.
+pub const REFRESH_TOO_LATE: &str = "RefreshTooLate";
+/// Its reason otherwise.
+pub const IN_TIME: &str = "InTime";
+
+/// Whether pods get credentials in time after a pass at `now` that holds an answer `observed` and, when
+/// `replaced` is set, writes it in place of credentials expiring then: the write must come at least the
+/// propagation time before the replaced credentials expire, and Pipedream's next refresh (`next_refresh_at`) at
+/// least that long before the new ones do. Pure.
+pub fn pod_risk(
+    policy: Policy,
+    observed: Observed,
+    now: Timestamp,
+    replaced: Option<Timestamp>,
+) -> PodRisk {
+    let p = policy.propagation;
+    let lead = replaced.map(|e| schedule::between(now, e));
+    if p.is_zero() {
+        return PodRisk {
+            at_risk: false,
+            message:
+                "spec.refresh.propagationTime is 0s: consumers read the Secret through the API"
+                    .into(),
+            lead,
+        };
+    }
+    let need = format!(
+        "pods need {}s (spec.refresh.propagationTime) for a Secret change to reach them",
+        p.as_secs()
+    );
+    if let Some(l) = lead.filter(|l| *l < p) {
+        return PodRisk {
+            at_risk: true,
+            message: format!(
+                "the new credentials were written {}s before the ones they replaced expired; {need}, so pods may read expired credentials for up to {}s",
+                l.as_secs(),
+                (p - l).as_secs()
+            ),
+            lead,
+        };
+    }
+    let announced = match (observed.expires_at, observed.next_refresh_at) {
+        (Some(e), Some(r)) if r > now => Some(schedule::between(r, e)),
+        _ => None,
+    };
+    if let Some(a) = announced.filter(|a| *a < p) {
+        return PodRisk {
+            at_risk: true,
+            message: format!(
+                "Pipedream refreshes these credentials {}s before they expire (next_refresh_at); {need}, so pods may read expired credentials for up to {}s",
+                a.as_secs(),
+                (p - a).as_secs()
+            ),
+            lead,
+        };
+    }
+    PodRisk {
+        at_risk: false,
+        message: format!(
+            "new credentials reach pods in time: {}s or more before the ones they replace expire",
+            p.as_secs()
+        ),
+        lead,
+    }
 }
 
 /// Everything [`secret`] builds from.
@@ -148,6 +229,7 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
             healthy: account.healthy,
             dead: account.dead,
         },
+        observed: timing.observed,
     })
 }
 
@@ -185,6 +267,10 @@ pub struct Synced {
     pub written: Option<Written>,
     /// A rollout restart done in this pass.
     pub restart: Option<Restarted>,
+    /// Reconcile again by then, before the next fetch (a rollout restart held back until then).
+    pub wake: Option<Timestamp>,
+    /// Whether pods get credentials in time, when this pass judged it (else status keeps what it said).
+    pub pod_risk: Option<PodRisk>,
     /// The Secret's resourceVersion after this pass (written or read).
     pub secret_version: Option<String>,
 }
@@ -203,8 +289,15 @@ impl Synced {
             confirmed: false,
             written: None,
             restart: None,
+            wake: None,
+            pod_risk: None,
             secret_version: st.secret_resource_version,
         }
+    }
+
+    /// When the pass after this one runs: the next fetch, or earlier when a restart waits.
+    pub fn requeue_at(&self) -> Timestamp {
+        self.wake.map_or(self.next, |w| w.min(self.next))
     }
 
     /// The Ready message.
@@ -291,13 +384,36 @@ pub fn synced_status(
     if s.confirmed && forced.is_some() {
         st.last_force_sync = forced.map(str::to_string);
     }
+    if let Some(r) = &s.pod_risk {
+        let reason = if r.at_risk { REFRESH_TOO_LATE } else { IN_TIME };
+        upsert_condition(
+            &mut st.conditions,
+            PODS_AT_RISK,
+            r.at_risk,
+            reason,
+            &r.message,
+            generation,
+            now,
+        );
+        if let Some(l) = r.lead {
+            st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
+        }
+    }
     if let Some(r) = &s.restart {
         st.last_restart_time = Some(format_ts(r.at));
         st.restarted_data_hash = s.data_hash.clone();
+        st.restarted_expires_at = s.expires_at.clone();
     } else if ca.spec.rollout_restart_targets.is_empty() {
         st.restarted_data_hash = None;
+        st.restarted_expires_at = None;
     } else if st.restarted_data_hash.is_none() {
-        st.restarted_data_hash = old.data_hash.clone().or(s.data_hash.clone());
+        // The pods started with the first data written (the one before this pass, if any).
+        let (hash, expires) = match &old.data_hash {
+            Some(h) => (Some(h.clone()), old.expires_at.clone()),
+            None => (s.data_hash.clone(), s.expires_at.clone()),
+        };
+        st.restarted_data_hash = hash;
+        st.restarted_expires_at = expires;
     }
     st
 }
@@ -381,4 +497,79 @@ pub fn status_needs_write(
         .and_then(schedule::parse_ts)
         .is_some_and(|t| t < schedule::add(now, plan::UNPERSISTED_RETRY));
     !(only_next && soon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const P: Policy = Policy {
+        before_expiry: Duration::from_secs(300),
+        interval: Duration::from_secs(3600),
+        propagation: schedule::DEFAULT_PROPAGATION,
+    };
+
+    fn observed(e: &str, r: Option<&str>) -> Observed {
+        Observed {
+            expires_at: Some(ts(e)),
+            next_refresh_at: r.map(ts),
+        }
+    }
+
+    /// Issue 24: a Pipedream that refreshes later than the propagation time before expiry was accepted
+    /// silently.
+    #[test]
+    fn a_refresh_or_a_write_later_than_the_propagation_time_puts_pods_at_risk() {
+        let now = ts("2026-11-22T09:00:00Z");
+        // Announced: Pipedream refreshes 30 s before expiry.
+        let r = pod_risk(
+            P,
+            observed("2026-11-22T09:02:00Z", Some("2026-11-22T09:01:30Z")),
+            now,
+            None,
+        );
+        assert!(r.at_risk, "{r:?}");
+        assert!(
+            r.message.contains("30s before they expire") && r.message.contains("100s"),
+            "{}",
+            r.message
+        );
+        // Observed: this write replaces credentials that expire in 40 s.
+        let r = pod_risk(
+            P,
+            observed("2026-11-22T10:00:00Z", Some("2026-11-22T09:55:00Z")),
+            now,
+            Some(ts("2026-11-22T09:00:40Z")),
+        );
+        assert!(
+            r.at_risk && r.message.contains("written 40s before"),
+            "{r:?}"
+        );
+        assert_eq!(r.lead, Some(Duration::from_secs(40)));
+        // In time on both counts.
+        let r = pod_risk(
+            P,
+            observed("2026-11-22T10:00:00Z", Some("2026-11-22T09:55:00Z")),
+            now,
+            Some(ts("2026-11-22T09:05:00Z")),
+        );
+        assert!(!r.at_risk, "{r:?}");
+        // API readers (propagation 0) are never at risk.
+        let api = Policy {
+            propagation: Duration::ZERO,
+            ..P
+        };
+        let r = pod_risk(
+            api,
+            observed("2026-11-22T09:02:00Z", Some("2026-11-22T09:01:59Z")),
+            now,
+            None,
+        );
+        assert!(!r.at_risk);
+    }
 }

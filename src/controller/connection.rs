@@ -168,7 +168,15 @@ where
                 Reason::RateLimited | Reason::UpstreamError => FailureClass::Transient,
                 _ => FailureClass::Permanent,
             };
-            let delay = schedule::after_failure(now, attempt - 1, None, class, f.retry_after).delay;
+            let delay = schedule::after_failure(
+                now,
+                attempt - 1,
+                None,
+                Duration::ZERO,
+                class,
+                f.retry_after,
+            )
+            .delay;
             ctx.update_object(&uid, |o| o.retry_at = Some(schedule::add(now, delay)));
             upsert_condition(
                 &mut st.conditions,
@@ -214,6 +222,7 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
         ctx.clock.now(),
         attempt - 1,
         None,
+        Duration::ZERO,
         FailureClass::Transient,
         None,
     )

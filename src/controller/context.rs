@@ -99,6 +99,8 @@ pub struct Settings {
     pub allowed_api_hosts: AllowedHosts,
     /// The ConnectedAccounts this replica reconciles (and its share of each connection's rate limit).
     pub shard: crate::shard::Shard,
+    /// Propagation time of ConnectedAccounts that set none (`--propagation-time`).
+    pub propagation: std::time::Duration,
 }
 
 /// What the operator remembers about one ConnectedAccount between passes (lost on restart, by design: the
@@ -371,5 +373,13 @@ pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView<'_> {
         expires_at: time(|s| &s.expires_at),
         next_sync: time(|s| &s.next_sync_time),
         last_sync: time(|s| &s.last_sync_time),
+        pods_at_risk: status
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == super::build::PODS_AT_RISK)
+            })
+            .map(|c| c.status == "True"),
+        refresh_lead_seconds: status.and_then(|s| s.refresh_lead_seconds),
     }
 }

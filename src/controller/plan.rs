@@ -272,6 +272,7 @@ pub fn retry_after_failure(
     f: &SyncFailure,
     attempt: u32,
     held_expiry: Option<Timestamp>,
+    propagation: Duration,
     now: Timestamp,
 ) -> (Duration, Option<String>) {
     if let Some(d) = f.retry_in {
@@ -281,6 +282,7 @@ pub fn retry_after_failure(
         now,
         attempt.saturating_sub(1),
         held_expiry,
+        propagation,
         f.reason.class(),
         f.retry_after,
     );

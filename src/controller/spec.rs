@@ -9,7 +9,7 @@ use crate::schedule::{self, Policy};
 use crate::template;
 
 /// Validated, parsed spec settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validated {
     /// Schedule policy.
     pub policy: Policy,
@@ -17,8 +17,23 @@ pub struct Validated {
     pub min_restart_interval: Duration,
 }
 
+/// The propagation time of `ca`: its `spec.refresh.propagationTime`, else `default` (also for a value that does
+/// not parse, which [`validate_spec`] reports).
+pub fn propagation(ca: &ConnectedAccount, default: Duration) -> Duration {
+    ca.spec
+        .refresh
+        .propagation_time
+        .as_deref()
+        .and_then(schedule::parse_duration)
+        .unwrap_or(default)
+}
+
 /// Check what the CRD schema cannot: parse durations, compile templates within the allowed language, key syntax.
-pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
+/// `default_propagation` applies without `spec.refresh.propagationTime`.
+pub fn validate_spec(
+    ca: &ConnectedAccount,
+    default_propagation: Duration,
+) -> Result<Validated, SyncFailure> {
     let invalid = |m: String| SyncFailure::new(Reason::InvalidSpec, m);
     let dur = |field: &str, v: &str, min: Duration| {
         let d = schedule::parse_duration(v).ok_or_else(|| {
@@ -49,6 +64,10 @@ pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
         &ca.spec.min_restart_interval,
         Duration::ZERO,
     )?;
+    let propagation = match &ca.spec.refresh.propagation_time {
+        Some(v) => dur("spec.refresh.propagationTime", v, Duration::ZERO)?,
+        None => default_propagation,
+    };
     let target = &ca.spec.target;
     for (field, map) in [
         ("labels", &target.labels),
@@ -84,6 +103,7 @@ pub fn validate_spec(ca: &ConnectedAccount) -> Result<Validated, SyncFailure> {
         policy: Policy {
             before_expiry,
             interval,
+            propagation,
         },
         min_restart_interval,
     })
@@ -153,7 +173,7 @@ mod tests {
             "metadata": {"name": "gh", "namespace": "team-a"},
             "spec": {"accountId": "apn_A1", "target": {"annotations": {"bad key!": "v"}}}}))
         .unwrap();
-        let e = validate_spec(&c).unwrap_err();
+        let e = validate_spec(&c, schedule::DEFAULT_PROPAGATION).unwrap_err();
         assert!(
             e.message.starts_with("spec.target.annotations[bad key!]"),
             "{}",

@@ -112,6 +112,7 @@ impl Harness {
                 cluster_connections_disabled: false,
                 allowed_api_hosts: AllowedHosts::new(["127.0.0.1".to_string()]),
                 shard: Default::default(),
+                propagation: crate::schedule::DEFAULT_PROPAGATION,
             },
             [(None, nstore)].into(),
             cstore,
@@ -1002,6 +1003,62 @@ async fn rollout_restart_targets_are_patched_only_when_data_changes() {
         ca.status.as_ref().unwrap().restarted_data_hash,
         ca.status.as_ref().unwrap().data_hash
     );
+}
+
+/// Issue 24: `minRestartInterval` held a rollout restart back past the expiry of the token the running pods held
+/// (a Deployment ran 106 s on an expired token). A held-back restart now wakes the object the propagation time
+/// before that token expires and restarts then, without another Pipedream call.
+#[tokio::test]
+async fn a_held_back_restart_runs_before_the_pods_token_expires() {
+    let h = Harness::new().await;
+    let mut ca = ca(
+        json!({"rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}], "minRestartInterval": "1h"}),
+    );
+    let restarts = |reqs: &[Recorded]| {
+        reqs.iter()
+            .filter(|r| r.path == "/apis/apps/v1/namespaces/team-a/deployments/web")
+            .count()
+    };
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(restarts(&h.api.take()), 0, "no restart on first sync");
+    for (token, restarted) in [("gho_2", 1), ("gho_3", 0)] {
+        h.advance_to_next_sync(&ca);
+        let now = h.ctx.clock.now();
+        h.serve_account(account_json(
+            token,
+            Some(now + SignedDuration::from_hours(1)),
+        ))
+        .await;
+        h.reconcile(&mut ca).await.unwrap();
+        assert_eq!(restarts(&h.api.take()), restarted, "{token}");
+    }
+    // The third token's write is within the hour of the last restart: held back, but only until the pods' token
+    // (the second) is 100 s from expiry.
+    let st = ca.status.clone().unwrap();
+    assert_ne!(st.restarted_data_hash, st.data_hash, "a restart is pending");
+    let pods_expire: Timestamp = st.restarted_expires_at.as_deref().unwrap().parse().unwrap();
+    let due = pods_expire - SignedDuration::from_secs(100);
+    let next_sync: Timestamp = st.next_sync_time.as_deref().unwrap().parse().unwrap();
+    assert!(due < next_sync, "the restart is due before the next fetch");
+    assert_eq!(h.ctx.object("uid-gh").next_pass, Some(due));
+    let calls = h.pipedream_calls("/accounts/").await;
+    h.ctx
+        .clock
+        .advance(Duration::try_from(due.duration_since(h.ctx.clock.now())).unwrap_or_default());
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(
+        restarts(&h.api.take()),
+        1,
+        "restarted before the pods' token expired"
+    );
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        calls,
+        "no fetch for it"
+    );
+    let st = ca.status.clone().unwrap();
+    assert_eq!(st.restarted_data_hash, st.data_hash);
+    assert_eq!(st.restarted_expires_at, st.expires_at);
 }
 
 /// A full sync at debug level: no credential or client secret appears in logs, status, Events or Secret

@@ -245,9 +245,10 @@ pub struct TemplateSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.beforeExpiry) >= duration('5s')").message("refresh.beforeExpiry must be at least 5s"))]
 #[x_kube(validation = Rule::new("duration(self.interval) >= duration('10s')").message("refresh.interval must be at least 10s"))]
+#[x_kube(validation = Rule::new("!has(self.propagationTime) || duration(self.propagationTime) <= duration('1h')").message("refresh.propagationTime must be at most 1h"))]
 pub struct RefreshSpec {
-    /// Renew this long before the credentials' `expires_at` (default `5m`, minimum `5s`). Keep it at least `2m`
-    /// for pods that mount the Secret: the kubelet takes about a minute to propagate a change.
+    /// Renew this long before the credentials' `expires_at` (default `5m`, minimum `5s`). A value below
+    /// `propagationTime` acts as `propagationTime`.
     #[serde(default = "default_before_expiry")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub before_expiry: String,
@@ -255,6 +256,16 @@ pub struct RefreshSpec {
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
     pub interval: String,
+    /// How long a Secret write takes to reach every pod that consumes it (default: the operator's
+    /// `--propagation-time`, `100s`). A mounted volume sees a change on the kubelet's next pod sync: its
+    /// `syncFrequency` (1m by default) plus up to half of it as jitter, so 90s with the defaults; environment
+    /// variables and `subPath` mounts see it in the new pods a rollout restart starts. Fetches, retries and rollout
+    /// restarts leave pods this much time before the credentials they hold expire, and a Pipedream that refreshes
+    /// later than this before expiry is reported (condition `PodsAtRisk`). `0s` for clients that read the
+    /// Secret through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 16))]
+    pub propagation_time: Option<String>,
 }
 
 fn default_before_expiry() -> String {
@@ -269,6 +280,7 @@ impl Default for RefreshSpec {
         Self {
             before_expiry: default_before_expiry(),
             interval: default_interval(),
+            propagation_time: None,
         }
     }
 }
@@ -304,8 +316,11 @@ pub enum WorkloadKind {
 pub struct ConnectedAccountStatus {
     /// `Ready` (reason: `SecretSynced`, `InvalidSpec`, `ConnectionNotFound`, `ConnectionNotReady`, `AccessDenied`,
     /// `AuthFailed`, `AccountNotFound`, `AccountUnhealthy`, `AccountDead`, `CredentialsUnavailable`, `RateLimited`,
-    /// `UpstreamError`, `SecretConflict`, `StaleCredentials`, `SecretWriteFailed`) and `Expired` (True with reason
-    /// `CredentialsExpired` while the Secret holds credentials past their expiry, else False with `Fresh`).
+    /// `UpstreamError`, `SecretConflict`, `StaleCredentials`, `SecretWriteFailed`), `Expired` (True with reason
+    /// `CredentialsExpired` while the Secret holds credentials past their expiry, else False with `Fresh`) and
+    /// `PodsAtRisk` (True with reason `RefreshTooLate` when Pipedream refreshes, or the last new credentials were
+    /// written, less than `spec.refresh.propagationTime` before expiry: pods may read expired credentials; else
+    /// False with `InTime`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
@@ -346,6 +361,15 @@ pub struct ConnectedAccountStatus {
     /// `dataHash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_data_hash: Option<String>,
+    /// Expiry of the credentials in the data the rollout restart targets last started with (`restartedDataHash`):
+    /// a pending restart is never held back by `minRestartInterval` past this time less `propagationTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_expires_at: Option<String>,
+    /// How long before the credentials they replaced expired the last new credentials were written (seconds).
+    /// Pods need at least `spec.refresh.propagationTime`; below it the `PodsAtRisk` condition is True.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub refresh_lead_seconds: Option<i64>,
 }
 
 /// Non-secret facts about the Pipedream account.

@@ -11,6 +11,7 @@ fn ts(s: &str) -> Timestamp {
 const POLICY: Policy = Policy {
     before_expiry: Duration::from_secs(300),
     interval: Duration::from_secs(3600),
+    propagation: Duration::ZERO,
 };
 fn obs(exp: Option<&str>, refresh: Option<&str>) -> Observed {
     Observed {
@@ -196,7 +197,7 @@ fn failures_back_off_by_class_and_land_before_expiry() {
     let far = Some(ts("2026-11-22T12:00:00Z"));
     let d: Vec<u64> = (0..10)
         .map(|a| {
-            after_failure(now, a, far, FailureClass::Transient, None)
+            after_failure(now, a, far, Duration::ZERO, FailureClass::Transient, None)
                 .delay
                 .as_secs()
         })
@@ -204,13 +205,13 @@ fn failures_back_off_by_class_and_land_before_expiry() {
     assert_eq!(d, vec![2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
     let soon = Some(ts("2026-11-22T09:01:00Z"));
     assert_eq!(
-        after_failure(now, 9, soon, FailureClass::Transient, None)
+        after_failure(now, 9, soon, Duration::ZERO, FailureClass::Transient, None)
             .delay
             .as_secs(),
         58
     );
     assert_eq!(
-        after_failure(now, 0, soon, FailureClass::Permanent, None)
+        after_failure(now, 0, soon, Duration::ZERO, FailureClass::Permanent, None)
             .delay
             .as_secs(),
         58
@@ -219,6 +220,7 @@ fn failures_back_off_by_class_and_land_before_expiry() {
         now,
         0,
         Some(ts("2026-11-22T09:00:30Z")),
+        Duration::ZERO,
         FailureClass::Transient,
         Some(Duration::from_secs(60)),
     );
@@ -227,6 +229,7 @@ fn failures_back_off_by_class_and_land_before_expiry() {
         now,
         0,
         far,
+        Duration::ZERO,
         FailureClass::Transient,
         Some(Duration::from_secs(45)),
     );
@@ -234,24 +237,38 @@ fn failures_back_off_by_class_and_land_before_expiry() {
     let expired = Some(ts("2026-11-22T08:00:00Z"));
     let perm: Vec<u64> = (0..6)
         .map(|a| {
-            after_failure(now, a, expired, FailureClass::Permanent, None)
-                .delay
-                .as_secs()
+            after_failure(
+                now,
+                a,
+                expired,
+                Duration::ZERO,
+                FailureClass::Permanent,
+                None,
+            )
+            .delay
+            .as_secs()
         })
         .collect();
     assert_eq!(perm, vec![60, 120, 240, 480, 600, 600]);
     let unhealthy: Vec<u64> = (0..6)
         .map(|a| {
-            after_failure(now, a, expired, FailureClass::Unhealthy, None)
-                .delay
-                .as_secs()
+            after_failure(
+                now,
+                a,
+                expired,
+                Duration::ZERO,
+                FailureClass::Unhealthy,
+                None,
+            )
+            .delay
+            .as_secs()
         })
         .collect();
     assert_eq!(unhealthy, vec![30, 60, 120, 240, 480, 600]);
     // Transient failures with expired credentials: like an expired answer.
     let just = Some(sub(now, Duration::from_secs(3)));
     assert_eq!(
-        after_failure(now, 8, just, FailureClass::Transient, None)
+        after_failure(now, 8, just, Duration::ZERO, FailureClass::Transient, None)
             .delay
             .as_secs(),
         1
@@ -337,7 +354,7 @@ proptest! {
         let now = Timestamp::from_second(now_s).unwrap();
         let at = |o: Option<i64>| o.map(|s| Timestamp::from_second(now_s + s).unwrap());
         let o = Observed { expires_at: at(exp), next_refresh_at: at(refresh) };
-        let p = Policy { before_expiry: Duration::from_secs(margin), interval: Duration::from_secs(interval) };
+        let p = Policy { before_expiry: Duration::from_secs(margin), interval: Duration::from_secs(interval), propagation: Duration::from_secs(margin % 150) };
         let n = after_fetch(now, o, p, jitter);
         prop_assert!(n.at >= add(now, MIN_DELAY));
         prop_assert!(n.at <= add(now, MAX_SCHEDULE));
@@ -348,7 +365,7 @@ proptest! {
             prop_assert!(n.expired);
             prop_assert!(n.at <= add(now, EXPIRED_SLOW_MAX));
         }
-        let r = after_failure(now, (margin % 20) as u32, o.expires_at, FailureClass::Transient, None);
+        let r = after_failure(now, (margin % 20) as u32, o.expires_at, Duration::ZERO, FailureClass::Transient, None);
         prop_assert!(r.delay >= MIN_DELAY);
     }
 }
@@ -361,6 +378,7 @@ async fn paused_time_rotation_always_lands_before_expiry() {
     let policy = Policy {
         before_expiry: Duration::from_secs(120),
         interval: Duration::from_secs(3600),
+        propagation: DEFAULT_PROPAGATION,
     };
     let mut expires = clock.now() + SignedDuration::from_secs(3600);
     for cycle in 0..24 {
@@ -421,4 +439,123 @@ fn a_wild_date_header_is_ignored_and_a_slow_answer_moves_expiry_earlier() {
     );
     assert_eq!(o.expires_at, Some(ts("2026-11-22T09:59:39Z")));
     assert_eq!(o.next_refresh_at, refresh);
+}
+
+const PODS: Policy = Policy {
+    before_expiry: Duration::from_secs(300),
+    interval: Duration::from_secs(3600),
+    propagation: DEFAULT_PROPAGATION,
+};
+
+/// Issue 24: after Pipedream's refresh the schedule waited for half the remaining life when that came later, and
+/// with tokens shorter than `beforeExpiry` that was after the pods' deadline (150 s tokens refreshed 120 s early:
+/// the new token was written 75 s before the old one expired, less than the kubelet's 90 s).
+#[test]
+fn the_pods_deadline_caps_the_wait_after_pipedreams_refresh() {
+    let now = ts("2026-11-22T09:00:00Z");
+    // Expires in 150 s, Pipedream refreshes in 30 s: fetch at the deadline (E − 100 s), not at half-life (+75 s).
+    let o = obs(Some("2026-11-22T09:02:30Z"), Some("2026-11-22T09:00:30Z"));
+    assert_eq!(
+        after_fetch(now, o, PODS, 0.3).at,
+        ts("2026-11-22T09:00:50Z")
+    );
+    // Without a propagation time: half-life, as before.
+    assert_eq!(
+        after_fetch(now, o, POLICY, 0.3).at,
+        ts("2026-11-22T09:01:15Z")
+    );
+}
+
+#[test]
+fn a_refresh_just_before_the_pods_deadline_is_followed_within_the_room_left() {
+    let now = ts("2026-11-22T09:00:00Z");
+    // Pipedream refreshes 102 s before expiry: 2 s before the deadline, so the fetch comes 2 s after it.
+    let o = obs(Some("2026-11-22T09:30:00Z"), Some("2026-11-22T09:28:18Z"));
+    assert_eq!(
+        after_fetch(now, o, PODS, 0.3).at,
+        ts("2026-11-22T09:28:20Z")
+    );
+    // Refreshing after the deadline (pods are at risk; reported in status): right after it, with the usual wait.
+    let o = obs(Some("2026-11-22T09:30:00Z"), Some("2026-11-22T09:29:00Z"));
+    assert_eq!(
+        after_fetch(now, o, PODS, 0.3).at,
+        ts("2026-11-22T09:29:05Z")
+    );
+}
+
+#[test]
+fn without_an_announced_refresh_the_margin_is_at_least_the_propagation_time() {
+    let now = ts("2026-11-22T09:00:00Z");
+    let o = obs(Some("2026-11-22T10:00:00Z"), None);
+    let short = Policy {
+        before_expiry: Duration::from_secs(30),
+        ..PODS
+    };
+    // beforeExpiry 30 s acts as the 100 s propagation time (jitter 0).
+    assert_eq!(
+        after_fetch(now, o, short, 0.0).at,
+        ts("2026-11-22T09:58:20Z")
+    );
+    assert_eq!(short.margin(), DEFAULT_PROPAGATION);
+}
+
+/// Inside the margin with no refresh in sight: halve the time to the pods' deadline, poll at it, then halve the
+/// time to expiry and poll just after it; within the stated bound.
+#[test]
+fn inside_the_margin_polls_reach_the_pods_deadline_then_expiry() {
+    let e = ts("2026-11-22T10:00:00Z");
+    let deadline = PODS.pod_deadline(e);
+    let o = obs(Some("2026-11-22T10:00:00Z"), None);
+    let mut now = ts("2026-11-22T09:55:00Z");
+    let mut calls = Vec::new();
+    while now <= e {
+        now = after_fetch(now, o, PODS, 0.7).at;
+        calls.push(now);
+    }
+    assert!(calls.contains(&deadline), "{calls:?}");
+    assert_eq!(calls_while_valid_bound(PODS), 10);
+    assert_eq!(*calls.last().unwrap(), ts("2026-11-22T10:00:01Z"));
+    assert!(
+        calls.len() as u32 <= calls_while_valid_bound(PODS),
+        "{} calls, bound {}: {calls:?}",
+        calls.len(),
+        calls_while_valid_bound(PODS)
+    );
+}
+
+#[test]
+fn retries_after_a_failure_land_before_the_pods_deadline_while_it_is_ahead() {
+    let now = ts("2026-11-22T09:00:00Z");
+    let held = Some(ts("2026-11-22T09:03:00Z"));
+    // A permanent failure's first 60 s backoff fits; its third (240 s) is capped to land 2 s before the
+    // deadline (09:01:20).
+    let r = after_failure(
+        now,
+        0,
+        held,
+        DEFAULT_PROPAGATION,
+        FailureClass::Permanent,
+        None,
+    );
+    assert_eq!(r.delay, Duration::from_secs(60));
+    let r = after_failure(
+        now,
+        2,
+        held,
+        DEFAULT_PROPAGATION,
+        FailureClass::Permanent,
+        None,
+    );
+    assert_eq!(r.delay, Duration::from_secs(78));
+    // Past the deadline: before expiry, as without pods.
+    let soon = Some(ts("2026-11-22T09:01:00Z"));
+    let r = after_failure(
+        now,
+        2,
+        soon,
+        DEFAULT_PROPAGATION,
+        FailureClass::Permanent,
+        None,
+    );
+    assert_eq!(r.delay, Duration::from_secs(58));
 }

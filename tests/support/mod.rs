@@ -39,6 +39,9 @@ pub struct Options {
     pub cluster_wide: bool,
     /// Share the binary's control plane even when cluster-wide: for test binaries holding a single test.
     pub alone_in_binary: bool,
+    /// The binary's control plane with nodes (kube-scheduler, the workload controllers and two hollow nodes
+    /// whose kubelets sync pods every 60 s, as a real kubelet does by default): pods run and mount Secrets.
+    pub nodes: bool,
 }
 
 enum Plane {
@@ -75,6 +78,8 @@ pub struct Env {
     pub log: PathBuf,
     /// Extra arguments for every operator started from now on.
     pub extra_args: Vec<String>,
+    /// Namespaces (real names) the operator watches beside this test's own.
+    pub watch_also: Vec<String>,
     id: String,
     watch_all: bool,
     dir: PathBuf,
@@ -140,7 +145,9 @@ impl Env {
 
     pub async fn start_with(accounts: Vec<FakeAccount>, options: Options) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let plane = if options.cluster_wide && !options.alone_in_binary {
+        let plane = if options.nodes {
+            Plane::Shared(ControlPlane::shared_with_nodes()?)
+        } else if options.cluster_wide && !options.alone_in_binary {
             Plane::Own(Box::new(ControlPlane::start()?))
         } else {
             Plane::Shared(ControlPlane::shared()?)
@@ -183,6 +190,7 @@ impl Env {
             operators: Vec::new(),
             log: dir.join("operator.log"),
             extra_args: Vec::new(),
+            watch_also: Vec::new(),
             id,
             watch_all: options.cluster_wide,
             dir,
@@ -449,7 +457,8 @@ impl Env {
             self.cluster("default"),
         ];
         if !self.watch_all {
-            let watched: Vec<String> = NAMESPACES.iter().map(|n| self.ns(n)).collect();
+            let mut watched: Vec<String> = NAMESPACES.iter().map(|n| self.ns(n)).collect();
+            watched.extend(self.watch_also.iter().cloned());
             args.push(format!("--namespaces={}", watched.join(",")));
         }
         args

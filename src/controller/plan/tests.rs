@@ -21,6 +21,7 @@ fn facts(recorded: Recorded) -> Facts {
             policy: Policy {
                 before_expiry: Duration::from_secs(300),
                 interval: Duration::from_secs(3600),
+                propagation: crate::schedule::DEFAULT_PROPAGATION,
             },
             min_restart_interval: Duration::ZERO,
         }),

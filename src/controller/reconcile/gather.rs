@@ -73,7 +73,7 @@ pub(super) async fn gather(
     let now = ctx.clock.now();
     let uid = ca.uid().unwrap_or_default();
     let status = ca.status.clone().unwrap_or_default();
-    let spec = spec::validate_spec(ca);
+    let spec = spec::validate_spec(ca, ctx.settings.propagation);
     // An invalid spec is reported before anything is read.
     let (secret, read, exists) = if spec.is_ok() {
         secret_facts(ca, ctx, &status, mem).await?

@@ -44,7 +44,7 @@ const INDEX_LAG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5
 
 /// How a pass ended, before it is reported.
 enum Outcome {
-    Synced(Synced),
+    Synced(Box<Synced>),
     Failed(SyncFailure),
 }
 
@@ -115,7 +115,7 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
             let at = schedule::add(ctx.clock.now(), plan::PENDING_RECHECK);
             return Ok(requeue(ctx, &uid, at));
         }
-        Step::Keep(next) => Outcome::Synced(write::keep(ca, ctx, &known, next).await),
+        Step::Keep(next) => Outcome::Synced(Box::new(write::keep(ca, ctx, &known, next).await)),
         Step::Write(answer, cause) => write::write(ca, ctx, &known, &answer, cause).await?,
         Step::Fail(f) => Outcome::Failed(f),
     };
@@ -161,6 +161,7 @@ pub fn error_policy(ca: Arc<ConnectedAccount>, err: &Error, ctx: Arc<Context>) -
         now,
         attempt - 1,
         exp,
+        super::spec::propagation(&ca, ctx.settings.propagation),
         schedule::FailureClass::Transient,
         None,
     );

@@ -23,7 +23,7 @@ pub(super) async fn report(
     outcome: Outcome,
 ) -> Result<Action, Error> {
     match outcome {
-        Outcome::Synced(s) => synced(ca, ctx, known, s).await,
+        Outcome::Synced(s) => synced(ca, ctx, known, *s).await,
         Outcome::Failed(f) => failed(ca, ctx, known, f).await,
     }
 }
@@ -67,7 +67,20 @@ async fn synced(
         )
         .await;
     }
-    Ok(requeue(ctx, &uid, s.next))
+    if let Some(risk) = s.pod_risk.as_ref().filter(|r| r.at_risk)
+        && !condition_true(&old.conditions, build::PODS_AT_RISK)
+    {
+        publish(
+            ctx,
+            ca,
+            EventType::Warning,
+            build::REFRESH_TOO_LATE,
+            "Sync",
+            risk.message.clone(),
+        )
+        .await;
+    }
+    Ok(requeue(ctx, &uid, s.requeue_at()))
 }
 
 async fn failed(
@@ -81,7 +94,8 @@ async fn failed(
     let old = &known.status;
     let attempt = ctx.record_failure(&uid);
     let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
-    let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, now);
+    let propagation = crate::controller::spec::propagation(ca, ctx.settings.propagation);
+    let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, propagation, now);
     if let Some(n) = note {
         f.message.push_str(&n);
     }
@@ -114,6 +128,16 @@ async fn failed(
         .await;
     }
     Ok(requeue(ctx, &uid, next))
+}
+
+/// Whether condition `type_` is True.
+fn condition_true(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// Apply status when it needs writing, and remember the `nextSyncTime` written.

@@ -56,15 +56,17 @@ pub(super) async fn keep(
 ) -> Synced {
     let mut s = Synced::unchanged(ca, next);
     if let Ok(v) = &known.facts.spec {
-        s.restart = restart::maybe_restart(
+        let r = restart::maybe_restart(
             ca,
             ctx,
             known.facts.now,
             &known.status,
             v.min_restart_interval,
+            v.policy.propagation,
             known.status.data_hash.as_deref(),
         )
         .await;
+        (s.restart, s.wake) = (r.restarted, r.wake);
     }
     s
 }
@@ -150,10 +152,16 @@ pub(super) async fn write(
         known.facts.now,
         st,
         validated.min_restart_interval,
+        validated.policy.propagation,
         Some(&built.hash),
     )
     .await;
-    Ok(Outcome::Synced(Synced {
+    // New data in place of credentials that expire: how long before they do.
+    let replaced = (st.data_hash.as_deref() != Some(built.hash.as_str()))
+        .then(|| st.expires_at.as_deref().and_then(schedule::parse_ts))
+        .flatten();
+    let pod_risk = build::pod_risk(validated.policy, built.observed, known.facts.now, replaced);
+    Ok(Outcome::Synced(Box::new(Synced {
         secret_name: name,
         connection: Some(conn.key().id.status_ref()),
         expires_at: built.expires_at,
@@ -162,9 +170,11 @@ pub(super) async fn write(
         data_hash: Some(built.hash),
         confirmed: true,
         written,
-        restart,
+        restart: restart.restarted,
+        wake: restart.wake,
+        pod_risk: Some(pod_risk),
         secret_version: version,
-    }))
+    })))
 }
 
 async fn build_secret(

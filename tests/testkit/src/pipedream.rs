@@ -277,6 +277,33 @@ impl FakePipedream {
         self.lock().clock_offset += SignedDuration::try_from(d).unwrap_or_default();
     }
 
+    /// When OAuth access token `token` (as served: `<oauth_access_token>-g<generation>`) expires, on the fake's
+    /// clock: the truth a check of what pods hold is judged against. `None` for a value no account issues.
+    pub fn token_expiry(&self, token: &str) -> Option<Timestamp> {
+        let (base, generation) = token.rsplit_once("-g")?;
+        let generation: i64 = generation.parse().ok()?;
+        let i = self.lock();
+        let a = i.accounts.values().find(|a| {
+            a.credentials
+                .get("oauth_access_token")
+                .and_then(Value::as_str)
+                == Some(base)
+        })?;
+        let life = a.lifetime_secs?;
+        let lead = a.refresh_lead_secs.min(life.saturating_sub(1));
+        let period = (life - lead).saturating_add(a.refresh_late_secs).max(1) as i64;
+        // Generations follow each other every `period` from the current one's issue time (see `roll`).
+        let issued = a
+            .issued_at?
+            .checked_add(SignedDuration::from_secs(
+                (generation - a.generation as i64).checked_mul(period)?,
+            ))
+            .ok()?;
+        issued
+            .checked_add(SignedDuration::from_secs(life as i64))
+            .ok()
+    }
+
     /// Add or replace an account (its credentials are issued now unless `issued_at` is set).
     pub fn upsert_account(&self, mut a: FakeAccount) {
         let now = self.now();

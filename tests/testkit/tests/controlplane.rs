@@ -145,16 +145,26 @@ async fn rbac_decides_for_tenants_and_service_accounts_and_the_audit_log_names_t
 #[test]
 #[ignore = "run by no_process_outlives_a_killed_test_process"]
 fn helper_start_and_wait_to_be_killed() {
-    let cp = ControlPlane::shared().expect("control plane binaries");
+    let options = pdso_testkit::controlplane::node::NodeOptions {
+        count: 1,
+        ..Default::default()
+    };
+    let cp = ControlPlane::start_with_nodes(options).expect("control plane binaries");
+    for n in cp.nodes() {
+        println!("NODE {}", n.root.display());
+    }
     println!("READY {}", cp.dir().display());
     std::thread::sleep(Duration::from_secs(120));
 }
 
-/// A test process killed with SIGKILL (no destructor, no panic hook) leaves no etcd, kube-apiserver or
-/// kube-controller-manager behind, and its data directory goes too.
+/// A test process killed with SIGKILL (no destructor, no panic hook) leaves no etcd, kube-apiserver,
+/// kube-controller-manager, kube-scheduler or node (kubemark) behind, and its data directory and the node's
+/// kubelet root go too.
 #[test]
 fn no_process_outlives_a_killed_test_process() {
-    if pdso_testkit::controlplane::assets::find().is_err() {
+    if pdso_testkit::controlplane::assets::find().is_err()
+        || pdso_testkit::controlplane::assets::find_node_binaries().is_err()
+    {
         // Same rule as the fixture: skip with a line, or fail under CI.
         let _ = ControlPlane::shared();
         return;
@@ -171,29 +181,39 @@ fn no_process_outlives_a_killed_test_process() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut roots = Vec::new();
     let dir = std::io::BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("READY ").map(str::to_string))
+        .find_map(|l| {
+            if let Some(root) = l.strip_prefix("NODE ") {
+                roots.push(std::path::PathBuf::from(root));
+            }
+            l.strip_prefix("READY ").map(str::to_string)
+        })
         .expect("the helper started a control plane");
     let running = processes_mentioning(&dir);
-    assert!(
-        running.iter().any(|p| p.contains("kube-apiserver"))
-            && running.iter().any(|p| p.contains("etcd")),
-        "{running:?}"
-    );
+    for bin in ["kube-apiserver", "etcd", "kube-scheduler", "kubemark"] {
+        assert!(
+            running.iter().any(|p| p.contains(bin)),
+            "{bin}: {running:?}"
+        );
+    }
+    assert_eq!(roots.len(), 1);
+    assert!(roots[0].exists(), "the node's kubelet root");
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = processes_mentioning(&dir);
-        if left.is_empty() && !std::path::Path::new(&dir).exists() {
+        if left.is_empty() && !std::path::Path::new(&dir).exists() && !roots[0].exists() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind after SIGKILL: {left:?}, dir exists: {}",
-            std::path::Path::new(&dir).exists()
+            "left behind after SIGKILL: {left:?}, dir exists: {}, kubelet root exists: {}",
+            std::path::Path::new(&dir).exists(),
+            roots[0].exists()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -1,11 +1,13 @@
 //! Standalone real control plane (etcd, kube-apiserver, kube-controller-manager) on loopback, for scripts and
 //! the chart tests: `control-plane --kubeconfig-dir DIR` writes `admin.kubeconfig`, `operator.kubeconfig` and one
-//! per tenant user, prints one JSON line (`url`, `dir`, `audit_log`, `kubeconfigs`), and runs until its standard
-//! input closes, SIGINT or SIGTERM. Exits 77 (after one line naming `KUBEBUILDER_ASSETS`) when no binaries are
-//! found and `CI` is not `true`.
+//! per tenant user, prints one JSON line (`url`, `dir`, `audit_log`, `kubeconfigs`, `nodes`), and runs until its
+//! standard input closes, SIGINT or SIGTERM. `--nodes N` adds kube-scheduler, the workload controllers and N
+//! hollow nodes (the real kubelet over a fake container runtime). Exits 77 (after one line naming
+//! `KUBEBUILDER_ASSETS`) when no binaries are found and `CI` is not `true`.
 use std::path::PathBuf;
 
 use clap::Parser;
+use pdso_testkit::controlplane::node::NodeOptions;
 use pdso_testkit::controlplane::{ADMIN, ControlPlane, OPERATOR, TENANTS};
 use serde_json::json;
 
@@ -16,8 +18,14 @@ struct Args {
     #[arg(long)]
     kubeconfig_dir: PathBuf,
     /// Do not install the operator's CRDs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nodes")]
     no_crds: bool,
+    /// Hollow nodes to run (with kube-scheduler and the workload controllers); 0: none.
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// The nodes' kubelet `syncFrequency` in seconds (a real kubelet's default is 60).
+    #[arg(long, default_value_t = 60)]
+    sync_frequency_secs: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -25,6 +33,12 @@ async fn main() -> Result<(), String> {
     let args = Args::parse();
     let started = if args.no_crds {
         ControlPlane::start_empty()
+    } else if args.nodes > 0 {
+        ControlPlane::start_with_nodes(NodeOptions {
+            count: args.nodes,
+            sync_frequency: std::time::Duration::from_secs(args.sync_frequency_secs),
+            ..NodeOptions::default()
+        })
     } else {
         ControlPlane::start()
     };
@@ -43,7 +57,8 @@ async fn main() -> Result<(), String> {
     println!(
         "{}",
         json!({"url": cp.url(), "dir": cp.dir(), "audit_log": cp.dir().join("audit.log"),
-            "kubeconfigs": kubeconfigs})
+            "kubeconfigs": kubeconfigs,
+            "nodes": cp.nodes().iter().map(|n| json!({"name": n.name, "root": n.root})).collect::<Vec<_>>()})
     );
     let stdin_closed = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();

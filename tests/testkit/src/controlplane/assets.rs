@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 /// The three binaries a control plane needs.
 pub const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
+/// What a control plane with nodes needs beside [`BINARIES`]: the scheduler and kubemark's hollow node (the real
+/// kubelet over a fake container runtime). setup-envtest ships neither; they come from `../shared/kube` when
+/// `KUBEBUILDER_ASSETS` lacks them.
+pub const NODE_BINARIES: [&str; 2] = ["kube-scheduler", "kubemark"];
+
 /// The environment variable envtest reads.
 pub const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
 
@@ -78,15 +83,40 @@ pub fn find() -> Result<PathBuf, Missing> {
             absent.join(", ")
         )));
     }
-    unpack(&archives).map_err(Missing)
+    unpack(&archives, &BINARIES).map_err(Missing)
 }
 
-/// Unpack into `target/kube-assets/<key>/`.
-fn unpack(archives: &Path) -> Result<PathBuf, String> {
+/// The folder holding [`NODE_BINARIES`]: `KUBEBUILDER_ASSETS` when it has them, else the archives unpacked.
+pub fn find_node_binaries() -> Result<PathBuf, Missing> {
+    if let Some(dir) = std::env::var_os(ASSETS_VAR).filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if NODE_BINARIES.iter().all(|b| executable(&dir.join(b))) {
+            return Ok(dir);
+        }
+    }
+    let archives = archive_dir();
+    let absent: Vec<String> = NODE_BINARIES
+        .iter()
+        .map(|b| format!("{b}.xz"))
+        .filter(|f| !archives.join(f).is_file())
+        .collect();
+    if !absent.is_empty() {
+        return Err(Missing(format!(
+            "no node binaries: put kube-scheduler and kubemark (built with `--morph=kubelet` support) into \
+             {ASSETS_VAR}, or provide {} ({} missing)",
+            archives.display(),
+            absent.join(", ")
+        )));
+    }
+    unpack(&archives, &NODE_BINARIES).map_err(Missing)
+}
+
+/// Unpack `bins` into `target/kube-assets/<key>/`.
+fn unpack(archives: &Path, bins: &[&str]) -> Result<PathBuf, String> {
     let dir = target_dir()
         .join("kube-assets")
         .join(archive_key(archives)?);
-    unpack_into(archives, &dir)?;
+    unpack_into(archives, &dir, bins)?;
     Ok(dir)
 }
 
@@ -94,14 +124,14 @@ fn unpack(archives: &Path) -> Result<PathBuf, String> {
 /// temporary name and renamed, so concurrent test binaries never see half a file.
 /// Threads of one process take turns (one unpacks, the others then find the binaries), and a temporary name is
 /// unique to its process and call.
-fn unpack_into(archives: &Path, dir: &Path) -> Result<(), String> {
+fn unpack_into(archives: &Path, dir: &Path, bins: &[&str]) -> Result<(), String> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let _turn = TURN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for bin in BINARIES {
+    for &bin in bins {
         let dest = dir.join(bin);
         if executable(&dest) {
             continue;
@@ -176,7 +206,7 @@ mod tests {
             let dir = root.join(format!("out-{round}"));
             let results: Vec<Result<(), String>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..6)
-                    .map(|_| s.spawn(|| unpack_into(&archives, &dir)))
+                    .map(|_| s.spawn(|| unpack_into(&archives, &dir, &BINARIES)))
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });

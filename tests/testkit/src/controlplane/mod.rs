@@ -6,8 +6,14 @@
 //! [`ControlPlane::shared`] starts one per test process, shared by tests that isolate themselves by namespace;
 //! [`ControlPlane::start`] starts a private one. Every process stops when its owner is dropped and, for the shared
 //! one (never dropped: it is a `static`), when the test process ends in any way (see [`process`]).
+//!
+//! With nodes ([`ControlPlane::shared_with_nodes`], [`ControlPlane::start_with_nodes`]) it also runs
+//! kube-scheduler, kube-controller-manager's workload controllers (Deployments, ReplicaSets, StatefulSets,
+//! DaemonSets) and hollow nodes (see [`node`]): workloads roll out for real and tests read the files a pod's
+//! volumes hold.
 
 pub mod assets;
+pub mod node;
 mod process;
 
 use std::collections::BTreeMap;
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use node::{Node, NodeOptions, VolumeFiles};
 use process::Supervised;
 
 /// The administrator (group `system:masters`).
@@ -63,6 +70,8 @@ pub struct ControlPlane {
     processes: Mutex<Vec<Supervised>>,
     /// What the API server warned about while the CRDs were installed at startup.
     crd_warnings: Vec<String>,
+    /// The hollow nodes, if any.
+    nodes: Vec<Node>,
     /// Removes `dir` when this process ends (the shared control plane is never dropped).
     _cleanup: Option<Supervised>,
 }
@@ -102,11 +111,53 @@ impl ControlPlane {
                     Ok(None)
                 }
             }
-            Ok(bin) => Self::start_with(&bin, Some(&crds_dir())).map(Some),
+            Ok(bin) => Self::start_with(&bin, Some(&crds_dir()), None).map(Some),
         });
         match started {
             Ok(cp) => cp.as_ref(),
             Err(e) => panic!("control plane: {e}"),
+        }
+    }
+
+    /// The test process's control plane with nodes ([`NodeOptions::default`]: two nodes, the kubelet's default
+    /// 60 s sync), the scheduler and the workload controllers; started on first use, with the same rules as
+    /// [`Self::shared`] when binaries are missing (the node binaries included).
+    pub fn shared_with_nodes() -> Option<&'static ControlPlane> {
+        static SHARED: OnceLock<Result<Option<ControlPlane>, String>> = OnceLock::new();
+        let started = SHARED.get_or_init(|| match find_all() {
+            Err(missing) => {
+                if ci() {
+                    Err(format!("CI=true and {missing}"))
+                } else {
+                    skip_notice(&missing);
+                    Ok(None)
+                }
+            }
+            Ok((bin, node_bin)) => Self::start_with(
+                &bin,
+                Some(&crds_dir()),
+                Some((&node_bin, NodeOptions::default())),
+            )
+            .map(Some),
+        });
+        match started {
+            Ok(cp) => cp.as_ref(),
+            Err(e) => panic!("control plane: {e}"),
+        }
+    }
+
+    /// A private control plane with the operator's CRDs and nodes as `options` say.
+    pub fn start_with_nodes(options: NodeOptions) -> Option<Self> {
+        match find_all() {
+            Err(missing) if ci() => panic!("control plane: CI=true and {missing}"),
+            Err(missing) => {
+                skip_notice(&missing);
+                None
+            }
+            Ok((bin, node_bin)) => Some(
+                Self::start_with(&bin, Some(&crds_dir()), Some((&node_bin, options)))
+                    .unwrap_or_else(|e| panic!("control plane: {e}")),
+            ),
         }
     }
 
@@ -128,16 +179,20 @@ impl ControlPlane {
                 skip_notice(&missing);
                 None
             }
-            Ok(bin) => {
-                Some(Self::start_with(&bin, crds).unwrap_or_else(|e| panic!("control plane: {e}")))
-            }
+            Ok(bin) => Some(
+                Self::start_with(&bin, crds, None).unwrap_or_else(|e| panic!("control plane: {e}")),
+            ),
         }
     }
 
     /// Start etcd and the API server, install `crds` (before kube-controller-manager starts, as in a cluster where
     /// CRDs exist before controllers: its garbage collector discovers new resources only every 30 s), then start
-    /// kube-controller-manager.
-    fn start_with(bin: &Path, crds: Option<&Path>) -> Result<Self, String> {
+    /// kube-controller-manager, and with `nodes` the scheduler and the nodes (from the binaries in its folder).
+    fn start_with(
+        bin: &Path,
+        crds: Option<&Path>,
+        nodes: Option<(&Path, NodeOptions)>,
+    ) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = assets::target_dir().join("tmp").join("control-plane");
@@ -171,21 +226,65 @@ impl ControlPlane {
             tokens,
             processes: Mutex::new(processes),
             crd_warnings: Vec::new(),
+            nodes: Vec::new(),
             _cleanup: Some(cleanup),
         };
         if let Some(crds) = crds {
             me.crd_warnings = block_on(me.install_crds(crds))?;
         }
-        let kcm = me.start_controller_manager(bin)?;
+        let kcm = me.start_controller_manager(bin, nodes.is_some())?;
         lock(&me.processes).push(kcm);
+        if let Some((node_bin, options)) = nodes {
+            me.start_nodes(node_bin, &options)?;
+        }
         Ok(me)
     }
 
-    /// kube-controller-manager, as the administrator.
-    fn start_controller_manager(&self, bin: &Path) -> Result<Supervised, String> {
+    /// kube-scheduler, then the nodes; each node Ready and schedulable before this returns.
+    fn start_nodes(&mut self, bin: &Path, options: &NodeOptions) -> Result<(), String> {
+        let admin = self.dir.join("admin.kubeconfig");
+        let scheduler = Supervised::spawn(
+            "kube-scheduler",
+            &bin.join("kube-scheduler"),
+            &[
+                format!("--kubeconfig={}", admin.display()),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+            ],
+            &self.dir.join("kube-scheduler.log"),
+        )?;
+        lock(&self.processes).push(scheduler);
+        let kubeconfig = self.dir.join("kubelet.kubeconfig");
+        std::fs::write(&kubeconfig, self.kubeconfig(node::KUBELET_USER))
+            .map_err(|e| e.to_string())?;
+        let mut logs = Vec::new();
+        for i in 1..=options.count {
+            let name = format!("node-{i}");
+            let log = self.dir.join(format!("{name}.log"));
+            let p = node::spawn(bin, &name, &kubeconfig, options, &log)?;
+            lock(&self.processes).push(p);
+            logs.push((name, log));
+        }
+        for (name, log) in logs {
+            block_on(node::wait_ready(self, &name, Duration::from_secs(60)))?;
+            let root = node::root_from_log(&log)
+                .ok_or_else(|| format!("node {name}: no root directory in {}", log.display()))?;
+            self.nodes.push(Node { name, root });
+        }
+        Ok(())
+    }
+
+    /// kube-controller-manager, as the administrator; with `workloads` also the controllers that roll workloads
+    /// out (Deployments, ReplicaSets, StatefulSets, DaemonSets).
+    fn start_controller_manager(&self, bin: &Path, workloads: bool) -> Result<Supervised, String> {
         let s = |p: &Path| p.display().to_string();
         let kubeconfig = self.dir.join("admin.kubeconfig");
         std::fs::write(&kubeconfig, self.kubeconfig(ADMIN)).map_err(|e| e.to_string())?;
+        let mut controllers =
+            "garbagecollector,namespace,serviceaccount,serviceaccount-token".to_string();
+        if workloads {
+            controllers.push_str(",deployment,replicaset,statefulset,daemonset");
+        }
         Supervised::spawn(
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
@@ -193,8 +292,7 @@ impl ControlPlane {
                 format!("--kubeconfig={}", s(&kubeconfig)),
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
-                "--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token"
-                    .into(),
+                format!("--controllers={controllers}"),
                 format!(
                     "--service-account-private-key-file={}",
                     s(&self.dir.join("sa.key"))
@@ -212,6 +310,36 @@ impl ControlPlane {
         &self.crd_warnings
     }
 
+    /// The hollow nodes (none unless started with nodes).
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node a pod (a Pod object as JSON) is bound to, if it is one of ours.
+    pub fn node_of(&self, pod: &Value) -> Option<&Node> {
+        let name = pod["spec"]["nodeName"].as_str()?;
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The files of volume `volume` of `pod` as the kubelet last wrote them: what a container mounting it (without
+    /// `subPath`) reads now. `None` until the kubelet has mounted it.
+    pub fn pod_volume(&self, pod: &Value, volume: &str) -> Option<VolumeFiles> {
+        let node = self.node_of(pod)?;
+        node::read_volume(&node::volume_dir(node, pod, volume)?)
+    }
+
+    /// Volume `volume` of `pod` as container `container` found it when it started (see [`node::as_started`]):
+    /// what its environment variables or `subPath` mounts of the same Secret hold.
+    pub fn pod_volume_as_started(
+        &self,
+        pod: &Value,
+        volume: &str,
+        container: &str,
+    ) -> Option<VolumeFiles> {
+        let node = self.node_of(pod)?;
+        node::as_started(&node::volume_dir(node, pod, volume)?, pod, container)
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.url
@@ -222,7 +350,7 @@ impl ControlPlane {
         &self.ca_pem
     }
 
-    /// The bearer token of a static user ([`ADMIN`], [`OPERATOR`], [`TENANTS`]).
+    /// The bearer token of a static user ([`ADMIN`], [`OPERATOR`], [`TENANTS`], [`node::KUBELET_USER`]).
     pub fn token(&self, user: &str) -> &str {
         self.tokens
             .get(user)
@@ -452,6 +580,11 @@ fn crds_dir() -> PathBuf {
     assets::repo_root().join("crds")
 }
 
+/// The control plane's and the nodes' binaries.
+fn find_all() -> Result<(PathBuf, PathBuf), assets::Missing> {
+    Ok((assets::find()?, assets::find_node_binaries()?))
+}
+
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -465,6 +598,7 @@ fn sweep_stale(base: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.split('-').next().unwrap_or_default();
         if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            node::sweep(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -499,17 +633,27 @@ fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), S
     let sa_key = KeyPair::generate().map_err(err)?;
     let mut tokens = BTreeMap::new();
     let mut csv = String::new();
-    let users = [(ADMIN, "system:masters"), (OPERATOR, "system:masters")]
-        .into_iter()
-        .chain(TENANTS.iter().map(|t| (*t, "")));
+    let users = [
+        (ADMIN, "system:masters"),
+        (OPERATOR, "system:masters"),
+        (node::KUBELET_USER, "system:masters,system:nodes"),
+    ]
+    .into_iter()
+    .chain(TENANTS.iter().map(|t| (*t, "")));
     for (i, (user, group)) in users.enumerate() {
         let token = random_token();
         csv.push_str(&format!("{token},{user},uid-{i},\"{group}\"\n"));
         tokens.insert(user.to_string(), token);
     }
-    let audit_policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+    // The nodes' kubelets are audited for Secrets only (what they cost the API server to follow Secrets).
+    let audit_policy = format!(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
         - level: None\n  users: [admin, \"system:apiserver\", \"system:kube-controller-manager\"]\n\
-        - level: Metadata\n";
+        - level: Metadata\n  users: [{kubelet}]\n  resources: [{{group: \"\", resources: [secrets]}}]\n\
+        - level: None\n  users: [{kubelet}]\n\
+        - level: Metadata\n",
+        kubelet = node::KUBELET_USER
+    );
     let files = [
         ("ca.crt", ca_cert.pem()),
         ("serving.crt", serving_cert.pem()),
@@ -517,7 +661,7 @@ fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), S
         ("sa.key", sa_key.serialize_pem()),
         ("sa.pub", sa_key.public_key_pem()),
         ("tokens.csv", csv),
-        ("audit-policy.yaml", audit_policy.to_string()),
+        ("audit-policy.yaml", audit_policy),
     ];
     for (name, text) in files {
         std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))?;

@@ -5,7 +5,9 @@
 //! whose write end only this process has (Rust opens it close-on-exec, so no other child inherits it). However
 //! this process ends, the pipe closes, the watchdog reads end-of-file and SIGKILLs its child. The watchdog ignores
 //! SIGINT (background children of a non-interactive shell ignore it anyway) so that Ctrl-C reaches this process,
-//! whose exit then closes the pipe. The watchdog also exits when its child does, so `exited` tells.
+//! whose exit then closes the pipe. The watchdog also exits when its child does, so `exited` tells. A child that
+//! leaves files outside the data directory (a hollow node's kubelet root and runtime socket) gets clean-up steps
+//! the watchdog runs before killing it and after it is gone.
 
 use std::io::Write;
 use std::path::Path;
@@ -20,10 +22,12 @@ while :; do
   read -r -t 1 _
   rc=$?
   if [ "$rc" -le 128 ]; then break; fi        # a line or end-of-file: stop the child
-  if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; exit $?; fi
+  if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; eval "${PDSO_AFTER:-}"; exit $rc; fi
 done
+eval "${PDSO_BEFORE_KILL:-}"
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
+eval "${PDSO_AFTER:-}"
 exit 0
 "#;
 
@@ -37,6 +41,20 @@ pub struct Supervised {
 impl Supervised {
     /// Start `program args…`, its stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, String> {
+        Self::spawn_with(name, program, args, &[], log, "", "")
+    }
+
+    /// [`Self::spawn`] with environment variables for the program, and bash steps the watchdog runs (with `$pid`
+    /// set) just before it kills the program and after the program is gone.
+    pub fn spawn_with(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &Path,
+        before_kill: &str,
+        after: &str,
+    ) -> Result<Self, String> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,6 +67,9 @@ impl Supervised {
             .arg("watchdog")
             .arg(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PDSO_BEFORE_KILL", before_kill)
+            .env("PDSO_AFTER", after)
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
