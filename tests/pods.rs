@@ -86,7 +86,7 @@ fn template(app: &str, secret: &str, consumer: Consumer) -> Value {
             json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": KEY}}}]),
         ),
         Consumer::SubPath => (
-            "at-start",
+            "at-mount",
             KEY,
             secret_volume,
             json!([{"name": "creds", "mountPath": "/etc/token", "subPath": KEY, "readOnly": true}]),
@@ -169,7 +169,8 @@ fn describe_expired(r: &podview::Report) -> String {
 /// environment variables and `subPath` mounts in a Deployment, a StatefulSet and a DaemonSet listed in
 /// `rolloutRestartTargets`, sampled every half second for 330 s on two nodes with the kubelet's default 60 s sync.
 /// No pod may hold an expired token, every Secret is refreshed at least three times, every file consumer sees the
-/// refreshes, and every env/subPath consumer is replaced by new, Running pods before its token expires.
+/// refreshes, and every env/subPath consumer is replaced by new pods before its token expires (Running for env;
+/// the hollow node does not start `subPath` containers, so those are judged by their mount: see `podview`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_pod_reads_an_expired_token_with_default_settings() {
     let accounts = vec![
@@ -273,7 +274,7 @@ async fn no_pod_reads_an_expired_token_with_default_settings() {
                     pods.iter().map(|p| &p.pod).collect::<Vec<_>>()
                 );
                 assert!(
-                    pods.iter().all(|p| p.reads == Reads::AtStart),
+                    pods.iter().all(|p| p.reads != Reads::File),
                     "{kind}/{name} sampled as a file consumer"
                 );
             }
@@ -493,4 +494,8 @@ async fn a_pipedream_that_refreshes_too_late_for_pods_is_reported_as_a_risk() {
             && l.contains("name=\"tight\"")),
         "{scrape}"
     );
+    // The chart's PodsAtRisk alert is tested on this scrape (tests/chart/test_chart.py).
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("scrape-pods-at-risk.txt"), &scrape).unwrap();
 }

@@ -5,8 +5,12 @@
 //!   `subPath`): the pod holds what the kubelet last wrote into the volume.
 //! - [`Reads::AtStart`]: the app read it once when its container started (an environment variable, or a
 //!   `subPath` mount): the pod holds what the volume held at the container's start, until a new pod replaces it.
+//! - [`Reads::AtMount`]: a `subPath` mount on the hollow node, whose fake subpather refuses to start such a
+//!   container (`CreateContainerConfigError: not implemented`, though the pod reports Ready). A real kubelet
+//!   bind-mounts the file from the volume it mounted in the same pod sync, so the pod holds the volume's first
+//!   generation until a new pod replaces it; the pod counts as running from that mount to its deletion.
 //!
-//! Pods opt in with the label [`READS_LABEL`] (`file` or `at-start`) and the annotations [`VOLUME_ANNOTATION`]
+//! Pods opt in with the label [`READS_LABEL`] (`file`, `at-start` or `at-mount`) and the annotations [`VOLUME_ANNOTATION`]
 //! (a volume of the pod that mounts the Secret: for `at-start` pods, a volume of the same Secret the kubelet
 //! mounts in the same sync as it starts the container) and [`KEY_ANNOTATION`] (the key, a path in that volume).
 //! The monitor also records when each value first appeared in the Secret object, so propagation (Secret write →
@@ -22,7 +26,7 @@ use serde_json::Value;
 use crate::controlplane::ControlPlane;
 use crate::controlplane::node::{self, Node};
 
-/// Pod label: how the pod's app holds the Secret (`file` or `at-start`).
+/// Pod label: how the pod's app holds the Secret (`file`, `at-start` or `at-mount`).
 pub const READS_LABEL: &str = "podview.pdso.test/reads";
 /// Pod annotation: the volume to read.
 pub const VOLUME_ANNOTATION: &str = "podview.pdso.test/volume";
@@ -36,6 +40,8 @@ pub enum Reads {
     File,
     /// Read it once at container start (env var, `subPath`).
     AtStart,
+    /// Holds the volume's first generation (`subPath` on the hollow node, whose containers do not start).
+    AtMount,
 }
 
 /// One sampled value that was expired when sampled.
@@ -217,6 +223,7 @@ fn target(nodes: &[Node], pod: &Value) -> Option<Target> {
     let reads = match pod["metadata"]["labels"][READS_LABEL].as_str()? {
         "file" => Reads::File,
         "at-start" => Reads::AtStart,
+        "at-mount" => Reads::AtMount,
         _ => return None,
     };
     let annotations = &pod["metadata"]["annotations"];
@@ -324,16 +331,21 @@ fn sample(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let Some(started_at) = node::container_started(pod, &t.container) else {
-        return;
-    };
     let name = format!(
         "{}/{}",
         pod["metadata"]["namespace"].as_str().unwrap_or_default(),
         pod["metadata"]["name"].as_str().unwrap_or_default()
     );
-    // One record per container instance (a restarted container starts again).
-    let instance = format!("{uid}@{started_at}");
+    // One record per container instance (a restarted container starts again); per pod for `at-mount`.
+    let instance = match t.reads {
+        Reads::AtMount => uid,
+        Reads::File | Reads::AtStart => {
+            let Some(started_at) = node::container_started(pod, &t.container) else {
+                return;
+            };
+            format!("{uid}@{started_at}")
+        }
+    };
     let value = match t.reads {
         Reads::File => node::read_volume(&t.dir).and_then(|v| v.text(&t.key)),
         Reads::AtStart => started
@@ -342,6 +354,17 @@ fn sample(
                 node::as_started(&t.dir, pod, &t.container).and_then(|v| v.text(&t.key))
             })
             .clone(),
+        // Not mounted yet: nothing held, nothing remembered.
+        Reads::AtMount => match started.get(&instance) {
+            Some(v) => v.clone(),
+            None => {
+                let v = node::read_volume(&t.dir).and_then(|v| v.text(&t.key));
+                if v.is_some() {
+                    started.insert(instance.clone(), v.clone());
+                }
+                v
+            }
+        },
     };
     let i = match report.pods.iter().position(|p| p.uid == instance) {
         Some(i) => i,
