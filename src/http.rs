@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
@@ -16,7 +19,16 @@ use crate::metrics::Metrics;
 struct AppState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// One permit per scrape being encoded or sent.
+    scrapes: Arc<Semaphore>,
 }
+
+/// Scrapes in flight at once. A scrape's body lives until its client has read it, so clients that ask and never
+/// read would otherwise hold one whole scrape each (several MB at 10,000 objects); beyond this they get 503.
+pub const MAX_SCRAPES_IN_FLIGHT: usize = 2;
+
+/// The body is sent in pieces of this size, so a scrape's permit is held until its client has read the last one.
+const CHUNK: usize = 64 * 1024;
 
 /// The router (exposed for tests).
 pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
@@ -24,7 +36,11 @@ pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState {
+            metrics,
+            ready,
+            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES_IN_FLIGHT)),
+        })
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
@@ -36,6 +52,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many scrapes in flight",
+        )
+            .into_response();
+    };
     let gzip = headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -54,7 +78,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let Ok(body) = body else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let mut response = body.into_response();
+    let mut response = Body::from_stream(pieces(Bytes::from(body), permit)).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -65,6 +89,20 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// `body` in [`CHUNK`]s, holding `permit` until the last one is taken or the client goes away.
+fn pieces(
+    body: Bytes,
+    permit: OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures::stream::unfold((body, permit), |(mut rest, permit)| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        let piece = rest.split_to(rest.len().min(CHUNK));
+        Some((Ok(piece), (rest, permit)))
+    })
 }
 
 /// Serve until `shutdown` resolves.

@@ -160,3 +160,65 @@ async fn metrics_are_gzip_compressed_for_a_scraper_that_asks() {
     let refused = scrape(Some("gzip;q=0")).await.unwrap();
     assert_eq!(refused.headers().get("content-encoding"), None);
 }
+
+/// Issue 25 (4): every /metrics response stayed in memory until its client read it, and nothing bounded how many
+/// there were: a handful of clients that ask and never read held a whole scrape each. At most
+/// `MAX_SCRAPES_IN_FLIGHT` are encoded or sent at once; beyond that a scrape gets 503 until one finishes or its
+/// client goes away.
+#[tokio::test]
+async fn clients_that_never_read_cannot_hold_more_than_the_bounded_scrapes() {
+    use pipedream_secrets_operator::http::MAX_SCRAPES_IN_FLIGHT;
+    use tokio::io::AsyncWriteExt;
+    let metrics = Arc::new(Metrics::new());
+    // A scrape far larger than the loopback socket buffers, so a client that does not read stalls it.
+    metrics.set_object_source(|each| {
+        for i in 0..20_000 {
+            let name = format!("account-{i}");
+            each(ObjectView {
+                namespace: "team-a",
+                name: &name,
+                ready: "True",
+                reason: "SecretSynced",
+                ..Default::default()
+            })
+        }
+    });
+    let ready = Arc::new(AtomicBool::new(true));
+    let addr = serve(&metrics, &ready).await;
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_SCRAPES_IN_FLIGHT {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: pdso\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30)).unwrap();
+    let refused = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        http.get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "health checks are not held up"
+    );
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("name=\"account-19999\"") && text.ends_with("# EOF\n"));
+}

@@ -449,6 +449,64 @@ async fn kubernetes_api_faults_do_not_lose_the_secret() {
     .await;
 }
 
+/// Issue 25 (2): "is the name free" was answered from the operator's watch of Secrets and the first write was a
+/// forced apply with a controller ownerReference, so a Secret created while that watch lagged was taken over
+/// (and garbage-collected with the ConnectedAccount). The first write is create-only: the API server decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_write_never_takes_over_a_secret_the_operators_watch_has_not_seen() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 20).await;
+    // The operator's Secret watches end and reopen only after 30 s: its view of Secrets lags.
+    env.proxy.add_fault(ApiFault {
+        verb: "watch".into(),
+        resource: "secrets".into(),
+        latency_ms: Some(30_000),
+        ..Default::default()
+    });
+    env.proxy.drop_watches();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.apply(
+        "v1",
+        "Secret",
+        Some("team-a"),
+        "theirs",
+        json!({"stringData": {"password": "their-password"}}),
+    )
+    .await;
+    create_ca(&env, "mine", json!({"target": {"name": "theirs"}})).await;
+    env.wait("SecretConflict", 25, async || {
+        (env.ready_reason("mine").await.as_deref() == Some("False/SecretConflict")).then_some(())
+    })
+    .await;
+    let s = env.secret("team-a", "theirs").await.unwrap();
+    assert!(
+        s["metadata"]["ownerReferences"].is_null(),
+        "no ownerReference: {}",
+        s["metadata"]
+    );
+    let keys: Vec<&String> = s["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["password"], "their data only");
+    assert_eq!(
+        secret_value(&s, "password").as_deref(),
+        Some("their-password")
+    );
+    env.proxy.clear_faults();
+    // Deleting the ConnectedAccount leaves their Secret alone.
+    env.delete(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "mine",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.secret("team-a", "theirs").await.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_connected_accounts_are_rejected_at_admission() {
     let Some(env) = Env::start(vec![]).await else {
@@ -484,6 +542,48 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
             json!({"spec": {"accountId": "apn_X1", "target": {"labels": {"team": "bad value!"}}}}),
             "spec.target.labels",
         ),
+        // Issue 25 (9): Secret types and annotations that make Kubernetes act on the Secret. A
+        // service-account-token Secret naming a ServiceAccount gets a long-lived token for it minted into it.
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"type": "kubernetes.io/service-account-token",
+                   "annotations": {"kubernetes.io/service-account.name": "default"}}}}),
+            "target.type",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"type": "bootstrap.kubernetes.io/token"}}}),
+            "target.type",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"type": "helm.sh/release.v1"}}}),
+            "target.type",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {
+                   "annotations": {"kubernetes.io/service-account.name": "default"}}}}),
+            "target.annotations",
+        ),
+        // The operator's own keys: a tenant's label could take its Secret out of the operator's watch, an
+        // annotation could name another owner.
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"labels": {"pipedream-secrets.io/managed": "false"}}}}),
+            "target.labels",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {
+                   "annotations": {"merge.pipedream-secrets.io/0000": "x"}}}}),
+            "target.annotations",
+        ),
+        // Issue 25 (1): totals, not only entries, are bounded: 64 annotations of 2 KiB pass each entry's limit.
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"annotations":
+                   (0..64).map(|i| (format!("a{i}"), json!("x".repeat(2048)))).collect::<serde_json::Map<_, _>>()}}}),
+            "target.annotations may hold at most 64 KiB",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"template": {"data":
+                   (0..32).map(|i| (format!("k{i}"), json!("x".repeat(4096)))).collect::<serde_json::Map<_, _>>()}}}}),
+            "target.template.data may hold at most 64 KiB",
+        ),
     ];
     for (body, needle) in cases {
         let err = env
@@ -507,6 +607,31 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
         );
     }
     assert!(env.ca("bad").await.is_none());
+    // What stays allowed: credential types and your own, common annotations and app.kubernetes.io labels.
+    for (name, target) in [
+        ("ok-basic", json!({"type": "kubernetes.io/basic-auth"})),
+        (
+            "ok-docker",
+            json!({"type": "kubernetes.io/dockerconfigjson"}),
+        ),
+        ("ok-custom", json!({"type": "example.com/token"})),
+        (
+            "ok-meta",
+            json!({"labels": {"app.kubernetes.io/part-of": "shop"},
+                           "annotations": {"reloader.stakater.com/match": "true",
+                                           "app.kubernetes.io/description": "x".repeat(60000)}}),
+        ),
+    ] {
+        env.try_apply(
+            "pipedream-secrets.io/v1alpha1",
+            "ConnectedAccount",
+            Some("team-a"),
+            name,
+            json!({"spec": {"accountId": "apn_X1", "target": target}}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
     // A cluster connection's Secret ref without a namespace (CEL on a field named `namespace`).
     let err = env
         .try_apply("pipedream-secrets.io/v1alpha1", "ClusterPipedreamConnection", None, "nons", json!({"spec": {"auth": {"oauth": {
@@ -518,6 +643,45 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
             .contains("clientSecretRef.namespace is required"),
         "{err}"
     );
+}
+
+/// Issue 25 (3): every replica applied the Lease with the same field manager, so two contenders that both saw
+/// the Lease free both "won" it: the later apply silently replaced the first leader, and both wrote until the
+/// first noticed. Here replica B reads the free Lease at the same moment as A, but its apply reaches the API
+/// server 3 s after A's: B must lose the race (the API server refuses its apply), and A must never see its
+/// Lease taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_for_a_free_lease_never_both_lead() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    let (a, b) = (env.operator_proxy().await, env.operator_proxy().await);
+    for (proxy, delay) in [(&a, 1_000), (&b, 4_000)] {
+        proxy.add_fault(ApiFault {
+            verb: "patch".into(),
+            resource: "leases".into(),
+            latency_ms: Some(delay),
+            count: Some(1),
+            ..Default::default()
+        });
+    }
+    env.start_operator_behind(&a);
+    env.start_operator_behind(&b);
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 30).await;
+    // B's delayed apply has landed (or been refused) by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let logs = env.logs();
+    assert_eq!(
+        logs.matches("became leader").count(),
+        1,
+        "exactly one leader:\n{logs}"
+    );
+    assert!(
+        !logs.contains("the Lease is held by another replica") && !logs.contains("leadership lost"),
+        "the leader kept its Lease:\n{logs}"
+    );
+    assert!(env.operators_alive(), "both replicas run");
 }
 
 /// Two replicas: one leads; when it dies the standby takes the Lease and carries on without re-fetching fresh

@@ -126,51 +126,36 @@ impl MockApi {
                     None => (404, status_body(404, "NotFound")),
                 }
             }
+            ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if st.secrets.contains_key(&(ns.to_string(), name.clone())) {
+                    return (409, status_body(409, "AlreadyExists"));
+                }
+                let manager = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("fieldManager="))
+                    .unwrap_or_default()
+                    .to_string();
+                let (_, mut obj) = apply_secret(&mut st, ns, &name, &body);
+                // A create records its fields as an Update of its field manager.
+                obj["metadata"]["managedFields"] = json!([{"manager": manager, "operation": "Update",
+                    "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {}}]);
+                (201, obj)
+            }
+            // The managedFields rewrite after a create (a merge patch, not an apply).
+            ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name])
+                if body["metadata"].get("managedFields").is_some() =>
+            {
+                match st.secrets.get(&(ns.to_string(), name.to_string())) {
+                    Some(s) => (200, s.clone()),
+                    None => (404, status_body(404, "NotFound")),
+                }
+            }
             ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name]) => {
-                let key = (ns.to_string(), name.to_string());
-                let previous_keys = st.applied_keys.get(&key).cloned().unwrap_or_default();
-                let sent: BTreeSet<String> = body["data"]
-                    .as_object()
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
-                let mut obj = st.secrets.get(&key).cloned().unwrap_or_else(|| {
-                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "uid": format!("uid-secret-{name}")}})
-                });
-                // Server-side apply, simplified: our fields replace, keys we stop applying go, others stay.
-                let mut data = obj["data"].as_object().cloned().unwrap_or_default();
-                data.retain(|k, _| !previous_keys.contains(k) || sent.contains(k));
-                if let Some(m) = body["data"].as_object() {
-                    data.extend(m.clone());
-                }
-                obj["data"] = Value::Object(data);
-                for field in ["labels", "annotations"] {
-                    let mut merged = obj["metadata"][field]
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default();
-                    if let Some(m) = body["metadata"][field].as_object() {
-                        merged.extend(m.clone());
-                    }
-                    obj["metadata"][field] = Value::Object(merged);
-                }
-                match body["metadata"].get("ownerReferences") {
-                    Some(o) => obj["metadata"]["ownerReferences"] = o.clone(),
-                    None => {
-                        if let Some(m) = obj["metadata"].as_object_mut() {
-                            m.remove("ownerReferences");
-                        }
-                    }
-                }
-                if let Some(t) = body.get("type") {
-                    obj["type"] = t.clone();
-                }
-                let before = st.secrets.get(&key).cloned();
-                if before.as_ref() != Some(&obj) || before.is_none() {
-                    st.bump(&mut obj);
-                }
-                st.applied_keys.insert(key.clone(), sent);
-                st.secrets.insert(key, obj.clone());
-                (200, obj)
+                apply_secret(&mut st, ns, name, &body)
             }
             (
                 "PATCH",
@@ -401,4 +386,52 @@ impl MockApi {
     pub fn status_of(&self, name: &str) -> Option<Value> {
         self.0.lock().unwrap().status.get(name).cloned()
     }
+}
+
+/// Server-side apply of a Secret, simplified: our fields replace, keys we stop applying go, others stay.
+fn apply_secret(st: &mut State, ns: &str, name: &str, body: &Value) -> (u16, Value) {
+    let key = (ns.to_string(), name.to_string());
+    let previous_keys = st.applied_keys.get(&key).cloned().unwrap_or_default();
+    let sent: BTreeSet<String> = body["data"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut obj = st.secrets.get(&key).cloned().unwrap_or_else(|| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "uid": format!("uid-secret-{name}")}})
+    });
+    // Server-side apply, simplified: our fields replace, keys we stop applying go, others stay.
+    let mut data = obj["data"].as_object().cloned().unwrap_or_default();
+    data.retain(|k, _| !previous_keys.contains(k) || sent.contains(k));
+    if let Some(m) = body["data"].as_object() {
+        data.extend(m.clone());
+    }
+    obj["data"] = Value::Object(data);
+    for field in ["labels", "annotations"] {
+        let mut merged = obj["metadata"][field]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(m) = body["metadata"][field].as_object() {
+            merged.extend(m.clone());
+        }
+        obj["metadata"][field] = Value::Object(merged);
+    }
+    match body["metadata"].get("ownerReferences") {
+        Some(o) => obj["metadata"]["ownerReferences"] = o.clone(),
+        None => {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("ownerReferences");
+            }
+        }
+    }
+    if let Some(t) = body.get("type") {
+        obj["type"] = t.clone();
+    }
+    let before = st.secrets.get(&key).cloned();
+    if before.as_ref() != Some(&obj) || before.is_none() {
+        st.bump(&mut obj);
+    }
+    st.applied_keys.insert(key.clone(), sent);
+    st.secrets.insert(key, obj.clone());
+    (200, obj)
 }

@@ -221,7 +221,9 @@ pub async fn acquire(
         .with_identity(identity)
         .with_duration(timing.duration.as_secs())
         .with_grace(timing.grace_secs)
-        .with_field_manager(crate::crd::MANAGER)
+        // A field manager per replica: of two replicas that both saw the Lease free, the API server refuses the
+        // second one's apply (holderIdentity is the first one's field), where one shared manager let both win.
+        .with_field_manager(format!("{}-{identity}", crate::crd::MANAGER))
         .build()
         .await
         .map_err(|e| format!("leader election: cannot use Lease {namespace}/{lease}: {e}"))?;

@@ -79,6 +79,26 @@ pub fn validate_spec(
             )));
         }
     }
+    // The CRD refuses these at admission; objects stored before it did are refused here.
+    if let Some(t) = target.type_.as_deref().filter(|t| reserved_type(t)) {
+        return Err(invalid(format!(
+            "spec.target.type: {t} is a type Kubernetes or Helm acts on; use Opaque, a kubernetes.io credential type or a type of your own domain"
+        )));
+    }
+    if let Some(k) = target
+        .labels
+        .keys()
+        .find(|k| domain_of(k).is_some_and(is_operator_domain))
+    {
+        return Err(invalid(format!(
+            "spec.target.labels[{k}]: keys of the pipedream-secrets.io domain belong to the operator"
+        )));
+    }
+    if let Some(k) = target.annotations.keys().find(|k| reserved_annotation(k)) {
+        return Err(invalid(format!(
+            "spec.target.annotations[{k}]: keys of the pipedream-secrets.io, kubernetes.io and k8s.io domains are not allowed (app.kubernetes.io is)"
+        )));
+    }
     if target.creation_policy != CreationPolicy::Owner
         && target.deletion_policy == DeletionPolicy::Delete
     {
@@ -107,6 +127,50 @@ pub fn validate_spec(
         },
         min_restart_interval,
     })
+}
+
+/// Secret types the operator will not write: their contents make Kubernetes or Helm act (a service-account-token
+/// Secret gets a token minted for the ServiceAccount its annotation names; bootstrap tokens authenticate nodes;
+/// `helm.sh/release.v1` is Helm's release record).
+pub fn reserved_type(t: &str) -> bool {
+    const ALLOWED: [&str; 6] = [
+        "Opaque",
+        "kubernetes.io/basic-auth",
+        "kubernetes.io/ssh-auth",
+        "kubernetes.io/tls",
+        "kubernetes.io/dockerconfigjson",
+        "kubernetes.io/dockercfg",
+    ];
+    !ALLOWED.contains(&t)
+        && domain_of(t).is_some_and(|d| {
+            ["kubernetes.io", "k8s.io", "helm.sh"]
+                .iter()
+                .any(|r| in_domain(d, r))
+        })
+}
+
+/// Annotation keys a tenant may not set on the Secret: the operator's own (owner, expiry, Merge writers) and
+/// Kubernetes' (`kubernetes.io/service-account.name` and the like), except the `app.kubernetes.io` labels' domain.
+pub fn reserved_annotation(k: &str) -> bool {
+    domain_of(k).is_some_and(|d| {
+        is_operator_domain(d)
+            || (d != "app.kubernetes.io"
+                && (in_domain(d, "kubernetes.io") || in_domain(d, "k8s.io")))
+    })
+}
+
+fn is_operator_domain(d: &str) -> bool {
+    in_domain(d, "pipedream-secrets.io")
+}
+
+/// The prefix of a `prefix/name` key or type.
+fn domain_of(k: &str) -> Option<&str> {
+    k.split_once('/').map(|(d, _)| d)
+}
+
+/// `d` is `domain` or one of its subdomains.
+fn in_domain(d: &str, domain: &str) -> bool {
+    d == domain || d.strip_suffix(domain).is_some_and(|p| p.ends_with('.'))
 }
 
 /// Label and annotation key syntax, as the API server checks it: `[prefix/]name`, prefix a DNS subdomain of at
@@ -143,6 +207,70 @@ pub fn is_qualified_name(k: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 25 (9): types and keys with side effects, for objects stored before the CRD refused them.
+    #[test]
+    fn types_and_keys_kubernetes_acts_on_are_refused() {
+        for t in [
+            "kubernetes.io/service-account-token",
+            "bootstrap.kubernetes.io/token",
+            "helm.sh/release.v1",
+            "kubernetes.io/anything-new",
+        ] {
+            assert!(reserved_type(t), "{t}");
+        }
+        for t in [
+            "Opaque",
+            "kubernetes.io/basic-auth",
+            "kubernetes.io/dockerconfigjson",
+            "example.com/token",
+            "notkubernetes.io/x",
+            "custom",
+        ] {
+            assert!(!reserved_type(t), "{t}");
+        }
+        for k in [
+            "kubernetes.io/service-account.name",
+            "kubectl.kubernetes.io/last-applied-configuration",
+            "k8s.io/x",
+            "pipedream-secrets.io/connected-account",
+            "merge.pipedream-secrets.io/uid",
+        ] {
+            assert!(reserved_annotation(k), "{k}");
+        }
+        for k in [
+            "app.kubernetes.io/description",
+            "reloader.stakater.com/match",
+            "description",
+            "mykubernetes.io/x",
+        ] {
+            assert!(!reserved_annotation(k), "{k}");
+        }
+        let ca = |target: serde_json::Value| -> ConnectedAccount {
+            serde_json::from_value(json!({
+                "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
+                "metadata": {"name": "gh", "namespace": "team-a"},
+                "spec": {"accountId": "apn_A1", "target": target}}))
+            .unwrap()
+        };
+        for (target, field) in [
+            (
+                json!({"type": "kubernetes.io/service-account-token"}),
+                "spec.target.type",
+            ),
+            (
+                json!({"labels": {"pipedream-secrets.io/managed": "false"}}),
+                "spec.target.labels[pipedream-secrets.io/managed]",
+            ),
+            (
+                json!({"annotations": {"kubernetes.io/service-account.name": "default"}}),
+                "spec.target.annotations[kubernetes.io/service-account.name]",
+            ),
+        ] {
+            let e = validate_spec(&ca(target), schedule::DEFAULT_PROPAGATION).unwrap_err();
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+    }
 
     /// Regression (issue 7): label and annotation keys the API server refuses only failed the Secret write.
     #[test]

@@ -288,6 +288,7 @@ const PATCH_CA: &str =
     "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh";
 /// The first-write check: the names of the namespace's Secrets without the watch label.
 const LIST_FOREIGN: &str = "GET /api/v1/namespaces/team-a/secrets";
+const POST_SECRET: &str = "POST /api/v1/namespaces/team-a/secrets";
 
 fn ready(ca: &ConnectedAccount) -> (String, String, String) {
     let c = ca.ready_condition().expect("Ready condition");
@@ -306,19 +307,29 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     let reqs = h.api.take();
     // Pass 1 knows from the credentials watch that no one else's Secret holds the name, and asks the connection's
     // dispatcher (which mints the token); the answer triggers pass 2, which writes with what pass 1 read: the
-    // Secret, the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs none).
+    // Secret (created, never applied over a name it has not seen, then its fields handed to server-side apply),
+    // the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs none).
     assert_eq!(
         lines(&reqs),
-        vec![READ_CLIENT_SECRET, PATCH_SECRET, PATCH_STATUS, POST_EVENT]
+        vec![
+            READ_CLIENT_SECRET,
+            POST_SECRET,
+            PATCH_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ]
     );
-    assert_eq!(
-        reqs[1].query,
-        "&force=true&fieldManager=pipedream-secrets-operator"
-    );
+    assert_eq!(reqs[1].query, "&fieldManager=pipedream-secrets-operator");
     assert!(
         reqs[1].body.get("stringData").is_none(),
         "data only, never stringData"
     );
+    // The create's Update entry becomes the Apply it stands for, guarded by the created resourceVersion.
+    let fields = &reqs[2].body["metadata"]["managedFields"];
+    assert_eq!(fields[0]["manager"], "pipedream-secrets-operator");
+    assert_eq!(fields[0]["operation"], "Apply");
+    assert!(reqs[2].body["metadata"]["resourceVersion"].is_string());
+    assert!(reqs[2].body.get("data").is_none(), "{}", reqs[2].body);
     let s = h.api.secret("team-a", "gh").unwrap();
     assert_eq!(secret_value(&s, "oauth_access_token"), TOKEN);
     assert_eq!(secret_value(&s, "oauth_uid"), "77");
@@ -362,8 +373,8 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
         got >= requeue && got < requeue + Duration::from_secs(1),
         "{got:?} vs {requeue:?}"
     );
-    assert_eq!(reqs[3].body["reason"], "SecretCreated");
-    assert_eq!(reqs[3].body["type"], "Normal");
+    assert_eq!(reqs[4].body["reason"], "SecretCreated");
+    assert_eq!(reqs[4].body["type"], "Normal");
     assert!(
         ca.metadata.finalizers.is_none(),
         "no finalizer where deletionPolicy needs none"

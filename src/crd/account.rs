@@ -177,18 +177,27 @@ pub struct TargetSpec {
     )]
     pub name: Option<String>,
     /// Secret type, e.g. `Opaque` (default) or `kubernetes.io/basic-auth`. A Secret's type cannot change after
-    /// creation.
+    /// creation. Types Kubernetes or Helm act on (`kubernetes.io/service-account-token`, bootstrap tokens,
+    /// `helm.sh/…`) are refused: the credential types `Opaque`, `kubernetes.io/basic-auth`, `ssh-auth`, `tls`,
+    /// `dockerconfigjson`, `dockercfg` and types of your own domain are allowed.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self in ['Opaque', 'kubernetes.io/basic-auth', 'kubernetes.io/ssh-auth', 'kubernetes.io/tls', 'kubernetes.io/dockerconfigjson', 'kubernetes.io/dockercfg'] || !self.matches('^([^/]*[.])?(kubernetes[.]io|k8s[.]io|helm[.]sh)/')").message("target.type: types Kubernetes or Helm act on (service-account tokens, bootstrap tokens, helm.sh/...) are not allowed; use Opaque, a kubernetes.io credential type or a type of your own domain"))]
     pub type_: Option<String>,
     /// Labels copied onto the Secret (not on a Merge target, which belongs to someone else). At most 64; values
-    /// follow the label value syntax (63 characters of letters, digits, `-`, `_`, `.`).
+    /// follow the label value syntax (63 characters of letters, digits, `-`, `_`, `.`). Keys of the operator's
+    /// own domain (`pipedream-secrets.io`) are refused: they decide which Secrets the operator watches.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "label_map")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.matches('^([^/]*[.])?pipedream-secrets[.]io/'))").message("target.labels: keys of the pipedream-secrets.io domain belong to the operator"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations copied onto the Secret (not on a Merge target). At most 64.
+    /// Annotations copied onto the Secret (not on a Merge target). At most 64, 64 KiB in all (keys and values).
+    /// Keys of the operator's domain (`pipedream-secrets.io`) and of Kubernetes (`kubernetes.io`, `k8s.io` and
+    /// their subdomains, e.g. `kubernetes.io/service-account.name`) are refused, except `app.kubernetes.io/…`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "annotation_map")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.matches('^([^/]*[.])?pipedream-secrets[.]io/') && (k.startsWith('app.kubernetes.io/') || !k.matches('^([^/]*[.])?(kubernetes[.]io|k8s[.]io)/')))").message("target.annotations: keys of the pipedream-secrets.io, kubernetes.io and k8s.io domains are not allowed (app.kubernetes.io is)"))]
+    #[x_kube(validation = Rule::new("self.map(k, size(k) + size(self[k])).sum() <= 65536").message("target.annotations may hold at most 64 KiB in all"))]
     pub annotations: BTreeMap<String, String>,
     /// `Owner` (default): the Secret gets an ownerReference and is garbage-collected with the ConnectedAccount.
     /// `Orphan`: no ownerReference (requires `deletionPolicy: Retain`). `Merge`: write the keys into an existing
@@ -233,10 +242,11 @@ pub struct TemplateSpec {
     /// Secret key -> template string (Jinja syntax, minijinja engine). The context holds `credentials` (the
     /// credential fields), `account` (`id`, `name`, `external_id`, `healthy`, `dead`, `app.name_slug`, `app.name`)
     /// and `expires_at` (RFC 3339 or none). Filters include `tojson` and `b64encode`. Undefined variables are
-    /// errors.
+    /// errors. At most 32 keys, 64 KiB in all.
     #[serde(default)]
     #[schemars(schema_with = "template_map")]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && k != '..' && !k.startsWith('..'))").message("template keys must be valid Secret keys (letters, digits, '-', '_', '.'; not '.', '..' or starting with '..')"))]
+    #[x_kube(validation = Rule::new("self.map(k, size(k) + size(self[k])).sum() <= 65536").message("target.template.data may hold at most 64 KiB in all"))]
     pub data: BTreeMap<String, String>,
 }
 

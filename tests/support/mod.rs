@@ -472,15 +472,25 @@ impl Env {
     /// Start an operator behind a fault proxy of its own (to partition one replica); the proxy lives as long as
     /// the returned value.
     pub async fn start_operator_behind_own_proxy(&mut self) -> FaultProxy {
-        let proxy = FaultProxy::start(self.plane.url(), self.plane.ca_pem())
+        let proxy = self.operator_proxy().await;
+        self.start_operator_behind(&proxy);
+        proxy
+    }
+
+    /// A fault proxy for one replica, to set faults on before [`Env::start_operator_behind`] starts it.
+    pub async fn operator_proxy(&self) -> FaultProxy {
+        FaultProxy::start(self.plane.url(), self.plane.ca_pem())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Start an operator whose every API request goes through `proxy`.
+    pub fn start_operator_behind(&mut self, proxy: &FaultProxy) {
         let kubeconfig = self
             .dir
             .join(format!("operator-{}.kubeconfig", self.operators.len()));
         std::fs::write(&kubeconfig, proxy.kubeconfig(&self.operator_token, None)).unwrap();
         self.spawn_operator(&kubeconfig);
-        proxy
     }
 
     /// Whether operator `pid` still runs.
@@ -611,16 +621,28 @@ impl Env {
 
     /// Resident memory of a running operator, in KiB (from /proc).
     pub fn operator_rss_kib(&self, pid: u32) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        proc_status_kib(pid, "VmRSS:")
     }
 
+    /// Peak resident memory of operator `pid` so far (`VmHWM`), in KiB.
+    pub fn operator_peak_rss_kib(&self, pid: u32) -> Option<u64> {
+        proc_status_kib(pid, "VmHWM:")
+    }
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Env {
     /// Whether every started operator is still running.
     pub fn operators_alive(&mut self) -> bool {
         self.operators

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::debug;
@@ -98,9 +98,11 @@ pub(super) async fn write(
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
-    if let Some(f) = refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
-        return Ok(Outcome::Failed(f));
-    }
+    let found = match refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
+        Verdict::Refused(f) => return Ok(Outcome::Failed(f)),
+        Verdict::Found => true,
+        Verdict::Absent => false,
+    };
     let st = &known.status;
     let unchanged = known.facts.secret == SecretFacts::AsWritten
         && !known.facts.recorded.spec_changed
@@ -112,15 +114,34 @@ pub(super) async fn write(
         let manager = secret::field_manager(ca);
         let id = SecretId::new(&ns, &name);
         let indexed_before = ctx.secrets.get(&id).map(|e| e.map(|e| e.resource_version));
-        let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply(&manager).force(),
-                &Patch::Apply(&built.secret),
-            )
-            .await;
+        // A Secret the operator has not seen is created, never applied: a Secret of that name created meanwhile
+        // (after the operator's watch last saw the namespace) is refused by the API server, not adopted.
+        let create = !found && ca.spec.target.creation_policy != CreationPolicy::Merge;
+        let applied = if create {
+            create_secret(ca, &api, &manager, &built.secret).await
+        } else {
+            apply_secret(&api, &manager, &built.secret).await
+        };
         let applied = match applied {
             Ok(s) => s,
+            // Created since the operator's view of the namespace: written only if it is this account's own.
+            Err(kube::Error::Api(s)) if create && s.code == 409 => {
+                match api.get_opt(&name).await.map_err(Error::ReadSecret)? {
+                    Some(e) if check_ownership(ca, &e).is_ok() => {
+                        apply_secret(&api, &manager, &built.secret)
+                            .await
+                            .map_err(Error::WriteSecret)?
+                    }
+                    _ => {
+                        return Ok(Outcome::Failed(SyncFailure::new(
+                            Reason::SecretConflict,
+                            format!(
+                                "spec.target.name: Secret {name} was created by someone else before the operator's first write; it is left alone"
+                            ),
+                        )));
+                    }
+                }
+            }
             Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
                 return Ok(Outcome::Failed(refused_write(&name, s.code, &s.message)));
             }
@@ -198,8 +219,75 @@ async fn build_secret(
     .await
 }
 
+/// What the operator knows of the Secret before writing it.
+enum Verdict {
+    /// It must not be written.
+    Refused(SyncFailure),
+    /// It exists and may be written.
+    Found,
+    /// No Secret of that name was seen: create it.
+    Absent,
+}
+
+/// Server-side apply of the Secret (this ConnectedAccount's fields, forced over other managers').
+async fn apply_secret(
+    api: &Api<Secret>,
+    manager: &str,
+    secret: &Secret,
+) -> Result<Secret, kube::Error> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(secret),
+    )
+    .await
+}
+
+/// Create the Secret (409 if one of that name exists), then hand its fields to server-side apply: a create
+/// records them as an `Update` of `manager`, which a later apply would never remove (a key dropped from the data
+/// would stay), so the entry is rewritten as the `Apply` it stands for, guarded by the new resourceVersion.
+async fn create_secret(
+    ca: &ConnectedAccount,
+    api: &Api<Secret>,
+    manager: &str,
+    secret: &Secret,
+) -> Result<Secret, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(manager.to_string()),
+        ..Default::default()
+    };
+    let created = api.create(&params, secret).await?;
+    let Some(mut fields) = created.metadata.managed_fields.clone() else {
+        return Ok(created);
+    };
+    for f in fields
+        .iter_mut()
+        .filter(|f| f.manager.as_deref() == Some(manager))
+    {
+        f.operation = Some("Apply".into());
+    }
+    let patch = serde_json::json!({"metadata": {
+        "managedFields": fields,
+        "resourceVersion": created.metadata.resource_version,
+    }});
+    match api
+        .patch(
+            &ca.secret_name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(s) => Ok(s),
+        // Changed since (by whom the next pass will see); the Secret itself is written.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(created),
+        Err(e) => Err(e),
+    }
+}
+
 /// Why the built Secret must not be applied, if so: a first write into a name someone else's Secret holds, a type
-/// change, or a Merge key another ConnectedAccount writes.
+/// change, or a Merge key another ConnectedAccount writes. Otherwise whether a Secret of that name was seen.
 async fn refuse(
     ca: &ConnectedAccount,
     ctx: &Context,
@@ -207,7 +295,7 @@ async fn refuse(
     known: &Known,
     read: Option<&Secret>,
     built: &Built,
-) -> Result<Option<SyncFailure>, Error> {
+) -> Result<Verdict, Error> {
     let name = ca.secret_name();
     let mut existing = read.cloned();
     if existing.is_none() && !known.exists {
@@ -223,14 +311,24 @@ async fn refuse(
         }
     }
     let Some(e) = existing else {
-        return Ok(None);
+        // Known to exist (in the index) but not read: it is there.
+        return Ok(if known.exists {
+            Verdict::Found
+        } else {
+            Verdict::Absent
+        });
     };
-    let conflict = |m: String| Ok(Some(SyncFailure::new(Reason::SecretConflict, m)));
+    let conflict = |m: String| {
+        Ok(Verdict::Refused(SyncFailure::new(
+            Reason::SecretConflict,
+            m,
+        )))
+    };
     if let Err(c) = check_ownership(ca, &e) {
         return conflict(format!("spec.target.name: {}", c.0));
     }
     if let Some(m) = secret::type_conflict(&e, &built.secret) {
-        return Ok(Some(SyncFailure::new(Reason::InvalidSpec, m)));
+        return Ok(Verdict::Refused(SyncFailure::new(Reason::InvalidSpec, m)));
     }
     if ca.spec.target.creation_policy == CreationPolicy::Merge
         && let Some(data) = built.secret.data.as_ref()
@@ -253,7 +351,7 @@ async fn refuse(
             }
         }
     }
-    Ok(None)
+    Ok(Verdict::Found)
 }
 
 /// Whether the ConnectedAccount `uid` (named `name` by the Secret's annotation) still exists: asked of the API

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, Shared};
 use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::WatchParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -13,7 +14,7 @@ use kube::{Api, ResourceExt};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, warn};
 
-use super::stores::strip;
+use super::stores::strip_account;
 use super::{RunConfig, Scope, Task};
 use crate::controller::context::Context;
 use crate::controller::{connection, reconcile};
@@ -33,12 +34,40 @@ fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<ConnectedAccount>) -
     }
 }
 
+/// ConnectedAccounts listed in pages of this many where the API server cannot stream the list.
+const ACCOUNT_PAGE: u32 = 25;
+
+/// How the ConnectedAccount watches take their initial list. Streamed where the API server can (WatchList, on by
+/// default since Kubernetes 1.32): objects then arrive one at a time, and each is dropped (another shard's) or
+/// cut down ([`strip_account`]) before the next is parsed, where a list page is parsed whole first (500 of the
+/// largest objects a namespace editor can create are most of a GiB). Elsewhere in small pages.
+pub(super) async fn account_list_config(
+    client: &kube::Client,
+    scopes: &[Scope],
+) -> watcher::Config {
+    let api: Api<ConnectedAccount> = match scopes.first().cloned().flatten() {
+        Some(ns) => Api::namespaced(client.clone(), &ns),
+        None => Api::all(client.clone()),
+    };
+    match api
+        .watch(&WatchParams::streaming_lists().timeout(1), "0")
+        .await
+    {
+        Ok(_) => watcher::Config::default().streaming_lists(),
+        Err(e) => {
+            warn!(error = %e, page = ACCOUNT_PAGE, "the API server does not stream lists; listing ConnectedAccounts in pages");
+            watcher::Config::default().page_size(ACCOUNT_PAGE)
+        }
+    }
+}
+
 /// The ConnectedAccount controller of one scope: its own objects (this shard's), the Secrets they write, the
 /// connections they name, and the dispatchers' "answer is in" triggers. A deleted object is forgotten at once.
 pub(super) fn account_controller(
     ctx: &Arc<Context>,
     config: &RunConfig,
     scope: &Scope,
+    list: watcher::Config,
     trigger: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<ConnectedAccount>>,
     secret_events: futures::stream::BoxStream<
         'static,
@@ -57,7 +86,7 @@ pub(super) fn account_controller(
     let (store, writer) = reflector::store();
     let shard = config.settings.shard;
     let forget = Arc::downgrade(ctx);
-    let accounts = watcher(cas, watcher::Config::default().any_semantic())
+    let accounts = watcher(cas, list)
         .default_backoff()
         // Another shard's accounts are never cached, triggered or reconciled here.
         .try_filter(move |e| future::ready(in_shard(&shard, e)))
@@ -67,7 +96,7 @@ pub(super) fn account_controller(
             }
             e
         })
-        .modify(strip)
+        .modify(strip_account)
         .reflect(writer)
         .applied_objects();
     let (s1, s2) = (store.clone(), store.clone());

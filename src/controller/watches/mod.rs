@@ -97,9 +97,17 @@ pub async fn run(
     let secrets = secret_watch(&client, &scopes, ctx.secrets.clone());
     let mut controllers: Vec<Task> = Vec::new();
     let mut account_stores = Vec::new();
+    let list = controllers::account_list_config(&client, &scopes).await;
     for ((scope, trigger), secret_events) in scopes.iter().zip(trigger_streams).zip(secrets) {
-        let (store, c) =
-            account_controller(&ctx, &config, scope, trigger, secret_events, &shutdown);
+        let (store, c) = account_controller(
+            &ctx,
+            &config,
+            scope,
+            list.clone(),
+            trigger,
+            secret_events,
+            &shutdown,
+        );
         account_stores.push(store);
         controllers.push(c);
     }

@@ -13,7 +13,10 @@ use tracing::warn;
 use super::{Scope, Task};
 use crate::controller::context::{Context, Settings};
 use crate::controller::targets::SecretIndex;
-use crate::crd::{ClusterPipedreamConnection, PipedreamConnection, WATCH_LABEL};
+use crate::crd::{
+    ClusterPipedreamConnection, ConnectedAccount, FORCE_SYNC_ANNOTATION, PipedreamConnection,
+    WATCH_LABEL,
+};
 use crate::identity::ConnectionId;
 
 /// Keep only what the operator reads: managed fields and the last-applied annotation can be most of an object.
@@ -22,6 +25,18 @@ pub(super) fn strip<K: Resource>(obj: &mut K) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Keep of a ConnectedAccount's metadata only what a pass reads: its labels and annotations are the tenant's to
+/// fill (the API server bounds annotations at 256 KiB in all and labels not at all), and only the force-sync
+/// annotation means anything to the operator.
+pub(super) fn strip_account(ca: &mut ConnectedAccount) {
+    strip(ca);
+    let meta = ca.meta_mut();
+    meta.labels = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k == FORCE_SYNC_ANNOTATION);
     }
 }
 
