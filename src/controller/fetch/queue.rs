@@ -6,7 +6,9 @@
 //! 1. refreshes of credentials a Secret holds, earliest expiry first, lanes taking turns;
 //! 2. then everything else (missing Secrets first, then by the time needed), lanes taking turns.
 //!
-//! A lane at its share of the in-flight slots waits while other lanes have work.
+//! A lane at its share of the in-flight slots waits while other lanes have work. An account several namespaces
+//! ask for waits in each asker's lane, at each one's urgency, and goes with whichever lane reaches it first: a
+//! namespace asking first for another's account cannot put that account's refresh in its own (busy) lane.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -80,11 +82,11 @@ impl Lane {
 }
 
 struct Entry {
-    lane: String,
-    urgency: Urgency,
-    seq: u64,
+    /// Where it waits: lane -> its urgency and sequence there.
+    slots: HashMap<String, (Urgency, u64)>,
+    /// The lane that took it, while in flight.
+    taken_by: Option<String>,
     waiters: HashSet<ObjectRef<ConnectedAccount>>,
-    in_flight: bool,
 }
 
 /// The queue of one connection.
@@ -107,8 +109,8 @@ impl Queue {
         }
     }
 
-    /// Queue `account` for `who` (its namespace is the lane); a request for an account already queued joins it
-    /// and can only make it sooner.
+    /// Queue `account` for `who` in `who`'s lane (its namespace); a request for an account already queued joins it
+    /// and can only make it sooner in that lane.
     pub(super) fn request(
         &mut self,
         account: &str,
@@ -118,52 +120,59 @@ impl Queue {
         self.seq += 1;
         let seq = self.seq;
         let lane_name = who.namespace.clone().unwrap_or_default();
-        let moved = match self.entries.get_mut(account) {
-            Some(e) => {
-                e.waiters.insert(who);
-                if e.in_flight || !urgency.sooner_than(e.urgency) {
-                    return;
-                }
-                let old = (e.urgency, e.seq);
-                e.urgency = urgency;
-                e.seq = seq;
-                Some((e.lane.clone(), old))
-            }
-            None => {
-                self.entries.insert(
-                    account.to_string(),
-                    Entry {
-                        lane: lane_name.clone(),
-                        urgency,
-                        seq,
-                        waiters: [who].into(),
-                        in_flight: false,
-                    },
-                );
-                None
-            }
-        };
-        let lane_name = match moved {
-            Some((lane, (old, old_seq))) => {
-                let (set, t) = old.slot();
-                if let Some(l) = self.lanes.get_mut(&lane) {
-                    l.set(set).remove(&(t, old_seq, account.to_string()));
-                }
-                lane
-            }
-            None => lane_name,
-        };
+        let e = self
+            .entries
+            .entry(account.to_string())
+            .or_insert_with(|| Entry {
+                slots: HashMap::new(),
+                taken_by: None,
+                waiters: HashSet::new(),
+            });
+        e.waiters.insert(who);
+        if e.taken_by.is_some() {
+            return;
+        }
+        let old = e.slots.get(&lane_name).copied();
+        if old.is_some_and(|(u, _)| !urgency.sooner_than(u)) {
+            return;
+        }
+        e.slots.insert(lane_name.clone(), (urgency, seq));
+        let lane = self.lanes.entry(lane_name).or_default();
+        if let Some((u, old_seq)) = old {
+            let (set, t) = u.slot();
+            lane.set(set).remove(&(t, old_seq, account.to_string()));
+        }
         let (set, t) = urgency.slot();
-        self.lanes
-            .entry(lane_name)
-            .or_default()
-            .set(set)
-            .insert((t, seq, account.to_string()));
+        lane.set(set).insert((t, seq, account.to_string()));
+    }
+
+    /// Remove `account`'s places in every lane but `except`, and lanes left with nothing.
+    fn unqueue(
+        &mut self,
+        account: &str,
+        slots: &HashMap<String, (Urgency, u64)>,
+        except: Option<&str>,
+    ) {
+        for (lane, (u, seq)) in slots {
+            if Some(lane.as_str()) == except {
+                continue;
+            }
+            if let Some(l) = self.lanes.get_mut(lane) {
+                let (set, t) = u.slot();
+                l.set(set).remove(&(t, *seq, account.to_string()));
+                if l.queued() == 0 && l.in_flight == 0 {
+                    self.lanes.remove(lane);
+                }
+            }
+        }
     }
 
     /// Requests waiting (not in flight).
     pub(super) fn queued(&self) -> usize {
-        self.lanes.values().map(Lane::queued).sum()
+        self.entries
+            .values()
+            .filter(|e| e.taken_by.is_none())
+            .count()
     }
 
     /// Requests in flight.
@@ -171,11 +180,20 @@ impl Queue {
         self.in_flight
     }
 
-    /// Where `account`'s lane would pick it among its own (0 = next), if queued.
+    /// Where `account` is among its lane's own (0 = next), in the lane where it is nearest, if queued.
     #[cfg(test)]
     pub(super) fn position(&self, account: &str) -> Option<usize> {
         let e = self.entries.get(account)?;
-        let lane = self.lanes.get(&e.lane)?;
+        e.slots
+            .keys()
+            .filter_map(|l| self.position_in(l, account))
+            .min()
+    }
+
+    /// Where `account` is among lane `lane`'s own (0 = next), if it waits there.
+    #[cfg(test)]
+    pub(super) fn position_in(&self, lane: &str, account: &str) -> Option<usize> {
+        let lane = self.lanes.get(lane)?;
         lane.expiring
             .iter()
             .chain(lane.rest.iter())
@@ -225,9 +243,14 @@ impl Queue {
         l.in_flight += 1;
         l.served = turn;
         self.in_flight += 1;
-        if let Some(e) = self.entries.get_mut(&key.2) {
-            e.in_flight = true;
-        }
+        let slots = match self.entries.get_mut(&key.2) {
+            Some(e) => {
+                e.taken_by = Some(lane.clone());
+                std::mem::take(&mut e.slots)
+            }
+            None => HashMap::new(),
+        };
+        self.unqueue(&key.2, &slots, Some(&lane));
         Some(key.2)
     }
 
@@ -236,15 +259,14 @@ impl Queue {
         let Some(e) = self.entries.remove(account) else {
             return HashSet::new();
         };
-        if e.in_flight {
+        self.unqueue(account, &e.slots, None);
+        if let Some(lane) = &e.taken_by {
             self.in_flight = self.in_flight.saturating_sub(1);
-        }
-        if let Some(l) = self.lanes.get_mut(&e.lane) {
-            if e.in_flight {
+            if let Some(l) = self.lanes.get_mut(lane) {
                 l.in_flight = l.in_flight.saturating_sub(1);
-            }
-            if l.queued() == 0 && l.in_flight == 0 {
-                self.lanes.remove(&e.lane);
+                if l.queued() == 0 && l.in_flight == 0 {
+                    self.lanes.remove(lane);
+                }
             }
         }
         e.waiters
@@ -359,12 +381,12 @@ mod tests {
         q.request("apn_Y", Urgency::By(t(50)), who("a", "two"));
         q.request("apn_X", Urgency::By(t(500)), who("b", "three"));
         assert_eq!(
-            q.position("apn_X"),
+            q.position_in("a", "apn_X"),
             Some(1),
             "a later request does not delay it"
         );
         q.request("apn_X", Urgency::Expiring(t(900)), who("a", "four"));
-        assert_eq!(q.position("apn_X"), Some(0), "a refresh goes first");
+        assert_eq!(q.position_in("a", "apn_X"), Some(0), "a refresh goes first");
         assert_eq!(q.queued(), 2);
         let first = q.take().unwrap();
         assert_eq!(first, "apn_X");
@@ -374,5 +396,43 @@ mod tests {
         assert!(q.finish("apn_Unknown").is_empty());
         assert_eq!(q.drain().len(), 1);
         assert_eq!(q.queued(), 0);
+    }
+
+    /// Issue 25 (7): an account's entry lived in the lane of whoever asked first, so namespace B asking first
+    /// for A's account id put A's later refresh in B's lane, behind B's flood.
+    #[test]
+    fn a_refresh_waits_in_its_own_namespaces_lane_whoever_asked_first() {
+        let mut q = Queue::new(2);
+        q.request("apn_A1", Urgency::By(t(1000)), who("b", "probe"));
+        // B's own refreshes, all due before A's.
+        for i in 0..20 {
+            q.request(
+                &format!("apn_B{i}"),
+                Urgency::Expiring(t(i)),
+                who("b", &format!("h{i}")),
+            );
+        }
+        q.request("apn_A1", Urgency::Expiring(t(60)), who("a", "victim"));
+        assert_eq!(q.position_in("a", "apn_A1"), Some(0));
+        assert_eq!(q.queued(), 21, "one entry, two places");
+        let first_two: Vec<String> = (0..2)
+            .map(|_| {
+                let a = q.take().unwrap();
+                let w = q.finish(&a);
+                if a == "apn_A1" {
+                    assert_eq!(w.len(), 2, "both askers are told");
+                }
+                a
+            })
+            .collect();
+        assert!(
+            first_two.contains(&"apn_A1".to_string()),
+            "lanes take turns: a's refresh is not behind b's {first_two:?}"
+        );
+        assert_eq!(q.position_in("b", "apn_A1"), None, "gone from b's lane too");
+        let rest = take_all(&mut q);
+        assert_eq!(rest.len(), 19);
+        assert!(!rest.contains(&"apn_A1".to_string()), "fetched once");
+        assert_eq!((q.queued(), q.in_flight()), (0, 0));
     }
 }
