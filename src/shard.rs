@@ -7,8 +7,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::crd::RateLimit;
-
 /// This replica's slice of the ConnectedAccounts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -65,14 +63,6 @@ impl Shard {
     /// How many shards the ConnectedAccounts are split into.
     pub fn count(&self) -> u32 {
         self.count
-    }
-
-    /// This shard's part of a connection's rate limit: `⌊rate / n⌋` and `⌊burst / n⌋`, at least 1 each.
-    pub fn share_of(&self, r: RateLimit) -> RateLimit {
-        RateLimit {
-            requests_per_second: (r.requests_per_second / self.count).max(1),
-            burst: (r.burst / self.count).max(1),
-        }
     }
 
     /// True when there is more than one shard.
@@ -165,14 +155,20 @@ mod tests {
         );
         assert_eq!(Shard::default().lease_name("pdso"), "pdso");
         assert!(Shard::default().owns("anything"));
-        let r = RateLimit {
+        // Issue 25 (10): shares were whole requests per second, at least 1: 8 shards of 5/s sent 8/s.
+        let r = crate::crd::RateLimit {
             requests_per_second: 5,
             burst: 10,
         };
-        assert_eq!(Shard::default().share_of(r), r);
-        let half = Shard::new(1, 2).unwrap().share_of(r);
-        assert_eq!((half.requests_per_second, half.burst), (2, 5));
-        let tiny = Shard::new(0, 8).unwrap().share_of(r);
-        assert_eq!((tiny.requests_per_second, tiny.burst), (1, 1));
+        for shards in [1u32, 2, 3, 8, 16] {
+            let q = crate::pipedream::quota(r, shards);
+            let together = f64::from(shards) / q.replenish_interval().as_secs_f64();
+            assert!(
+                (together - 5.0).abs() < 1e-6,
+                "{shards} shards send {together}/s"
+            );
+            assert!(q.burst_size().get() * shards <= 10 || q.burst_size().get() == 1);
+        }
+        assert_eq!(crate::pipedream::quota(r, 1).burst_size().get(), 10);
     }
 }

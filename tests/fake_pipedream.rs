@@ -51,6 +51,7 @@ fn client(url: String, mode: ApiMode, material: AuthMaterial) -> PipedreamClient
                 requests_per_second: 100,
                 burst: 100,
             },
+            rate_share: 1,
         },
         loader,
         None,

@@ -31,6 +31,7 @@ fn client(url: String) -> (PipedreamClient, Arc<AtomicUsize>) {
                 requests_per_second: 1000,
                 burst: 1000,
             },
+            rate_share: 1,
         },
         Arc::new(move || {
             l.fetch_add(1, Ordering::SeqCst);

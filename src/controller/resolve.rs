@@ -200,7 +200,7 @@ pub(super) fn dispatcher(
     let (mut settings, loader) = client_parts(ctx.client.clone(), spec, id.namespace.as_deref())
         .map_err(|e| not_ready(&e))?;
     // Every shard has its own client: together they stay within the connection's rate.
-    settings.rate_limit = ctx.settings.shard.share_of(settings.rate_limit);
+    settings.rate_share = ctx.settings.shard.count();
     let key = ConnectionKey::new(id.clone(), spec);
     Ok(ctx.fetcher.dispatcher(&key, settings.rate_limit, || {
         PipedreamClient::new(
@@ -244,6 +244,7 @@ pub fn client_parts(
         api_url: spec.api_url().to_string(),
         mode,
         rate_limit: spec.rate_limit(),
+        rate_share: 1,
     };
     Ok((
         settings,

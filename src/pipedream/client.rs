@@ -81,8 +81,23 @@ pub struct ClientSettings {
     pub api_url: String,
     /// API flavour.
     pub mode: ApiMode,
-    /// Client-side rate limit.
+    /// Client-side rate limit of the connection.
     pub rate_limit: RateLimit,
+    /// This client's share of it: one of this many shards, each with a client of its own (1 unsharded).
+    pub rate_share: u32,
+}
+
+/// The limiter's quota for one of `share` clients of a connection limited to `r`: one request every
+/// `share / rate` seconds and `burst / share` at once (at least one), so the shards together stay within `r`.
+/// (Whole requests per second per shard would floor at 1/s: 8 shards of a 5/s connection sent 8/s.)
+pub fn quota(r: RateLimit, share: u32) -> Quota {
+    let share = share.max(1);
+    let period =
+        Duration::from_secs_f64(f64::from(share) / f64::from(r.requests_per_second.max(1)));
+    let burst = NonZeroU32::new((r.burst / share).max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
 /// An account answer with the timing needed to correct clock skew.
@@ -156,12 +171,9 @@ impl PipedreamClient {
         metrics: Reporting,
     ) -> Self {
         settings.api_url = settings.api_url.trim_end_matches('/').to_string();
-        let rps = NonZeroU32::new(settings.rate_limit.requests_per_second.max(1))
-            .unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(settings.rate_limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             http,
-            limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+            limiter: RateLimiter::direct(quota(settings.rate_limit, settings.rate_share)),
             settings,
             loader,
             token: Mutex::new(None),

@@ -24,6 +24,7 @@ fn dispatcher_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Dispa
                     requests_per_second: 1000,
                     burst: 1000,
                 },
+                rate_share: 1,
             },
             Arc::new(|| async { Ok(AuthMaterial::ApiKey(SecretString::new("k"))) }.boxed()),
             None,
