@@ -766,6 +766,119 @@ async fn watches_end_at_their_timeout_with_a_bookmark(s: &Server) {
     );
 }
 
+/// Streaming lists (WatchList, `sendInitialEvents=true`): every current object as ADDED, then one BOOKMARK marked
+/// `k8s.io/initial-events-end` at the list's version; later bookmarks carry no mark. The operator takes its
+/// ConnectedAccount list this way and probes for the mark with a selector that matches nothing.
+async fn streaming_lists_send_the_objects_then_a_marked_bookmark(s: &Server) {
+    let cm = s.configmaps.as_str();
+    for n in ["s1", "s2"] {
+        s.post(cm, config_map(n, json!({"k": n}))).await;
+    }
+    let url = |extra: &str| {
+        format!(
+            "{cm}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2{extra}"
+        )
+    };
+    let body = s
+        .request(Method::GET, &url(""))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let end = events
+        .iter()
+        .position(|e| e["type"] == "BOOKMARK")
+        .expect("a bookmark");
+    let names: Vec<&str> = events[..end]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "ADDED", "{body}");
+            e["object"]["metadata"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(names.contains(&"s1") && names.contains(&"s2"), "{body}");
+    assert_eq!(
+        events[end]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+        "{body}"
+    );
+    assert!(
+        events[end + 1..]
+            .iter()
+            .all(|e| e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"].is_null()),
+        "only the first bookmark is marked: {body}"
+    );
+    // Nothing matches: the marked bookmark is the first event.
+    let probe = s
+        .request(Method::GET, &url("&labelSelector=probe%3Dnone"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let e: Value = serde_json::from_str(probe.lines().next().expect("an event")).unwrap();
+    assert_eq!(e["type"], "BOOKMARK", "{probe}");
+    assert_eq!(
+        e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
+
+/// A create records its fields as an `Update` of its field manager, which a later apply by the same manager does
+/// not remove; rewritten as `Apply` (with the create's resourceVersion) they are the apply's own. The operator's
+/// create-only first write relies on this.
+async fn a_created_objects_fields_handed_to_apply_are_removed_when_applied_no_more(s: &Server) {
+    let cm = s.configmaps.as_str();
+    let mgr = "conformance-writer";
+    let created = s
+        .request(Method::POST, &format!("{cm}?fieldManager={mgr}"))
+        .json(&config_map("handed", json!({"a": "1", "b": "2"})))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let mut fields = created["metadata"]["managedFields"].clone();
+    assert_eq!(fields[0]["operation"], "Update", "{created}");
+    for f in fields.as_array_mut().unwrap() {
+        f["operation"] = json!("Apply");
+    }
+    s.patch(
+        &format!("{cm}/handed"),
+        "application/merge-patch+json",
+        json!({"metadata": {"managedFields": fields, "resourceVersion": created["metadata"]["resourceVersion"]}}),
+    )
+    .await;
+    let applied = s
+        .request(
+            Method::PATCH,
+            &format!("{cm}/handed?fieldManager={mgr}&force=true"),
+        )
+        .header("content-type", "application/apply-patch+yaml")
+        .body(serde_json::to_string(&config_map("handed", json!({"a": "1"}))).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(applied["data"], json!({"a": "1"}), "{applied}");
+    let ops: Vec<&str> = applied["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["Apply"], "{applied}");
+}
+
 /// Deletion propagation: Background deletes dependents; Orphan keeps them and drops their ownerReference;
 /// Foreground keeps the owner, marked with the `foregroundDeletion` finalizer, until the dependents that block it
 /// are gone. Garbage collection is asynchronous on a real server (kube-controller-manager), so outcomes are
@@ -1014,6 +1127,8 @@ against_both!(
     crd_schemas_default_prune_preserve_and_check_transition_rules,
     list_resource_version_and_match_semantics,
     watches_end_at_their_timeout_with_a_bookmark,
+    streaming_lists_send_the_objects_then_a_marked_bookmark,
+    a_created_objects_fields_handed_to_apply_are_removed_when_applied_no_more,
     delete_propagation_background_orphan_and_foreground,
     selectors_filter_by_label_sets_and_supported_fields,
     events_are_stored_and_listed_per_namespace,

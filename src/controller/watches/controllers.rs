@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::future::{BoxFuture, Shared};
 use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::WatchParams;
+use kube::api::{WatchEvent, WatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -49,11 +49,31 @@ pub(super) async fn account_list_config(
         Some(ns) => Api::namespaced(client.clone(), &ns),
         None => Api::all(client.clone()),
     };
-    match api
-        .watch(&WatchParams::streaming_lists().timeout(1), "0")
+    // A server that streams lists ends the initial events with a marked bookmark; one that does not either refuses
+    // the parameter or ignores it and never sends the mark. The selector matches nothing, so the mark comes at once.
+    let probe = WatchParams::streaming_lists()
+        .labels("pipedream-secrets.io/list-probe=none")
+        .timeout(5);
+    let streams = match api.watch(&probe, "0").await {
+        Ok(events) => tokio::time::timeout(std::time::Duration::from_secs(6), async {
+            let mut events = std::pin::pin!(events);
+            while let Some(Ok(e)) = events.next().await {
+                if let WatchEvent::Bookmark(b) = e
+                    && b.metadata
+                        .annotations
+                        .contains_key("k8s.io/initial-events-end")
+                {
+                    return Ok(());
+                }
+            }
+            Err("no end-of-initial-events bookmark".to_string())
+        })
         .await
-    {
-        Ok(_) => watcher::Config::default().streaming_lists(),
+        .unwrap_or_else(|_| Err("no end-of-initial-events bookmark in 6 s".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    match streams {
+        Ok(()) => watcher::Config::default().streaming_lists(),
         Err(e) => {
             warn!(error = %e, page = ACCOUNT_PAGE, "the API server does not stream lists; listing ConnectedAccounts in pages");
             watcher::Config::default().page_size(ACCOUNT_PAGE)

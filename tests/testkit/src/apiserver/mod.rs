@@ -913,13 +913,24 @@ fn watch_stream(
         .get("resourceVersion")
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0);
-    let (mut sub, backlog, current) = s.with_store(|st| {
+    // A streaming list (WatchList): every current object as ADDED, then a bookmark marked as the end of the
+    // initial events, then changes, as the API server does since 1.32.
+    let initial_events = matches!(
+        q.get("sendInitialEvents").map(String::as_str),
+        Some("true" | "1")
+    );
+    let (mut sub, backlog, current, initial) = s.with_store(|st| {
         let sub = st.subscribe();
         let backlog = match from {
-            Some(rv) => st.since(rv),
-            None => Some(vec![]),
+            Some(rv) if !initial_events => st.since(rv),
+            _ => Some(vec![]),
         };
-        (sub, backlog, st.rv())
+        let initial = if initial_events {
+            st.list(kind, ns)
+        } else {
+            Vec::new()
+        };
+        (sub, backlog, st.rv(), initial)
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     let kind = kind.clone();
@@ -957,6 +968,19 @@ fn watch_stream(
             }
         };
         let mut last = from.unwrap_or(current);
+        if initial_events {
+            last = current;
+            for o in initial.iter().filter(|o| ls.matches(o) && fs.matches(o)) {
+                if tx.send(line("ADDED", &render(o))).await.is_err() {
+                    return;
+                }
+            }
+            let end = json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {
+                "resourceVersion": last.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+            if tx.send(line("BOOKMARK", &end)).await.is_err() {
+                return;
+            }
+        }
         for c in backlog.iter().filter(|c| matches(c)) {
             if tx.send(line(c.type_, &render(&c.object))).await.is_err() {
                 return;
@@ -980,7 +1004,7 @@ fn watch_stream(
         );
         tokio::pin!(before_timeout);
         let mut final_sent = drop_after.is_some();
-        let bookmark = |last: u64| json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+        let bookmark = |last: u64| json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string()}});
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
