@@ -182,7 +182,13 @@ async fn no_pod_reads_an_expired_token_with_default_settings() {
         return;
     };
     env.start_operator();
-    create_ca(&env, "a", "apn_PodA", &[("Deployment", "env-a")]).await;
+    create_ca(
+        &env,
+        "a",
+        "apn_PodA",
+        &[("Deployment", "env-a"), ("DaemonSet", "subpath-a")],
+    )
+    .await;
     create_ca(
         &env,
         "b",
@@ -190,7 +196,13 @@ async fn no_pod_reads_an_expired_token_with_default_settings() {
         &[("StatefulSet", "env-b"), ("Deployment", "subpath-b")],
     )
     .await;
-    create_ca(&env, "c", "apn_PodC", &[("DaemonSet", "env-c")]).await;
+    create_ca(
+        &env,
+        "c",
+        "apn_PodC",
+        &[("DaemonSet", "env-c"), ("StatefulSet", "subpath-c")],
+    )
+    .await;
     for ca in ["a", "b", "c"] {
         env.wait_synced(ca, 30).await;
     }
@@ -200,6 +212,8 @@ async fn no_pod_reads_an_expired_token_with_default_settings() {
         ("Deployment", "env-a", 1, "a", Consumer::Env),
         ("StatefulSet", "env-b", 2, "b", Consumer::Env),
         ("Deployment", "subpath-b", 1, "b", Consumer::SubPath),
+        ("DaemonSet", "subpath-a", 0, "a", Consumer::SubPath),
+        ("StatefulSet", "subpath-c", 1, "c", Consumer::SubPath),
         ("DaemonSet", "env-c", 0, "c", Consumer::Env),
         ("Deployment", "vol-c", 1, "c", Consumer::Volume),
     ];
@@ -279,6 +293,19 @@ async fn no_pod_reads_an_expired_token_with_default_settings() {
                 );
             }
         }
+    }
+    // Pipedream refreshed every account at least the propagation time ahead: no risk reported.
+    for ca in ["a", "b", "c"] {
+        let obj = env.ca(ca).await.expect("the ConnectedAccount");
+        let risk = obj["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodsAtRisk"))
+            .cloned();
+        assert_eq!(
+            risk.as_ref().map(|c| c["status"].clone()),
+            Some(json!("False")),
+            "{ca}: {risk:?}"
+        );
     }
     let props = report.propagation_secs();
     assert!(!props.is_empty(), "no propagation measured");

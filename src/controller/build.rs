@@ -3,6 +3,7 @@
 //! [`failed_status`]). Rendering a template runs off the async runtime, under the template's own limits.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,7 +20,7 @@ use crate::identity::ConnectionId;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
 use crate::secret::{data_hash, data_size, desired_secret};
-use crate::template;
+use crate::template::{self, RENDER_DEADLINE};
 
 /// What a write of the Secret is, for its Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
@@ -73,11 +74,18 @@ pub const PODS_AT_RISK: &str = "PodsAtRisk";
 pub const REFRESH_TOO_LATE: &str = "RefreshTooLate";
 /// Its reason otherwise.
 pub const IN_TIME: &str = "InTime";
+/// How much later than the propagation time before expiry a write may come and still count as in time: the
+/// schedule fetches up to [`schedule::AFTER_REFRESH_DELAY`] after Pipedream's refresh, and HTTP dates have second
+/// precision ([`schedule::SKEW_TOLERANCE`]). Without it, a Pipedream refreshing exactly the propagation time ahead
+/// (in time) was reported as a risk.
+pub const WRITE_ALLOWANCE: std::time::Duration =
+    schedule::AFTER_REFRESH_DELAY.saturating_add(schedule::SKEW_TOLERANCE);
 
 /// Whether pods get credentials in time after a pass at `now` that holds an answer `observed` and, when
-/// `replaced` is set, writes it in place of credentials expiring then: the write must come at least the
-/// propagation time before the replaced credentials expire, and Pipedream's next refresh (`next_refresh_at`) at
-/// least that long before the new ones do. Pure.
+/// `replaced` is set, writes it in place of credentials expiring then: Pipedream's next refresh
+/// (`next_refresh_at`) must come at least the propagation time before the new credentials expire, and the write
+/// at least that long before the replaced ones do, less [`WRITE_ALLOWANCE`] (the schedule's own wait after
+/// Pipedream's refresh, which the propagation time's default counts in). Pure.
 pub fn pod_risk(
     policy: Policy,
     observed: Observed,
@@ -99,7 +107,7 @@ pub fn pod_risk(
         "pods need {}s (spec.refresh.propagationTime) for a Secret change to reach them",
         p.as_secs()
     );
-    if let Some(l) = lead.filter(|l| *l < p) {
+    if let Some(l) = lead.filter(|l| *l + WRITE_ALLOWANCE < p) {
         return PodRisk {
             at_risk: true,
             message: format!(
@@ -180,17 +188,32 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
         Some(t) => {
             let (templates, fetched, exp) =
                 (t.data.clone(), i.answer.fetched.clone(), expires_at.clone());
-            tokio::task::spawn_blocking(move || {
+            let render = tokio::task::spawn_blocking(move || {
                 template::render(&templates, &credentials, &fetched.account, exp.as_deref())
-            })
-            .await
-            .map_err(|_| {
-                SyncFailure::new(
-                    Reason::InvalidSpec,
-                    "spec.target.template: rendering failed",
-                )
-            })?
-            .map_err(|e| SyncFailure::new(Reason::InvalidSpec, e.to_string()))?
+            });
+            // The render's fuel bounds it (see `template::fuel_for`); the wait for it is bounded as well, so a
+            // reconcile worker is never held past the deadline whatever the render does.
+            let waited = RENDER_DEADLINE + Duration::from_secs(1);
+            match tokio::time::timeout(waited, render).await {
+                Ok(Ok(rendered)) => {
+                    rendered.map_err(|e| SyncFailure::new(Reason::InvalidSpec, e.to_string()))?
+                }
+                Ok(Err(_)) => {
+                    return Err(SyncFailure::new(
+                        Reason::InvalidSpec,
+                        "spec.target.template: rendering failed",
+                    ));
+                }
+                Err(_) => {
+                    return Err(SyncFailure::new(
+                        Reason::InvalidSpec,
+                        format!(
+                            "spec.target.template: rendering took longer than {} s",
+                            RENDER_DEADLINE.as_secs()
+                        ),
+                    ));
+                }
+            }
         }
         None => {
             let (d, skipped) = template::raw_data(&credentials, i.previous);
@@ -559,6 +582,14 @@ mod tests {
             Some(ts("2026-11-22T09:05:00Z")),
         );
         assert!(!r.at_risk, "{r:?}");
+        // Pipedream refreshed exactly the propagation time (100 s) before the old credentials expire and the
+        // schedule fetched its 5 s later, plus a moment on the wire: in time (this was reported as a risk).
+        let fresh = observed("2026-11-22T09:03:00Z", Some("2026-11-22T09:01:20Z"));
+        let r = pod_risk(P, fresh, now, Some(ts("2026-11-22T09:01:34.6Z")));
+        assert!(!r.at_risk, "{r:?}");
+        // Later than the schedule's own wait allows: a risk.
+        let r = pod_risk(P, fresh, now, Some(ts("2026-11-22T09:01:32Z")));
+        assert!(r.at_risk && r.message.contains("written 92s before"), "{r:?}");
         // API readers (propagation 0) are never at risk.
         let api = Policy {
             propagation: Duration::ZERO,

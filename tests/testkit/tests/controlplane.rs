@@ -162,11 +162,8 @@ fn helper_start_and_wait_to_be_killed() {
 /// kubelet root go too.
 #[test]
 fn no_process_outlives_a_killed_test_process() {
-    if pdso_testkit::controlplane::assets::find().is_err()
-        || pdso_testkit::controlplane::assets::find_node_binaries().is_err()
-    {
-        // Same rule as the fixture: skip with a line, or fail under CI.
-        let _ = ControlPlane::shared();
+    // Same rule as the fixture: skip with a line, or fail under CI (node binaries included).
+    if !pdso_testkit::controlplane::available(true) {
         return;
     }
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())

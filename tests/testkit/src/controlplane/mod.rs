@@ -581,6 +581,24 @@ fn crds_dir() -> PathBuf {
 }
 
 /// The control plane's and the nodes' binaries.
+/// Whether the control-plane binaries (and the node binaries, with `nodes`) are here, by the fixture's rule: when
+/// they are not, one skip line, or a panic under `CI=true`.
+pub fn available(nodes: bool) -> bool {
+    let found = if nodes {
+        find_all().map(|_| ())
+    } else {
+        assets::find().map(|_| ())
+    };
+    match found {
+        Ok(()) => true,
+        Err(missing) if ci() => panic!("control plane: CI=true and {missing}"),
+        Err(missing) => {
+            skip_notice(&missing);
+            false
+        }
+    }
+}
+
 fn find_all() -> Result<(PathBuf, PathBuf), assets::Missing> {
     Ok((assets::find()?, assets::find_node_binaries()?))
 }
