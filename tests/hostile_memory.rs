@@ -1,8 +1,9 @@
 //! Issue 25 (1): one namespace editor filling the operator's memory. The aggregated `edit` role lets any
-//! namespace user create ConnectedAccounts; each object the CRD admits is listed and parsed by every replica and
-//! shard before anything filters it. Here team B creates 100 of the largest ConnectedAccounts the API server
-//! admits (spec maps at their CRD limits, 256 KiB of metadata annotations, labels up to the object limit) before
-//! the operator starts; the operator must come up under the chart's 128 MiB limit and keep team A's tokens fresh.
+//! namespace user create ConnectedAccounts and PipedreamConnections; each object the CRD admits is listed and
+//! parsed by every replica and shard before anything filters it. Here team B creates 100 of the largest
+//! ConnectedAccounts the API server admits (spec maps at their CRD limits, 256 KiB of metadata annotations, labels
+//! up to the object limit) and 100 PipedreamConnections as large before the operator starts; the operator must come
+//! up under the chart's 128 MiB limit and keep team A's tokens fresh.
 
 mod support;
 
@@ -38,15 +39,22 @@ fn map(n: usize, f: impl Fn(usize) -> (String, String)) -> Value {
     )
 }
 
-/// The largest ConnectedAccount the API server takes: every spec map at the CRD's total limits, metadata
-/// annotations at the API server's 256 KiB, and labels (which nothing bounds but the object size) filling the rest.
+/// The largest metadata the API server takes: annotations at its 256 KiB limit, and labels (which nothing bounds
+/// but the object size) filling most of the rest.
+fn largest_metadata(i: usize) -> Value {
+    let prefix = "a".repeat(200);
+    json!({
+        "labels": map(1_500, |j| (format!("{prefix}.example.com/l{i}-{j:05}"), "v".repeat(63))),
+        "annotations": map(4, |j| (format!("bulk{j}"), "x".repeat(60 * 1024))),
+    })
+}
+
+/// The largest ConnectedAccount the API server takes: every spec map at the CRD's total limits and the largest
+/// metadata.
 fn largest(i: usize) -> Value {
     let prefix = "a".repeat(200);
     json!({
-        "metadata": {
-            "labels": map(1_500, |j| (format!("{prefix}.example.com/l{i}-{j:05}"), "v".repeat(63))),
-            "annotations": map(4, |j| (format!("bulk{j}"), "x".repeat(60 * 1024))),
-        },
+        "metadata": largest_metadata(i),
         "spec": {
             "accountId": format!("apn_Bulk{i}"),
             "connectionRef": {"kind": "PipedreamConnection", "name": "pd"},
@@ -105,8 +113,26 @@ async fn the_largest_admissible_objects_from_one_namespace_stay_under_the_memory
         .await
         .unwrap_or_else(|e| panic!("bulk-{i} not admitted: {e}"));
     }
+    // As many PipedreamConnections, as large: a tenant's own connections are watched and cached too.
+    for i in 0..100 {
+        let body = json!({
+            "metadata": largest_metadata(i),
+            "spec": {"apiUrl": format!("https://{}.example.com/", "p".repeat(60)),
+                     "auth": {"apiKey": {"secretRef": {"name": "pd-key", "key": "api_key"}}}},
+        });
+        total += serde_json::to_vec(&body).unwrap().len();
+        env.try_apply(
+            "pipedream-secrets.io/v1alpha1",
+            "PipedreamConnection",
+            Some("team-b"),
+            &format!("bulk-{i}"),
+            body,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connection bulk-{i} not admitted: {e}"));
+    }
     eprintln!(
-        "team B stored {:.1} MiB of ConnectedAccounts",
+        "team B stored {:.1} MiB of ConnectedAccounts and PipedreamConnections",
         total as f64 / 1048576.0
     );
     env.apply(

@@ -80,7 +80,7 @@ pub struct ConnectedAccountSpec {
     pub rollout_restart_targets: Vec<RolloutRestartTarget>,
     /// Least time between two rollout restarts of the same ConnectedAccount's targets (default `5m`).
     #[serde(default = "default_min_restart_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub min_restart_interval: String,
 }
 
@@ -184,12 +184,14 @@ pub struct TargetSpec {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self in ['Opaque', 'kubernetes.io/basic-auth', 'kubernetes.io/ssh-auth', 'kubernetes.io/tls', 'kubernetes.io/dockerconfigjson', 'kubernetes.io/dockercfg'] || !self.matches('^([^/]*[.])?(kubernetes[.]io|k8s[.]io|helm[.]sh)/')").message("target.type: types Kubernetes or Helm act on (service-account tokens, bootstrap tokens, helm.sh/...) are not allowed; use Opaque, a kubernetes.io credential type or a type of your own domain"))]
     pub type_: Option<String>,
-    /// Labels copied onto the Secret (not on a Merge target, which belongs to someone else). At most 64; values
-    /// follow the label value syntax (63 characters of letters, digits, `-`, `_`, `.`). Keys of the operator's
-    /// own domain (`pipedream-secrets.io`) are refused: they decide which Secrets the operator watches.
+    /// Labels copied onto the Secret (not on a Merge target, which belongs to someone else). At most 64; keys at
+    /// most 317 characters (a 253-character prefix, `/` and a 63-character name); values follow the label value
+    /// syntax (63 characters of letters, digits, `-`, `_`, `.`). Keys of the operator's own domain
+    /// (`pipedream-secrets.io`) are refused: they decide which Secrets the operator watches.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "label_map")]
     #[x_kube(validation = Rule::new("self.all(k, !k.matches('^([^/]*[.])?pipedream-secrets[.]io/'))").message("target.labels: keys of the pipedream-secrets.io domain belong to the operator"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 317)").message("target.labels: keys are at most 317 characters (253 of prefix, '/', 63 of name)"))]
     pub labels: BTreeMap<String, String>,
     /// Annotations copied onto the Secret (not on a Merge target). At most 64, 64 KiB in all (keys and values).
     /// Keys of the operator's domain (`pipedream-secrets.io`) and of Kubernetes (`kubernetes.io`, `k8s.io` and
@@ -260,11 +262,11 @@ pub struct RefreshSpec {
     /// Renew this long before the credentials' `expires_at` (default `5m`, minimum `5s`). A value below
     /// `propagationTime` acts as `propagationTime`.
     #[serde(default = "default_before_expiry")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub before_expiry: String,
     /// Re-check cadence for credentials without `expires_at` (default `1h`, minimum `10s`).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub interval: String,
     /// How long a Secret write takes to reach every pod that consumes it (default: the operator's
     /// `--propagation-time`, `100s`). A mounted volume sees a change on the kubelet's next pod sync: its
@@ -274,7 +276,7 @@ pub struct RefreshSpec {
     /// later than this before expiry is reported (condition `PodsAtRisk`). `0s` for clients that read the
     /// Secret through the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 16))]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub propagation_time: Option<String>,
 }
 

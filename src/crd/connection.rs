@@ -34,7 +34,7 @@ pub const DEFAULT_API_URL: &str = "https://api.pipedream.com";
 pub struct PipedreamConnectionSpec {
     /// Pipedream API base URL (default `https://api.pipedream.com`).
     #[serde(default = "default_api_url")]
-    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
     pub api_url: String,
     /// How the operator authenticates to Pipedream: exactly one of `oauth` or `apiKey`.
     pub auth: ConnectionAuth,
@@ -65,7 +65,7 @@ pub struct PipedreamConnectionSpec {
 pub struct ClusterPipedreamConnectionSpec {
     /// Pipedream API base URL (default `https://api.pipedream.com`).
     #[serde(default = "default_api_url")]
-    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"), length(max = 2048))]
     pub api_url: String,
     /// How the operator authenticates to Pipedream: exactly one of `oauth` or `apiKey`. Secret refs must name
     /// their namespace.
@@ -104,7 +104,7 @@ pub struct ConnectionAuth {
 pub struct OAuthAuth {
     /// OAuth client ID (not secret). Alternatively `clientIdSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub client_id: Option<String>,
     /// Secret key holding the OAuth client ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,7 +112,7 @@ pub struct OAuthAuth {
     /// Secret key holding the OAuth client secret. Rotations are picked up without a restart.
     pub client_secret_ref: SecretKeyRef,
     /// Pipedream project ID (`proj_…`).
-    #[schemars(regex(pattern = r"^proj_[A-Za-z0-9]+$"))]
+    #[schemars(regex(pattern = r"^proj_[A-Za-z0-9]+$"), length(max = 64))]
     pub project_id: String,
     /// Pipedream environment sent as `x-pd-environment`: `production` (default) or `development`.
     #[serde(default)]

@@ -44,6 +44,7 @@ pub struct SecretKeyRef {
     /// Namespace of the Secret. Only allowed on a ClusterPipedreamConnection, where it is required; a namespaced
     /// PipedreamConnection always reads Secrets of its own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
 }
 

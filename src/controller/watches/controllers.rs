@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, warn};
 
-use super::stores::strip_account;
+use super::stores::{strip_account, strip_connection};
 use super::{RunConfig, Scope, Task};
 use crate::controller::context::Context;
 use crate::controller::{connection, reconcile};
@@ -34,14 +34,15 @@ fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<ConnectedAccount>) -
     }
 }
 
-/// ConnectedAccounts listed in pages of this many where the API server cannot stream the list.
-const ACCOUNT_PAGE: u32 = 25;
+/// Objects listed in pages of this many where the API server cannot stream the list.
+const LIST_PAGE: u32 = 25;
 
-/// How the ConnectedAccount watches take their initial list. Streamed where the API server can (WatchList, on by
-/// default since Kubernetes 1.32): objects then arrive one at a time, and each is dropped (another shard's) or
-/// cut down ([`strip_account`]) before the next is parsed, where a list page is parsed whole first (500 of the
-/// largest objects a namespace editor can create are most of a GiB). Elsewhere in small pages.
-pub(super) async fn account_list_config(
+/// How every watch takes its initial list. Streamed where the API server can (WatchList, on by default since
+/// Kubernetes 1.32): objects then arrive one at a time, and each is dropped (another shard's) or cut down
+/// ([`strip_account`], [`strip_connection`]) before the next is parsed, where a list page is parsed whole first
+/// (500 of the largest ConnectedAccounts, PipedreamConnections or Secrets' metadata a namespace editor can create
+/// are most of a GiB). Elsewhere in small pages.
+pub(super) async fn list_config(
     client: &kube::Client,
     scopes: &[Scope],
 ) -> watcher::Config {
@@ -75,8 +76,8 @@ pub(super) async fn account_list_config(
     match streams {
         Ok(()) => watcher::Config::default().streaming_lists(),
         Err(e) => {
-            warn!(error = %e, page = ACCOUNT_PAGE, "the API server does not stream lists; listing ConnectedAccounts in pages");
-            watcher::Config::default().page_size(ACCOUNT_PAGE)
+            warn!(error = %e, page = LIST_PAGE, "the API server does not stream lists; listing in pages");
+            watcher::Config::default().page_size(LIST_PAGE)
         }
     }
 }
@@ -103,10 +104,14 @@ pub(super) fn account_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let conns = watcher(conns, list.clone())
+        .default_backoff()
+        .modify(strip_connection)
+        .touched_objects();
     let (store, writer) = reflector::store();
     let shard = config.settings.shard;
     let forget = Arc::downgrade(ctx);
-    let accounts = watcher(cas, list)
+    let accounts = watcher(cas, list.clone())
         .default_backoff()
         // Another shard's accounts are never cached, triggered or reconciled here.
         .try_filter(move |e| future::ready(in_shard(&shard, e)))
@@ -123,9 +128,8 @@ pub(super) fn account_controller(
     let default_connection = config.settings.default_connection.clone();
     let c = Controller::for_stream(accounts, store.clone())
         .watches_stream(secret_events, |s| accounts_of_secret(&s))
-        .watches(
+        .watches_stream(
             conns,
-            watcher::Config::default(),
             move |conn: PipedreamConnection| {
                 referencing(
                     &s1,
@@ -140,9 +144,12 @@ pub(super) fn account_controller(
     let c = if config.settings.cluster_connections_disabled {
         c
     } else {
-        c.watches(
-            Api::<ClusterPipedreamConnection>::all(client),
-            watcher::Config::default(),
+        let cluster = watcher(Api::<ClusterPipedreamConnection>::all(client), list)
+            .default_backoff()
+            .modify(strip_connection)
+            .touched_objects();
+        c.watches_stream(
+            cluster,
             move |conn: ClusterPipedreamConnection| {
                 referencing(
                     &s2,
@@ -168,6 +175,7 @@ pub(super) fn connection_controllers(
     ctx: &Arc<Context>,
     config: &RunConfig,
     scopes: &[Scope],
+    list: &watcher::Config,
     shutdown: &Shared<BoxFuture<'static, ()>>,
 ) -> Vec<Task> {
     let mut out: Vec<Task> = Vec::new();
@@ -183,7 +191,7 @@ pub(super) fn connection_controllers(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         ctx.credential_watch.wake_namespaced_via(scope.clone(), tx);
         out.push(Box::pin(
-            Controller::new(conns, watcher::Config::default().any_semantic())
+            stripped_controller(conns, list)
                 .reconcile_on(UnboundedReceiverStream::new(rx))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(
@@ -198,9 +206,9 @@ pub(super) fn connection_controllers(
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         ctx.credential_watch.wake_cluster_via(tx);
         out.push(Box::pin(
-            Controller::new(
+            stripped_controller(
                 Api::<ClusterPipedreamConnection>::all(ctx.client.clone()),
-                watcher::Config::default().any_semantic(),
+                list,
             )
             .reconcile_on(UnboundedReceiverStream::new(rx))
             .graceful_shutdown_on(shutdown.clone())
@@ -213,6 +221,27 @@ pub(super) fn connection_controllers(
         ));
     }
     out
+}
+
+/// A controller of connections whose cache keeps them as [`strip_connection`] leaves them (`Controller::new` would
+/// keep each whole, labels and managed fields included).
+fn stripped_controller<K>(api: Api<K>, list: &watcher::Config) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let objects = watcher(api, list.clone().any_semantic())
+        .default_backoff()
+        .modify(strip_connection)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, store)
 }
 
 /// The ConnectedAccounts a Secret event concerns: named by its owner annotation, its Merge annotations, or its

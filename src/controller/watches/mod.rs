@@ -78,8 +78,16 @@ pub async fn run(
         }
     };
     let mut background: Vec<Task> = Vec::new();
-    let connections = connection_stores(&client, &scopes, on_ctx.clone(), &mut background);
-    let cluster = cluster_store(&client, &config.settings, on_ctx.clone(), &mut background);
+    // Every watch takes its initial list as a stream where the API server can (see `list_config`).
+    let list = controllers::list_config(&client, &scopes).await;
+    let connections = connection_stores(&client, &scopes, &list, on_ctx.clone(), &mut background);
+    let cluster = cluster_store(
+        &client,
+        &config.settings,
+        &list,
+        on_ctx.clone(),
+        &mut background,
+    );
     let ctx = Context::new(
         client.clone(),
         config.settings.clone(),
@@ -92,12 +100,11 @@ pub async fn run(
         triggers,
     );
     let _ = ctx_cell.set(Arc::downgrade(&ctx));
-    credentials_watch(&client, &scopes, on_ctx.clone(), &mut background);
+    credentials_watch(&client, &scopes, &list, on_ctx.clone(), &mut background);
     ctx.credential_watch.started(scopes.clone());
-    let secrets = secret_watch(&client, &scopes, ctx.secrets.clone());
+    let secrets = secret_watch(&client, &scopes, &list, ctx.secrets.clone());
     let mut controllers: Vec<Task> = Vec::new();
     let mut account_stores = Vec::new();
-    let list = controllers::account_list_config(&client, &scopes).await;
     for ((scope, trigger), secret_events) in scopes.iter().zip(trigger_streams).zip(secrets) {
         let (store, c) = account_controller(
             &ctx,
@@ -112,7 +119,9 @@ pub async fn run(
         controllers.push(c);
     }
     *ctx.accounts.lock().unwrap_or_else(|p| p.into_inner()) = account_stores.clone();
-    controllers.extend(connection_controllers(&ctx, &config, &scopes, &shutdown));
+    controllers.extend(connection_controllers(
+        &ctx, &config, &scopes, &list, &shutdown,
+    ));
 
     // Reflectors run in the background; controllers start only once the connection stores and the Secret index
     // are complete, so the first passes neither report a connection as missing nor read every Secret.
@@ -144,13 +153,14 @@ pub async fn run(
             election.duration_secs,
             shutdown.clone(),
         )
-        .await?
+        .await
+        .map_err(|e| e.to_string())?
         else {
             return Ok(());
         };
         // During a change of the shard count the old shards still lead on their Leases: wait for them.
         tokio::select! {
-            waited = l.wait_for_other_shard_counts(&election.lease, shard) => waited?,
+            waited = l.wait_for_other_shard_counts(&election.lease, shard) => waited.map_err(|e| e.to_string())?,
             _ = shutdown.clone() => {
                 l.release().await;
                 return Ok(());

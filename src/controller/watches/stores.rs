@@ -28,6 +28,20 @@ pub(super) fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
+/// Keep of a connection's metadata nothing a tenant can fill: nothing reads a connection's labels or annotations,
+/// and a namespaced PipedreamConnection is any namespace editor's to create (labels up to the 1.5 MiB object
+/// limit).
+pub(super) fn strip_connection<K: Resource>(obj: &mut K) {
+    strip(obj);
+    let meta = obj.meta_mut();
+    meta.labels = None;
+    meta.annotations = None;
+}
+
+/// A force-sync value longer than this is kept as its hash: only a change of it means anything, and the operator
+/// records the last value acted on in status.
+const FORCE_SYNC_KEPT: usize = 128;
+
 /// Keep of a ConnectedAccount's metadata only what a pass reads: its labels and annotations are the tenant's to
 /// fill (the API server bounds annotations at 256 KiB in all and labels not at all), and only the force-sync
 /// annotation means anything to the operator.
@@ -37,11 +51,26 @@ pub(super) fn strip_account(ca: &mut ConnectedAccount) {
     meta.labels = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k == FORCE_SYNC_ANNOTATION);
+        if let Some(v) = a.get_mut(FORCE_SYNC_ANNOTATION)
+            && v.len() > FORCE_SYNC_KEPT
+        {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(v.as_bytes());
+            *v = digest.iter().fold(String::from("sha256:"), |mut out, b| {
+                use std::fmt::Write;
+                let _ = write!(out, "{b:02x}");
+                out
+            });
+        }
     }
 }
 
-/// A reflector of `api`, calling `on_delete` for each deleted object.
-fn reflect<K>(api: Api<K>, on_delete: impl Fn(&K) + Send + 'static) -> (Store<K>, Task)
+/// A reflector of `api` (connections, kept as [`strip_connection`] leaves them), calling `on_delete` for each
+/// deleted object.
+fn reflect<K>(
+    api: Api<K>,
+    list: &watcher::Config,
+    on_delete: impl Fn(&K) + Send + 'static,
+) -> (Store<K>, Task)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -52,9 +81,9 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let fut = watcher(api, watcher::Config::default().any_semantic())
+    let fut = watcher(api, list.clone().any_semantic())
         .default_backoff()
-        .modify(strip)
+        .modify(strip_connection)
         .reflect(writer)
         .for_each(move |r| {
             match r {
@@ -71,6 +100,7 @@ where
 pub(super) fn connection_stores(
     client: &Client,
     scopes: &[Scope],
+    list: &watcher::Config,
     on_ctx: impl Fn(&dyn Fn(&Context)) + Clone + Send + Sync + 'static,
     background: &mut Vec<Task>,
 ) -> BTreeMap<Scope, Store<PipedreamConnection>> {
@@ -81,7 +111,7 @@ pub(super) fn connection_stores(
             None => Api::all(client.clone()),
         };
         let on_ctx = on_ctx.clone();
-        let (store, fut) = reflect(api, move |c: &PipedreamConnection| {
+        let (store, fut) = reflect(api, list, move |c: &PipedreamConnection| {
             let id = ConnectionId::namespaced(c.namespace().unwrap_or_default(), c.name_any());
             let uid = c.uid().unwrap_or_default();
             on_ctx(&|ctx| ctx.forget_connection(&id, &uid));
@@ -96,6 +126,7 @@ pub(super) fn connection_stores(
 pub(super) fn cluster_store(
     client: &Client,
     settings: &Settings,
+    list: &watcher::Config,
     on_ctx: impl Fn(&dyn Fn(&Context)) + Send + Sync + 'static,
     background: &mut Vec<Task>,
 ) -> Store<ClusterPipedreamConnection> {
@@ -107,6 +138,7 @@ pub(super) fn cluster_store(
     }
     let (store, fut) = reflect(
         Api::<ClusterPipedreamConnection>::all(client.clone()),
+        list,
         move |c: &ClusterPipedreamConnection| {
             let id = ConnectionId::cluster(c.name_any());
             let uid = c.uid().unwrap_or_default();
@@ -122,6 +154,7 @@ pub(super) fn cluster_store(
 pub(super) fn secret_watch(
     client: &Client,
     scopes: &[Scope],
+    list: &watcher::Config,
     index: SecretIndex,
 ) -> Vec<futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>> {
     scopes
@@ -132,10 +165,7 @@ pub(super) fn secret_watch(
                 None => Api::all(client.clone()),
             };
             let (index, scope) = (index.clone(), scope.clone());
-            watcher(
-                api,
-                watcher::Config::default().labels(&format!("{WATCH_LABEL}=true")),
-            )
+            watcher(api, list.clone().labels(&format!("{WATCH_LABEL}=true")))
             .default_backoff()
             .map_ok(move |e| {
                 index.apply(&scope, &e);
@@ -153,6 +183,7 @@ pub(super) fn secret_watch(
 pub(super) fn credentials_watch(
     client: &Client,
     scopes: &[Scope],
+    list: &watcher::Config,
     on_ctx: impl Fn(&dyn Fn(&Context)) + Clone + Send + Sync + 'static,
     background: &mut Vec<Task>,
 ) {
@@ -163,10 +194,7 @@ pub(super) fn credentials_watch(
             None => Api::all(client.clone()),
         };
         let (on_ctx, scope) = (on_ctx.clone(), scope.clone());
-        let fut = watcher(
-            api,
-            watcher::Config::default().labels(&format!("{WATCH_LABEL}!=true")),
-        )
+        let fut = watcher(api, list.clone().labels(&format!("{WATCH_LABEL}!=true")))
         .default_backoff()
         .for_each(move |r| {
             // The names also tell first writes whether someone else's Secret holds a name.
