@@ -584,6 +584,20 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
                    (0..32).map(|i| (format!("k{i}"), json!("x".repeat(4096)))).collect::<serde_json::Map<_, _>>()}}}}),
             "target.template.data may hold at most 64 KiB",
         ),
+        // Issue 25 (1): every string a tenant fills is bounded, so the worst-case object is bounded: durations
+        // (only a pattern before, which `1s1s1s…` passes up to the object limit) and label keys.
+        (
+            json!({"spec": {"accountId": "apn_X1", "minRestartInterval": "1s".repeat(100_000)}}),
+            "spec.minRestartInterval",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "refresh": {"interval": "1h".repeat(100)}}}),
+            "spec.refresh.interval",
+        ),
+        (
+            json!({"spec": {"accountId": "apn_X1", "target": {"labels": {format!("{}.example.com/k", "a".repeat(400)): "v"}}}}),
+            "target.labels: keys are at most 317 characters",
+        ),
     ];
     for (body, needle) in cases {
         let err = env
@@ -643,6 +657,14 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
             .contains("clientSecretRef.namespace is required"),
         "{err}"
     );
+    // A tenant's PipedreamConnection: its strings are bounded too (apiUrl was only a pattern).
+    let err = env
+        .try_apply("pipedream-secrets.io/v1alpha1", "PipedreamConnection", Some("team-a"), "long", json!({"spec": {
+            "apiUrl": format!("https://{}.example.com/", "a".repeat(100_000)),
+            "auth": {"apiKey": {"secretRef": {"name": "s", "key": "k"}}}}}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spec.apiUrl"), "{err}");
 }
 
 /// Issue 25 (3): every replica applied the Lease with the same field manager, so two contenders that both saw
@@ -655,21 +677,32 @@ async fn two_replicas_racing_for_a_free_lease_never_both_lead() {
     let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
         return;
     };
+    // A free Lease, as a leader's graceful release leaves it: both replicas see it free and write at once.
+    env.apply(
+        "coordination.k8s.io/v1",
+        "Lease",
+        Some("ops"),
+        "pipedream-secrets-operator",
+        json!({"spec": {"leaseDurationSeconds": 15}}),
+    )
+    .await;
     let (a, b) = (env.operator_proxy().await, env.operator_proxy().await);
     for (proxy, delay) in [(&a, 1_000), (&b, 4_000)] {
-        proxy.add_fault(ApiFault {
-            verb: "patch".into(),
-            resource: "leases".into(),
-            latency_ms: Some(delay),
-            count: Some(1),
-            ..Default::default()
-        });
+        for verb in ["create", "update", "patch"] {
+            proxy.add_fault(ApiFault {
+                verb: verb.into(),
+                resource: "leases".into(),
+                latency_ms: Some(delay),
+                count: Some(1),
+                ..Default::default()
+            });
+        }
     }
     env.start_operator_behind(&a);
     env.start_operator_behind(&b);
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 30).await;
-    // B's delayed apply has landed (or been refused) by now.
+    // B's delayed write has landed (or been refused) by now.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let logs = env.logs();
     assert_eq!(
@@ -682,6 +715,53 @@ async fn two_replicas_racing_for_a_free_lease_never_both_lead() {
         "the leader kept its Lease:\n{logs}"
     );
     assert!(env.operators_alive(), "both replicas run");
+}
+
+/// Issue 25 (3): a standby whose wall clock runs 20 s ahead of the leader's (node clock skew, or a clock step)
+/// judged the leader's Lease expired by `renewTime + 15 s < now` and took it while the leader was still renewing
+/// it: two writers. Expiry is now timed on the standby's monotonic clock from when it saw the Lease change, so it
+/// waits as long as the leader renews. The standby runs under libfaketime (wall clock only; monotonic time real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_clock_runs_ahead_never_takes_a_renewed_lease() {
+    let Some(faketime) = support::libfaketime() else {
+        return;
+    };
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    env.wait_synced("gh", 30).await;
+    env.extra_env = vec![
+        ("LD_PRELOAD".into(), faketime.into()),
+        ("FAKETIME".into(), "+20s".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+    ];
+    env.start_operator();
+    env.wait("the skewed standby to start", 20, async || {
+        env.logs().contains("waiting to become leader").then_some(())
+    })
+    .await;
+    // Three Lease durations with the leader renewing.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let logs = env.logs();
+    assert_eq!(
+        logs.matches("became leader").count(),
+        1,
+        "the skewed standby took a renewed Lease:\n{logs}"
+    );
+    assert!(
+        !logs.contains("the Lease is held by another replica") && !logs.contains("leadership lost"),
+        "the leader kept its Lease:\n{logs}"
+    );
+    // It still takes over when the leader really goes (its own Lease duration later, on its own clock).
+    let leader = env.operator_pids()[0];
+    env.kill_operator(leader);
+    env.wait("the skewed standby to lead", 30, async || {
+        (env.logs().matches("became leader").count() == 2).then_some(())
+    })
+    .await;
 }
 
 /// Two replicas: one leads; when it dies the standby takes the Lease and carries on without re-fetching fresh

@@ -189,7 +189,7 @@ USED = {
     ("", "secrets"): {"get", "list", "watch", "create", "patch"},
     ("", "namespaces"): {"get"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("coordination.k8s.io", "leases"): {"get", "list", "create", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "list", "create", "update"},  # update: guarded by resourceVersion
     ("apps", "deployments"): {"patch"},
     ("apps", "statefulsets"): {"patch"},
     ("apps", "daemonsets"): {"patch"},
@@ -253,6 +253,16 @@ def test_values_reach_the_container_args():
     assert "--default-connection=workspace" in args and "--log-format=text" in args and "--log-level=debug" in args
     single = by_kind(render({"leaderElection": {"enabled": False}}), "Deployment")[0]
     assert single["spec"]["strategy"]["type"] == "Recreate", "no overlapping writers without leader election"
+
+
+def test_sharding_forces_leader_election_which_guards_shard_count_changes():
+    # Issue 25 (10): the guard against two shard counts writing at once (during a change of sharding.shards) lives
+    # in leader election; with it off, old and new shards ran side by side.
+    for replicas in (1, 2):
+        docs = render({"sharding": {"shards": 2}, "replicaCount": replicas, "leaderElection": {"enabled": False}})
+        for d in by_kind(docs, "Deployment"):
+            args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert "--leader-election=true" in args, args
 
 
 def test_sharding_renders_a_deployment_and_pdb_per_shard_with_disjoint_selectors():

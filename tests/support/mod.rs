@@ -78,6 +78,8 @@ pub struct Env {
     pub log: PathBuf,
     /// Extra arguments for every operator started from now on.
     pub extra_args: Vec<String>,
+    /// Extra environment variables for every operator started from now on.
+    pub extra_env: Vec<(String, String)>,
     /// Namespaces (real names) the operator watches beside this test's own.
     pub watch_also: Vec<String>,
     id: String,
@@ -190,6 +192,7 @@ impl Env {
             operators: Vec::new(),
             log: dir.join("operator.log"),
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             watch_also: Vec::new(),
             id,
             watch_all: options.cluster_wide,
@@ -520,6 +523,7 @@ impl Env {
             .args(self.scope_args())
             .args(metrics_addr)
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
@@ -728,4 +732,21 @@ pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
         .decode(secret["data"][key].as_str()?)
         .ok()?;
     String::from_utf8(b).ok()
+}
+
+/// libfaketime (Debian's `faketime`), to run an operator on a wall clock of its own: `None` (one skip line) when it
+/// is not installed, a panic under `CI=true` (the README's test command installs it).
+pub fn libfaketime() -> Option<&'static str> {
+    const LIBS: [&str; 2] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ];
+    if let Some(lib) = LIBS.into_iter().find(|l| std::path::Path::new(l).exists()) {
+        return Some(lib);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI=true and libfaketime is missing: install Debian's faketime (tests/setup.sh)");
+    }
+    eprintln!("skipping: libfaketime is missing (install Debian's faketime, tests/setup.sh)");
+    None
 }
