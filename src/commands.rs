@@ -38,6 +38,7 @@ pub fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
 /// `run`: watch and reconcile until SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log_level);
+    refuse_flags(&args)?;
     let config = kube::Config::infer()
         .await
         .map_err(|e| format!("cannot load a Kubernetes configuration: {e}"))?;
@@ -50,12 +51,25 @@ pub async fn run_with_kubeconfig(
     kubeconfig: std::path::PathBuf,
 ) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log_level);
+    refuse_flags(&args)?;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
         .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| e.to_string())?;
     run_with_config(args, config).await
+}
+
+/// Flag combinations `run` refuses before it touches anything.
+fn refuse_flags(args: &RunArgs) -> Result<(), String> {
+    // Shards of different counts never write at once only because a new shard waits on the old ones' Leases.
+    if args.shard.count() > 1 && !args.leader_election {
+        return Err(format!(
+            "--shard={} needs leader election (--leader-election=true): a change of the shard count is guarded through the shards' Leases",
+            args.shard
+        ));
+    }
+    Ok(())
 }
 
 async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), String> {

@@ -28,8 +28,37 @@ pub const MAX_TEMPLATES_BYTES: usize = 64 * 1024;
 pub const MAX_CONCAT_OPERANDS: usize = 16;
 /// Largest result of any filter.
 pub const MAX_VALUE_BYTES: usize = 256 * 1024;
-/// Instructions one render may execute.
+/// Instructions one render may execute over a small context.
 pub const FUEL: u64 = 200_000;
+/// Instructions times context weight one render may spend. Operators and tests (`in`, `==`, `<`, `~`) run inside
+/// the engine without charging the work budget, and each costs up to the size of its operands, which are the
+/// context's own values (or joins of at most [`MAX_CONCAT_OPERANDS`] of them): bounding instructions by the
+/// context's weight bounds the whole render. Contexts up to 8 KiB in a few dozen values (every real credential
+/// body) get all of [`FUEL`]; a 1 MiB text about 8,000 instructions (less if it holds many values), enough for a
+/// few dozen keys.
+pub const FUEL_WORK: u64 = 1 << 33;
+/// No context gets less fuel than this (a few keys' worth of plain lookups).
+pub const MIN_FUEL: u64 = 100;
+
+/// The fuel of a render over a context of `weight` (see [`context_weight`]).
+pub fn fuel_for(weight: u64) -> u64 {
+    (FUEL_WORK / weight.max(1)).clamp(MIN_FUEL, FUEL)
+}
+
+/// The weight of credentials for [`fuel_for`]: their bytes, and 1,024 for every value in them (comparing or
+/// searching a list costs per element, whatever the element's size: a comparison of two values costs about what
+/// comparing a kilobyte of text does).
+pub fn context_weight(credentials: &serde_json::Map<String, Json>) -> u64 {
+    fn values(v: &Json) -> u64 {
+        match v {
+            Json::Array(a) => 1 + a.iter().map(values).sum::<u64>(),
+            Json::Object(o) => 1 + o.values().map(values).sum::<u64>(),
+            _ => 1,
+        }
+    }
+    let bytes = serde_json::to_string(credentials).map_or(0, |t| t.len() as u64);
+    bytes + 1024 * credentials.values().map(values).sum::<u64>()
+}
 /// Largest Secret data the operator writes (Kubernetes caps a whole Secret at 1 MiB).
 pub const MAX_SECRET_DATA_BYTES: usize = 1_000_000;
 /// Units of work (items sorted or listed, bytes transformed) the filters of one render may do.
@@ -536,7 +565,8 @@ pub fn validate(templates: &BTreeMap<String, String>) -> Result<(), TemplateErro
 
 /// The template context: `credentials` (null fields left out, so using one is an error), `account`,
 /// `expires_at`.
-fn context(credentials: &Credentials, account: &Account, expires_at: Option<&str>) -> Value {
+/// The template context, and its weight (see [`context_weight`]).
+fn context(credentials: &Credentials, account: &Account, expires_at: Option<&str>) -> (Value, u64) {
     let app = account.app.clone().unwrap_or_default();
     let account_json = serde_json::json!({
         "id": account.id,
@@ -551,11 +581,13 @@ fn context(credentials: &Credentials, account: &Account, expires_at: Option<&str
         .into_iter()
         .filter(|(_, v)| !v.is_null())
         .collect();
-    Value::from_serialize(serde_json::json!({
+    let weight = context_weight(&creds) + 1024;
+    let ctx = Value::from_serialize(serde_json::json!({
         "credentials": creds,
         "account": account_json,
         "expires_at": expires_at,
-    }))
+    }));
+    (ctx, weight)
 }
 
 /// A writer that fails once more than its budget has been written.
@@ -587,8 +619,9 @@ pub fn render(
     expires_at: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
     validate(templates)?;
-    let env = environment();
-    let ctx = context(credentials, account, expires_at);
+    let mut env = environment();
+    let (ctx, weight) = context(credentials, account, expires_at);
+    env.set_fuel(Some(fuel_for(weight)));
     BUDGET.with(|b| b.set((WORK, Some(std::time::Instant::now() + RENDER_DEADLINE))));
     let out = render_all(&env, templates, &ctx);
     BUDGET.with(|b| b.set((u64::MAX, None)));

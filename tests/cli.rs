@@ -114,6 +114,24 @@ current-context: x
     );
 }
 
+/// Issue 25 (10): without leader election a shard never waited for the shards of another count, so a change of
+/// the shard count ran two writers for the same accounts.
+#[test]
+fn shards_without_leader_election_are_refused_at_startup() {
+    let out = bin()
+        .args(["run", "--shard=0/2", "--leader-election=false"])
+        .env("KUBECONFIG", "/nonexistent")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--shard=0/2 needs leader election"),
+        "{err}"
+    );
+}
+
 /// Parses `args` as the binary does and returns the resulting `run` flags.
 fn run_flags(args: &[&str]) -> Result<pipedream_secrets_operator::cli::RunArgs, String> {
     use clap::Parser;

@@ -296,19 +296,39 @@ impl Context {
 
     /// Forget a deleted ConnectedAccount (its metric series go with it from the cache).
     pub fn forget(&self, uid: &str) {
-        let used = self.forget_object(uid).and_then(|o| o.uses);
-        self.fetcher.cache.switch_use(used.as_ref(), None);
+        let Some(state) = self.forget_object(uid) else {
+            return;
+        };
+        if let Some((key, _)) = &state.asked {
+            self.fetcher.cache.unwait(key);
+        }
+        self.fetcher.cache.switch_use(state.uses.as_ref(), None, "");
     }
 
-    /// ConnectedAccount `uid` now uses `key` (or nothing): the answer cache keeps an account's answers while some
-    /// object uses them.
-    pub fn use_account(&self, uid: &str, key: Option<&AccountKey>) {
+    /// ConnectedAccount `uid` of namespace `tenant` now uses `key` (or nothing): the answer cache keeps an
+    /// account's answers while some object uses them, charged to the tenant that uses them.
+    pub fn use_account(&self, uid: &str, tenant: &str, key: Option<&AccountKey>) {
         let moved = self.update_object(uid, |o| {
             (o.uses.as_ref() != key).then(|| std::mem::replace(&mut o.uses, key.cloned()))
         });
         if let Some(from) = moved {
-            self.fetcher.cache.switch_use(from.as_ref(), key);
+            self.fetcher.cache.switch_use(from.as_ref(), key, tenant);
         }
+    }
+
+    /// ConnectedAccount `uid` asked for an attempt at `key` past `generation`; its pass reads it (see
+    /// [`crate::controller::fetch::AccountCache::wait`]).
+    pub fn ask(&self, uid: &str, key: &AccountKey, generation: u64, forced_at: Option<jiff::Timestamp>) {
+        let before = self.update_object(uid, |o| {
+            if forced_at.is_some() {
+                o.last_forced = forced_at;
+            }
+            o.asked.replace((key.clone(), generation))
+        });
+        if let Some((old, _)) = before {
+            self.fetcher.cache.unwait(&old);
+        }
+        self.fetcher.cache.wait(key);
     }
 
     /// Show `f` what the metrics show about every cached ConnectedAccount, from its status.

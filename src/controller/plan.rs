@@ -303,6 +303,9 @@ pub struct Timing {
     pub expires_at: Option<Timestamp>,
 }
 
+/// An `expires_at` further ahead than this is not believed (see [`timing`]).
+pub const MAX_BELIEVED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 /// Parse and clock-correct an answer's timestamps.
 pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
     let parse = |field: &str, v: &Option<String>| -> Result<Option<Timestamp>, SyncFailure> {
@@ -319,6 +322,15 @@ pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
     let account = &c.fetched.account;
     let expires = parse("expires_at", &account.expires_at)?;
     let refresh = parse("next_refresh_at", &account.next_refresh_at)?;
+    // A token that lives for years is no token Pipedream issues (it refreshes OAuth tokens within hours): an
+    // answer that says so is malformed, as an absurd `expires_in` of a Pipedream token is.
+    let horizon = schedule::add(c.at, MAX_BELIEVED_LIFETIME);
+    if let Some(e) = expires.filter(|e| *e > horizon) {
+        return Err(SyncFailure::new(
+            Reason::UpstreamError,
+            format!("Pipedream returned an expires_at more than a year ahead ({e}); the Secret keeps what it holds"),
+        ));
+    }
     let server = c.fetched.server_time;
     Ok(Timing {
         observed: schedule::observe(expires, refresh, server, c.at, c.fetched.round_trip),

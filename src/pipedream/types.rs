@@ -47,28 +47,38 @@ impl fmt::Display for SecretString {
 ///
 /// Held as compact JSON text: every account's last answer stays in memory for drift repair, and a parsed map costs
 /// several times its text (a B-tree node and a `Value` per field). It is parsed again only to build a Secret.
-#[derive(Clone, PartialEq, Default)]
+/// The text is a [`SecretString`](secrecy::SecretString): zeroed when dropped, so an answer replaced or evicted
+/// does not linger in freed memory.
+#[derive(Clone, Default)]
 pub struct Credentials {
     /// Compact JSON of the object; keys sorted, so equal maps have equal text.
-    json: Box<str>,
+    json: secrecy::SecretString,
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.json.expose_secret() == other.json.expose_secret()
+    }
 }
 
 impl Credentials {
     /// Build from a JSON map (tests, `render`).
     pub fn from_map(map: Map<String, Value>) -> Self {
         // Serializing a map of JSON values cannot fail.
-        let json = serde_json::to_string(&map)
-            .unwrap_or_default()
-            .into_boxed_str();
+        // The map's own strings are not zeroed (serde_json owns them), but nothing keeps the map.
+        let json = serde_json::to_string(&map).unwrap_or_default().into();
         Self { json }
     }
     /// The fields, for Secret building and templates only.
     pub fn expose(&self) -> Map<String, Value> {
-        serde_json::from_str(&self.json).unwrap_or_default()
+        use secrecy::ExposeSecret;
+        serde_json::from_str(self.json.expose_secret()).unwrap_or_default()
     }
     /// Bytes held.
     pub fn size(&self) -> usize {
-        self.json.len()
+        use secrecy::ExposeSecret;
+        self.json.expose_secret().len()
     }
     /// True when there is no field with a non-null value.
     pub fn is_empty(&self) -> bool {

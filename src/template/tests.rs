@@ -200,7 +200,7 @@ fn filter_work_inside_loops_over_a_wide_body_is_bounded() {
         );
         assert_eq!(err.key, "K");
         assert!(
-            ["too expensive", "longer than", "would exceed"]
+            ["too expensive", "longer than", "would exceed", "computation budget"]
                 .iter()
                 .any(|m| err.message.contains(m)),
             "{src}: {}",
@@ -215,4 +215,55 @@ fn filter_work_inside_loops_over_a_wide_body_is_bounded() {
     .into();
     let out = render(&t, account.credentials.as_ref().unwrap(), &account, None).unwrap();
     assert_eq!(out["K"], b"2000");
+}
+
+/// Issue 25 (6): the deadline was checked only inside filters; operators and tests (`in`, `==`) ran free, each
+/// costing up to the size of its operands, for every instruction of the fuel: a list membership test inside a
+/// loop over a long list took minutes on a shared worker. Fuel now shrinks with the context's weight.
+#[test]
+fn operators_inside_loops_over_a_wide_body_are_bounded() {
+    let account: Account = serde_json::from_value(json!({"id": "apn_W1", "credentials": {
+        "list": vec![1; 100_000],
+        "big": "y".repeat(300_000),
+        "big2": "y".repeat(300_000),
+    }}))
+    .unwrap();
+    for src in [
+        "{% for i in credentials.list %}{% if 2 in credentials.list %}x{% endif %}{% endfor %}",
+        "{% for i in credentials.list %}{% if credentials.list == credentials.list %}{% endif %}{% endfor %}",
+        "{% for i in credentials.list %}{% if credentials.big == credentials.big2 %}{% endif %}{% endfor %}",
+    ] {
+        let t: BTreeMap<String, String> = [("K".to_string(), src.to_string())].into();
+        let started = std::time::Instant::now();
+        let err = render(&t, account.credentials.as_ref().unwrap(), &account, None).unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{src}: {:?}",
+            started.elapsed()
+        );
+        assert!(err.message.contains("computation budget"), "{src}: {}", err.message);
+    }
+    // Templates over the same body that touch it a few times still render.
+    let t: BTreeMap<String, String> = [(
+        "K".to_string(),
+        "{{ credentials.list|length }} {{ credentials.big|length }}".to_string(),
+    )]
+    .into();
+    let out = render(&t, account.credentials.as_ref().unwrap(), &account, None).unwrap();
+    assert_eq!(out["K"], b"100000 300000");
+}
+
+/// Real credential bodies keep the whole fuel.
+#[test]
+fn small_contexts_get_all_the_fuel_and_large_ones_a_bounded_share() {
+    let small: serde_json::Map<String, Json> = (0..20)
+        .map(|i| (format!("k{i}"), json!("v".repeat(200))))
+        .collect();
+    assert_eq!(fuel_for(context_weight(&small) + 1024), FUEL);
+    let huge: serde_json::Map<String, Json> =
+        [("l".to_string(), json!(vec![1; 1_000_000]))].into_iter().collect();
+    assert_eq!(fuel_for(context_weight(&huge)), MIN_FUEL);
+    for w in [1u64, 10_000, 1 << 20, 1 << 40] {
+        assert!(fuel_for(w) * w <= FUEL_WORK.max(MIN_FUEL * w), "{w}");
+    }
 }

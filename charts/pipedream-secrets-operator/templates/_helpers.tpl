@@ -39,7 +39,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "pdso.leaderElection" -}}
-{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
+{{- /* Several replicas, or several shards (whose count change is guarded through the Leases), need it. */ -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) (gt (int .Values.sharding.shards) 1) -}}true{{- else -}}false{{- end -}}
 {{- end -}}
 
 {{/* Rules every install needs on ConnectedAccounts, PipedreamConnections and Secrets. */}}

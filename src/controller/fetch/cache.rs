@@ -3,8 +3,11 @@
 //!
 //! Bounded: a slot goes when no ConnectedAccount uses its account through that connection any more (each object
 //! reports when it moves to another key; see [`AccountCache::switch_use`]) or when its connection changes, and the
-//! answers held in all slots together stay under [`MAX_CACHED_BYTES`], the least recently used answers going first
-//! (an evicted answer only costs a fetch if its Secret must be repaired).
+//! answers held in all slots together stay under [`MAX_CACHED_BYTES`] (an evicted answer only costs a fetch if its
+//! Secret must be repaired). Eviction is fair between tenants (the namespaces of the ConnectedAccounts using an
+//! answer): the tenant holding the most bytes loses its least recently used answer first, so a tenant with large
+//! answers evicts its own, not others'. An answer some pass is waiting for (an object asked for it and has not read
+//! it yet, see [`AccountCache::wait`]) is not evicted unless the cache is past twice its bound.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +18,11 @@ use jiff::Timestamp;
 use crate::identity::{AccountKey, ConnectionKey};
 use crate::pipedream::{FetchedAccount, PipedreamError};
 
-/// Most bytes of answers held at once.
+/// Most bytes of answers held at once, answers a pass waits for aside.
 pub const MAX_CACHED_BYTES: usize = 32 << 20;
+/// Past this multiple of the bound, answers a pass waits for are evicted too: memory stays bounded even when
+/// everything is awaited at once.
+const HARD_BOUND_FACTOR: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -57,6 +63,11 @@ struct Slot {
     bytes: u32,
     /// How many ConnectedAccounts use it.
     users: u32,
+    /// How many of them asked for an attempt they have not read yet.
+    waiting: u32,
+    /// The tenant its bytes are charged to (an index into [`Slots::tenants`]): the namespace of the
+    /// ConnectedAccount that last started using it.
+    tenant: u32,
 }
 
 impl Slot {
@@ -74,23 +85,60 @@ impl Slot {
     }
 }
 
-#[derive(Default)]
 struct Slots {
     map: HashMap<AccountKey, Slot>,
     bytes: usize,
+    /// Tenants by index: name and bytes charged. Namespaces are few; an index keeps each slot small. Index 0 is
+    /// the unnamed tenant of slots no object has used yet.
+    tenants: Vec<(Box<str>, usize)>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            bytes: 0,
+            tenants: vec![("".into(), 0)],
+        }
+    }
 }
 
 impl Slots {
-    /// Drop the answers of `key` (the slot stays while someone uses it).
-    fn drop_answers(&mut self, key: &AccountKey) {
+    fn tenant(&mut self, name: &str) -> u32 {
+        let i = match self.tenants.iter().position(|(n, _)| &**n == name) {
+            Some(i) => i,
+            None => {
+                self.tenants.push((name.into(), 0));
+                self.tenants.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// Change `key`'s charged bytes to `bytes`, keeping the totals.
+    fn charge(&mut self, key: &AccountKey, bytes: usize) {
         let Some(s) = self.map.get_mut(key) else {
             return;
         };
-        self.bytes -= s.bytes as usize;
+        let before = s.bytes as usize;
+        s.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let after = s.bytes as usize;
+        self.bytes = self.bytes - before + after;
+        if let Some((_, t)) = self.tenants.get_mut(s.tenant as usize) {
+            *t = *t - before + after;
+        }
+    }
+
+    /// Drop the answers of `key` (the slot stays while someone uses it).
+    fn drop_answers(&mut self, key: &AccountKey) {
+        self.charge(key, 0);
+        let Some(s) = self.map.get_mut(key) else {
+            return;
+        };
         if s.users == 0 {
             self.map.remove(key);
         } else {
-            (s.ok, s.failed, s.bytes) = (None, None, 0);
+            (s.ok, s.failed) = (None, None);
         }
     }
 }
@@ -127,13 +175,33 @@ impl AccountCache {
         lock(&self.slots).map.get(key).map_or(0, |s| s.generation)
     }
 
-    /// The latest attempt, if one completed after generation `after`.
+    /// The latest attempt, if one completed after generation `after`. Reading it ends a wait ([`Self::wait`]).
     pub fn attempt_after(&self, key: &AccountKey, after: u64) -> Option<Attempt> {
         let used = self.next();
         let mut slots = lock(&self.slots);
         let s = slots.map.get_mut(key)?;
         s.used = used;
-        (s.generation > after).then(|| s.last()).flatten()
+        let attempt = (s.generation > after).then(|| s.last()).flatten();
+        if attempt.is_some() {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
+        attempt
+    }
+
+    /// An object asked for an attempt at `key` and will read it with [`Self::attempt_after`]: until then its
+    /// answer is not evicted (within twice the bound). A wait that ends otherwise (the object is deleted or asks
+    /// for another account) ends with [`Self::unwait`].
+    pub fn wait(&self, key: &AccountKey) {
+        let mut slots = lock(&self.slots);
+        let s = slots.map.entry(key.clone()).or_default();
+        s.waiting = s.waiting.saturating_add(1);
+    }
+
+    /// A wait ended without reading the answer.
+    pub fn unwait(&self, key: &AccountKey) {
+        if let Some(s) = lock(&self.slots).map.get_mut(key) {
+            s.waiting = s.waiting.saturating_sub(1);
+        }
     }
 
     /// The last successful answer, for reuse and drift repair.
@@ -145,16 +213,28 @@ impl AccountCache {
         s.ok.clone()
     }
 
-    /// A ConnectedAccount moved from `from` to `to` (either may be none; the caller remembers which it used): an
-    /// account no object uses any more is forgotten with its answers.
-    pub fn switch_use(&self, from: Option<&AccountKey>, to: Option<&AccountKey>) {
+    /// A ConnectedAccount of namespace `tenant` moved from `from` to `to` (either may be none; the caller remembers
+    /// which it used): an account no object uses any more is forgotten with its answers.
+    pub fn switch_use(&self, from: Option<&AccountKey>, to: Option<&AccountKey>, tenant: &str) {
         if from == to {
             return;
         }
         let mut slots = lock(&self.slots);
         if let Some(k) = to {
+            let t = slots.tenant(tenant);
             let s = slots.map.entry(k.clone()).or_default();
             s.users = s.users.saturating_add(1);
+            // Charged to the tenant that uses it now.
+            let (old, bytes) = (s.tenant, s.bytes as usize);
+            s.tenant = t;
+            if old != t {
+                if let Some((_, b)) = slots.tenants.get_mut(old as usize) {
+                    *b -= bytes;
+                }
+                if let Some((_, b)) = slots.tenants.get_mut(t as usize) {
+                    *b += bytes;
+                }
+            }
         }
         if let Some(old) = from
             && let Some(s) = slots.map.get_mut(old)
@@ -196,41 +276,57 @@ impl AccountCache {
         let generation = self.next();
         let mut slots = lock(&self.slots);
         let s = slots.map.entry(key.clone()).or_default();
-        let before = s.bytes as usize;
         s.generation = generation;
         s.used = generation;
-        match result {
+        let bytes = match result {
             Ok(f) => {
-                s.bytes = u32::try_from(answer_bytes(&f)).unwrap_or(u32::MAX);
+                let bytes = answer_bytes(&f);
                 s.ok = Some(CachedFetch {
                     fetched: Arc::new(f),
                     at,
                 });
                 s.failed = None;
+                bytes
             }
-            Err(e) => s.failed = Some(Box::new(e)),
-        }
-        let after = s.bytes as usize;
-        slots.bytes = slots.bytes - before + after;
+            Err(e) => {
+                s.failed = Some(Box::new(e));
+                s.bytes as usize
+            }
+        };
+        slots.charge(&key, bytes);
         self.evict(&mut slots, &key);
     }
 
-    /// Drop the least recently used answers (never `keep`'s) until the total is under the bound.
+    /// Drop answers (never `keep`'s) until the total is under the bound: of the tenant charged the most bytes, the
+    /// least recently used answer no pass waits for; past twice the bound, awaited ones too.
     fn evict(&self, slots: &mut Slots, keep: &AccountKey) {
         let max = self.max_bytes.unwrap_or(MAX_CACHED_BYTES);
         while slots.bytes > max {
+            let hard = slots.bytes > max.saturating_mul(HARD_BOUND_FACTOR);
+            let evictable = |k: &AccountKey, s: &Slot| k != keep && s.bytes > 0 && (hard || s.waiting == 0);
+            // Bytes per tenant among evictable answers: the largest holder gives first.
+            let mut holding = vec![0usize; slots.tenants.len()];
+            for (k, s) in &slots.map {
+                if evictable(k, s)
+                    && let Some(h) = holding.get_mut(s.tenant as usize)
+                {
+                    *h += s.bytes as usize;
+                }
+            }
+            let Some(tenant) = (0..holding.len()).filter(|t| holding[*t] > 0).max_by_key(|t| holding[*t]) else {
+                return;
+            };
             let Some(victim) = slots
                 .map
                 .iter()
-                .filter(|(k, s)| *k != keep && s.bytes > 0)
+                .filter(|(k, s)| evictable(k, s) && s.tenant as usize == tenant)
                 .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| k.clone())
             else {
                 return;
             };
+            slots.charge(&victim, 0);
             if let Some(s) = slots.map.get_mut(&victim) {
-                slots.bytes -= s.bytes as usize;
-                s.bytes = 0;
                 s.ok = None;
             }
         }
@@ -278,12 +374,12 @@ mod tests {
         let cache = AccountCache::default();
         let pd = connection("pd");
         let (a, b) = (key(&pd, "apn_A"), key(&pd, "apn_B"));
-        cache.switch_use(None, Some(&a));
-        cache.switch_use(None, Some(&a));
+        cache.switch_use(None, Some(&a), "team-a");
+        cache.switch_use(None, Some(&a), "team-a");
         cache.complete(a.clone(), Ok(answer("apn_A", 1000)), Timestamp::now());
-        cache.switch_use(Some(&a), None);
+        cache.switch_use(Some(&a), None, "team-a");
         assert!(cache.last_ok(&a).is_some(), "uid-2 still uses it");
-        cache.switch_use(Some(&a), Some(&b));
+        cache.switch_use(Some(&a), Some(&b), "team-a");
         assert!(cache.last_ok(&a).is_none(), "no one uses it");
         assert_eq!(cache.held(), (0, 0));
         cache.complete(b.clone(), Ok(answer("apn_B", 1000)), Timestamp::now());
@@ -313,5 +409,60 @@ mod tests {
         let g = cache.generation(&keys[1]);
         cache.complete(keys[1].clone(), Ok(answer("apn_1", 10)), Timestamp::now());
         assert!(cache.generation(&keys[1]) > g);
+    }
+
+    /// Issue 25 (8): eviction was least-recently-used over everyone's answers, so a tenant whose accounts answer
+    /// with ~1 MiB each pushed out every other tenant's answers (each then fetched again to repair its Secret).
+    /// The tenant holding the most bytes now gives first.
+    #[test]
+    fn a_tenant_with_large_answers_evicts_its_own_first() {
+        let cache = AccountCache::with_limit(40_000);
+        let (pd_a, pd_b) = (connection("a"), connection("b"));
+        let small: Vec<AccountKey> = (0..4).map(|i| key(&pd_a, &format!("apn_S{i}"))).collect();
+        for k in &small {
+            cache.switch_use(None, Some(k), "team-a");
+            cache.complete(k.clone(), Ok(answer(&k.account_id, 1_000)), Timestamp::now());
+        }
+        let large: Vec<AccountKey> = (0..10).map(|i| key(&pd_b, &format!("apn_L{i}"))).collect();
+        for k in &large {
+            cache.switch_use(None, Some(k), "team-b");
+            cache.complete(k.clone(), Ok(answer(&k.account_id, 9_000)), Timestamp::now());
+        }
+        assert!(cache.held().0 <= 40_000, "{:?}", cache.held());
+        for k in &small {
+            assert!(cache.last_ok(k).is_some(), "team A's {} was evicted", k.account_id);
+        }
+        assert!(cache.last_ok(&large[9]).is_some(), "the newest answer stays");
+        assert!(cache.last_ok(&large[0]).is_none(), "team B's oldest went");
+    }
+
+    /// Issue 25 (8): an answer evicted between its fetch and the pass that asked for it was fetched again. While a
+    /// pass waits for it, it stays (up to twice the bound).
+    #[test]
+    fn an_answer_a_pass_waits_for_is_not_evicted() {
+        let cache = AccountCache::with_limit(10_000);
+        let pd = connection("pd");
+        let awaited = key(&pd, "apn_W");
+        cache.switch_use(None, Some(&awaited), "team-a");
+        let g = cache.generation(&awaited);
+        cache.wait(&awaited);
+        cache.complete(awaited.clone(), Ok(answer("apn_W", 3_000)), Timestamp::now());
+        for i in 0..6 {
+            let k = key(&pd, &format!("apn_O{i}"));
+            cache.switch_use(None, Some(&k), "team-a");
+            cache.complete(k, Ok(answer("x", 3_000)), Timestamp::now());
+        }
+        assert!(
+            matches!(cache.attempt_after(&awaited, g), Some(Attempt::Ok(_))),
+            "the awaited answer was evicted before its pass read it"
+        );
+        assert!(cache.held().0 <= 10_000, "{:?}", cache.held());
+        // Read: no longer pinned, so the next completion may evict it.
+        for i in 6..9 {
+            let k = key(&pd, &format!("apn_O{i}"));
+            cache.switch_use(None, Some(&k), "team-a");
+            cache.complete(k, Ok(answer("x", 3_000)), Timestamp::now());
+        }
+        assert!(cache.last_ok(&awaited).is_none());
     }
 }

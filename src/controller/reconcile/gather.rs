@@ -89,7 +89,7 @@ pub(super) async fn gather(
         connection: r.key().clone(),
         account_id: ca.spec.account_id.clone(),
     });
-    ctx.use_account(&uid, key.as_ref());
+    ctx.use_account(&uid, &ca.namespace().unwrap_or_default(), key.as_ref());
     let cache = &ctx.fetcher.cache;
     let asked = mem
         .asked

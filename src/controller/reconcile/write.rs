@@ -30,20 +30,16 @@ pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, urgency: 
     };
     let uid = ca.uid().unwrap_or_default();
     let generation = ctx.fetcher.cache.generation(key);
-    conn.dispatcher
-        .request(&ca.spec.account_id, urgency, ObjectRef::from_obj(ca));
     let forced_at = known
         .facts
         .recorded
         .forced
         .as_ref()
         .map(|_| known.facts.now);
-    ctx.update_object(&uid, |o| {
-        o.asked = Some((key.clone(), generation));
-        if forced_at.is_some() {
-            o.last_forced = forced_at;
-        }
-    });
+    // Waiting before asking: the answer may be in before `request` returns.
+    ctx.ask(&uid, key, generation, forced_at);
+    conn.dispatcher
+        .request(&ca.spec.account_id, urgency, ObjectRef::from_obj(ca));
     debug!(account = %ca.spec.account_id, connection = %conn.key().id, "fetch requested");
 }
 
