@@ -383,6 +383,43 @@ def test_network_policy_defaults_reach_kube_dns_only_and_the_api_server_on_443_a
     assert custom["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "169.254.20.10/32"}}]
 
 
+def test_network_policy_reaches_pipedream_over_ipv4_and_ipv6_but_not_in_cluster_ranges():
+    """Issue 25 (10): Pipedream's egress rule was 0.0.0.0/0 on 443, which reaches every in-cluster HTTPS service
+    (and the cloud metadata address), and had no ::/0, so IPv6-only clusters could not reach Pipedream or the API
+    server. Now both families, each without the private, shared and link-local ranges pods and Services live in."""
+    import ipaddress
+    pol = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")[0]
+    _, api, pipedream = pol["spec"]["egress"]
+    blocks = {t["ipBlock"]["cidr"]: t["ipBlock"].get("except", []) for t in pipedream["to"]}
+    assert set(blocks) == {"0.0.0.0/0", "::/0"}, blocks
+    for cidr, excepts in blocks.items():
+        # What the API server checks: every except is strictly inside its cidr (so of the same family).
+        net = ipaddress.ip_network(cidr)
+        for e in excepts:
+            sub = ipaddress.ip_network(e)
+            assert sub.version == net.version and sub.subnet_of(net) and sub != net, (cidr, e)
+    v4 = [ipaddress.ip_network(e) for e in blocks["0.0.0.0/0"]]
+    v6 = [ipaddress.ip_network(e) for e in blocks["::/0"]]
+    inside = ["10.96.0.1", "10.244.3.7", "172.20.0.10", "192.168.1.5", "100.64.0.10", "169.254.169.254"]
+    for addr in inside:
+        assert any(ipaddress.ip_address(addr) in n for n in v4), f"{addr} (in-cluster or metadata) is reachable on 443"
+    for addr in ["fd00:10:96::1", "fe80::1"]:
+        assert any(ipaddress.ip_address(addr) in n for n in v6), f"{addr} is reachable on 443"
+    for addr in ["104.18.0.1", "2606:4700::1"]:
+        nets = v4 if ":" not in addr else v6
+        assert not any(ipaddress.ip_address(addr) in n for n in nets), f"public {addr} is excluded"
+    # The API server is reachable over IPv6 too.
+    assert {t["ipBlock"]["cidr"] for t in api["to"]} == {"0.0.0.0/0", "::/0"}
+    # A cluster names its own ranges; a narrower cidr of the user's gets no except (it could fall outside it).
+    own = by_kind(render({"networkPolicy": {"enabled": True, "pipedream": {
+        "cidrs": ["0.0.0.0/0", "::/0", "52.0.0.0/8"], "except": ["10.96.0.0/12", "fd00:10:96::/112"]}}}), "NetworkPolicy")[0]
+    blocks = {t["ipBlock"]["cidr"]: t["ipBlock"].get("except") for t in own["spec"]["egress"][2]["to"]}
+    assert blocks == {"0.0.0.0/0": ["10.96.0.0/12"], "::/0": ["fd00:10:96::/112"], "52.0.0.0/8": None}, blocks
+    # The READMEs say what the rules allow, no more.
+    for readme in (ROOT / "README.md", CHART / "README.md"):
+        assert "so a tenant's apiUrl cannot reach other services" not in readme.read_text(), readme
+
+
 PROMTOOL = os.environ.get("PROMTOOL", shutil.which("promtool") or "promtool")
 
 
