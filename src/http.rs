@@ -1,57 +1,83 @@
 //! `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Connections are served by a loop of our own rather than `axum::serve`, because only the task that owns a
+//! connection can drop it: a scrape that its client stops reading loses its connection (and so its slot and its
+//! body) after [`SCRAPE_DEADLINE`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
 
 use crate::metrics::Metrics;
-
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    /// One permit per scrape being encoded or sent.
-    scrapes: Arc<Semaphore>,
-}
 
 /// Scrapes in flight at once. A scrape's body lives until its client has read it, so clients that ask and never
 /// read would otherwise hold one whole scrape each (several MB at 10,000 objects); beyond this they get 503.
 pub const MAX_SCRAPES_IN_FLIGHT: usize = 2;
 
+/// How long a scrape may take from taking its slot to handing over its last piece; then its connection is
+/// dropped, and with it the slot and the body. Without it, two clients that ask and never read would hold both
+/// slots for as long as they keep their connections open. 10 s is Prometheus's default `scrape_timeout`: a
+/// Prometheus that has not read a scrape by then has given up on it. Sending one takes milliseconds otherwise
+/// (10,000 objects are about 600 KB gzipped).
+pub const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to send a request's headers, and how long a kept-alive connection may sit idle
+/// before its next request. Requests are a few hundred bytes; connections a client opens and leaves idle would
+/// otherwise cost a task and buffers each, indefinitely.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The body is sent in pieces of this size, so a scrape's permit is held until its client has read the last one.
 const CHUNK: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct ScrapeState {
+    metrics: Arc<Metrics>,
+    /// One permit per scrape being encoded or sent.
+    scrapes: Arc<Semaphore>,
+}
 
 /// The router (exposed for tests).
 pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState {
+        .with_state(ScrapeState {
             metrics,
-            ready,
             scrapes: Arc::new(Semaphore::new(MAX_SCRAPES_IN_FLIGHT)),
         })
+        .merge(health_router(ready))
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::SeqCst) {
+/// `/healthz` and `/readyz` alone.
+pub fn health_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(ready)
+}
+
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
     }
 }
 
-async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+async fn metrics_handler(State(s): State<ScrapeState>, request: Request) -> Response {
+    let headers = request.headers();
     let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -60,11 +86,15 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
         )
             .into_response();
     };
-    let gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(crate::metrics::accepts_gzip);
+    let deadline = request.extensions().get::<ConnectionDeadline>().cloned();
+    if let Some(d) = &deadline {
+        d.arm(Instant::now() + SCRAPE_DEADLINE);
+    }
+    let slot = Slot {
+        _permit: permit,
+        deadline,
+    };
+    let gzip = accepts_gzip(headers);
     // Encoding 10,000 objects takes tens of milliseconds: not on a reconciler's worker thread.
     let metrics = s.metrics.clone();
     let body = tokio::task::spawn_blocking(move || {
@@ -78,7 +108,7 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     let Ok(body) = body else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let mut response = Body::from_stream(pieces(Bytes::from(body), permit)).into_response();
+    let mut response = Body::from_stream(pieces(Bytes::from(body), slot)).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -91,30 +121,132 @@ async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Respo
     response
 }
 
-/// `body` in [`CHUNK`]s, holding `permit` until the last one is taken or the client goes away.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(crate::metrics::accepts_gzip)
+}
+
+/// A scrape in progress: its slot, and its connection's deadline, disarmed when the scrape ends (its last piece
+/// taken, or its body dropped).
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    deadline: Option<ConnectionDeadline>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(d) = &self.deadline {
+            d.disarm();
+        }
+    }
+}
+
+/// `body` in [`CHUNK`]s, holding `slot` until the last one is taken or the client goes away.
 fn pieces(
     body: Bytes,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures::stream::unfold((body, permit), |(mut rest, permit)| async move {
+    futures::stream::unfold((body, slot), |(mut rest, slot)| async move {
         if rest.is_empty() {
             return None;
         }
         let piece = rest.split_to(rest.len().min(CHUNK));
-        Some((Ok(piece), (rest, permit)))
+        Some((Ok(piece), (rest, slot)))
     })
 }
 
-/// Serve until `shutdown` resolves.
+/// The instant a connection is dropped at, set by the scrape it is answering. The connection loop puts one into
+/// every request's extensions.
+#[derive(Clone)]
+struct ConnectionDeadline(Arc<watch::Sender<Option<Instant>>>);
+
+impl ConnectionDeadline {
+    fn arm(&self, at: Instant) {
+        self.0.send_replace(Some(at));
+    }
+
+    fn disarm(&self) {
+        self.0.send_replace(None);
+    }
+}
+
+/// Resolves once the armed deadline passes (never while disarmed).
+async fn deadline_passed(rx: &mut watch::Receiver<Option<Instant>>) {
+    loop {
+        let armed = *rx.borrow_and_update();
+        let changed = match armed {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => return,
+                changed = rx.changed() => changed,
+            },
+            None => rx.changed().await,
+        };
+        if changed.is_err() {
+            // The connection is gone.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting. Connections
+/// still open end on their own terms: a scrape within its deadline, an idle one within the header timeout.
+pub async fn serve_on(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted: try again shortly.
+                    tracing::debug!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(drive(TokioIo::new(stream), app.clone()));
+    }
+}
+
+async fn drive<I>(io: I, app: Router)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = watch::channel(None);
+    let deadline = ConnectionDeadline(Arc::new(tx));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(deadline.clone());
+        app.clone().oneshot(request.map(Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(io, service);
+    tokio::select! {
+        done = conn => if let Err(e) = done {
+            tracing::debug!(error = %e, "metrics connection ended");
+        },
+        () = deadline_passed(&mut rx) => {
+            tracing::debug!(deadline = ?SCRAPE_DEADLINE, "a scrape was not read within its deadline; connection dropped");
+        }
+    }
+}
+
+/// Serve `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    axum::serve(listener, router(metrics, ready))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_on(listener, router(metrics, ready), shutdown).await;
+    Ok(())
 }
