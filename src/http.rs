@@ -1,10 +1,19 @@
 //! `/healthz`, `/readyz`, `/metrics`.
 //!
+//! By default one plain-HTTP listener (`--metrics-addr`) answers all three. With `--metrics-secure`, `/metrics`
+//! is served over HTTPS to authenticated and authorized clients only (see [`auth`]), and the probes move to a
+//! plain-HTTP listener of their own (`--health-addr`), as controller-runtime separates its metrics and
+//! health-probe servers: the kubelet probes without a token, and probes reveal nothing.
+//!
 //! Connections are served by a loop of our own rather than `axum::serve`, because only the task that owns a
 //! connection can drop it: a scrape that its client stops reading loses its connection (and so its slot and its
 //! body) after [`SCRAPE_DEADLINE`].
 
+pub mod auth;
+pub mod tls;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,9 +25,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
@@ -39,6 +49,9 @@ pub const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 /// otherwise cost a task and buffers each, indefinitely.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a TLS handshake may take (the same reasoning as [`HEADER_READ_TIMEOUT`]).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The body is sent in pieces of this size, so a scrape's permit is held until its client has read the last one.
 const CHUNK: usize = 64 * 1024;
 
@@ -47,17 +60,13 @@ struct ScrapeState {
     metrics: Arc<Metrics>,
     /// One permit per scrape being encoded or sent.
     scrapes: Arc<Semaphore>,
+    /// With `--metrics-secure`: who may scrape.
+    gate: Option<Arc<auth::Gate>>,
 }
 
-/// The router (exposed for tests).
+/// The plain router with all three paths, no authentication (the default server; exposed for tests).
 pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .with_state(ScrapeState {
-            metrics,
-            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES_IN_FLIGHT)),
-        })
-        .merge(health_router(ready))
+    metrics_routes(metrics, None).merge(health_router(ready))
 }
 
 /// `/healthz` and `/readyz` alone.
@@ -66,6 +75,22 @@ pub fn health_router(ready: Arc<AtomicBool>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(ready)
+}
+
+/// `/metrics` alone, every request checked by `gate` before it may take a scrape slot (so clients that are not
+/// allowed can never hold one).
+pub fn secure_metrics_router(metrics: Arc<Metrics>, gate: Arc<auth::Gate>) -> Router {
+    metrics_routes(metrics, Some(gate))
+}
+
+fn metrics_routes(metrics: Arc<Metrics>, gate: Option<Arc<auth::Gate>>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(ScrapeState {
+            metrics,
+            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES_IN_FLIGHT)),
+            gate,
+        })
 }
 
 async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
@@ -78,6 +103,11 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
 
 async fn metrics_handler(State(s): State<ScrapeState>, request: Request) -> Response {
     let headers = request.headers();
+    if let Some(gate) = &s.gate
+        && let Err(refused) = gate.check(headers).await
+    {
+        return refused;
+    }
     let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,9 +221,14 @@ async fn deadline_passed(rx: &mut watch::Receiver<Option<Instant>>) {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting. Connections
+/// Serve `app` on `listener` (over TLS with `tls`) until `shutdown` resolves; then stop accepting. Connections
 /// still open end on their own terms: a scrape within its deadline, an idle one within the header timeout.
-pub async fn serve_on(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+pub async fn serve_on(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -208,8 +243,22 @@ pub async fn serve_on(listener: TcpListener, app: Router, shutdown: impl Future<
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(drive(TokioIo::new(stream), app.clone()));
+        tokio::spawn(connection(stream, app.clone(), tls.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, app: Router, tls: Option<TlsAcceptor>) {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => drive(TokioIo::new(stream), app).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => drive(TokioIo::new(stream), app).await,
+                // Includes plain HTTP sent to the HTTPS port: the connection is closed.
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics TLS handshake failed"),
+                Err(_) => tracing::debug!("metrics TLS handshake timed out"),
+            }
+        }
     }
 }
 
@@ -238,15 +287,96 @@ where
     }
 }
 
-/// Serve `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    serve_on(listener, router(metrics, ready), shutdown).await;
-    Ok(())
+/// How `run` serves its HTTP endpoints (from its flags).
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// `--metrics-addr`.
+    pub metrics_addr: SocketAddr,
+    /// `--health-addr`: the probes' own plain listener.
+    pub health_addr: Option<SocketAddr>,
+    /// `--metrics-secure`.
+    pub secure: bool,
+    /// `--metrics-cert-dir`.
+    pub cert_dir: Option<PathBuf>,
+}
+
+/// Listeners bound and certificates read, ready to serve: done before the controllers start, so a taken port or
+/// an unusable certificate stops `run` at once with a clear message.
+pub struct Servers {
+    metrics: (TcpListener, Router, Option<TlsAcceptor>),
+    health: Option<(TcpListener, Router)>,
+}
+
+impl Endpoints {
+    /// Flags that do not fit together, found before anything else starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cert_dir.is_some() && !self.secure {
+            return Err("--metrics-cert-dir is only used with --metrics-secure".into());
+        }
+        if self.secure && self.health_addr.is_none() {
+            return Err("--metrics-secure serves only /metrics, over HTTPS: give --health-addr for /healthz and /readyz (plain HTTP, for the kubelet's probes)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Servers {
+    /// Bind and prepare. `client` reviews the tokens of secure scrapes.
+    pub async fn bind(
+        endpoints: &Endpoints,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        client: kube::Client,
+    ) -> Result<Self, String> {
+        endpoints.validate()?;
+        let (app, tls) = if endpoints.secure {
+            let tls = tls::server_config(endpoints.cert_dir.as_deref())?;
+            let gate = Arc::new(auth::Gate::new(Arc::new(auth::KubeReviewer::new(client))));
+            (
+                secure_metrics_router(metrics, gate),
+                Some(TlsAcceptor::from(tls)),
+            )
+        } else {
+            (router(metrics, ready.clone()), None)
+        };
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for {what}: {e}"))
+        };
+        let metrics_listener = bind(endpoints.metrics_addr, "/metrics").await?;
+        let health = match endpoints.health_addr {
+            Some(addr) => Some((
+                bind(addr, "/healthz and /readyz").await?,
+                health_router(ready),
+            )),
+            None => None,
+        };
+        Ok(Self {
+            metrics: (metrics_listener, app, tls),
+            health,
+        })
+    }
+
+    /// Serve until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Clone + Send + 'static) {
+        let (listener, app, tls) = self.metrics;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Ok(addr) = listener.local_addr() {
+            match &self.health {
+                Some((health, _)) => {
+                    let health = health.local_addr().ok();
+                    tracing::info!(%addr, scheme, ?health, "serving /metrics; /healthz and /readyz on the health address")
+                }
+                None => tracing::info!(%addr, scheme, "serving /healthz, /readyz and /metrics"),
+            }
+        }
+        let health = self
+            .health
+            .map(|(listener, app)| tokio::spawn(serve_on(listener, app, None, shutdown.clone())));
+        serve_on(listener, app, tls, shutdown).await;
+        if let Some(h) = health {
+            let _ = h.await;
+        }
+    }
 }

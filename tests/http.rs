@@ -14,6 +14,7 @@ async fn serve(metrics: &Arc<Metrics>, ready: &Arc<AtomicBool>) -> std::net::Soc
     tokio::spawn(serve_on(
         listener,
         router(metrics.clone(), ready.clone()),
+        None,
         std::future::pending(),
     ));
     addr
