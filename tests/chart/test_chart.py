@@ -1,4 +1,4 @@
-"""Chart tests with the real Helm v4 engine: lint, render six value sets, strict Kubernetes schema validation,
+"""Chart tests with the real Helm v4 engine: lint, render seven value sets, strict Kubernetes schema validation,
 every rendered object through a real API server's admission (server-side dry run), assertions on security, RBAC
 and arguments, and a Helm-ordered install into the real control plane with the operator running as the chart's
 ServiceAccount."""
