@@ -151,9 +151,23 @@ pub struct RunArgs {
     /// ConnectedAccounts reconciled in parallel (per watched namespace).
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
-    /// Address of /healthz, /readyz and /metrics.
+    /// Address of /metrics; without --metrics-secure also of /healthz and /readyz.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Address of /healthz and /readyz alone, plain HTTP, for the kubelet's probes (the chart sets it). Required
+    /// with --metrics-secure, whose HTTPS port serves only /metrics.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+    /// Serve /metrics over HTTPS, only to clients whose bearer token the API server authenticates (TokenReview)
+    /// and allows to `get` the non-resource URL /metrics (SubjectAccessReview), as controller-runtime's secure
+    /// metrics do. Needs RBAC to create both reviews. `--metrics-secure` alone means true.
+    #[arg(long, env = "METRICS_SECURE", default_value_t = false, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub metrics_secure: bool,
+    /// Folder holding tls.crt and tls.key for --metrics-secure (a mounted kubernetes.io/tls Secret), re-read when
+    /// they change. Default: a self-signed certificate generated at start.
+    #[arg(long, env = "METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
     /// Timeout of each request to Pipedream, in seconds.
     #[arg(long, env = "PIPEDREAM_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,

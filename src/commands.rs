@@ -73,6 +73,13 @@ fn refuse_flags(args: &RunArgs) -> Result<(), String> {
 }
 
 async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), String> {
+    let endpoints = http::Endpoints {
+        metrics_addr: args.metrics_addr,
+        health_addr: args.health_addr,
+        secure: args.metrics_secure,
+        cert_dir: args.metrics_cert_dir.clone(),
+    };
+    endpoints.validate()?;
     let metrics = Arc::new(Metrics::new());
     // Every request to the API server is counted by method and code (kubernetes_requests_total).
     let client = kube::client::ClientBuilder::try_from(config)
@@ -90,12 +97,10 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
     })?;
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown_signal();
-    let server = tokio::spawn(http::serve(
-        args.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    // Bound (and the certificate read) before any controller starts: a taken port or a bad certificate stops here.
+    let servers =
+        http::Servers::bind(&endpoints, metrics.clone(), ready.clone(), client.clone()).await?;
+    let server = tokio::spawn(servers.serve(shutdown.clone()));
     let config = RunConfig {
         namespaces,
         settings: Settings {
@@ -116,10 +121,8 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
     };
     info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, shard = %config.settings.shard, "starting");
     controller::run(client, config, metrics, ready, shutdown).await?;
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("metrics server failed: {e}")),
-        Err(e) => return Err(format!("metrics server task failed: {e}")),
+    if let Err(e) = server.await {
+        return Err(format!("metrics server task failed: {e}"));
     }
     info!("stopped");
     Ok(())

@@ -126,10 +126,7 @@ fn shards_without_leader_election_are_refused_at_startup() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--shard=0/2 needs leader election"),
-        "{err}"
-    );
+    assert!(err.contains("--shard=0/2 needs leader election"), "{err}");
 }
 
 /// Parses `args` as the binary does and returns the resulting `run` flags.
@@ -188,6 +185,37 @@ fn boolean_flags_work_bare_and_with_a_value() {
         !out.status.success() && err.contains("cannot list ConnectedAccounts"),
         "{err}"
     );
+}
+
+/// Secure metrics need the probes' own address, and a certificate folder means nothing without them: both are
+/// refused at once, before the cluster is contacted (the kubeconfig here points nowhere).
+#[test]
+fn secure_metrics_flags_that_do_not_fit_together_stop_run_at_once() {
+    let r = run_flags(&["run", "--metrics-secure", "--health-addr=0.0.0.0:8081"]).unwrap();
+    assert!(r.metrics_secure && r.health_addr.is_some() && r.metrics_cert_dir.is_none());
+    let kubeconfig = tmp(
+        "kubeconfig-secure",
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"http://127.0.0.1:9\"}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    );
+    for (args, expected) in [
+        (vec!["run", "--metrics-secure"], "give --health-addr"),
+        (
+            vec!["run", "--metrics-cert-dir=/nonexistent"],
+            "--metrics-cert-dir is only used with --metrics-secure",
+        ),
+    ] {
+        let out = bin()
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected) && !err.contains("ConnectedAccounts"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -4,14 +4,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pipedream_secrets_operator::http::router;
+use pipedream_secrets_operator::http::{SCRAPE_DEADLINE, router, serve_on};
 use pipedream_secrets_operator::metrics::{Metrics, ObjectView};
 
-/// The router on a free loopback port.
+/// The router on a free loopback port, served as the operator serves it.
 async fn serve(metrics: &Arc<Metrics>, ready: &Arc<AtomicBool>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, router(metrics.clone(), ready.clone())).into_future());
+    tokio::spawn(serve_on(
+        listener,
+        router(metrics.clone(), ready.clone()),
+        None,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -221,4 +226,55 @@ async fn clients_that_never_read_cannot_hold_more_than_the_bounded_scrapes() {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("name=\"account-19999\"") && text.ends_with("# EOF\n"));
+}
+
+/// Issue 25 (4): the two scrape slots were held for as long as their clients kept the connection open without
+/// reading, so two clients that ask and never read denied every later scrape, forever. A scrape not read within
+/// the deadline loses its connection, and with it its slot: after the deadline a third scrape succeeds.
+#[tokio::test]
+async fn clients_that_never_read_lose_their_scrape_slot_after_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_object_source(|each| {
+        for i in 0..20_000 {
+            let name = format!("account-{i}");
+            each(ObjectView {
+                namespace: "team-a",
+                name: &name,
+                ready: "True",
+                reason: "SecretSynced",
+                ..Default::default()
+            })
+        }
+    });
+    let addr = serve(&metrics, &Arc::new(AtomicBool::new(true))).await;
+    let started = tokio::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: pdso\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30)).unwrap();
+    let scrape = || http.get(format!("http://{addr}/metrics")).send();
+    assert_eq!(scrape().await.unwrap().status(), 503, "both slots held");
+    // Past the deadline (Prometheus's default scrape timeout) the stalled scrapes are gone.
+    tokio::time::sleep_until(started + SCRAPE_DEADLINE + Duration::from_secs(2)).await;
+    let resp = scrape().await.unwrap();
+    assert_eq!(resp.status(), 200, "a stalled client still held a slot");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("name=\"account-19999\"") && text.ends_with("# EOF\n"));
+    // The stalled clients' connections were closed: what they can still read ends, short of a whole scrape.
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server kept a stalled connection open");
+        assert!(
+            buf.len() < text.len(),
+            "a stalled client got the whole scrape"
+        );
+    }
 }

@@ -589,7 +589,10 @@ mod tests {
         assert!(!r.at_risk, "{r:?}");
         // Later than the schedule's own wait allows: a risk.
         let r = pod_risk(P, fresh, now, Some(ts("2026-11-22T09:01:32Z")));
-        assert!(r.at_risk && r.message.contains("written 92s before"), "{r:?}");
+        assert!(
+            r.at_risk && r.message.contains("written 92s before"),
+            "{r:?}"
+        );
         // API readers (propagation 0) are never at risk.
         let api = Policy {
             propagation: Duration::ZERO,

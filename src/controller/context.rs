@@ -318,7 +318,13 @@ impl Context {
 
     /// ConnectedAccount `uid` asked for an attempt at `key` past `generation`; its pass reads it (see
     /// [`crate::controller::fetch::AccountCache::wait`]).
-    pub fn ask(&self, uid: &str, key: &AccountKey, generation: u64, forced_at: Option<jiff::Timestamp>) {
+    pub fn ask(
+        &self,
+        uid: &str,
+        key: &AccountKey,
+        generation: u64,
+        forced_at: Option<jiff::Timestamp>,
+    ) {
         let before = self.update_object(uid, |o| {
             if forced_at.is_some() {
                 o.last_forced = forced_at;

@@ -112,13 +112,10 @@ impl Observations {
     /// Record `lease` as read at `now`; returns when its current record was first seen.
     fn see(&mut self, name: &str, lease: &Lease, now: Instant) -> Instant {
         let version = lease.metadata.resource_version.clone();
-        let o = self
-            .0
-            .entry(name.to_string())
-            .or_insert_with(|| Observed {
-                version: version.clone(),
-                since: now,
-            });
+        let o = self.0.entry(name.to_string()).or_insert_with(|| Observed {
+            version: version.clone(),
+            since: now,
+        });
         if o.version != version {
             *o = Observed {
                 version,
@@ -166,7 +163,12 @@ fn earlier_leaders_of_other_counts(
 }
 
 /// The Lease's spec with `identity` holding it from now.
-fn held_spec(previous: Option<&LeaseSpec>, identity: &str, timing: Timing, take: bool) -> LeaseSpec {
+fn held_spec(
+    previous: Option<&LeaseSpec>,
+    identity: &str,
+    timing: Timing,
+    take: bool,
+) -> LeaseSpec {
     let now = MicroTime(jiff::Timestamp::now());
     let previous = previous.cloned().unwrap_or_default();
     let secs = i32::try_from(timing.duration.as_secs()).unwrap_or(i32::MAX);
@@ -297,7 +299,12 @@ impl LeaseClient {
 
 /// The leader's renewal loop: renews every `renew_every`, retries failures every `retry`, and reports on `tx`
 /// whether leadership still holds; ends (releasing the Lease) when `stop` fires, or when leadership is lost.
-async fn keep(client: LeaseClient, mut held: Lease, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+async fn keep(
+    client: LeaseClient,
+    mut held: Lease,
+    tx: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let t = client.timing;
     let mut confirmed_sent = Instant::now();
     let mut next = confirmed_sent + t.renew_every;
@@ -534,17 +541,42 @@ mod tests {
         let since = seen.see("l", &l1, t0);
         assert!(live(&l1, since, t0, Duration::from_secs(15)));
         // Unchanged for 14 s: still live; for 15 s: free to take.
-        assert!(live(&l1, since, t0 + Duration::from_secs(14), Duration::ZERO));
-        assert!(!live(&l1, since, t0 + Duration::from_secs(15), Duration::ZERO));
+        assert!(live(
+            &l1,
+            since,
+            t0 + Duration::from_secs(14),
+            Duration::ZERO
+        ));
+        assert!(!live(
+            &l1,
+            since,
+            t0 + Duration::from_secs(15),
+            Duration::ZERO
+        ));
         // A renewal seen at 10 s restarts the count, whatever its renewTime.
         let l2 = lease("l", Some("leader"), "2");
         let since = seen.see("l", &l2, t0 + Duration::from_secs(10));
-        assert!(live(&l2, since, t0 + Duration::from_secs(24), Duration::ZERO));
-        assert!(!live(&l2, since, t0 + Duration::from_secs(25), Duration::ZERO));
+        assert!(live(
+            &l2,
+            since,
+            t0 + Duration::from_secs(24),
+            Duration::ZERO
+        ));
+        assert!(!live(
+            &l2,
+            since,
+            t0 + Duration::from_secs(25),
+            Duration::ZERO
+        ));
         // Released: free at once.
         let free = lease("l", None, "3");
         let since = seen.see("l", &free, t0 + Duration::from_secs(11));
-        assert!(!live(&free, since, t0 + Duration::from_secs(11), Duration::ZERO));
+        assert!(!live(
+            &free,
+            since,
+            t0 + Duration::from_secs(11),
+            Duration::ZERO
+        ));
     }
 
     fn shard_lease(name: &str, holder: Option<&str>, acquired: &str) -> Lease {

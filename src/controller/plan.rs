@@ -304,7 +304,8 @@ pub struct Timing {
 }
 
 /// An `expires_at` further ahead than this is not believed (see [`timing`]).
-pub const MAX_BELIEVED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+pub const MAX_BELIEVED_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(366 * 24 * 3600);
 
 /// Parse and clock-correct an answer's timestamps.
 pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
@@ -328,7 +329,9 @@ pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
     if let Some(e) = expires.filter(|e| *e > horizon) {
         return Err(SyncFailure::new(
             Reason::UpstreamError,
-            format!("Pipedream returned an expires_at more than a year ahead ({e}); the Secret keeps what it holds"),
+            format!(
+                "Pipedream returned an expires_at more than a year ahead ({e}); the Secret keeps what it holds"
+            ),
         ));
     }
     let server = c.fetched.server_time;

@@ -200,9 +200,14 @@ fn filter_work_inside_loops_over_a_wide_body_is_bounded() {
         );
         assert_eq!(err.key, "K");
         assert!(
-            ["too expensive", "longer than", "would exceed", "computation budget"]
-                .iter()
-                .any(|m| err.message.contains(m)),
+            [
+                "too expensive",
+                "longer than",
+                "would exceed",
+                "computation budget"
+            ]
+            .iter()
+            .any(|m| err.message.contains(m)),
             "{src}: {}",
             err.message
         );
@@ -241,7 +246,11 @@ fn operators_inside_loops_over_a_wide_body_are_bounded() {
             "{src}: {:?}",
             started.elapsed()
         );
-        assert!(err.message.contains("computation budget"), "{src}: {}", err.message);
+        assert!(
+            err.message.contains("computation budget"),
+            "{src}: {}",
+            err.message
+        );
     }
     // Templates over the same body that touch it a few times still render.
     let t: BTreeMap<String, String> = [(
@@ -260,8 +269,9 @@ fn small_contexts_get_all_the_fuel_and_large_ones_a_bounded_share() {
         .map(|i| (format!("k{i}"), json!("v".repeat(200))))
         .collect();
     assert_eq!(fuel_for(context_weight(&small) + 1024), FUEL);
-    let huge: serde_json::Map<String, Json> =
-        [("l".to_string(), json!(vec![1; 1_000_000]))].into_iter().collect();
+    let huge: serde_json::Map<String, Json> = [("l".to_string(), json!(vec![1; 1_000_000]))]
+        .into_iter()
+        .collect();
     assert_eq!(fuel_for(context_weight(&huge)), MIN_FUEL);
     for w in [1u64, 10_000, 1 << 20, 1 << 40] {
         assert!(fuel_for(w) * w <= FUEL_WORK.max(MIN_FUEL * w), "{w}");

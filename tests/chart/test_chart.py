@@ -1,4 +1,4 @@
-"""Chart tests with the real Helm v4 engine: lint, render six value sets, strict Kubernetes schema validation,
+"""Chart tests with the real Helm v4 engine: lint, render seven value sets, strict Kubernetes schema validation,
 every rendered object through a real API server's admission (server-side dry run), assertions on security, RBAC
 and arguments, and a Helm-ordered install into the real control plane with the operator running as the chart's
 ServiceAccount."""
@@ -21,8 +21,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pipedream-secrets-operator"
 VALUES = Path(__file__).parent / "values"
+# Where cargo builds (run.sh builds the control plane, the fake Pipedream and the operator there).
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 K8S_VERSION = "1.33.0"
-VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha", "sharded"]
+VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha", "sharded", "secure"]
 OUR_GROUP = "pipedream-secrets.io"
 
 
@@ -32,9 +34,9 @@ def values(name):
     return yaml.safe_load((VALUES / f"{name}.yaml").read_text())
 
 
-def render(vals, namespace="pipedream-secrets-operator"):
+def render(vals, namespace="pipedream-secrets-operator", release="pdso"):
     with helm.Chart.load(str(CHART)) as chart:
-        files = chart.render(vals, name="pdso", namespace=namespace)
+        files = chart.render(vals, name=release, namespace=namespace)
     docs = []
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -69,7 +71,7 @@ class ControlPlane:
     """The test kit's `control-plane` binary: etcd, kube-apiserver and kube-controller-manager on loopback."""
 
     def __init__(self, tmp):
-        self.proc = subprocess.Popen([str(ROOT / "target" / "debug" / "control-plane"), "--kubeconfig-dir", str(tmp)],
+        self.proc = subprocess.Popen([str(TARGET / "debug" / "control-plane"), "--kubeconfig-dir", str(tmp)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -149,7 +151,8 @@ def test_rendered_manifests_validate_strictly(name, control_plane):
             continue
         if doc["kind"] == "ServiceMonitor":
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
-            assert doc["spec"]["endpoints"][0]["port"] == "http-metrics"
+            service_ports = [p["name"] for p in by_kind(docs, "Service")[0]["spec"]["ports"]]
+            assert doc["spec"]["endpoints"][0]["port"] in service_ports
         elif doc["kind"] == "PrometheusRule":
             # No schema here for the Prometheus Operator's kinds; promtool checks the rules themselves.
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
@@ -193,6 +196,8 @@ USED = {
     ("apps", "deployments"): {"patch"},
     ("apps", "statefulsets"): {"patch"},
     ("apps", "daemonsets"): {"patch"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},  # metrics.secure: who scrapes
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},  # metrics.secure: may they get /metrics
 }
 
 
@@ -201,9 +206,14 @@ def aggregated(role):
     return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"].get("labels", {}))
 
 
+def for_scrapers(role):
+    """The metrics-reader ClusterRole (non-resource URLs only): for Prometheus, not the operator."""
+    return all("nonResourceURLs" in rule for rule in role["rules"])
+
+
 def grants(docs):
     out = set()
-    for role in [r for r in by_kind(docs, "ClusterRole") if not aggregated(r)] + by_kind(docs, "Role"):
+    for role in [r for r in by_kind(docs, "ClusterRole") if not aggregated(r) and not for_scrapers(r)] + by_kind(docs, "Role"):
         for rule in role["rules"]:
             for g in rule["apiGroups"]:
                 for r in rule["resources"]:
@@ -348,7 +358,9 @@ def test_rbac_matches_what_the_operator_used_in_the_system_tests():
     files = sorted((target / "tmp" / "rbac-audit").glob("*.json"))
     assert files, "no audit recorded: run `cargo test --test system` first (the README's test command does)"
     used = {(e["group"], e["resource"], e["verb"]) for f in files for e in json.loads(f.read_text())}
-    granted = {(g, r, v) for g, r, v, _, _ in grants(render({}))}
+    # The default install's grants, and those secure metrics add (tests/metrics_auth.rs runs the operator with
+    # --metrics-secure: its TokenReviews and SubjectAccessReviews are in the audit).
+    granted = {(g, r, v) for g, r, v, _, _ in grants(render({})) | grants(render(values("secure")))}
     missing = used - granted
     assert not missing, f"the operator used {sorted(missing)} but the chart does not grant it"
     # Grants the system tests do not exercise, each with its reason.
@@ -391,6 +403,117 @@ def test_network_policy_defaults_reach_kube_dns_only_and_the_api_server_on_443_a
     # A cluster whose DNS runs elsewhere names it.
     custom = by_kind(render({"networkPolicy": {"enabled": True, "dns": {"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]}}}), "NetworkPolicy")[0]
     assert custom["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "169.254.20.10/32"}}]
+
+
+def test_network_policy_reaches_pipedream_over_ipv4_and_ipv6_but_not_in_cluster_ranges():
+    """Issue 25 (10): Pipedream's egress rule was 0.0.0.0/0 on 443, which reaches every in-cluster HTTPS service
+    (and the cloud metadata address), and had no ::/0, so IPv6-only clusters could not reach Pipedream or the API
+    server. Now both families, each without the private, shared and link-local ranges pods and Services live in."""
+    import ipaddress
+    pol = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")[0]
+    _, api, pipedream = pol["spec"]["egress"]
+    blocks = {t["ipBlock"]["cidr"]: t["ipBlock"].get("except", []) for t in pipedream["to"]}
+    assert set(blocks) == {"0.0.0.0/0", "::/0"}, blocks
+    for cidr, excepts in blocks.items():
+        # What the API server checks: every except is strictly inside its cidr (so of the same family).
+        net = ipaddress.ip_network(cidr)
+        for e in excepts:
+            sub = ipaddress.ip_network(e)
+            assert sub.version == net.version and sub.subnet_of(net) and sub != net, (cidr, e)
+    v4 = [ipaddress.ip_network(e) for e in blocks["0.0.0.0/0"]]
+    v6 = [ipaddress.ip_network(e) for e in blocks["::/0"]]
+    inside = ["10.96.0.1", "10.244.3.7", "172.20.0.10", "192.168.1.5", "100.64.0.10", "169.254.169.254"]
+    for addr in inside:
+        assert any(ipaddress.ip_address(addr) in n for n in v4), f"{addr} (in-cluster or metadata) is reachable on 443"
+    for addr in ["fd00:10:96::1", "fe80::1"]:
+        assert any(ipaddress.ip_address(addr) in n for n in v6), f"{addr} is reachable on 443"
+    for addr in ["104.18.0.1", "2606:4700::1"]:
+        nets = v4 if ":" not in addr else v6
+        assert not any(ipaddress.ip_address(addr) in n for n in nets), f"public {addr} is excluded"
+    # The API server is reachable over IPv6 too.
+    assert {t["ipBlock"]["cidr"] for t in api["to"]} == {"0.0.0.0/0", "::/0"}
+    # A cluster names its own ranges; a narrower cidr of the user's gets no except (it could fall outside it).
+    own = by_kind(render({"networkPolicy": {"enabled": True, "pipedream": {
+        "cidrs": ["0.0.0.0/0", "::/0", "52.0.0.0/8"], "except": ["10.96.0.0/12", "fd00:10:96::/112"]}}}), "NetworkPolicy")[0]
+    blocks = {t["ipBlock"]["cidr"]: t["ipBlock"].get("except") for t in own["spec"]["egress"][2]["to"]}
+    assert blocks == {"0.0.0.0/0": ["10.96.0.0/12"], "::/0": ["fd00:10:96::/112"], "52.0.0.0/8": None}, blocks
+    # The READMEs say what the rules allow, no more.
+    for readme in (ROOT / "README.md", CHART / "README.md"):
+        assert "so a tenant's apiUrl cannot reach other services" not in readme.read_text(), readme
+
+
+SECURE = {"metrics": {"secure": {"enabled": True,
+                                 "readers": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]},
+                      "serviceMonitor": {"enabled": True}}}
+
+
+def container(docs):
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_secure_metrics_pass_the_flag_grant_the_reviews_and_ship_a_metrics_reader_role():
+    """Issue 25 (4): metrics.secure.enabled serves /metrics over HTTPS to whoever the API server authenticates and
+    allows `get` on /metrics, as controller-runtime does; the probes move to a plain port of their own."""
+    docs = render(SECURE)
+    c = container(docs)
+    assert "--metrics-secure=true" in c["args"] and "--health-addr=0.0.0.0:8081" in c["args"], c["args"]
+    assert not any(a.startswith("--metrics-cert-dir") for a in c["args"]), "self-signed unless a Secret is named"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https-metrics": 8080, "http-health": 8081}
+    assert c["livenessProbe"]["httpGet"]["port"] == "http-health" and c["readinessProbe"]["httpGet"]["port"] == "http-health"
+    operator = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "pdso-pipedream-secrets-operator"][0]
+    rules = [(g, r, v) for rule in operator["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]]
+    assert ("authentication.k8s.io", "tokenreviews", "create") in rules
+    assert ("authorization.k8s.io", "subjectaccessreviews", "create") in rules
+    reader = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "pdso-pipedream-secrets-operator-metrics-reader"][0]
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    binding = [b for b in by_kind(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == reader["metadata"]["name"]][0]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]
+    svc = by_kind(docs, "Service")[0]
+    assert [(p["name"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("https-metrics", "https-metrics")]
+    # Default: none of it.
+    plain = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert not any(a.startswith("--metrics-secure") for a in container(plain)["args"])
+    assert not [r for r in by_kind(plain, "ClusterRole") if r["metadata"]["name"].endswith("-metrics-reader")]
+    assert not any(r in ("tokenreviews", "subjectaccessreviews") for _, r, _, _, _ in grants(plain))
+    # Without readers, the role is there for you to bind, and no binding is made.
+    alone = render({"metrics": {"secure": {"enabled": True}}})
+    assert [r for r in by_kind(alone, "ClusterRole") if r["metadata"]["name"].endswith("-metrics-reader")]
+    assert not [b for b in by_kind(alone, "ClusterRoleBinding") if b["roleRef"]["name"].endswith("-metrics-reader")]
+
+
+def test_secure_metrics_service_monitor_scrapes_https_with_a_bearer_token():
+    ep = by_kind(render(SECURE), "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert ep["port"] == "https-metrics" and ep["scheme"] == "https" and ep["path"] == "/metrics"
+    # Prometheus's own ServiceAccount token; the operator's self-signed certificate is not verified (the token,
+    # not the certificate, decides who reads).
+    assert ep["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert ep["tlsConfig"] == {"insecureSkipVerify": True}
+    # A certificate from a Secret (cert-manager) is mounted and named; a CA and a token Secret reach the monitor.
+    tls = {"ca": {"secret": {"name": "pdso-metrics-tls", "key": "ca.crt"}},
+           "serverName": "pdso-pipedream-secrets-operator-metrics.pipedream-secrets-operator.svc"}
+    auth = {"type": "Bearer", "credentials": {"name": "prometheus-token", "key": "token"}}
+    docs = render({"metrics": {"secure": {"enabled": True, "certSecret": "pdso-metrics-tls"},
+                               "serviceMonitor": {"enabled": True, "tlsConfig": tls, "authorization": auth}}})
+    ep = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert ep["tlsConfig"] == tls and ep["authorization"] == auth and "bearerTokenFile" not in ep
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    volume = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "pdso-metrics-tls"][0]
+    mount = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]][0]
+    assert mount["readOnly"] is True
+    assert f"--metrics-cert-dir={mount['mountPath']}" in pod["containers"][0]["args"]
+    # Plain metrics keep their plain monitor.
+    ep = by_kind(render({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    assert ep["port"] == "http-metrics" and "scheme" not in ep and "tlsConfig" not in ep and "bearerTokenFile" not in ep
+
+
+def test_secure_metrics_are_refused_where_they_cannot_work():
+    # TokenReview and SubjectAccessReview are cluster-scoped: a scoped install has no ClusterRole to grant them.
+    with pytest.raises(helm.HelmError, match="rbac.scoped"):
+        render({**values("scoped"), "metrics": {"secure": {"enabled": True}}})
+    # A probe still aimed at the metrics port would hit HTTPS with a plain request.
+    with pytest.raises(helm.HelmError, match="http-health"):
+        render({"metrics": {"secure": {"enabled": True}},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http-metrics"}}})
 
 
 PROMTOOL = os.environ.get("PROMTOOL", shutil.which("promtool") or "promtool")
@@ -561,7 +684,7 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
             "accounts": [{"id": "apn_Chart1", "project_id": "proj_chart", "external_id": "tenant-42",
                           "credentials": {"oauth_access_token": "tok-chart"}, "lifetime_secs": 3600}]}
     (tmp_path / "seed.json").write_text(json.dumps(seed))
-    procs = [subprocess.Popen([str(ROOT / "target/debug/fake-pipedream"), "--listen", f"127.0.0.1:{pd_port}",
+    procs = [subprocess.Popen([str(TARGET / "debug" / "fake-pipedream"), "--listen", f"127.0.0.1:{pd_port}",
                                "--accounts", str(tmp_path / "seed.json")], stdout=subprocess.DEVNULL)]
     log = open(tmp_path / "operator.log", "w")
     try:
@@ -598,12 +721,12 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
         field = {"metadata.namespace": ns, "metadata.name": "pdso-0"}
         for e in container.get("env", []):
             env[e["name"]] = e["value"] if "value" in e else field[e["valueFrom"]["fieldRef"]["fieldPath"]]
-        # The rendered args, except the listen address (the pod's port would clash on a shared machine).
-        metrics_port = free_port()
-        args = [a for a in container["args"] if not a.startswith("--metrics-addr")]
-        args.append(f"--metrics-addr=127.0.0.1:{metrics_port}")
+        # The rendered args, except the listen addresses (the pod's ports would clash on a shared machine).
+        metrics_port, health_port = free_port(), free_port()
+        args = [a for a in container["args"] if not a.startswith(("--metrics-addr", "--health-addr"))]
+        args += [f"--metrics-addr=127.0.0.1:{metrics_port}", f"--health-addr=127.0.0.1:{health_port}"]
         assert any(a.startswith("--default-connection=") for a in args)
-        procs.append(subprocess.Popen([str(ROOT / "target/debug/pipedream-secrets-operator"), *args],
+        procs.append(subprocess.Popen([str(TARGET / "debug" / "pipedream-secrets-operator"), *args],
                                       env=env, stdout=log, stderr=log))
         kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps({
             "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
@@ -640,6 +763,81 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
+        log.close()
+
+
+def https_status(url, token=None):
+    """The status of a GET over HTTPS without verifying the certificate (the operator's is self-signed)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def test_secure_metrics_install_lets_only_the_bound_reader_scrape(tmp_path, control_plane):
+    """Issue 25 (4): the chart with metrics.secure.enabled installed into a real API server, the operator running
+    with the Deployment's rendered args as the chart's ServiceAccount: the chart's grants let it review tokens (no
+    request refused), the ServiceAccount listed in metrics.secure.readers scrapes, another gets 403, none 401."""
+    ns, release = "pdso-secure", "pdsosec"
+    admin = control_plane.kubeconfig("admin")
+    vals = {"metrics": {"secure": {"enabled": True,
+                                   "readers": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": ns}]}}}
+    docs = render(vals, namespace=ns, release=release)
+    rank = {k: i for i, k in enumerate(HELM_INSTALL_ORDER)}
+    docs.sort(key=lambda d: rank.get(d["kind"], len(rank)))
+    kubectl(admin, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl(admin, "apply", "--server-side", "-f", "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+    for doc in docs:
+        kubectl(admin, "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(doc))
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    account = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
+    sa_user = f"system:serviceaccount:{ns}:{account}"
+    token = kubectl(admin, "-n", ns, "create", "token", account, "--duration=1h").strip()
+    env = {"KUBECONFIG": str(control_plane.kubeconfig_for_token(tmp_path / "operator.kubeconfig", token)),
+           "PATH": os.environ["PATH"], "POD_NAMESPACE": ns, "POD_NAME": "pdsosec-0"}
+    metrics_port, health_port = free_port(), free_port()
+    args = [a for a in container["args"] if not a.startswith(("--metrics-addr", "--health-addr"))]
+    assert "--metrics-secure=true" in args
+    args += [f"--metrics-addr=127.0.0.1:{metrics_port}", f"--health-addr=127.0.0.1:{health_port}"]
+    for name in ("prometheus", "stranger"):
+        kubectl(admin, "-n", ns, "create", "serviceaccount", name)
+    prometheus = kubectl(admin, "-n", ns, "create", "token", "prometheus").strip()
+    stranger = kubectl(admin, "-n", ns, "create", "token", "stranger").strip()
+    log = open(tmp_path / "operator.log", "w")
+    proc = subprocess.Popen([str(TARGET / "debug" / "pipedream-secrets-operator"), *args], env=env,
+                            stdout=log, stderr=log)
+    try:
+        url = f"https://127.0.0.1:{metrics_port}/metrics"
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        logs = lambda: (tmp_path / "operator.log").read_text()[-3000:]
+        assert https_status(url)[0] == 401, logs()
+        assert https_status(url, stranger)[0] == 403, logs()
+        code, body = https_status(url, prometheus)
+        assert code == 200 and "pipedream_secrets_build_info" in body and body.endswith("# EOF\n"), (code, logs())
+        mine = [e for e in control_plane.audit() if e["user"]["username"] == sa_user]
+        reviews = {(e["objectRef"]["resource"], e["responseStatus"]["code"]) for e in mine
+                   if e["objectRef"].get("apiGroup") in ("authentication.k8s.io", "authorization.k8s.io")}
+        assert ("tokenreviews", 201) in reviews and ("subjectaccessreviews", 201) in reviews, reviews
+        refused = [(e["verb"], e["objectRef"]) for e in mine if e.get("responseStatus", {}).get("code") == 403]
+        assert not refused, f"the API server refused the chart's ServiceAccount: {refused}"
+        assert prometheus not in logs() and stranger not in logs()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
         log.close()
 
 

@@ -80,3 +80,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [patch]
 {{- end }}
 {{- end -}}
+
+{{/* The metrics port's name: https-metrics when metrics.secure.enabled (so meshes that read the protocol from the
+name pass TLS through), http-metrics otherwise. */}}
+{{- define "pdso.metricsPortName" -}}
+{{- if .Values.metrics.secure.enabled -}}https-metrics{{- else -}}http-metrics{{- end -}}
+{{- end -}}
+
+{{/* Where metrics.secure.certSecret is mounted. */}}
+{{- define "pdso.metricsCertDir" -}}/var/run/pipedream-secrets-operator/metrics-tls{{- end -}}

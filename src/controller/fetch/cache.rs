@@ -303,7 +303,8 @@ impl AccountCache {
         let max = self.max_bytes.unwrap_or(MAX_CACHED_BYTES);
         while slots.bytes > max {
             let hard = slots.bytes > max.saturating_mul(HARD_BOUND_FACTOR);
-            let evictable = |k: &AccountKey, s: &Slot| k != keep && s.bytes > 0 && (hard || s.waiting == 0);
+            let evictable =
+                |k: &AccountKey, s: &Slot| k != keep && s.bytes > 0 && (hard || s.waiting == 0);
             // Bytes per tenant among evictable answers: the largest holder gives first.
             let mut holding = vec![0usize; slots.tenants.len()];
             for (k, s) in &slots.map {
@@ -313,7 +314,10 @@ impl AccountCache {
                     *h += s.bytes as usize;
                 }
             }
-            let Some(tenant) = (0..holding.len()).filter(|t| holding[*t] > 0).max_by_key(|t| holding[*t]) else {
+            let Some(tenant) = (0..holding.len())
+                .filter(|t| holding[*t] > 0)
+                .max_by_key(|t| holding[*t])
+            else {
                 return;
             };
             let Some(victim) = slots
@@ -421,18 +425,33 @@ mod tests {
         let small: Vec<AccountKey> = (0..4).map(|i| key(&pd_a, &format!("apn_S{i}"))).collect();
         for k in &small {
             cache.switch_use(None, Some(k), "team-a");
-            cache.complete(k.clone(), Ok(answer(&k.account_id, 1_000)), Timestamp::now());
+            cache.complete(
+                k.clone(),
+                Ok(answer(&k.account_id, 1_000)),
+                Timestamp::now(),
+            );
         }
         let large: Vec<AccountKey> = (0..10).map(|i| key(&pd_b, &format!("apn_L{i}"))).collect();
         for k in &large {
             cache.switch_use(None, Some(k), "team-b");
-            cache.complete(k.clone(), Ok(answer(&k.account_id, 9_000)), Timestamp::now());
+            cache.complete(
+                k.clone(),
+                Ok(answer(&k.account_id, 9_000)),
+                Timestamp::now(),
+            );
         }
         assert!(cache.held().0 <= 40_000, "{:?}", cache.held());
         for k in &small {
-            assert!(cache.last_ok(k).is_some(), "team A's {} was evicted", k.account_id);
+            assert!(
+                cache.last_ok(k).is_some(),
+                "team A's {} was evicted",
+                k.account_id
+            );
         }
-        assert!(cache.last_ok(&large[9]).is_some(), "the newest answer stays");
+        assert!(
+            cache.last_ok(&large[9]).is_some(),
+            "the newest answer stays"
+        );
         assert!(cache.last_ok(&large[0]).is_none(), "team B's oldest went");
     }
 
@@ -446,7 +465,11 @@ mod tests {
         cache.switch_use(None, Some(&awaited), "team-a");
         let g = cache.generation(&awaited);
         cache.wait(&awaited);
-        cache.complete(awaited.clone(), Ok(answer("apn_W", 3_000)), Timestamp::now());
+        cache.complete(
+            awaited.clone(),
+            Ok(answer("apn_W", 3_000)),
+            Timestamp::now(),
+        );
         for i in 0..6 {
             let k = key(&pd, &format!("apn_O{i}"));
             cache.switch_use(None, Some(&k), "team-a");

@@ -216,9 +216,15 @@ fn access_denied_names_only_the_account_id_and_the_rule_kinds() {
 /// checked daily); it is a malformed answer now, as an absurd token lifetime is. Within a year it is believed.
 #[test]
 fn an_expiry_years_ahead_is_a_malformed_answer() {
-    let far = timing(&answer("9000-01-01T00:00:00Z")).err().expect("refused");
+    let far = timing(&answer("9000-01-01T00:00:00Z"))
+        .err()
+        .expect("refused");
     assert_eq!(far.reason, Reason::UpstreamError);
-    assert!(far.message.contains("more than a year ahead"), "{}", far.message);
+    assert!(
+        far.message.contains("more than a year ahead"),
+        "{}",
+        far.message
+    );
     let t = timing(&answer("2027-11-01T00:00:00Z")).expect("believed");
     assert_eq!(t.expires_at, Some(ts("2027-11-01T00:00:00Z")));
 }

@@ -42,10 +42,7 @@ const LIST_PAGE: u32 = 25;
 /// ([`strip_account`], [`strip_connection`]) before the next is parsed, where a list page is parsed whole first
 /// (500 of the largest ConnectedAccounts, PipedreamConnections or Secrets' metadata a namespace editor can create
 /// are most of a GiB). Elsewhere in small pages.
-pub(super) async fn list_config(
-    client: &kube::Client,
-    scopes: &[Scope],
-) -> watcher::Config {
+pub(super) async fn list_config(client: &kube::Client, scopes: &[Scope]) -> watcher::Config {
     let api: Api<ConnectedAccount> = match scopes.first().cloned().flatten() {
         Some(ns) => Api::namespaced(client.clone(), &ns),
         None => Api::all(client.clone()),
@@ -128,18 +125,15 @@ pub(super) fn account_controller(
     let default_connection = config.settings.default_connection.clone();
     let c = Controller::for_stream(accounts, store.clone())
         .watches_stream(secret_events, |s| accounts_of_secret(&s))
-        .watches_stream(
-            conns,
-            move |conn: PipedreamConnection| {
-                referencing(
-                    &s1,
-                    ConnectionKind::PipedreamConnection,
-                    conn.namespace(),
-                    &conn.name_any(),
-                    None,
-                )
-            },
-        )
+        .watches_stream(conns, move |conn: PipedreamConnection| {
+            referencing(
+                &s1,
+                ConnectionKind::PipedreamConnection,
+                conn.namespace(),
+                &conn.name_any(),
+                None,
+            )
+        })
         .reconcile_on(UnboundedReceiverStream::new(trigger));
     let c = if config.settings.cluster_connections_disabled {
         c
@@ -148,18 +142,15 @@ pub(super) fn account_controller(
             .default_backoff()
             .modify(strip_connection)
             .touched_objects();
-        c.watches_stream(
-            cluster,
-            move |conn: ClusterPipedreamConnection| {
-                referencing(
-                    &s2,
-                    ConnectionKind::ClusterPipedreamConnection,
-                    None,
-                    &conn.name_any(),
-                    default_connection.as_deref(),
-                )
-            },
-        )
+        c.watches_stream(cluster, move |conn: ClusterPipedreamConnection| {
+            referencing(
+                &s2,
+                ConnectionKind::ClusterPipedreamConnection,
+                None,
+                &conn.name_any(),
+                default_connection.as_deref(),
+            )
+        })
     };
     let task = c
         .with_config(controller::Config::default().concurrency(config.concurrency))

@@ -166,13 +166,13 @@ pub(super) fn secret_watch(
             };
             let (index, scope) = (index.clone(), scope.clone());
             watcher(api, list.clone().labels(&format!("{WATCH_LABEL}=true")))
-            .default_backoff()
-            .map_ok(move |e| {
-                index.apply(&scope, &e);
-                e
-            })
-            .touched_objects()
-            .boxed()
+                .default_backoff()
+                .map_ok(move |e| {
+                    index.apply(&scope, &e);
+                    e
+                })
+                .touched_objects()
+                .boxed()
         })
         .collect()
 }
@@ -195,26 +195,26 @@ pub(super) fn credentials_watch(
         };
         let (on_ctx, scope) = (on_ctx.clone(), scope.clone());
         let fut = watcher(api, list.clone().labels(&format!("{WATCH_LABEL}!=true")))
-        .default_backoff()
-        .for_each(move |r| {
-            // The names also tell first writes whether someone else's Secret holds a name.
-            if let Ok(e) = &r {
-                on_ctx(&|ctx| ctx.foreign.apply(&scope, e));
-            }
-            let seen = |m: &PartialObjectMeta<Secret>, e: SecretEvent| {
-                let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
-                on_ctx(&|ctx| ctx.credentials_secret_event(&ns, &name, e.clone()));
-            };
-            let rv = |m: &PartialObjectMeta<Secret>| m.resource_version().unwrap_or_default();
-            match r {
-                Ok(watcher::Event::Apply(m)) => seen(&m, SecretEvent::Changed(rv(&m))),
-                Ok(watcher::Event::InitApply(m)) => seen(&m, SecretEvent::Listed(rv(&m))),
-                Ok(watcher::Event::Delete(m)) => seen(&m, SecretEvent::Deleted),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "credentials Secret watch failed"),
-            }
-            future::ready(())
-        });
+            .default_backoff()
+            .for_each(move |r| {
+                // The names also tell first writes whether someone else's Secret holds a name.
+                if let Ok(e) = &r {
+                    on_ctx(&|ctx| ctx.foreign.apply(&scope, e));
+                }
+                let seen = |m: &PartialObjectMeta<Secret>, e: SecretEvent| {
+                    let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
+                    on_ctx(&|ctx| ctx.credentials_secret_event(&ns, &name, e.clone()));
+                };
+                let rv = |m: &PartialObjectMeta<Secret>| m.resource_version().unwrap_or_default();
+                match r {
+                    Ok(watcher::Event::Apply(m)) => seen(&m, SecretEvent::Changed(rv(&m))),
+                    Ok(watcher::Event::InitApply(m)) => seen(&m, SecretEvent::Listed(rv(&m))),
+                    Ok(watcher::Event::Delete(m)) => seen(&m, SecretEvent::Deleted),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "credentials Secret watch failed"),
+                }
+                future::ready(())
+            });
         background.push(Box::pin(fut));
     }
 }
