@@ -859,6 +859,200 @@ async fn merge_refuses_keys_other_field_managers_own_whichever_shard_writes_them
     }
 }
 
+/// Issue 25 (5): Merge decided key ownership from the `f:data` entries of the Secret's managed fields, then
+/// force-applied: a key owned through `stringData` or in a Secret without managed fields was taken. The apply is
+/// no longer forced, and is guarded by the version read; owners are named from that version (`stringData` and
+/// `before-first-apply` included) or by the API server's conflict.
+#[tokio::test]
+async fn merge_applies_without_force_and_a_key_someone_else_owns_is_a_conflict() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    let entry = |manager: &str, operation: &str, fields: Value| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(fields)),
+        ..Default::default()
+    };
+    let merge = json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}});
+    let cases = [
+        // No managed fields: the API server counts their keys as `before-first-apply`'s.
+        (None, "before-first-apply"),
+        // `kubectl create` (stringData or not: an Update records `f:data`).
+        (
+            Some(entry(
+                "kubectl-create",
+                "Update",
+                json!({"f:data": {"f:TOKEN": {}, "f:OTHER": {}}}),
+            )),
+            "kubectl-create",
+        ),
+        // An apply manager's stringData: recorded as `f:stringData`, no conflict on the API server.
+        (
+            Some(entry(
+                "helm",
+                "Apply",
+                json!({"f:stringData": {"f:TOKEN": {}, "f:OTHER": {}}}),
+            )),
+            "helm",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (fields, manager) in cases {
+        let h = Harness::new().await;
+        let mut theirs = Secret::default();
+        theirs.metadata.name = Some("gh".into());
+        theirs.metadata.managed_fields = fields.map(|f| vec![f]);
+        theirs.data = Some(
+            [
+                (
+                    "TOKEN".to_string(),
+                    k8s_openapi::ByteString(b"theirs".to_vec()),
+                ),
+                (
+                    "OTHER".to_string(),
+                    k8s_openapi::ByteString(b"keep".to_vec()),
+                ),
+            ]
+            .into(),
+        );
+        h.api.put_secret("team-a", &theirs);
+        let mut c = ca(merge.clone());
+        h.reconcile(&mut c).await.unwrap();
+        let reqs = h.api.take();
+        let (_, reason, message) = ready(&c);
+        let token = secret_value(&h.api.secret("team-a", "gh").unwrap(), "TOKEN");
+        let forced = reqs
+            .iter()
+            .any(|r| r.line() == PATCH_SECRET && r.query.contains("force=true"));
+        if reason != "SecretConflict"
+            || !message.contains("TOKEN")
+            || !message.contains(manager)
+            || token != "theirs"
+            || forced
+        {
+            wrong.push(format!(
+                "{manager}: {reason} {message:?}, TOKEN {token:?}, forced apply: {forced}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Issue 25 (5): a Merge write is a non-forced apply with the ConnectedAccount's own field manager, guarded by the
+/// resourceVersion the pass read (so what was judged from it is what the API server applies to); a key it wrote
+/// before is its own on the next refresh.
+#[tokio::test]
+async fn merge_writes_are_not_forced_and_carry_the_version_read() {
+    let h = Harness::new().await;
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("gh".into());
+    theirs.data = Some(
+        [(
+            "OTHER".to_string(),
+            k8s_openapi::ByteString(b"keep".to_vec()),
+        )]
+        .into(),
+    );
+    h.api.put_secret("team-a", &theirs);
+    let mut ca = ca(
+        json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    let read = h.api.secret("team-a", "gh").unwrap();
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    let reqs = h.api.take();
+    let apply = reqs.iter().find(|r| r.line() == PATCH_SECRET).unwrap();
+    assert_eq!(apply.query, "&fieldManager=pipedream-secrets.io%2Fuid-gh");
+    assert_eq!(
+        apply.body["metadata"]["resourceVersion"].as_str(),
+        read.metadata.resource_version.as_deref()
+    );
+    // The refresh: its own key, a new value.
+    h.serve_account(account_json(
+        "gho_NEXT",
+        Some(t0() + SignedDuration::from_hours(2)),
+    ))
+    .await;
+    h.advance_to_next_sync(&ca);
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "TOKEN"), "gho_NEXT");
+    assert_eq!(secret_value(&s, "OTHER"), "keep");
+}
+
+/// A Merge apply refused because the Secret changed since it was read (409 without field conflicts) is retried,
+/// not reported as a conflict, and changes nothing.
+#[tokio::test]
+async fn a_merge_apply_the_secret_changed_under_is_retried() {
+    let h = Harness::new().await;
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("gh".into());
+    theirs.data = Some(
+        [(
+            "OTHER".to_string(),
+            k8s_openapi::ByteString(b"keep".to_vec()),
+        )]
+        .into(),
+    );
+    h.api.put_secret("team-a", &theirs);
+    let mut ca = ca(
+        json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    h.api.fail("PATCH", "secrets/gh", 409);
+    assert!(matches!(
+        h.reconcile(&mut ca).await,
+        Err(Error::WriteSecret(_))
+    ));
+    assert!(ca.status.is_none(), "no SecretConflict reported");
+    h.api.heal();
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced");
+}
+
+/// Issue 25 (1): a first write is a create; a 409 that turns out to be this ConnectedAccount's own Secret (written
+/// by a process that stopped before it recorded the write, and not yet seen by this one's watch) is adopted, not
+/// a conflict.
+#[tokio::test]
+async fn a_first_write_adopts_its_own_secret_the_watch_has_not_seen() {
+    let h = Harness::new().await;
+    h.sync_index();
+    let mut ca = ca(json!({}));
+    let mut own = crate::secret::desired_secret(
+        &ca,
+        &[("oauth_access_token".to_string(), b"old".to_vec())].into(),
+        None,
+    );
+    own.metadata.namespace = None;
+    h.api.put_secret("team-a", &own);
+    reconcile(Arc::new(ca.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(h.wait_triggered("gh").await);
+    reconcile(Arc::new(ca.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    ca.status = Some(serde_json::from_value(h.api.status_of("gh").unwrap()).unwrap());
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    assert_eq!(
+        lines(&h.api.take()),
+        vec![
+            READ_CLIENT_SECRET,
+            POST_SECRET,
+            GET_SECRET,
+            PATCH_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ],
+        "created: 409; read: its own; applied"
+    );
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "oauth_access_token"), TOKEN);
+}
+
 #[tokio::test]
 async fn force_sync_annotation_fetches_once_per_new_value() {
     let h = Harness::new().await;
