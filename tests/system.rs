@@ -1448,10 +1448,11 @@ async fn a_shard_count_change_never_runs_two_writers() {
     );
 }
 
-/// Issue 18: a first write learns whether someone else's Secret holds its name from the credentials watch instead
-/// of a list. On the real API server: a Secret that existed before the operator started, and one created while it
-/// runs, a moment before the ConnectedAccount naming it, are both refused (SecretConflict), left exactly as they
-/// were, and cost no Pipedream call; a free name next to them is written.
+/// Issue 18, issue 25 (1): the operator keeps no names of Secrets it does not write; a first write is a create,
+/// which the API server refuses when a Secret of that name exists. On the real API server: a Secret that existed
+/// before the operator started, and one created while it runs, a moment before the ConnectedAccount naming it,
+/// are both refused (SecretConflict) and left exactly as they were; a free name next to them is written. All three
+/// name one account, so the free name's fetch, still fresh, serves the creates the API server refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
     use base64::Engine;
@@ -1494,7 +1495,7 @@ async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
     assert_eq!(
         env.pd.count("connect_account"),
         1,
-        "only the free name was fetched"
+        "one fetch, the free name's, whose answer the refused creates reused"
     );
 }
 

@@ -104,22 +104,6 @@ impl MockApi {
         }
         let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, seg.as_slice()) {
-            ("GET", ["api", "v1", "namespaces", ns, "secrets"]) => {
-                // Only the first-write check lists Secrets: those without the watch label.
-                let unlabelled: Vec<Value> = st
-                    .secrets
-                    .iter()
-                    .filter(|((n, _), s)| {
-                        n == ns && s["metadata"]["labels"]["pipedream-secrets.io/managed"] != "true"
-                    })
-                    .map(|(_, s)| json!({"metadata": s["metadata"]}))
-                    .collect();
-                (
-                    200,
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                        "metadata": {"resourceVersion": st.rv.to_string()}, "items": unlabelled}),
-                )
-            }
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 match st.secrets.get(&(ns.to_string(), name.to_string())) {
                     Some(s) => (200, s.clone()),
@@ -316,25 +300,11 @@ impl MockApi {
     pub fn watch_events(
         &self,
     ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
-        self.listing(true)
-    }
-
-    /// What the credentials watch (Secrets without the watch label) would deliver on a listing now.
-    pub fn foreign_watch_events(
-        &self,
-    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
-        self.listing(false)
-    }
-
-    fn listing(
-        &self,
-        managed: bool,
-    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
         use kube::runtime::watcher::Event;
         let st = self.0.lock().unwrap();
         let mut out = vec![Event::Init];
         for s in st.secrets.values() {
-            if (s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true") == managed {
+            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true" {
                 let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
                 out.push(Event::InitApply(meta));
             }

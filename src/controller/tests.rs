@@ -214,9 +214,6 @@ impl Harness {
         for e in self.api.watch_events() {
             self.ctx.secrets.apply(&None, &e);
         }
-        for e in self.api.foreign_watch_events() {
-            self.ctx.foreign.apply(&None, &e);
-        }
     }
 
     /// Reconcile, feeding the written status back and the Secrets to the index as the watches would; when the
@@ -286,8 +283,6 @@ const PATCH_STATUS: &str =
 const POST_EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/team-a/events";
 const PATCH_CA: &str =
     "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh";
-/// The first-write check: the names of the namespace's Secrets without the watch label.
-const LIST_FOREIGN: &str = "GET /api/v1/namespaces/team-a/secrets";
 const POST_SECRET: &str = "POST /api/v1/namespaces/team-a/secrets";
 
 fn ready(ca: &ConnectedAccount) -> (String, String, String) {
@@ -305,10 +300,11 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     let mut ca = ca(json!({}));
     let action = h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
-    // Pass 1 knows from the credentials watch that no one else's Secret holds the name, and asks the connection's
-    // dispatcher (which mints the token); the answer triggers pass 2, which writes with what pass 1 read: the
-    // Secret (created, never applied over a name it has not seen, then its fields handed to server-side apply),
-    // the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs none).
+    // Pass 1 reads nothing (the index does not hold the name: a first write) and asks the connection's dispatcher
+    // (which mints the token); the answer triggers pass 2, which writes with what pass 1 read: the Secret
+    // (created, which the API server refuses if someone else's Secret holds the name; then its fields handed to
+    // server-side apply), the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs
+    // none).
     assert_eq!(
         lines(&reqs),
         vec![
@@ -390,25 +386,6 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     );
     assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
     assert_eq!(h.pipedream_calls("/accounts/apn_A1").await, 1);
-}
-
-#[tokio::test]
-async fn before_the_credentials_watch_has_listed_a_first_write_lists_the_foreign_names() {
-    let h = Harness::new().await;
-    // Only the managed Secrets' index is filled; the credentials watch has not listed yet.
-    for e in h.api.watch_events() {
-        h.ctx.secrets.apply(&None, &e);
-    }
-    let ca = ca(json!({}));
-    reconcile(Arc::new(ca.clone()), h.ctx.clone())
-        .await
-        .unwrap();
-    let reqs = h.api.take();
-    assert_eq!(lines(&reqs)[0], LIST_FOREIGN);
-    assert_eq!(
-        reqs[0].query, "&labelSelector=pipedream-secrets.io%2Fmanaged%21%3Dtrue&limit=500",
-        "only Secrets without the watch label"
-    );
 }
 
 #[tokio::test]
@@ -749,8 +726,15 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     h.reconcile(&mut ca9).await.unwrap();
     assert_eq!(
         lines(&h.api.take()),
-        vec![GET_SECRET, PATCH_STATUS, POST_EVENT],
-        "the credentials watch named the foreign Secret: it is read, then refused"
+        vec![
+            READ_CLIENT_SECRET,
+            POST_SECRET,
+            GET_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ],
+        "the operator keeps no names of Secrets it does not write: the create is refused (409), the Secret read, \
+         and it is someone else's"
     );
     assert_eq!(ready(&ca9).1, "SecretConflict");
     assert_eq!(
@@ -759,9 +743,19 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
         "foreign Secret untouched"
     );
     assert_eq!(
-        h.pipedream_calls("/").await,
-        0,
-        "no Pipedream call for a Secret we may not write"
+        h.pipedream_calls("/accounts/").await,
+        1,
+        "one fetch before the API server refused the name"
+    );
+    // The retry reads the Secret: no fetch, no create.
+    h.ctx.clock.advance(Duration::from_secs(3600));
+    h.reconcile(&mut ca9).await.unwrap();
+    assert_eq!(lines(&h.api.take()), vec![GET_SECRET, PATCH_STATUS]);
+    assert_eq!(ready(&ca9).1, "SecretConflict");
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        1,
+        "no fetch on a retry"
     );
 }
 

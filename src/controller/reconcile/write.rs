@@ -98,7 +98,7 @@ pub(super) async fn write(
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
-    let found = match refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
+    let found = match refuse(ca, ctx, known, read.as_ref(), &built).await? {
         Verdict::Refused(f) => return Ok(Outcome::Failed(f)),
         Verdict::Found => true,
         Verdict::Absent => false,
@@ -347,32 +347,18 @@ async fn create_secret(
     }
 }
 
-/// Why the built Secret must not be applied, if so: a first write into a name someone else's Secret holds, a type
-/// change, or a Merge key someone else owns in the Secret as read (the Merge apply is guarded by its
+/// Why the built Secret must not be applied, if so: a Secret read that belongs to someone else, a type change, or a Merge key someone else owns in the Secret as read (the Merge apply is guarded by its
 /// resourceVersion, and the API server refuses what this misses). Otherwise whether a Secret of that name was seen.
 async fn refuse(
     ca: &ConnectedAccount,
     ctx: &Context,
-    api: &Api<Secret>,
     known: &Known,
     read: Option<&Secret>,
     built: &Built,
 ) -> Result<Verdict, Error> {
     let name = ca.secret_name();
-    let mut existing = read.cloned();
-    if existing.is_none() && !known.exists {
-        // Not among the Secrets the operator writes into: does someone else have one of that name?
-        let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
-        if ctx
-            .foreign
-            .exists(&ctx.client, &id)
-            .await
-            .map_err(Error::ReadSecret)?
-        {
-            existing = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
-        }
-    }
-    let Some(e) = existing else {
+    // Not read: a first write creates it (the API server refuses the create if someone else's Secret has the name).
+    let Some(e) = read else {
         // Known to exist (in the index) but not read: it is there.
         return Ok(if known.exists {
             Verdict::Found
@@ -386,10 +372,10 @@ async fn refuse(
             m,
         )))
     };
-    if let Err(c) = check_ownership(ca, &e) {
+    if let Err(c) = check_ownership(ca, e) {
         return conflict(format!("spec.target.name: {}", c.0));
     }
-    if let Some(m) = secret::type_conflict(&e, &built.secret) {
+    if let Some(m) = secret::type_conflict(e, &built.secret) {
         return Ok(Verdict::Refused(SyncFailure::new(Reason::InvalidSpec, m)));
     }
     if ca.spec.target.creation_policy == CreationPolicy::Merge
@@ -397,13 +383,13 @@ async fn refuse(
     {
         let ns = ca.namespace().unwrap_or_default();
         let mut owned = Vec::new();
-        for c in secret::key_owners(ca, &e, data.keys()) {
-            if !ca_writer_gone(ctx, &ns, &c, Some(&e)).await? {
+        for c in secret::key_owners(ca, e, data.keys()) {
+            if !ca_writer_gone(ctx, &ns, &c, Some(e)).await? {
                 owned.push(c);
             }
         }
         if !owned.is_empty() {
-            return conflict(secret::merge_conflict(Some(&e), &name, &owned).0);
+            return conflict(secret::merge_conflict(Some(e), &name, &owned).0);
         }
     }
     Ok(Verdict::Found)
