@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
+use kube::core::Status;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -211,79 +212,163 @@ pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), C
     )))
 }
 
-/// Who else owns a key of a Merge target, by its managed fields.
+/// One field another field manager holds: as the API server named it refusing a non-forced apply, or a
+/// `stringData` key read off the Secret's managed fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyOwner {
-    /// Another ConnectedAccount (its field manager `pipedream-secrets.io/<uid>`; its name from its annotation).
-    ConnectedAccount {
-        /// Its UID.
-        uid: String,
-        /// Its name, when the Secret's Merge annotations say.
-        name: Option<String>,
-    },
-    /// Any other field manager (Helm, kubectl, cert-manager, ...).
-    Manager(String),
+pub struct FieldConflict {
+    /// The field manager (`helm`, `kubectl-create`, `before-first-apply`, `pipedream-secrets.io/<uid>`, ...).
+    pub manager: String,
+    /// The field path: `.data.<key>` (or `.stringData.<key>`), `.metadata.labels.<key>`, ...
+    pub field: String,
 }
 
-/// The keys of `keys` that a field manager other than this ConnectedAccount's owns in `existing`, with that
-/// owner, decided from the Secret's managed fields alone (so it holds whichever shard writes the other key).
-pub fn foreign_key_owners<'a>(
+impl FieldConflict {
+    /// The Secret key, when the field is one.
+    pub fn key(&self) -> Option<&str> {
+        self.field
+            .strip_prefix(".data.")
+            .or_else(|| self.field.strip_prefix(".stringData."))
+    }
+}
+
+/// The field conflicts of a refused server-side apply, from the Status's `details.causes` (reason
+/// `FieldManagerConflict`, message `conflict with "<manager>"`, with ` using <apiVersion>` when the manager's
+/// entry is an Update). `None` when the refusal is not about field owners (a 409 for a stale resourceVersion
+/// has no such causes).
+pub fn field_conflicts(status: &Status) -> Option<Vec<FieldConflict>> {
+    if status.code != 409 {
+        return None;
+    }
+    let found: Vec<FieldConflict> = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .filter(|c| c.reason == "FieldManagerConflict")
+        .map(|c| FieldConflict {
+            manager: quoted(&c.message).unwrap_or_else(|| c.message.clone()),
+            field: c.field.clone(),
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// The first Go-quoted (`%q`) string in `message`, unescaped.
+fn quoted(message: &str) -> Option<String> {
+    let rest = &message[message.find('"')? + 1..];
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Who else owns the keys of `keys` in `existing`, read off its managed fields: any field manager but this
+/// ConnectedAccount's, through `f:data` or through `f:stringData` (the API server records an applied `stringData`
+/// key there, not as the data key it becomes, and does not hold it against an apply of that data key); in a
+/// Secret without managed fields, `before-first-apply` owns every key it holds, as the API server counts them.
+/// Read from the Secret a Merge apply is then guarded by (its resourceVersion), so this is what the API server
+/// applies to; it also refuses keys the API server would let two managers share while their values happen to be
+/// equal (the co-owner's next different value would then conflict).
+pub fn key_owners<'a>(
     ca: &ConnectedAccount,
     existing: &Secret,
     keys: impl IntoIterator<Item = &'a String>,
-) -> Vec<(String, KeyOwner)> {
+) -> Vec<FieldConflict> {
     let me = field_manager(ca);
-    let names: BTreeMap<&str, &String> = merge_writers(existing).collect();
     let entries = existing
         .metadata
         .managed_fields
         .as_deref()
         .unwrap_or_default();
+    let held = existing.data.as_ref();
     let mut out = Vec::new();
     for key in keys {
+        if entries.is_empty() {
+            if held.is_some_and(|d| d.contains_key(key)) {
+                out.push(FieldConflict {
+                    manager: "before-first-apply".into(),
+                    field: format!(".data.{key}"),
+                });
+            }
+            continue;
+        }
         let field = format!("f:{key}");
         for e in entries {
             let Some(manager) = e.manager.as_deref().filter(|m| *m != me) else {
                 continue;
             };
-            let owns = e
-                .fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:data")?.as_object())
-                .is_some_and(|d| d.contains_key(&field));
-            if !owns {
-                continue;
+            let fields = e.fields_v1.as_ref().map(|f| &f.0);
+            for (set, path) in [("f:data", ".data."), ("f:stringData", ".stringData.")] {
+                let owns = fields
+                    .and_then(|f| f.get(set)?.as_object())
+                    .is_some_and(|d| d.contains_key(&field));
+                if owns {
+                    out.push(FieldConflict {
+                        manager: manager.to_string(),
+                        field: format!("{path}{key}"),
+                    });
+                }
             }
-            let owner = match manager.strip_prefix(MERGE_MANAGER_PREFIX) {
-                Some(uid) => KeyOwner::ConnectedAccount {
-                    uid: uid.to_string(),
-                    name: names.get(uid).map(|n| n.to_string()),
-                },
-                None => KeyOwner::Manager(manager.to_string()),
-            };
-            out.push((key.clone(), owner));
         }
     }
     out
 }
 
-/// Why a key owned by `owner` stops this write, given whether that ConnectedAccount still exists.
-pub fn key_conflict(
+/// The name a Merge writer's annotation on `existing` gives ConnectedAccount `uid`.
+pub fn merge_writer_name<'a>(existing: &'a Secret, uid: &str) -> Option<&'a str> {
+    merge_writers(existing)
+        .find(|(u, _)| *u == uid)
+        .map(|(_, n)| n.as_str())
+}
+
+/// Why a Merge write into Secret `secret` is refused: each conflicting key (or other field) by its owner, another
+/// ConnectedAccount (named by its Merge annotation on `existing`) or any other field manager.
+pub fn merge_conflict(
+    existing: Option<&Secret>,
     secret: &str,
-    key: &str,
-    owner: &KeyOwner,
-    writer_exists: bool,
-) -> Option<Conflict> {
-    match owner {
-        KeyOwner::ConnectedAccount { .. } if !writer_exists => None,
-        KeyOwner::ConnectedAccount { uid, name } => Some(Conflict(format!(
-            "key {key} of Secret {secret} is already written by ConnectedAccount {}",
-            name.as_deref().unwrap_or(uid)
-        ))),
-        KeyOwner::Manager(m) => Some(Conflict(format!(
-            "key {key} of Secret {secret} belongs to field manager {m}; Merge writes only keys no one else owns"
-        ))),
+    conflicts: &[FieldConflict],
+) -> Conflict {
+    let mut by_owner: Vec<(&str, Vec<String>)> = Vec::new();
+    for c in conflicts {
+        let what = match c.key() {
+            Some(k) if c.field.starts_with(".stringData.") => format!("{k} (stringData)"),
+            Some(k) => k.to_string(),
+            None => format!("field {}", c.field),
+        };
+        match by_owner.iter_mut().find(|(m, _)| *m == c.manager) {
+            Some((_, list)) => list.push(what),
+            None => by_owner.push((&c.manager, vec![what])),
+        }
     }
+    let parts: Vec<String> = by_owner
+        .iter()
+        .map(|(manager, what)| {
+            let what = format!(
+                "{} {}",
+                if what.len() == 1 { "key" } else { "keys" },
+                what.join(", ")
+            );
+            match manager.strip_prefix(MERGE_MANAGER_PREFIX) {
+                Some(uid) => {
+                    let name = existing.and_then(|e| merge_writer_name(e, uid)).unwrap_or(uid);
+                    format!("{what} already written by ConnectedAccount {name}")
+                }
+                None if *manager == "before-first-apply" => format!(
+                    "{what} owned by field manager before-first-apply (the Secret had no field owners recorded: the keys it held then are someone else's)"
+                ),
+                None => format!("{what} owned by field manager {manager}"),
+            }
+        })
+        .collect();
+    Conflict(format!(
+        "Secret {secret}: {}; Merge writes only keys no one else owns (pick another key, or remove the key from the Secret and from whatever writes it to hand it over)",
+        parts.join("; ")
+    ))
 }
 
 /// Why `desired` cannot be applied over `existing` as is: a Secret's `type` never changes.

@@ -448,6 +448,117 @@ async fn merge_json_and_strategic_patches_follow_their_rfcs(s: &Server) {
     assert_status(&v, 415, "UnsupportedMediaType");
 }
 
+/// A refused server-side apply names each conflict in `details.causes` (reason `FieldManagerConflict`, the field
+/// path with a leading dot, a map key with dots as it is, and `conflict with "<manager>"`, with ` using <apiVersion>`
+/// when that manager's entry is an Update), which the operator reads to report who owns a Merge key. A
+/// `metadata.resourceVersion` in the applied object is a precondition: a stale one is a plain 409 Conflict (no
+/// field causes) and changes nothing.
+async fn a_refused_apply_names_each_conflict_and_a_resource_version_guards_it(s: &Server) {
+    let cm = format!("{}/guarded", s.configmaps);
+    let ssa = "application/apply-patch+yaml";
+    let body = |data: Value, rv: Option<&str>| {
+        let mut v = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "guarded"}, "data": data});
+        if let Some(rv) = rv {
+            v["metadata"]["resourceVersion"] = json!(rv);
+        }
+        v
+    };
+    let (code, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=a"),
+            ssa,
+            body(json!({"x": "1", "k.y": "1"}), None),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let (code, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=u"),
+            "application/merge-patch+json",
+            json!({"data": {"z": "1"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let read = v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=b"),
+            ssa,
+            body(json!({"x": "2", "k.y": "2", "z": "2", "free": "2"}), None),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{v}");
+    assert_status(&v, 409, "Conflict");
+    let mut causes: Vec<(String, String, String)> = v["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (f("field"), f("reason"), f("message"))
+        })
+        .collect();
+    causes.sort();
+    let cause = |field: &str, message: &str| {
+        (
+            field.to_string(),
+            "FieldManagerConflict".to_string(),
+            message.to_string(),
+        )
+    };
+    assert_eq!(
+        causes,
+        [
+            cause(".data.k.y", "conflict with \"a\""),
+            cause(".data.x", "conflict with \"a\""),
+            cause(".data.z", "conflict with \"u\" using v1"),
+        ],
+        "{v}"
+    );
+    // A stale resourceVersion: refused as a modified object, nothing applied.
+    let (_, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=a"),
+            ssa,
+            body(json!({"x": "1", "k.y": "1", "w": "1"}), None),
+        )
+        .await;
+    let current = v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(current, read);
+    let (code, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=b"),
+            ssa,
+            body(json!({"free": "2"}), Some(&read)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{v}");
+    assert_status(&v, 409, "Conflict");
+    assert!(
+        v["details"]["causes"]
+            .as_array()
+            .is_none_or(|c| c.iter().all(|c| c["reason"] != "FieldManagerConflict")),
+        "{v}"
+    );
+    assert!(s.get(&cm).await.1["data"].get("free").is_none());
+    // The current one: applied.
+    let (code, v) = s
+        .patch(
+            &format!("{cm}?fieldManager=b"),
+            ssa,
+            body(json!({"free": "2"}), Some(&current)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["free"], "2");
+}
+
 /// Server-side apply: each manager owns the fields it applied; a second manager changing an owned field gets 409
 /// Conflict naming the owner unless it forces; a manager that stops applying a field removes it only if nobody
 /// else owns it. (Intentional difference: lists are atomic. The API server merges `x-kubernetes-list-type: map`
@@ -1124,6 +1235,7 @@ against_both!(
     updates_with_a_stale_resource_version_conflict,
     merge_json_and_strategic_patches_follow_their_rfcs,
     server_side_apply_owns_fields_per_manager_with_atomic_lists,
+    a_refused_apply_names_each_conflict_and_a_resource_version_guards_it,
     crd_schemas_default_prune_preserve_and_check_transition_rules,
     list_resource_version_and_match_semantics,
     watches_end_at_their_timeout_with_a_bookmark,

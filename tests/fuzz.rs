@@ -160,8 +160,8 @@ proptest! {
         let mut existing = desired.clone();
         existing.metadata.managed_fields = Some(serde_json::from_value(json!([
             entry("helm".into(), &theirs), entry(secret::field_manager(&ca), &mine)])).unwrap());
-        let owners = secret::foreign_key_owners(&ca, &existing, data.keys());
-        prop_assert_eq!(owners.iter().map(|(k, _)| k).collect::<Vec<_>>(), theirs);
-        prop_assert!(owners.iter().all(|(_, o)| *o == secret::KeyOwner::Manager("helm".into())));
+        let owners = secret::key_owners(&ca, &existing, data.keys());
+        prop_assert_eq!(owners.iter().map(|c| c.key().unwrap_or_default()).collect::<Vec<_>>(), theirs);
+        prop_assert!(owners.iter().all(|c| c.manager == "helm"));
     }
 }

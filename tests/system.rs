@@ -1534,10 +1534,11 @@ async fn a_shard_count_change_never_runs_two_writers() {
     );
 }
 
-/// Issue 18: a first write learns whether someone else's Secret holds its name from the credentials watch instead
-/// of a list. On the real API server: a Secret that existed before the operator started, and one created while it
-/// runs, a moment before the ConnectedAccount naming it, are both refused (SecretConflict), left exactly as they
-/// were, and cost no Pipedream call; a free name next to them is written.
+/// Issue 18, issue 25 (1): the operator keeps no names of Secrets it does not write; a first write is a create,
+/// which the API server refuses when a Secret of that name exists. On the real API server: a Secret that existed
+/// before the operator started, and one created while it runs, a moment before the ConnectedAccount naming it,
+/// are both refused (SecretConflict) and left exactly as they were; a free name next to them is written. All three
+/// name one account, so the free name's fetch, still fresh, serves the creates the API server refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
     use base64::Engine;
@@ -1580,7 +1581,7 @@ async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
     assert_eq!(
         env.pd.count("connect_account"),
         1,
-        "only the free name was fetched"
+        "one fetch, the free name's, whose answer the refused creates reused"
     );
 }
 
@@ -1685,6 +1686,204 @@ async fn merge_never_takes_a_key_another_manager_or_shard_owns() {
             .await
             .unwrap()
             .starts_with("True/")
+    );
+    merge_never_takes_keys_written_through_string_data_or_before_managed_fields(&env).await;
+}
+
+/// Issue 25 (5): Merge judged key owners from `f:data` in the Secret's managedFields, then force-applied. A key an
+/// apply manager wrote through `stringData` is recorded under `f:stringData` and was taken; so was every key of a
+/// Secret without managedFields (created before server-side apply, or with them cleared). Now the API server
+/// decides (a non-forced apply with the ConnectedAccount's own field manager): keys `kubectl create`/`apply` wrote
+/// (Update managers) and a Secret without managedFields (the API server names its fields' owner
+/// `before-first-apply`) conflict; `stringData` keys of an apply manager are refused from the Secret as read, the
+/// apply carrying that resourceVersion. Refused Secrets stay exactly as they were.
+async fn merge_never_takes_keys_written_through_string_data_or_before_managed_fields(env: &Env) {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let ns = env.ns("team-a");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(env.client.clone(), &ns);
+    let secret = |name: &str, body: serde_json::Value| -> Secret {
+        let mut v = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
+        v.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().cloned().unwrap());
+        serde_json::from_value(v).unwrap()
+    };
+    // An apply manager (Helm 4, `kubectl apply --server-side`) writing stringData.
+    secrets
+        .patch(
+            "string-data",
+            &PatchParams::apply("helm"),
+            &Patch::Apply(secret(
+                "string-data",
+                json!({"stringData": {"SSA_KEY": "from-helm"}}),
+            )),
+        )
+        .await
+        .unwrap();
+    // `kubectl create -f` of a Secret with stringData, then a `kubectl apply` (client-side) adding a key.
+    let create = PostParams {
+        field_manager: Some("kubectl-create".into()),
+        ..Default::default()
+    };
+    secrets
+        .create(
+            &create,
+            &secret(
+                "from-kubectl",
+                json!({"stringData": {"CREATED": "by-kubectl"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    secrets
+        .patch(
+            "from-kubectl",
+            &PatchParams {
+                field_manager: Some("kubectl-client-side-apply".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"stringData": {"PATCHED": "by-kubectl"}})),
+        )
+        .await
+        .unwrap();
+    // A Secret without managedFields.
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("unmanaged", json!({"stringData": {"OLD_KEY": "old"}})),
+        )
+        .await
+        .unwrap();
+    let cleared = secrets
+        .patch(
+            "unmanaged",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"managedFields": [{}]}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        cleared.metadata.managed_fields.is_none(),
+        "{:?}",
+        cleared.metadata
+    );
+    let before = |name: &'static str| async move { env.secret("team-a", name).await.unwrap() };
+    let (string_data, from_kubectl) = (before("string-data").await, before("from-kubectl").await);
+    let merge = |target: &str, key: &str| {
+        json!({"target": {"name": target, "creationPolicy": "Merge", "deletionPolicy": "Retain",
+            "template": {"data": {key: "{{ credentials.oauth_access_token }}"}}}})
+    };
+    // (ConnectedAccount, Secret, key, the manager its conflict must name, or None: it merges)
+    let cases = [
+        ("takes-ssa-string", "string-data", "SSA_KEY", Some("helm")),
+        (
+            "takes-created",
+            "from-kubectl",
+            "CREATED",
+            Some("kubectl-create"),
+        ),
+        (
+            "takes-patched",
+            "from-kubectl",
+            "PATCHED",
+            Some("kubectl-client-side-apply"),
+        ),
+        (
+            "takes-unmanaged",
+            "unmanaged",
+            "OLD_KEY",
+            Some("before-first-apply"),
+        ),
+        ("adds-to-unmanaged", "unmanaged", "NEW_KEY", None),
+    ];
+    for (name, target, key, _) in cases {
+        create_ca(env, name, merge(target, key)).await;
+    }
+    let outcomes = env
+        .wait("every Merge writer to report", 30, async || {
+            let mut out = Vec::new();
+            for (name, ..) in cases {
+                let ca = env.ca(name).await?;
+                let ready = support::ready_of(&ca)?;
+                let message = ca["status"]["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                out.push((name, ready, message));
+            }
+            Some(out)
+        })
+        .await;
+    let mut wrong = Vec::new();
+    for ((name, _, key, manager), (_, ready, message)) in cases.iter().zip(&outcomes) {
+        let ok = match manager {
+            Some(m) => {
+                ready == "False/SecretConflict" && message.contains(key) && message.contains(m)
+            }
+            None => ready == "True/SecretSynced",
+        };
+        if !ok {
+            wrong.push(format!("{name}: {ready}: {message}"));
+        }
+    }
+    let s = |name: &'static str| async move { env.secret("team-a", name).await.unwrap() };
+    let (unmanaged, string_now, kubectl_now) = (
+        s("unmanaged").await,
+        s("string-data").await,
+        s("from-kubectl").await,
+    );
+    let values = [
+        (&string_now, "SSA_KEY", "from-helm"),
+        (&kubectl_now, "CREATED", "by-kubectl"),
+        (&kubectl_now, "PATCHED", "by-kubectl"),
+        (&unmanaged, "OLD_KEY", "old"),
+        (&unmanaged, "NEW_KEY", "tok-apn_Sys1-g1"),
+    ];
+    for (secret, key, want) in values {
+        let got = secret_value(secret, key);
+        if got.as_deref() != Some(want) {
+            wrong.push(format!("{key}: {got:?}, not {want:?}"));
+        }
+    }
+    for (was, now) in [(&string_data, &string_now), (&from_kubectl, &kubectl_now)] {
+        if was["metadata"]["resourceVersion"] != now["metadata"]["resourceVersion"] {
+            wrong.push(format!(
+                "{} changed: {}",
+                now["metadata"]["name"], now["metadata"]
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // A key only a ConnectedAccount that no longer exists owns is free: the API server's conflict names its
+    // field manager, and the apply is forced over that alone (guarded by the version read).
+    let mut gone = merge("unmanaged", "GONE_KEY");
+    gone["target"]["template"]["data"]["GONE_KEY"] =
+        json!("gone-{{ credentials.oauth_access_token }}");
+    create_ca(env, "gone", gone).await;
+    env.wait_synced("gone", 20).await;
+    env.delete(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "gone",
+    )
+    .await;
+    env.wait("the ConnectedAccount gone", 20, async || {
+        env.ca("gone").await.is_none().then_some(())
+    })
+    .await;
+    create_ca(env, "after-gone", merge("unmanaged", "GONE_KEY")).await;
+    env.wait_synced("after-gone", 20).await;
+    let s = env.secret("team-a", "unmanaged").await.unwrap();
+    assert_eq!(
+        secret_value(&s, "GONE_KEY").as_deref(),
+        Some("tok-apn_Sys1-g1")
+    );
+    assert!(
+        env.logs()
+            .contains("keys of ConnectedAccounts that no longer exist are taken over"),
+        "taken over after the API server's conflict"
     );
 }
 

@@ -12,7 +12,7 @@ use kube::runtime::reflector::Store;
 
 use super::fetch::{Fetcher, Triggers};
 use super::hosts::AllowedHosts;
-use super::targets::{ForeignNames, SecretIndex};
+use super::targets::SecretIndex;
 use crate::crd::{ClusterPipedreamConnection, ConnectedAccount, MANAGER, PipedreamConnection};
 use crate::identity::AccountKey;
 use crate::metrics::{Metrics, QueueStats};
@@ -163,8 +163,6 @@ pub struct Context {
     pub fetcher: Fetcher,
     /// The Secrets the operator writes into, by resourceVersion (fed by the Secret watch).
     pub secrets: SecretIndex,
-    /// Names of Secrets without the watch label, for first writes.
-    pub foreign: ForeignNames,
     namespace_labels: Mutex<HashMap<String, (Timestamp, Option<Labels>)>>,
     /// Shared HTTP client for Pipedream.
     pub http: reqwest::Client,
@@ -209,7 +207,6 @@ impl Context {
             accounts: Mutex::default(),
             fetcher: Fetcher::new(triggers, clock.clone()),
             secrets: SecretIndex::new(&scopes),
-            foreign: ForeignNames::default(),
             namespace_labels: Mutex::default(),
             http,
             reporter,
@@ -303,6 +300,12 @@ impl Context {
             self.fetcher.cache.unwait(key);
         }
         self.fetcher.cache.switch_use(state.uses.as_ref(), None, "");
+    }
+
+    /// Entries held for Secrets, by every structure the Secret watches feed.
+    #[cfg(test)]
+    pub fn secret_entries_held(&self) -> usize {
+        self.secrets.len() + self.credential_watch.len()
     }
 
     /// ConnectedAccount `uid` of namespace `tenant` now uses `key` (or nothing): the answer cache keeps an

@@ -86,6 +86,12 @@ impl CredentialWatch {
         *lock(&self.cluster) = Some(tx);
     }
 
+    /// Secrets whose version is held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        lock(&self.versions).len()
+    }
+
     /// Whether `event` on Secret `key`, which some connection reads, may be a change (and remember its version).
     fn changed(&self, key: (String, String), event: &SecretEvent) -> bool {
         let mut versions = lock(&self.versions);

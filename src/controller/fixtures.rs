@@ -104,22 +104,6 @@ impl MockApi {
         }
         let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, seg.as_slice()) {
-            ("GET", ["api", "v1", "namespaces", ns, "secrets"]) => {
-                // Only the first-write check lists Secrets: those without the watch label.
-                let unlabelled: Vec<Value> = st
-                    .secrets
-                    .iter()
-                    .filter(|((n, _), s)| {
-                        n == ns && s["metadata"]["labels"]["pipedream-secrets.io/managed"] != "true"
-                    })
-                    .map(|(_, s)| json!({"metadata": s["metadata"]}))
-                    .collect();
-                (
-                    200,
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                        "metadata": {"resourceVersion": st.rv.to_string()}, "items": unlabelled}),
-                )
-            }
             ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
                 match st.secrets.get(&(ns.to_string(), name.to_string())) {
                     Some(s) => (200, s.clone()),
@@ -155,6 +139,21 @@ impl MockApi {
                 }
             }
             ("PATCH", ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                        .unwrap_or_default()
+                        .replace("%2F", "/")
+                };
+                let (manager, force) = (param("fieldManager"), param("force") == "true");
+                let key = (ns.to_string(), name.to_string());
+                if let Some(refused) = apply_refused(st.secrets.get(&key), &body, &manager, force) {
+                    return refused;
+                }
+                if !force && let Some(obj) = st.secrets.get_mut(&key) {
+                    record_apply(obj, &body, &manager);
+                }
                 apply_secret(&mut st, ns, name, &body)
             }
             (
@@ -301,25 +300,11 @@ impl MockApi {
     pub fn watch_events(
         &self,
     ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
-        self.listing(true)
-    }
-
-    /// What the credentials watch (Secrets without the watch label) would deliver on a listing now.
-    pub fn foreign_watch_events(
-        &self,
-    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
-        self.listing(false)
-    }
-
-    fn listing(
-        &self,
-        managed: bool,
-    ) -> Vec<kube::runtime::watcher::Event<kube::core::PartialObjectMeta<Secret>>> {
         use kube::runtime::watcher::Event;
         let st = self.0.lock().unwrap();
         let mut out = vec![Event::Init];
         for s in st.secrets.values() {
-            if (s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true") == managed {
+            if s["metadata"]["labels"]["pipedream-secrets.io/managed"] == "true" {
                 let meta = serde_json::from_value(json!({"metadata": s["metadata"]})).unwrap();
                 out.push(Event::InitApply(meta));
             }
@@ -386,6 +371,88 @@ impl MockApi {
     pub fn status_of(&self, name: &str) -> Option<Value> {
         self.0.lock().unwrap().status.get(name).cloned()
     }
+}
+
+/// The managed fields of a stored Secret; one with none has all its data keys owned by `before-first-apply`, as
+/// the API server counts them on the first apply.
+fn entries_of(obj: &Value) -> Vec<Value> {
+    match obj["metadata"]["managedFields"].as_array() {
+        Some(e) if !e.is_empty() => e.clone(),
+        _ => {
+            let keys: serde_json::Map<String, Value> = obj["data"]
+                .as_object()
+                .map(|d| d.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+                .unwrap_or_default();
+            vec![
+                json!({"manager": "before-first-apply", "operation": "Update",
+                "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": keys}}),
+            ]
+        }
+    }
+}
+
+/// Why the API server refuses a Secret apply, if it does: a stale resourceVersion in the body (the object was
+/// modified), or, without force, data keys another field manager owns holding another value (with the
+/// conflicts as the API server lists them in `details.causes`).
+fn apply_refused(
+    stored: Option<&Value>,
+    body: &Value,
+    manager: &str,
+    force: bool,
+) -> Option<(u16, Value)> {
+    let obj = stored?;
+    if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+        && obj["metadata"]["resourceVersion"].as_str() != Some(rv)
+    {
+        let mut st = status_body(409, "Conflict");
+        st["message"] = json!(
+            "Operation cannot be fulfilled on secrets: the object has been modified; please apply your changes to the latest version and try again"
+        );
+        return Some((409, st));
+    }
+    if force {
+        return None;
+    }
+    let mut causes = Vec::new();
+    for (k, v) in body["data"].as_object().into_iter().flatten() {
+        if obj["data"][k] == *v {
+            continue;
+        }
+        for e in entries_of(obj) {
+            let m = e["manager"].as_str().unwrap_or_default();
+            if m != manager && e["fieldsV1"]["f:data"].get(format!("f:{k}")).is_some() {
+                let using = if e["operation"] == "Update" {
+                    " using v1"
+                } else {
+                    ""
+                };
+                causes.push(json!({"reason": "FieldManagerConflict",
+                    "message": format!("conflict with \"{m}\"{using}"), "field": format!(".data.{k}")}));
+            }
+        }
+    }
+    if causes.is_empty() {
+        return None;
+    }
+    let mut st = status_body(409, "Conflict");
+    st["message"] = json!(format!("Apply failed with {} conflicts", causes.len()));
+    st["details"] = json!({"causes": causes});
+    Some((409, st))
+}
+
+/// A non-forced apply: `manager` owns the data keys it sent, beside the other managers (shared where equal).
+fn record_apply(obj: &mut Value, body: &Value, manager: &str) {
+    let mut entries = entries_of(obj);
+    entries.retain(|e| e["manager"] != manager);
+    let keys: serde_json::Map<String, Value> = body["data"]
+        .as_object()
+        .map(|d| d.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+        .unwrap_or_default();
+    entries.push(
+        json!({"manager": manager, "operation": "Apply", "apiVersion": "v1",
+        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": keys}}),
+    );
+    obj["metadata"]["managedFields"] = Value::Array(entries);
 }
 
 /// Server-side apply of a Secret, simplified: our fields replace, keys we stop applying go, others stay.

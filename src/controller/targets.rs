@@ -5,29 +5,20 @@
 //! than a cached object. A pass compares the indexed resourceVersion with the one recorded when the operator last
 //! wrote or read the Secret: equal means the Secret is exactly as written, so the pass needs no read.
 //!
-//! A Secret the operator has never written may still exist and belong to someone else, and a server-side apply
-//! would take it over; so a first write asks [`ForeignNames`] first. It answers from the names the credentials
-//! watch (metadata of the Secrets without the watch label, which the operator runs anyway to follow connection
-//! credentials) has delivered, so a first write costs no request. Before that watch's first listing completes it
-//! lists the names of the namespace's Secrets without the watch label (a metadata list, usually a handful of
-//! names) at most once per [`FOREIGN_NAMES_TTL`], shared by every first write meanwhile.
+//! Nothing is kept of Secrets without the watch label: a Secret the operator has never written is created, and the
+//! API server refuses the create (409) when a Secret of that name exists, so no name needs remembering to keep a
+//! first write from taking someone else's Secret.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
+use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::OnceCell;
 
-use crate::crd::{OWNER_ANNOTATION, WATCH_LABEL};
+use crate::crd::OWNER_ANNOTATION;
 use crate::secret::MERGE_ANNOTATION_PREFIX;
-
-/// A listing of a namespace's foreign Secret names serves first writes for this long.
-pub const FOREIGN_NAMES_TTL: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,11 +72,6 @@ impl Kept for Indexed {
                 .collect(),
         }
     }
-}
-
-/// The name alone.
-impl Kept for () {
-    fn of(_: &PartialObjectMeta<Secret>) -> Self {}
 }
 
 struct IndexState<V> {
@@ -199,83 +185,6 @@ impl<V: Kept> ScopedIndex<V> {
 /// The index has not been filled yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotReady;
-
-struct Listing {
-    taken: tokio::time::Instant,
-    names: OnceCell<Result<HashSet<String>, String>>,
-}
-
-/// Names of the Secrets that do not carry the watch label: as the credentials watch delivered them, or (before
-/// its first listing) listed on demand and shared by every first write within [`FOREIGN_NAMES_TTL`].
-#[derive(Default)]
-pub struct ForeignNames {
-    /// Fed by the credentials watch of each scope.
-    watched: ScopedIndex<()>,
-    listings: Mutex<HashMap<String, Arc<Listing>>>,
-}
-
-impl ForeignNames {
-    /// Apply one event of `scope`'s credentials watch.
-    pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        self.watched.apply(scope, event);
-    }
-
-    /// Whether a Secret named `id.name` exists in `id.namespace` without the watch label. From the watch when it
-    /// has listed its scope; otherwise one metadata list per namespace per [`FOREIGN_NAMES_TTL`], however many
-    /// first writes ask.
-    pub async fn exists(&self, client: &Client, id: &SecretId) -> Result<bool, kube::Error> {
-        if let Ok(found) = self.watched.get(id) {
-            return Ok(found.is_some());
-        }
-        let listing = {
-            let mut map = lock(&self.listings);
-            let now = tokio::time::Instant::now();
-            map.retain(|_, l| now.duration_since(l.taken) < FOREIGN_NAMES_TTL);
-            map.entry(id.namespace.clone())
-                .or_insert_with(|| {
-                    Arc::new(Listing {
-                        taken: now,
-                        names: OnceCell::new(),
-                    })
-                })
-                .clone()
-        };
-        let names = listing
-            .names
-            .get_or_init(|| async {
-                list_foreign(client, &id.namespace)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-        match names {
-            Ok(names) => Ok(names.contains(&id.name)),
-            Err(_) => {
-                // Shared listings keep the error text only; ask again for the caller's own error.
-                lock(&self.listings).remove(&id.namespace);
-                list_foreign(client, &id.namespace)
-                    .await
-                    .map(|n| n.contains(&id.name))
-            }
-        }
-    }
-}
-
-async fn list_foreign(client: &Client, ns: &str) -> Result<HashSet<String>, kube::Error> {
-    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), ns);
-    let mut names = HashSet::new();
-    let mut params = ListParams::default()
-        .labels(&format!("{WATCH_LABEL}!=true"))
-        .limit(500);
-    loop {
-        let page = api.list_metadata(&params).await?;
-        names.extend(page.items.iter().map(ResourceExt::name_any));
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => params = params.continue_token(&c),
-            _ => return Ok(names),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -214,9 +214,6 @@ impl Harness {
         for e in self.api.watch_events() {
             self.ctx.secrets.apply(&None, &e);
         }
-        for e in self.api.foreign_watch_events() {
-            self.ctx.foreign.apply(&None, &e);
-        }
     }
 
     /// Reconcile, feeding the written status back and the Secrets to the index as the watches would; when the
@@ -286,8 +283,6 @@ const PATCH_STATUS: &str =
 const POST_EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/team-a/events";
 const PATCH_CA: &str =
     "PATCH /apis/pipedream-secrets.io/v1alpha1/namespaces/team-a/connectedaccounts/gh";
-/// The first-write check: the names of the namespace's Secrets without the watch label.
-const LIST_FOREIGN: &str = "GET /api/v1/namespaces/team-a/secrets";
 const POST_SECRET: &str = "POST /api/v1/namespaces/team-a/secrets";
 
 fn ready(ca: &ConnectedAccount) -> (String, String, String) {
@@ -305,10 +300,11 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     let mut ca = ca(json!({}));
     let action = h.reconcile(&mut ca).await.unwrap();
     let reqs = h.api.take();
-    // Pass 1 knows from the credentials watch that no one else's Secret holds the name, and asks the connection's
-    // dispatcher (which mints the token); the answer triggers pass 2, which writes with what pass 1 read: the
-    // Secret (created, never applied over a name it has not seen, then its fields handed to server-side apply),
-    // the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs none).
+    // Pass 1 reads nothing (the index does not hold the name: a first write) and asks the connection's dispatcher
+    // (which mints the token); the answer triggers pass 2, which writes with what pass 1 read: the Secret
+    // (created, which the API server refuses if someone else's Secret holds the name; then its fields handed to
+    // server-side apply), the status, one Event. No Secret GET or list, no finalizer (deletionPolicy Delete needs
+    // none).
     assert_eq!(
         lines(&reqs),
         vec![
@@ -390,25 +386,6 @@ async fn first_sync_writes_secret_status_and_event_in_order() {
     );
     assert_eq!(h.pipedream_calls("/oauth/token").await, 1);
     assert_eq!(h.pipedream_calls("/accounts/apn_A1").await, 1);
-}
-
-#[tokio::test]
-async fn before_the_credentials_watch_has_listed_a_first_write_lists_the_foreign_names() {
-    let h = Harness::new().await;
-    // Only the managed Secrets' index is filled; the credentials watch has not listed yet.
-    for e in h.api.watch_events() {
-        h.ctx.secrets.apply(&None, &e);
-    }
-    let ca = ca(json!({}));
-    reconcile(Arc::new(ca.clone()), h.ctx.clone())
-        .await
-        .unwrap();
-    let reqs = h.api.take();
-    assert_eq!(lines(&reqs)[0], LIST_FOREIGN);
-    assert_eq!(
-        reqs[0].query, "&labelSelector=pipedream-secrets.io%2Fmanaged%21%3Dtrue&limit=500",
-        "only Secrets without the watch label"
-    );
 }
 
 #[tokio::test]
@@ -749,8 +726,15 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
     h.reconcile(&mut ca9).await.unwrap();
     assert_eq!(
         lines(&h.api.take()),
-        vec![GET_SECRET, PATCH_STATUS, POST_EVENT],
-        "the credentials watch named the foreign Secret: it is read, then refused"
+        vec![
+            READ_CLIENT_SECRET,
+            POST_SECRET,
+            GET_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ],
+        "the operator keeps no names of Secrets it does not write: the create is refused (409), the Secret read, \
+         and it is someone else's"
     );
     assert_eq!(ready(&ca9).1, "SecretConflict");
     assert_eq!(
@@ -759,9 +743,19 @@ async fn every_ready_reason_is_reachable_and_nothing_is_written_on_failure() {
         "foreign Secret untouched"
     );
     assert_eq!(
-        h.pipedream_calls("/").await,
-        0,
-        "no Pipedream call for a Secret we may not write"
+        h.pipedream_calls("/accounts/").await,
+        1,
+        "one fetch before the API server refused the name"
+    );
+    // The retry reads the Secret: no fetch, no create.
+    h.ctx.clock.advance(Duration::from_secs(3600));
+    h.reconcile(&mut ca9).await.unwrap();
+    assert_eq!(lines(&h.api.take()), vec![GET_SECRET, PATCH_STATUS]);
+    assert_eq!(ready(&ca9).1, "SecretConflict");
+    assert_eq!(
+        h.pipedream_calls("/accounts/").await,
+        1,
+        "no fetch on a retry"
     );
 }
 
@@ -857,6 +851,200 @@ async fn merge_refuses_keys_other_field_managers_own_whichever_shard_writes_them
             assert_eq!(token, TOKEN);
         }
     }
+}
+
+/// Issue 25 (5): Merge decided key ownership from the `f:data` entries of the Secret's managed fields, then
+/// force-applied: a key owned through `stringData` or in a Secret without managed fields was taken. The apply is
+/// no longer forced, and is guarded by the version read; owners are named from that version (`stringData` and
+/// `before-first-apply` included) or by the API server's conflict.
+#[tokio::test]
+async fn merge_applies_without_force_and_a_key_someone_else_owns_is_a_conflict() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    let entry = |manager: &str, operation: &str, fields: Value| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(fields)),
+        ..Default::default()
+    };
+    let merge = json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}});
+    let cases = [
+        // No managed fields: the API server counts their keys as `before-first-apply`'s.
+        (None, "before-first-apply"),
+        // `kubectl create` (stringData or not: an Update records `f:data`).
+        (
+            Some(entry(
+                "kubectl-create",
+                "Update",
+                json!({"f:data": {"f:TOKEN": {}, "f:OTHER": {}}}),
+            )),
+            "kubectl-create",
+        ),
+        // An apply manager's stringData: recorded as `f:stringData`, no conflict on the API server.
+        (
+            Some(entry(
+                "helm",
+                "Apply",
+                json!({"f:stringData": {"f:TOKEN": {}, "f:OTHER": {}}}),
+            )),
+            "helm",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (fields, manager) in cases {
+        let h = Harness::new().await;
+        let mut theirs = Secret::default();
+        theirs.metadata.name = Some("gh".into());
+        theirs.metadata.managed_fields = fields.map(|f| vec![f]);
+        theirs.data = Some(
+            [
+                (
+                    "TOKEN".to_string(),
+                    k8s_openapi::ByteString(b"theirs".to_vec()),
+                ),
+                (
+                    "OTHER".to_string(),
+                    k8s_openapi::ByteString(b"keep".to_vec()),
+                ),
+            ]
+            .into(),
+        );
+        h.api.put_secret("team-a", &theirs);
+        let mut c = ca(merge.clone());
+        h.reconcile(&mut c).await.unwrap();
+        let reqs = h.api.take();
+        let (_, reason, message) = ready(&c);
+        let token = secret_value(&h.api.secret("team-a", "gh").unwrap(), "TOKEN");
+        let forced = reqs
+            .iter()
+            .any(|r| r.line() == PATCH_SECRET && r.query.contains("force=true"));
+        if reason != "SecretConflict"
+            || !message.contains("TOKEN")
+            || !message.contains(manager)
+            || token != "theirs"
+            || forced
+        {
+            wrong.push(format!(
+                "{manager}: {reason} {message:?}, TOKEN {token:?}, forced apply: {forced}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Issue 25 (5): a Merge write is a non-forced apply with the ConnectedAccount's own field manager, guarded by the
+/// resourceVersion the pass read (so what was judged from it is what the API server applies to); a key it wrote
+/// before is its own on the next refresh.
+#[tokio::test]
+async fn merge_writes_are_not_forced_and_carry_the_version_read() {
+    let h = Harness::new().await;
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("gh".into());
+    theirs.data = Some(
+        [(
+            "OTHER".to_string(),
+            k8s_openapi::ByteString(b"keep".to_vec()),
+        )]
+        .into(),
+    );
+    h.api.put_secret("team-a", &theirs);
+    let mut ca = ca(
+        json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    let read = h.api.secret("team-a", "gh").unwrap();
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    let reqs = h.api.take();
+    let apply = reqs.iter().find(|r| r.line() == PATCH_SECRET).unwrap();
+    assert_eq!(apply.query, "&fieldManager=pipedream-secrets.io%2Fuid-gh");
+    assert_eq!(
+        apply.body["metadata"]["resourceVersion"].as_str(),
+        read.metadata.resource_version.as_deref()
+    );
+    // The refresh: its own key, a new value.
+    h.serve_account(account_json(
+        "gho_NEXT",
+        Some(t0() + SignedDuration::from_hours(2)),
+    ))
+    .await;
+    h.advance_to_next_sync(&ca);
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "TOKEN"), "gho_NEXT");
+    assert_eq!(secret_value(&s, "OTHER"), "keep");
+}
+
+/// A Merge apply refused because the Secret changed since it was read (409 without field conflicts) is retried,
+/// not reported as a conflict, and changes nothing.
+#[tokio::test]
+async fn a_merge_apply_the_secret_changed_under_is_retried() {
+    let h = Harness::new().await;
+    let mut theirs = Secret::default();
+    theirs.metadata.name = Some("gh".into());
+    theirs.data = Some(
+        [(
+            "OTHER".to_string(),
+            k8s_openapi::ByteString(b"keep".to_vec()),
+        )]
+        .into(),
+    );
+    h.api.put_secret("team-a", &theirs);
+    let mut ca = ca(
+        json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Retain",
+        "template": {"data": {"TOKEN": "{{ credentials.oauth_access_token }}"}}}}),
+    );
+    h.api.fail("PATCH", "secrets/gh", 409);
+    assert!(matches!(
+        h.reconcile(&mut ca).await,
+        Err(Error::WriteSecret(_))
+    ));
+    assert!(ca.status.is_none(), "no SecretConflict reported");
+    h.api.heal();
+    h.reconcile(&mut ca).await.unwrap();
+    assert_eq!(ready(&ca).1, "SecretSynced");
+}
+
+/// Issue 25 (1): a first write is a create; a 409 that turns out to be this ConnectedAccount's own Secret (written
+/// by a process that stopped before it recorded the write, and not yet seen by this one's watch) is adopted, not
+/// a conflict.
+#[tokio::test]
+async fn a_first_write_adopts_its_own_secret_the_watch_has_not_seen() {
+    let h = Harness::new().await;
+    h.sync_index();
+    let mut ca = ca(json!({}));
+    let mut own = crate::secret::desired_secret(
+        &ca,
+        &[("oauth_access_token".to_string(), b"old".to_vec())].into(),
+        None,
+    );
+    own.metadata.namespace = None;
+    h.api.put_secret("team-a", &own);
+    reconcile(Arc::new(ca.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert!(h.wait_triggered("gh").await);
+    reconcile(Arc::new(ca.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    ca.status = Some(serde_json::from_value(h.api.status_of("gh").unwrap()).unwrap());
+    assert_eq!(ready(&ca).1, "SecretSynced", "{:?}", ready(&ca));
+    assert_eq!(
+        lines(&h.api.take()),
+        vec![
+            READ_CLIENT_SECRET,
+            POST_SECRET,
+            GET_SECRET,
+            PATCH_SECRET,
+            PATCH_STATUS,
+            POST_EVENT
+        ],
+        "created: 409; read: its own; applied"
+    );
+    let s = h.api.secret("team-a", "gh").unwrap();
+    assert_eq!(secret_value(&s, "oauth_access_token"), TOKEN);
 }
 
 #[tokio::test]

@@ -146,11 +146,10 @@ fn foreign_secrets_are_refused_unless_merge() {
     assert!(check_ownership(&mine, &labelled).is_err());
 }
 
-/// Regression (issue 7): every Merge ConnectedAccount applied with the same field manager, so two of them on one
-/// Secret removed each other's keys on alternate passes. Each has its own manager, and a second writer of the
-/// same key is refused while the first still exists.
+/// Regression (issue 7): two ConnectedAccounts merging into one Secret shared the operator's field manager and
+/// removed each other's keys on alternate passes. Each has its own manager.
 #[test]
-fn merge_writers_have_their_own_managers_and_cannot_share_a_key() {
+fn merge_writers_have_their_own_managers() {
     let a = named(
         ca(CreationPolicy::Merge, DeletionPolicy::Retain),
         "a",
@@ -172,52 +171,149 @@ fn merge_writers_have_their_own_managers_and_cannot_share_a_key() {
     );
     target.metadata.annotations = Some([(merge_annotation(&a), "a".to_string())].into());
     assert!(check_ownership(&b, &target).is_ok());
-    let wants = ["B_TOKEN".to_string()];
-    assert!(foreign_key_owners(&b, &target, &wants).is_empty());
-    let clash = ["A_TOKEN".to_string()];
-    let owners = foreign_key_owners(&b, &target, &clash);
-    assert_eq!(
-        owners,
-        vec![(
-            "A_TOKEN".to_string(),
-            KeyOwner::ConnectedAccount {
-                uid: "uid-a".into(),
-                name: Some("a".into())
-            }
-        )]
-    );
-    let c = key_conflict("shared", "A_TOKEN", &owners[0].1, true).unwrap();
-    assert!(
-        c.0.contains("A_TOKEN") && c.0.contains("ConnectedAccount a"),
-        "{c:?}"
-    );
-    assert!(
-        key_conflict("shared", "A_TOKEN", &owners[0].1, false).is_none(),
-        "a deleted writer's keys are free"
-    );
-    assert!(
-        foreign_key_owners(&a, &target, &clash).is_empty(),
-        "its own key"
-    );
+    assert_eq!(merge_writer_name(&target, "uid-a"), Some("a"));
 }
 
-/// Issue 17 (7): Merge force-applied into any Secret it did not control, taking over a key Helm (or any other
-/// field manager) owned, and later removing it. A key another field manager owns is refused.
+/// Issue 25 (5): the API server's refusal of a non-forced apply, exactly as kube-apiserver 1.36 sent it for a
+/// Secret whose keys an apply manager (`helm`) and an Update manager (`kubectl-create`) own, is read from its
+/// structured causes: manager and field of each, keys with dots included.
 #[test]
-fn merge_refuses_a_key_another_field_manager_owns() {
+fn field_conflicts_are_read_from_the_status_causes() {
+    let status: Status = serde_json::from_value(json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Apply failed with 3 conflicts: conflicts with \"helm\":\n- .data.config.json\nconflicts with \"kubectl-create\" using v1:\n- .data.B\n- .data.TOKEN",
+        "reason": "Conflict",
+        "details": {"causes": [
+            {"reason": "FieldManagerConflict", "message": "conflict with \"helm\"", "field": ".data.config.json"},
+            {"reason": "FieldManagerConflict", "message": "conflict with \"kubectl-create\" using v1", "field": ".data.B"},
+            {"reason": "FieldManagerConflict", "message": "conflict with \"kubectl-create\" using v1", "field": ".data.TOKEN"},
+            {"reason": "FieldValueInvalid", "message": "not a conflict", "field": ".data.X"}
+        ]},
+        "code": 409
+    }))
+    .unwrap();
+    let got = field_conflicts(&status).unwrap();
+    let pairs: Vec<(&str, &str, Option<&str>)> = got
+        .iter()
+        .map(|c| (c.manager.as_str(), c.field.as_str(), c.key()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("helm", ".data.config.json", Some("config.json")),
+            ("kubectl-create", ".data.B", Some("B")),
+            ("kubectl-create", ".data.TOKEN", Some("TOKEN")),
+        ]
+    );
+    // A manager name Go quoted with escapes; a field that is not a key.
+    let odd: Status = serde_json::from_value(json!({"code": 409, "reason": "Conflict", "details": {"causes": [
+        {"reason": "FieldManagerConflict", "message": "conflict with \"we\\\"ird\\\\\" with subresource \"status\"",
+         "field": ".metadata.labels.pipedream-secrets.io/managed"}]}}))
+    .unwrap();
+    let c = &field_conflicts(&odd).unwrap()[0];
+    assert_eq!(c.manager, "we\"ird\\");
+    assert_eq!(c.key(), None);
+    // The 409 of a stale resourceVersion names no field owners: not a conflict to report.
+    let stale: Status = serde_json::from_value(json!({"code": 409, "reason": "Conflict",
+        "message": "Operation cannot be fulfilled on secrets \"s8\": the object has been modified; please apply your changes to the latest version and try again",
+        "details": {"name": "s8", "kind": "secrets"}}))
+    .unwrap();
+    assert_eq!(field_conflicts(&stale), None);
+}
+
+/// Issue 25 (5): Merge read key owners from `f:data` only. A key an apply manager wrote through `stringData` is
+/// recorded as `f:stringData` (which the API server does not hold against an apply of the data key), and a
+/// Secret without managed fields had no owners at all (the API server counts its keys as `before-first-apply`'s).
+#[test]
+fn key_owners_include_string_data_and_secrets_without_managed_fields() {
     let m = named(
         ca(CreationPolicy::Merge, DeletionPolicy::Retain),
         "m",
         "uid-m",
     );
-    let target = secret(&[("token", "helm's")], vec![owns("helm", &["token"])]);
-    let owners = foreign_key_owners(&m, &target, &["token".to_string(), "other".to_string()]);
-    assert_eq!(
-        owners,
-        vec![("token".to_string(), KeyOwner::Manager("helm".into()))]
+    let mut target = secret(
+        &[("SSA_KEY", "from-helm"), ("CREATED", "x"), ("MINE", "y")],
+        vec![],
     );
-    let c = key_conflict("s", "token", &owners[0].1, true).unwrap();
-    assert!(c.0.contains("field manager helm"), "{c:?}");
+    target.metadata.managed_fields = Some(vec![
+        ManagedFieldsEntry {
+            manager: Some("helm".into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(json!({"f:stringData": {"f:SSA_KEY": {}}}))),
+            ..Default::default()
+        },
+        owns("kubectl-create", &["CREATED"]),
+        owns("pipedream-secrets.io/uid-m", &["MINE"]),
+    ]);
+    let keys: Vec<String> = ["SSA_KEY", "CREATED", "MINE", "NEW"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let got: Vec<(String, String)> = key_owners(&m, &target, &keys)
+        .into_iter()
+        .map(|c| (c.manager, c.field))
+        .collect();
+    let pair = |m: &str, f: &str| (m.to_string(), f.to_string());
+    assert_eq!(
+        got,
+        [
+            pair("helm", ".stringData.SSA_KEY"),
+            pair("kubectl-create", ".data.CREATED")
+        ],
+        "its own key and a new one are free"
+    );
+    target.metadata.managed_fields = None;
+    let got: Vec<(String, String)> = key_owners(&m, &target, &keys)
+        .into_iter()
+        .map(|c| (c.manager, c.field))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            pair("before-first-apply", ".data.SSA_KEY"),
+            pair("before-first-apply", ".data.CREATED"),
+            pair("before-first-apply", ".data.MINE"),
+        ]
+    );
+}
+
+/// A refused Merge names every key by its owner: a ConnectedAccount by its name, other managers by theirs.
+#[test]
+fn a_merge_conflict_names_each_key_and_its_owner() {
+    let mut target = secret(&[], vec![]);
+    target.metadata.annotations = Some(
+        [(
+            format!("{MERGE_ANNOTATION_PREFIX}uid-a"),
+            "first".to_string(),
+        )]
+        .into(),
+    );
+    let c = |manager: &str, field: &str| FieldConflict {
+        manager: manager.into(),
+        field: field.into(),
+    };
+    let m = merge_conflict(
+        Some(&target),
+        "shared",
+        &[
+            c("pipedream-secrets.io/uid-a", ".data.TOKEN"),
+            c("kubectl-create", ".data.A"),
+            c("kubectl-create", ".data.B"),
+            c("before-first-apply", ".data.OLD"),
+            c("helm", ".stringData.S"),
+            c("helm", ".metadata.labels.x"),
+        ],
+    )
+    .0;
+    for part in [
+        "Secret shared:",
+        "key TOKEN already written by ConnectedAccount first",
+        "keys A, B owned by field manager kubectl-create",
+        "key OLD owned by field manager before-first-apply (the Secret had no field owners recorded",
+        "keys S (stringData), field .metadata.labels.x owned by field manager helm",
+    ] {
+        assert!(m.contains(part), "{part:?} in {m}");
+    }
 }
 
 /// Regression (issue 7): Merge force-applied `app.kubernetes.io/managed-by`, replacing the owner's value; when

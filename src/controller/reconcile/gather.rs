@@ -138,9 +138,15 @@ pub(super) async fn gather(
     })
 }
 
+/// Ready is False with `SecretConflict`: the name was found taken.
+fn refused_as_taken(status: &ConnectedAccountStatus) -> bool {
+    ready_of(&status.conditions)
+        .is_some_and(|(s, r)| s == "False" && r == crate::reason::Reason::SecretConflict.as_str())
+}
+
 /// The target Secret as the pass sees it: (facts, the Secret if read, whether it exists). Read only when the index
 /// cannot say: another resourceVersion than recorded, another writer, a spec change (the Secret's type matters),
-/// a Merge target, or a name the index does not hold but someone else's Secret might.
+/// a Merge target, or a name found taken before.
 async fn secret_facts(
     ca: &ConnectedAccount,
     ctx: &Context,
@@ -171,17 +177,11 @@ async fn secret_facts(
         }
         // This process wrote it and the index has not seen it (yet, or any more): read it.
         Ok(None) if !merge && mem.secret_version.is_some() => {}
-        Ok(None) if !merge => {
-            // Not among the Secrets the operator writes into: someone else may hold the name.
-            let foreign = ctx
-                .foreign
-                .exists(&ctx.client, &id)
-                .await
-                .map_err(Error::ReadSecret)?;
-            if !foreign {
-                return Ok((unseen, None, false));
-            }
-        }
+        // Refused before as someone else's: read it, so a retry costs a read, not a fetch and a create.
+        Ok(None) if !merge && refused_as_taken(status) => {}
+        // Not among the Secrets the operator writes into: a first write creates it, and the API server refuses
+        // the create if someone else's Secret holds the name.
+        Ok(None) if !merge => return Ok((unseen, None, false)),
         Ok(_) | Err(NotReady) => {}
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);

@@ -94,7 +94,7 @@ pub(super) async fn write(
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
-    let found = match refuse(ca, ctx, &api, known, read.as_ref(), &built).await? {
+    let found = match refuse(ca, ctx, known, read.as_ref(), &built).await? {
         Verdict::Refused(f) => return Ok(Outcome::Failed(f)),
         Verdict::Found => true,
         Verdict::Absent => false,
@@ -112,9 +112,15 @@ pub(super) async fn write(
         let indexed_before = ctx.secrets.get(&id).map(|e| e.map(|e| e.resource_version));
         // A Secret the operator has not seen is created, never applied: a Secret of that name created meanwhile
         // (after the operator's watch last saw the namespace) is refused by the API server, not adopted.
-        let create = !found && ca.spec.target.creation_policy != CreationPolicy::Merge;
+        let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
+        let create = !found && !merge;
         let applied = if create {
             create_secret(ca, &api, &manager, &built.secret).await
+        } else if merge {
+            match merge_secret(ca, ctx, &api, &manager, &built.secret, read.as_ref()).await? {
+                Merged::Written(w) => *w,
+                Merged::Refused(f) => return Ok(Outcome::Failed(f)),
+            }
         } else {
             apply_secret(&api, &manager, &built.secret).await
         };
@@ -225,6 +231,61 @@ enum Verdict {
     Absent,
 }
 
+/// What a Merge apply came to.
+enum Merged {
+    /// The API server's answer to the apply (a 409 without field conflicts included: the Secret changed since it
+    /// was read, and the next pass reads it again).
+    Written(Box<Result<Secret, kube::Error>>),
+    /// Keys someone else owns.
+    Refused(SyncFailure),
+}
+
+/// A Merge write: a server-side apply with this ConnectedAccount's own field manager, not forced, so the API server
+/// refuses it when another field manager owns one of its keys (an apply or Update manager, or
+/// `before-first-apply` for a Secret that had no managed fields), and guarded by the resourceVersion the pass read
+/// (what was judged from the Secret is what the API server applies to). A conflict is `SecretConflict` naming the
+/// owners; only keys whose owners are all ConnectedAccounts that no longer exist are taken over, by a forced
+/// apply under the same guard, so it takes exactly the fields the API server named.
+async fn merge_secret(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    api: &Api<Secret>,
+    manager: &str,
+    desired: &Secret,
+    read: Option<&Secret>,
+) -> Result<Merged, Error> {
+    let name = ca.secret_name();
+    let mut body = desired.clone();
+    body.metadata.resource_version = read.and_then(|r| r.metadata.resource_version.clone());
+    let params = PatchParams::apply(manager);
+    let status = match api.patch(&name, &params, &Patch::Apply(&body)).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => s,
+        other => return Ok(Merged::Written(Box::new(other))),
+    };
+    let Some(conflicts) = secret::field_conflicts(&status) else {
+        return Ok(Merged::Written(Box::new(Err(kube::Error::Api(status)))));
+    };
+    let ns = ca.namespace().unwrap_or_default();
+    let mut live = Vec::new();
+    for c in conflicts {
+        if read.is_none() || !ca_writer_gone(ctx, &ns, &c, read).await? {
+            live.push(c);
+        }
+    }
+    if !live.is_empty() {
+        let c = secret::merge_conflict(read, &name, &live);
+        return Ok(Merged::Refused(SyncFailure::new(
+            Reason::SecretConflict,
+            c.0,
+        )));
+    }
+    debug!(secret = %name, "keys of ConnectedAccounts that no longer exist are taken over");
+    let forced = api
+        .patch(&name, &params.force(), &Patch::Apply(&body))
+        .await;
+    Ok(Merged::Written(Box::new(forced)))
+}
+
 /// Server-side apply of the Secret (this ConnectedAccount's fields, forced over other managers').
 async fn apply_secret(
     api: &Api<Secret>,
@@ -282,31 +343,18 @@ async fn create_secret(
     }
 }
 
-/// Why the built Secret must not be applied, if so: a first write into a name someone else's Secret holds, a type
-/// change, or a Merge key another ConnectedAccount writes. Otherwise whether a Secret of that name was seen.
+/// Why the built Secret must not be applied, if so: a Secret read that belongs to someone else, a type change, or a Merge key someone else owns in the Secret as read (the Merge apply is guarded by its
+/// resourceVersion, and the API server refuses what this misses). Otherwise whether a Secret of that name was seen.
 async fn refuse(
     ca: &ConnectedAccount,
     ctx: &Context,
-    api: &Api<Secret>,
     known: &Known,
     read: Option<&Secret>,
     built: &Built,
 ) -> Result<Verdict, Error> {
     let name = ca.secret_name();
-    let mut existing = read.cloned();
-    if existing.is_none() && !known.exists {
-        // Not among the Secrets the operator writes into: does someone else have one of that name?
-        let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
-        if ctx
-            .foreign
-            .exists(&ctx.client, &id)
-            .await
-            .map_err(Error::ReadSecret)?
-        {
-            existing = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
-        }
-    }
-    let Some(e) = existing else {
+    // Not read: a first write creates it (the API server refuses the create if someone else's Secret has the name).
+    let Some(e) = read else {
         // Known to exist (in the index) but not read: it is there.
         return Ok(if known.exists {
             Verdict::Found
@@ -320,34 +368,41 @@ async fn refuse(
             m,
         )))
     };
-    if let Err(c) = check_ownership(ca, &e) {
+    if let Err(c) = check_ownership(ca, e) {
         return conflict(format!("spec.target.name: {}", c.0));
     }
-    if let Some(m) = secret::type_conflict(&e, &built.secret) {
+    if let Some(m) = secret::type_conflict(e, &built.secret) {
         return Ok(Verdict::Refused(SyncFailure::new(Reason::InvalidSpec, m)));
     }
     if ca.spec.target.creation_policy == CreationPolicy::Merge
         && let Some(data) = built.secret.data.as_ref()
     {
-        for (key, owner) in secret::foreign_key_owners(ca, &e, data.keys()) {
-            let exists = match &owner {
-                secret::KeyOwner::ConnectedAccount { uid, name } => {
-                    writer_exists(
-                        ctx,
-                        &ca.namespace().unwrap_or_default(),
-                        uid,
-                        name.as_deref(),
-                    )
-                    .await?
-                }
-                secret::KeyOwner::Manager(_) => true,
-            };
-            if let Some(c) = secret::key_conflict(&name, &key, &owner, exists) {
-                return conflict(c.0);
+        let ns = ca.namespace().unwrap_or_default();
+        let mut owned = Vec::new();
+        for c in secret::key_owners(ca, e, data.keys()) {
+            if !ca_writer_gone(ctx, &ns, &c, Some(e)).await? {
+                owned.push(c);
             }
+        }
+        if !owned.is_empty() {
+            return conflict(secret::merge_conflict(Some(e), &name, &owned).0);
         }
     }
     Ok(Verdict::Found)
+}
+
+/// Whether `c`'s owner is the field manager of a Merge ConnectedAccount that no longer exists (its keys are free).
+async fn ca_writer_gone(
+    ctx: &Context,
+    namespace: &str,
+    c: &secret::FieldConflict,
+    existing: Option<&Secret>,
+) -> Result<bool, Error> {
+    let Some(uid) = c.manager.strip_prefix(secret::MERGE_MANAGER_PREFIX) else {
+        return Ok(false);
+    };
+    let name = existing.and_then(|e| secret::merge_writer_name(e, uid));
+    Ok(!writer_exists(ctx, namespace, uid, name).await?)
 }
 
 /// Whether the ConnectedAccount `uid` (named `name` by the Secret's annotation) still exists: asked of the API

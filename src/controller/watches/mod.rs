@@ -10,6 +10,8 @@ use tracing::info;
 
 mod controllers;
 mod stores;
+#[cfg(test)]
+mod tests;
 
 use super::context::{Clock, Context, Settings};
 use super::fetch::Triggers;

@@ -178,8 +178,8 @@ pub(super) fn secret_watch(
 }
 
 /// The credentials watch of each scope: metadata of the Secrets the operator does not manage, without a store;
-/// each event is looked up against the connections (see `credentials`), and their names kept for first writes
-/// (see `targets::ForeignNames`).
+/// each event is looked up against the connections (see `credentials`), which keep the version of a Secret only
+/// while a connection reads it. Nothing is kept of the others.
 pub(super) fn credentials_watch(
     client: &Client,
     scopes: &[Scope],
@@ -193,14 +193,10 @@ pub(super) fn credentials_watch(
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let (on_ctx, scope) = (on_ctx.clone(), scope.clone());
+        let on_ctx = on_ctx.clone();
         let fut = watcher(api, list.clone().labels(&format!("{WATCH_LABEL}!=true")))
             .default_backoff()
             .for_each(move |r| {
-                // The names also tell first writes whether someone else's Secret holds a name.
-                if let Ok(e) = &r {
-                    on_ctx(&|ctx| ctx.foreign.apply(&scope, e));
-                }
                 let seen = |m: &PartialObjectMeta<Secret>, e: SecretEvent| {
                     let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
                     on_ctx(&|ctx| ctx.credentials_secret_event(&ns, &name, e.clone()));

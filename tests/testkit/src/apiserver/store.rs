@@ -24,8 +24,10 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human message.
     pub message: String,
-    /// Field causes (for `Invalid`).
+    /// Field causes (for `Invalid`), as (field, message).
     pub causes: Vec<(String, String)>,
+    /// The causes' reason (`FieldValueInvalid` unless set: `FieldManagerConflict` for a refused apply).
+    pub cause_reason: Option<&'static str>,
     /// (group, kind, name) of the object concerned.
     pub details: Option<Box<(String, String, String)>>,
 }
@@ -38,6 +40,7 @@ impl ApiError {
             reason,
             message: message.into(),
             causes: vec![],
+            cause_reason: None,
             details: None,
         }
     }
@@ -54,7 +57,7 @@ impl ApiError {
 
     /// `metav1.Status` JSON.
     pub fn status(&self) -> Value {
-        let mut details = json!({"causes": self.causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": "FieldValueInvalid"})).collect::<Vec<_>>()});
+        let mut details = json!({"causes": self.causes.iter().map(|(f, m)| json!({"field": f, "message": m, "reason": self.cause_reason.unwrap_or("FieldValueInvalid")})).collect::<Vec<_>>()});
         if let Some(d) = &self.details {
             let (group, kind, name) = &**d;
             if !group.is_empty() {
@@ -547,7 +550,23 @@ impl Store {
             }
             return out;
         };
+        // A resourceVersion in the applied object is a precondition.
+        if let Some(rv) = applied["metadata"]["resourceVersion"].as_str()
+            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    kind.resource_name()
+                ),
+            )
+            .about(kind, &name));
+        }
         let existing = leaf_values(&old, status);
+        let ops = self.manager_ops.get(&key).cloned().unwrap_or_default();
+        let api_version = kind.api_version();
         let owners = self.managed.entry(key.clone()).or_default();
         let mut conflicts = Vec::new();
         for (p, v) in &applied_leaves {
@@ -561,7 +580,15 @@ impl Store {
                             v
                         );
                     }
-                    conflicts.push((p.join("."), format!("conflict with \"{mgr}\"")));
+                    // As the API server prints a manager: ` using <apiVersion>` for an Update entry.
+                    let using = match ops.get(mgr) {
+                        Some(("Update", _)) => format!(" using {api_version}"),
+                        _ => String::new(),
+                    };
+                    conflicts.push((
+                        format!(".{}", p.join(".")),
+                        format!("conflict with \"{mgr}\"{using}"),
+                    ));
                 }
             }
         }
@@ -574,12 +601,13 @@ impl Store {
                     conflicts.len(),
                     conflicts
                         .iter()
-                        .map(|(p, m)| format!("{m}: .{p}"))
+                        .map(|(p, m)| format!("{m}: {p}"))
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
             );
             e.causes = conflicts;
+            e.cause_reason = Some("FieldManagerConflict");
             return Err(e);
         }
         let mine: BTreeSet<Vec<String>> = owners.get(manager).cloned().unwrap_or_default();
