@@ -58,7 +58,9 @@ pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
     ready_of(old) != ready_of(new)
 }
 
-/// Server-side apply of `status` to object `name` (as the operator's one field manager).
+/// Server-side apply of `status` to object `name` (as the operator's one field manager). The API server answers
+/// with the whole object, which a tenant can fill up to the 1.5 MiB object limit (labels, annotations): the answer
+/// is read and dropped as it streams in, never parsed, so concurrent status writes cost no memory.
 pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -69,13 +71,19 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| ())
+    let request = kube::core::Request::new(api.resource_url())
+        .patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    let mut answer = api.clone().into_client().request_stream(request).await?;
+    futures::io::copy(&mut answer, &mut futures::io::sink())
+        .await
+        .map_err(kube::Error::ReadEvents)?;
+    Ok(())
 }
 
 /// Publish an Event about `obj`; a failure is logged, never fatal.

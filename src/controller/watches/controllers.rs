@@ -233,7 +233,12 @@ where
         .reflect(writer)
         .applied_objects();
     Controller::for_stream(objects, store)
+        .with_config(controller::Config::default().concurrency(CONNECTION_CONCURRENCY))
 }
+
+/// Connection checks in flight at once: a tenant's hundred connections must not put a hundred status writes (each
+/// of an object up to 1.5 MiB) before the API server at once.
+const CONNECTION_CONCURRENCY: u16 = 4;
 
 /// The ConnectedAccounts a Secret event concerns: named by its owner annotation, its Merge annotations, or its
 /// controller ownerReference. Works for Secrets without an ownerReference (Retain, Orphan, Merge).
