@@ -260,6 +260,13 @@ async fn a_hostile_tenant_cannot_read_poison_starve_or_crash_the_operator() {
     assert_eq!(reason("apn-endless1").await, "False/UpstreamError");
     assert_eq!(reason("apn-limited1").await, "False/RateLimited");
     assert_eq!(reason("apn-huge1").await, "True/SecretSynced");
+    // Year 9000 is not believed (issue 25): no expiry, checked every refresh.interval, and logged.
+    let huge = env.ca_in("team-b", "apn-huge1").await.unwrap();
+    assert!(huge["status"]["expiresAt"].is_null(), "{huge}");
+    assert!(
+        env.logs()
+            .contains("is more than a year ahead and is not believed")
+    );
     assert_eq!(reason("apn-absurd1").await, "False/UpstreamError");
     assert_eq!(reason("ssrf").await, "False/ConnectionNotReady");
     assert_eq!(reason("bomb").await, "False/InvalidSpec");

@@ -179,6 +179,9 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
     let id = &i.ca.spec.account_id;
     let credentials = plan::judge(account, id, i.admission, &i.connection.to_string())?.clone();
     let timing = plan::timing(i.answer)?;
+    if let Some(e) = timing.ignored_expiry {
+        warn!(account = %id, expires_at = %e, "Pipedream's expires_at is more than a year ahead and is not believed: the credentials are checked every spec.refresh.interval");
+    }
     if timing.observed.expires_at.is_some_and(|e| e <= i.now) {
         let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter);
         return Err(plan::expired_answer(id, timing.expires_at, next, i.now));

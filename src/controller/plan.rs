@@ -301,6 +301,8 @@ pub struct Timing {
     pub observed: Observed,
     /// For status and the Secret annotation.
     pub expires_at: Option<Timestamp>,
+    /// An `expires_at` too far ahead to believe (see [`MAX_BELIEVED_LIFETIME`]), treated as none.
+    pub ignored_expiry: Option<Timestamp>,
 }
 
 /// An `expires_at` further ahead than this is not believed (see [`timing`]).
@@ -321,23 +323,21 @@ pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
         }
     };
     let account = &c.fetched.account;
-    let expires = parse("expires_at", &account.expires_at)?;
+    let mut expires = parse("expires_at", &account.expires_at)?;
     let refresh = parse("next_refresh_at", &account.next_refresh_at)?;
-    // A token that lives for years is no token Pipedream issues (it refreshes OAuth tokens within hours): an
-    // answer that says so is malformed, as an absurd `expires_in` of a Pipedream token is.
+    // A token that lives for years is no token Pipedream refreshes (it refreshes OAuth tokens within hours), and
+    // believing it would put the next check off to the daily maximum whatever the token really does. It is taken
+    // as no expiry: checked every `spec.refresh.interval`, and logged (see `build::secret`).
     let horizon = schedule::add(c.at, MAX_BELIEVED_LIFETIME);
-    if let Some(e) = expires.filter(|e| *e > horizon) {
-        return Err(SyncFailure::new(
-            Reason::UpstreamError,
-            format!(
-                "Pipedream returned an expires_at more than a year ahead ({e}); the Secret keeps what it holds"
-            ),
-        ));
+    let ignored_expiry = expires.filter(|e| *e > horizon);
+    if ignored_expiry.is_some() {
+        expires = None;
     }
     let server = c.fetched.server_time;
     Ok(Timing {
         observed: schedule::observe(expires, refresh, server, c.at, c.fetched.round_trip),
         expires_at: expires.map(|e| schedule::display_time(e, server, c.at)),
+        ignored_expiry,
     })
 }
 

@@ -212,19 +212,16 @@ fn access_denied_names_only_the_account_id_and_the_rule_kinds() {
     assert!(!other.message.contains("apn_A1"), "{}", other.message);
 }
 
-/// Issue 25 (10): an `expires_at` in year 9999 was taken as it came (a Secret "valid" for eight thousand years,
-/// checked daily); it is a malformed answer now, as an absurd token lifetime is. Within a year it is believed.
+/// Issue 25 (10): an `expires_at` in year 9000 was believed as it came, putting the next check off to the daily
+/// maximum whatever the token really did. It is taken as no expiry now (checked every `refresh.interval`), and
+/// reported; within a year it is believed.
 #[test]
-fn an_expiry_years_ahead_is_a_malformed_answer() {
-    let far = timing(&answer("9000-01-01T00:00:00Z"))
-        .err()
-        .expect("refused");
-    assert_eq!(far.reason, Reason::UpstreamError);
-    assert!(
-        far.message.contains("more than a year ahead"),
-        "{}",
-        far.message
-    );
+fn an_expiry_years_ahead_is_taken_as_none() {
+    let far = timing(&answer("9000-01-01T00:00:00Z")).expect("still usable");
+    assert_eq!(far.expires_at, None);
+    assert_eq!(far.observed.expires_at, None);
+    assert_eq!(far.ignored_expiry, Some(ts("9000-01-01T00:00:00Z")));
     let t = timing(&answer("2027-11-01T00:00:00Z")).expect("believed");
     assert_eq!(t.expires_at, Some(ts("2027-11-01T00:00:00Z")));
+    assert_eq!(t.ignored_expiry, None);
 }
