@@ -107,6 +107,14 @@ async fn workload(env: &Env, kind: &str, name: &str, replicas: u32, template: Va
     let selector = json!({"matchLabels": {"app": name}});
     let spec = match kind {
         "DaemonSet" => json!({"selector": selector, "template": template}),
+        // The hollow node never starts a container with a `subPath` mount (its pods stay Pending, though Ready),
+        // and an OrderedReady StatefulSet waits for each new pod to run before it goes on: roll such consumers in
+        // parallel, one unavailable pod at a time, as a StatefulSet on a real kubelet would roll them in order.
+        "StatefulSet" if template["metadata"]["labels"][READS_LABEL] == "at-mount" => {
+            json!({"selector": selector, "template": template, "serviceName": name, "replicas": replicas,
+                   "podManagementPolicy": "Parallel",
+                   "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}})
+        }
         "StatefulSet" => json!({"selector": selector, "template": template,
                                 "serviceName": name, "replicas": replicas}),
         _ => json!({"selector": selector, "template": template, "replicas": replicas}),
@@ -130,6 +138,14 @@ async fn wait_rolled_out(env: &Env, kind: &str, name: &str, secs: u64) {
             "DaemonSet" => {
                 st["desiredNumberScheduled"].as_u64().unwrap_or(0) > 0
                     && st["numberReady"] == st["desiredNumberScheduled"]
+            }
+            // Its pods never run on the hollow node (see `workload`): all on the new revision is rolled out.
+            "StatefulSet"
+                if w["spec"]["template"]["metadata"]["labels"][READS_LABEL] == "at-mount" =>
+            {
+                let want = w["spec"]["replicas"].as_u64().unwrap_or(1);
+                st["observedGeneration"] == w["metadata"]["generation"]
+                    && st["updatedReplicas"].as_u64() == Some(want)
             }
             _ => {
                 let want = w["spec"]["replicas"].as_u64().unwrap_or(1);

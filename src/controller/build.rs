@@ -55,6 +55,18 @@ pub struct Built {
     pub account: AccountSummary,
     /// The answer's expiry and refresh time, on the local clock (conservative).
     pub observed: Observed,
+    /// How long before expiry Pipedream refreshes (see [`plan::Timing::announced_lead`]).
+    pub announced_lead: Option<std::time::Duration>,
+}
+
+impl Built {
+    /// Pipedream's refresh lead, while that refresh is still ahead at `now`.
+    pub fn upcoming_lead(&self, now: Timestamp) -> Option<std::time::Duration> {
+        self.observed
+            .next_refresh_at
+            .filter(|r| *r > now)
+            .and(self.announced_lead)
+    }
 }
 
 /// Whether pods get new credentials in time: what the `PodsAtRisk` condition says.
@@ -81,14 +93,15 @@ pub const IN_TIME: &str = "InTime";
 pub const WRITE_ALLOWANCE: std::time::Duration =
     schedule::AFTER_REFRESH_DELAY.saturating_add(schedule::SKEW_TOLERANCE);
 
-/// Whether pods get credentials in time after a pass at `now` that holds an answer `observed` and, when
-/// `replaced` is set, writes it in place of credentials expiring then: Pipedream's next refresh
-/// (`next_refresh_at`) must come at least the propagation time before the new credentials expire, and the write
+/// Whether pods get credentials in time after a pass at `now` that holds an answer whose next refresh by Pipedream,
+/// still ahead, comes `announced` before its expiry and, when `replaced` is set, writes it in place of credentials
+/// expiring then: Pipedream's next refresh must come at least the propagation time before the new credentials
+/// expire, and the write
 /// at least that long before the replaced ones do, less [`WRITE_ALLOWANCE`] (the schedule's own wait after
 /// Pipedream's refresh, which the propagation time's default counts in). Pure.
 pub fn pod_risk(
     policy: Policy,
-    observed: Observed,
+    announced: Option<std::time::Duration>,
     now: Timestamp,
     replaced: Option<Timestamp>,
 ) -> PodRisk {
@@ -118,10 +131,6 @@ pub fn pod_risk(
             lead,
         };
     }
-    let announced = match (observed.expires_at, observed.next_refresh_at) {
-        (Some(e), Some(r)) if r > now => Some(schedule::between(r, e)),
-        _ => None,
-    };
     if let Some(a) = announced.filter(|a| *a < p) {
         return PodRisk {
             at_risk: true,
@@ -256,6 +265,7 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
             dead: account.dead,
         },
         observed: timing.observed,
+        announced_lead: timing.announced_lead,
     })
 }
 
@@ -540,11 +550,9 @@ mod tests {
         propagation: schedule::DEFAULT_PROPAGATION,
     };
 
-    fn observed(e: &str, r: Option<&str>) -> Observed {
-        Observed {
-            expires_at: Some(ts(e)),
-            next_refresh_at: r.map(ts),
-        }
+    /// Pipedream's lead when it refreshes at `r` what expires at `e`.
+    fn announced(e: &str, r: &str) -> Option<Duration> {
+        Some(schedule::between(ts(r), ts(e)))
     }
 
     /// Issue 24: a Pipedream that refreshes later than the propagation time before expiry was accepted
@@ -555,7 +563,7 @@ mod tests {
         // Announced: Pipedream refreshes 30 s before expiry.
         let r = pod_risk(
             P,
-            observed("2026-11-22T09:02:00Z", Some("2026-11-22T09:01:30Z")),
+            announced("2026-11-22T09:02:00Z", "2026-11-22T09:01:30Z"),
             now,
             None,
         );
@@ -568,7 +576,7 @@ mod tests {
         // Observed: this write replaces credentials that expire in 40 s.
         let r = pod_risk(
             P,
-            observed("2026-11-22T10:00:00Z", Some("2026-11-22T09:55:00Z")),
+            announced("2026-11-22T10:00:00Z", "2026-11-22T09:55:00Z"),
             now,
             Some(ts("2026-11-22T09:00:40Z")),
         );
@@ -580,14 +588,14 @@ mod tests {
         // In time on both counts.
         let r = pod_risk(
             P,
-            observed("2026-11-22T10:00:00Z", Some("2026-11-22T09:55:00Z")),
+            announced("2026-11-22T10:00:00Z", "2026-11-22T09:55:00Z"),
             now,
             Some(ts("2026-11-22T09:05:00Z")),
         );
         assert!(!r.at_risk, "{r:?}");
         // Pipedream refreshed exactly the propagation time (100 s) before the old credentials expire and the
         // schedule fetched its 5 s later, plus a moment on the wire: in time (this was reported as a risk).
-        let fresh = observed("2026-11-22T09:03:00Z", Some("2026-11-22T09:01:20Z"));
+        let fresh = announced("2026-11-22T09:03:00Z", "2026-11-22T09:01:20Z");
         let r = pod_risk(P, fresh, now, Some(ts("2026-11-22T09:01:34.6Z")));
         assert!(!r.at_risk, "{r:?}");
         // Later than the schedule's own wait allows: a risk.
@@ -603,7 +611,7 @@ mod tests {
         };
         let r = pod_risk(
             api,
-            observed("2026-11-22T09:02:00Z", Some("2026-11-22T09:01:59Z")),
+            announced("2026-11-22T09:02:00Z", "2026-11-22T09:01:59Z"),
             now,
             None,
         );

@@ -303,6 +303,9 @@ pub struct Timing {
     pub expires_at: Option<Timestamp>,
     /// An `expires_at` too far ahead to believe (see [`MAX_BELIEVED_LIFETIME`]), treated as none.
     pub ignored_expiry: Option<Timestamp>,
+    /// How long before expiry Pipedream refreshes (`expires_at − next_refresh_at`, both Pipedream's, so exact
+    /// whatever the clocks: the conservative `observed` pair understates it by the skew correction's margin).
+    pub announced_lead: Option<std::time::Duration>,
 }
 
 /// An `expires_at` further ahead than this is not believed (see [`timing`]).
@@ -334,10 +337,15 @@ pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
         expires = None;
     }
     let server = c.fetched.server_time;
+    let announced_lead = match (expires, refresh) {
+        (Some(e), Some(r)) if r < e => Some(schedule::between(r, e)),
+        _ => None,
+    };
     Ok(Timing {
         observed: schedule::observe(expires, refresh, server, c.at, c.fetched.round_trip),
         expires_at: expires.map(|e| schedule::display_time(e, server, c.at)),
         ignored_expiry,
+        announced_lead,
     })
 }
 

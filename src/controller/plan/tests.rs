@@ -225,3 +225,22 @@ fn an_expiry_years_ahead_is_taken_as_none() {
     assert_eq!(t.expires_at, Some(ts("2027-11-01T00:00:00Z")));
     assert_eq!(t.ignored_expiry, None);
 }
+
+/// Issue 24: Pipedream's refresh lead is its own `expires_at − next_refresh_at`. The conservative pair the schedule
+/// uses understates it by the skew correction's margin (1 s plus the round trip): a Pipedream refreshing exactly
+/// the propagation time ahead was reported as refreshing 98 s ahead, a risk for pods.
+#[test]
+fn pipedreams_refresh_lead_is_exact_whatever_the_skew_correction() {
+    let mut a = answer("2026-11-22T09:03:00Z");
+    let fetched = std::sync::Arc::make_mut(&mut a.fetched);
+    fetched.account.next_refresh_at = Some("2026-11-22T09:01:20Z".into());
+    fetched.server_time = Some(ts("2026-11-22T09:00:07Z"));
+    fetched.round_trip = Duration::from_millis(900);
+    let t = timing(&a).unwrap();
+    assert_eq!(t.announced_lead, Some(Duration::from_secs(100)));
+    let (e, r) = (
+        t.observed.expires_at.unwrap(),
+        t.observed.next_refresh_at.unwrap(),
+    );
+    assert!(crate::schedule::between(r, e) < Duration::from_secs(99));
+}

@@ -183,7 +183,8 @@ pub(super) async fn write(
     let replaced = (st.data_hash.as_deref() != Some(built.hash.as_str()))
         .then(|| st.expires_at.as_deref().and_then(schedule::parse_ts))
         .flatten();
-    let pod_risk = build::pod_risk(validated.policy, built.observed, known.facts.now, replaced);
+    let now = known.facts.now;
+    let pod_risk = build::pod_risk(validated.policy, built.upcoming_lead(now), now, replaced);
     Ok(Outcome::Synced(Box::new(Synced {
         secret_name: name,
         connection: Some(conn.key().id.status_ref()),
