@@ -125,6 +125,16 @@ def test_values_match_the_schema(name):
         chart.validate_schema(values(name))
 
 
+def test_a_parent_charts_global_values_are_accepted():
+    # Issue 27 (5): the strict schema refused Helm's `global`, which every parent chart passes to its subcharts,
+    # so the chart failed as a dependency of an umbrella chart.
+    shared = {"global": {"imageRegistry": "registry.example.com", "imagePullSecrets": [{"name": "pull"}],
+                         "anything": {"nested": True}}}
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(shared)
+    assert render(shared) == render({}), "global changes nothing this chart renders"
+
+
 def test_schema_rejects_bad_values():
     with helm.Chart.load(str(CHART)) as chart:
         for bad in [{"replicaCount": 0}, {"logging": {"format": "xml"}}, {"unknownKey": 1},
@@ -358,9 +368,11 @@ def test_rbac_matches_what_the_operator_used_in_the_system_tests():
     files = sorted((target / "tmp" / "rbac-audit").glob("*.json"))
     assert files, "no audit recorded: run `cargo test --test system` first (the README's test command does)"
     used = {(e["group"], e["resource"], e["verb"]) for f in files for e in json.loads(f.read_text())}
-    # The default install's grants, and those secure metrics add (tests/metrics_auth.rs runs the operator with
-    # --metrics-secure: its TokenReviews and SubjectAccessReviews are in the audit).
-    granted = {(g, r, v) for g, r, v, _, _ in grants(render({})) | grants(render(values("secure")))}
+    # The default install's grants, those secure metrics add (tests/metrics_auth.rs runs the operator with
+    # --metrics-secure: its TokenReviews and SubjectAccessReviews are in the audit) and those rollout restarts add
+    # (tests/pods.rs restarts Deployments, StatefulSets and DaemonSets listed in rolloutRestartTargets).
+    restarts = render({"rolloutRestarts": {"enabled": True}})
+    granted = {(g, r, v) for g, r, v, _, _ in grants(render({})) | grants(render(values("secure"))) | grants(restarts)}
     missing = used - granted
     assert not missing, f"the operator used {sorted(missing)} but the chart does not grant it"
     # Grants the system tests do not exercise, each with its reason.
@@ -371,6 +383,11 @@ def test_rbac_matches_what_the_operator_used_in_the_system_tests():
         ("pipedream-secrets.io", "pipedreamconnections/status", "patch"): "status of namespaced connections",
         ("pipedream-secrets.io", "connectedaccounts/finalizers", "update"): "blockOwnerDeletion under OwnerReferencesPermissionEnforcement",
         ("pipedream-secrets.io", "connectedaccounts", "get"): "Merge key owners on other shards (the system tests run no Merge conflict)",
+        # Watches take their initial lists as streams (a watch to the authorizer) where the API server can; where
+        # it cannot (WatchList off, older servers) they list in pages.
+        ("", "secrets", "list"): "paged initial lists where the API server cannot stream them",
+        ("pipedream-secrets.io", "pipedreamconnections", "list"): "paged initial lists where the API server cannot stream them",
+        ("pipedream-secrets.io", "clusterpipedreamconnections", "list"): "paged initial lists where the API server cannot stream them",
     }
     unused = granted - used - set(justified)
     assert not unused, f"the chart grants {sorted(unused)}, which the operator never used and nothing justifies"
