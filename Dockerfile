@@ -4,7 +4,7 @@ FROM rust:1.95-alpine AS build
 # make: jemalloc (the operator's allocator) is built from source.
 RUN apk add --no-cache musl-dev make
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # .cargo/config.toml sets the allocator's compiled-in defaults.
 COPY .cargo ./.cargo
 COPY src ./src
@@ -19,6 +19,7 @@ LABEL org.opencontainers.image.title="pipedream-secrets-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /src/target/release/pipedream-secrets-operator /usr/local/bin/pipedream-secrets-operator
 USER 65532:65532
-EXPOSE 8080
+# Metrics (8080) and the probes (8081).
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/pipedream-secrets-operator"]
 CMD ["run"]

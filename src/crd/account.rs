@@ -242,7 +242,8 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSpec {
     /// Secret key -> template string (Jinja syntax, minijinja engine). The context holds `credentials` (the
-    /// credential fields), `account` (`id`, `name`, `external_id`, `healthy`, `dead`, `app.name_slug`, `app.name`)
+    /// credential fields), `account` (`id`, `name`, `external_id`, `healthy`, `dead`, `app.id`, `app.name_slug`,
+    /// `app.name`, `app.auth_type`)
     /// and `expires_at` (RFC 3339 or none). Filters include `tojson` and `b64encode`. Undefined variables are
     /// errors. At most 32 keys, 64 KiB in all.
     #[serde(default)]
