@@ -1,5 +1,6 @@
 //! Shared state of the reconcilers: API client, caches, connection dispatchers, the Secret index, clock, metrics,
-//! per-object memory.
+//! per-object memory. (Over 400 lines: the memory of each object and every accessor to it are kept in one
+//! place, so what the operator remembers between passes is read in one file.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

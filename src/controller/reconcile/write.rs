@@ -1,4 +1,6 @@
 //! Act: ask for a fetch, keep what is right, or build the Secret from an answer and apply it when it differs.
+//! (Over 400 lines: the three ways a Secret is written, a create, an apply and a Merge apply, and how each
+//! answer of the API server is read, side by side.)
 
 use std::collections::BTreeMap;
 
