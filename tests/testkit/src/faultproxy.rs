@@ -38,6 +38,8 @@ struct Shared {
     http: reqwest::Client,
     faults: Mutex<Vec<ApiFault>>,
     counts: Mutex<BTreeMap<(String, String), u64>>,
+    /// (when, verb, path) of every request a fault was applied to.
+    faulted: Mutex<Vec<(jiff::Timestamp, String, String)>>,
     partitioned: std::sync::atomic::AtomicBool,
     /// Bumped to end every open watch.
     cut: tokio::sync::watch::Sender<u64>,
@@ -66,6 +68,7 @@ impl FaultProxy {
             http: crate::controlplane::http_client(ca_pem),
             faults: Mutex::default(),
             counts: Mutex::default(),
+            faulted: Mutex::default(),
             partitioned: Default::default(),
             cut: tokio::sync::watch::channel(0).0,
         });
@@ -113,6 +116,11 @@ impl FaultProxy {
     /// End every open watch now (clients re-watch).
     pub fn drop_watches(&self) {
         self.shared.cut.send_modify(|g| *g += 1);
+    }
+
+    /// (when, verb, path) of every request a fault was applied to, in order.
+    pub fn faulted(&self) -> Vec<(jiff::Timestamp, String, String)> {
+        lock(&self.shared.faulted).clone()
     }
 
     /// Requests forwarded or failed so far, by (verb, resource[/subresource]).
@@ -231,6 +239,9 @@ async fn forward(State(s): State<Arc<Shared>>, req: Request) -> Response {
         return status(503, "ServiceUnavailable", "partitioned (fault proxy)");
     }
     let fault = take_fault(&s, verb, &resource);
+    if fault.is_some() {
+        lock(&s.faulted).push((jiff::Timestamp::now(), verb.to_string(), path.clone()));
+    }
     if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -190,6 +190,10 @@ pub struct LoggedRequest {
     pub at: String,
     /// Account asked for, if any.
     pub account: Option<String>,
+    /// The injected fault or rate limit this request got, if any (`Debug` of its [`FaultKind`], or
+    /// `rate limit`).
+    #[serde(default)]
+    pub fault: Option<String>,
 }
 
 #[derive(Default)]
@@ -449,6 +453,11 @@ async fn guarded(
             resp_fault = Some(f.kind.clone());
         }
     }
+    let fault_label = match (&limited, &resp_fault) {
+        (Some(_), _) => Some("rate limit".to_string()),
+        (None, Some(kind)) => Some(format!("{kind:?}")),
+        (None, None) => None,
+    };
     let resp = if let Some(secs) = limited {
         let mut r = err(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
         r.headers_mut()
@@ -515,6 +524,7 @@ async fn guarded(
         status: resp.status().as_u16(),
         at: now.to_string(),
         account: account.map(str::to_string),
+        fault: fault_label,
     });
     resp
 }
