@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod complete;
+
 /// Keeps Pipedream connected-account credentials fresh in Kubernetes Secrets.
 #[derive(Parser, Debug)]
 #[command(name = "pipedream-secrets-operator", version, about)]
@@ -72,6 +74,28 @@ pub enum Command {
         #[command(flatten)]
         kube: KubeArgs,
     },
+    /// Prepare for uninstalling the operator: scale its Deployments (`--operator-selector` in
+    /// `--operator-namespace`) to zero and wait for their pods to go, then release every retained Secret and
+    /// remove the operator's finalizer from every ConnectedAccount, so none is left waiting for an operator that
+    /// is gone. The chart's pre-delete hook runs it.
+    Uninstall {
+        /// Namespace of the operator's Deployments (default: the namespace of the kube context or pod).
+        #[arg(long)]
+        operator_namespace: Option<String>,
+        /// Label selector of the operator's Deployments; none: scale nothing (the operator is already stopped).
+        #[arg(long)]
+        operator_selector: Option<String>,
+        /// How long to wait for the operator's pods to go.
+        #[arg(long, default_value = "120s", value_parser = parse_duration_arg)]
+        timeout: std::time::Duration,
+        /// The namespaces the operator watched, comma-separated (a namespace-scoped install); instead of
+        /// `-n`/`-A`.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Where the ConnectedAccounts are.
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
     /// Print the version and the git commit it was built from.
     Version,
     /// Print a shell completion script (`source <(pipedream-secrets-operator completion bash)`).
@@ -82,10 +106,10 @@ pub enum Command {
     /// Render a ConnectedAccount's Secret data offline from a credentials or account JSON file.
     Render {
         /// ConnectedAccount manifest (YAML or JSON); only spec.target.template is used.
-        #[arg(short = 'f', long)]
+        #[arg(short = 'f', long, value_hint = clap::ValueHint::FilePath)]
         file: PathBuf,
         /// JSON file: a Pipedream account answer (bare or {"data": …}) or a plain credentials object.
-        #[arg(long)]
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
         credentials: PathBuf,
     },
 }

@@ -220,3 +220,95 @@ pub async fn sync(
         n => Err(format!("{n} of {} could not be marked", targets.len())),
     }
 }
+
+/// `uninstall`: stop the operator (scale its Deployments to zero, wait for their pods), then let every
+/// ConnectedAccount go as its deletion would (release a retained Secret, remove the finalizer). Stopping comes
+/// first: a running operator would add the finalizer back on its next pass.
+pub async fn uninstall(
+    operator_namespace: Option<String>,
+    operator_selector: Option<String>,
+    timeout: std::time::Duration,
+    namespaces: Vec<String>,
+    args: KubeArgs,
+) -> Result<(), String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let (client, namespace) = client(&args).await?;
+    if let Some(selector) = &operator_selector {
+        let ns = operator_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let lp = ListParams::default().labels(selector);
+        let found = deployments
+            .list_metadata(&lp)
+            .await
+            .map_err(|e| format!("cannot list the operator's Deployments in {ns}: {e}"))?;
+        for d in &found.items {
+            deployments
+                .patch(
+                    &d.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+                )
+                .await
+                .map_err(|e| format!("cannot scale deployment {ns}/{}: {e}", d.name_any()))?;
+            println!("deployment {ns}/{}: scaled to 0", d.name_any());
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = pods
+                .list_metadata(&lp)
+                .await
+                .map_err(|e| format!("cannot list the operator's pods in {ns}: {e}"))?
+                .items
+                .len();
+            if left == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{left} operator pod(s) matching {selector} still running in {ns} after {timeout:?}; nothing was changed on the ConnectedAccounts"
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![namespace]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let mut items = Vec::new();
+    for scope in &scopes {
+        let list = accounts(&client, scope.as_deref())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?;
+        items.extend(list.items);
+    }
+    let (mut released, mut failed) = (0, 0);
+    for ca in &items {
+        let (ns, name) = (ca.namespace().unwrap_or_default(), ca.name_any());
+        match crate::controller::let_go(ca, &client).await {
+            Ok(true) => {
+                released += 1;
+                println!("connectedaccount {ns}/{name}: finalizer removed");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                eprintln!("connectedaccount {ns}/{name}: {e}");
+            }
+        }
+    }
+    println!(
+        "{released} of {} ConnectedAccounts carried the finalizer",
+        items.len()
+    );
+    if failed > 0 {
+        return Err(format!("{failed} ConnectedAccount(s) could not be let go"));
+    }
+    Ok(())
+}

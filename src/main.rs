@@ -10,15 +10,34 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> std::process::ExitCode {
     // One rustls provider for kube and reqwest, installed before either builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Installed as `kubectl-pipedream`, kubectl runs it as `kubectl pipedream …`: same commands, plugin-style help.
-    let plugin = std::env::args_os()
+    let invoked_as = std::env::args_os()
         .next()
         .and_then(|a| {
             std::path::Path::new(&a)
                 .file_name()
-                .map(|n| n.to_string_lossy().starts_with("kubectl-pipedream"))
+                .map(|n| n.to_string_lossy().into_owned())
         })
-        .unwrap_or(false);
+        .unwrap_or_default();
+    // kubectl completes `kubectl pipedream …` by running `kubectl_complete-pipedream <args…> <word>`; cobra
+    // programs answer the same as `__complete <args…> <word>`.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let completing = if invoked_as.starts_with("kubectl_complete-pipedream") {
+        Some(&args[..])
+    } else if args.first().is_some_and(|a| a == "__complete") {
+        Some(&args[1..])
+    } else {
+        None
+    };
+    if let Some(words) = completing {
+        let answer = pipedream_secrets_operator::cli::complete::complete(&Cli::command(), words);
+        print!("{}", answer.render());
+        return std::process::ExitCode::SUCCESS;
+    }
+    // Installed as `kubectl-pipedream`, kubectl runs it as `kubectl pipedream …`: same commands, plugin-style help.
+    let plugin = invoked_as.starts_with("kubectl-pipedream");
     let cli = if plugin {
         let matches = Cli::command()
             .name("kubectl-pipedream")
@@ -45,6 +64,19 @@ fn main() -> std::process::ExitCode {
             selector,
             kube,
         }) => block_on(kubectl::sync(names, all, selector, kube)),
+        Some(Command::Uninstall {
+            operator_namespace,
+            operator_selector,
+            timeout,
+            namespaces,
+            kube,
+        }) => block_on(kubectl::uninstall(
+            operator_namespace,
+            operator_selector,
+            timeout,
+            namespaces,
+            kube,
+        )),
         Some(Command::Version) => {
             println!(
                 "pipedream-secrets-operator {} (commit {})",

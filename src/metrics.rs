@@ -28,7 +28,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -49,6 +49,12 @@ struct ResultLabels {
 struct RequestLabels {
     endpoint: &'static str,
     status: &'static str,
+}
+
+/// The shard a replica serves (`0` unsharded): a shard whose replicas are all standbys is visible by its label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: u32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,6 +146,21 @@ pub struct ObjectView<'a> {
     pub pods_at_risk: Option<bool>,
     /// How long before the replaced credentials expired the last new ones were written (seconds).
     pub refresh_lead_seconds: Option<i64>,
+    /// The connection it uses, as `status.connection` names it (`Kind/name`; a PipedreamConnection is in the
+    /// object's namespace): labels `connection_kind` and `connection_name` on its series, as cert-manager's
+    /// `issuer_kind`/`issuer_name`. Absent before the first pass resolves one.
+    pub connection: Option<(&'a str, &'a str)>,
+    /// Passes of this process that synced it (wrote or confirmed its Secret) and that failed.
+    pub syncs: SyncCounts,
+}
+
+/// Per-object outcome counts of this process (a counter per object; reset when the process restarts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Passes that wrote or confirmed the Secret.
+    pub succeeded: u32,
+    /// Passes that failed (the Secret kept its data).
+    pub failed: u32,
 }
 
 /// Visits every cached ConnectedAccount: calls its argument once per object.
@@ -217,12 +238,36 @@ fn object_gauge(
     each(&mut |o| {
         if result.is_ok() {
             result = rows(&o, &mut |labels, v| {
-                ConstGauge::new(v).encode(m.encode_family(&labels)?)
+                with_connection(&o, labels, |all| {
+                    ConstGauge::new(v).encode(m.encode_family(&all)?)
+                })
             });
         }
     });
     result
 }
+
+/// `labels` and the object's connection labels (at most [`MAX_OBJECT_LABELS`] in all), without allocating.
+fn with_connection<T>(
+    o: &ObjectView<'_>,
+    labels: &[(&str, &str)],
+    f: impl FnOnce(&[(&str, &str)]) -> T,
+) -> T {
+    let mut all = [("", ""); MAX_OBJECT_LABELS];
+    let n = labels.len().min(MAX_OBJECT_LABELS - 2);
+    all[..n].copy_from_slice(&labels[..n]);
+    match o.connection {
+        Some((kind, name)) => {
+            all[n] = ("connection_kind", kind);
+            all[n + 1] = ("connection_name", name);
+            f(&all[..n + 2])
+        }
+        None => f(&all[..n]),
+    }
+}
+
+/// Labels of a per-object series: namespace, name, one of its own, and the two of its connection.
+const MAX_OBJECT_LABELS: usize = 5;
 
 #[derive(Debug)]
 struct StateCollector(Arc<State>);
@@ -317,6 +362,26 @@ impl Collector for StateCollector {
                 row(&labels, 1.0)
             },
         )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "connectedaccount_syncs",
+                "Passes of this replica that synced each ConnectedAccount (result success: its Secret written or confirmed against Pipedream) or failed (result failure; the Secret kept its data), from 0 for every cached object",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            let mut result = Ok(());
+            each(&mut |o| {
+                for (r, n) in [("success", o.syncs.succeeded), ("failure", o.syncs.failed)] {
+                    if result.is_ok() {
+                        let labels = [("namespace", o.namespace), ("name", o.name), ("result", r)];
+                        result = with_connection(&o, &labels, |all| {
+                            ConstCounter::new(u64::from(n)).encode(m.encode_family(&all)?)
+                        });
+                    }
+                }
+            });
+            result?;
+        }
         drop(objects);
         let conns: Vec<(ConnectionLabels, ConnectionGauges)> = lock(&state.connections)
             .iter()
@@ -401,7 +466,7 @@ pub struct Metrics {
     rate_limit_waits: Family<ConnectionLabels, Counter>,
     rate_limit_wait_seconds: Family<ConnectionLabels, Counter<f64, AtomicU64>>,
     in_flight: Gauge,
-    leader: Gauge,
+    leader: Family<ShardLabels, Gauge>,
     state: Arc<State>,
     /// Length of the last plain-text scrape (the next one's buffer starts that large).
     last_scrape_len: std::sync::atomic::AtomicUsize,
@@ -517,10 +582,10 @@ impl Metrics {
             "ConnectedAccount reconciles running now",
             in_flight.clone(),
         );
-        let leader = Gauge::default();
+        let leader = Family::<ShardLabels, Gauge>::default();
         r.register(
             "leader",
-            "1 on the replica that holds the leader-election Lease (or runs without election), 0 on standbys",
+            "1 on the replica that holds its shard's leader-election Lease (or runs without election), 0 on standbys; label shard: the shard's index (0 unsharded)",
             leader.clone(),
         );
         let state = Arc::new(State::default());
@@ -631,9 +696,13 @@ impl Metrics {
             .inc_by(waited.as_secs_f64());
     }
 
-    /// This replica leads (or not).
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+    /// This replica leads shard `shard` (or not). Called with `false` at start-up, so a standby's series exists.
+    pub fn set_leader(&self, shard: crate::shard::Shard, leading: bool) {
+        self.leader
+            .get_or_create(&ShardLabels {
+                shard: shard.index(),
+            })
+            .set(i64::from(leading));
     }
 
     /// Where the per-ConnectedAccount series come from (read at scrape time: the cache of ConnectedAccounts).

@@ -60,6 +60,11 @@ impl Shard {
         (parsed.lease_name(base) == name).then_some(parsed)
     }
 
+    /// This shard's index, `i` of `i/n`.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// How many shards the ConnectedAccounts are split into.
     pub fn count(&self) -> u32 {
         self.count

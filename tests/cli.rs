@@ -302,3 +302,62 @@ fn the_binary_carries_its_allocator_settings() {
         assert!(stats.contains(opt), "{opt} not in {stats}");
     }
 }
+
+/// Issue 27 (9): `source <(kubectl-pipedream completion bash)` completed a command named `kubectl-pipedream`, never
+/// `kubectl pipedream <TAB>`: kubectl (1.26+) completes a plugin only through an executable named
+/// `kubectl_complete-pipedream`, which answers cobra's `__complete` protocol. The installed kubectl, with the binary
+/// on the PATH under both names, completes subcommands, flags and flag values.
+#[test]
+fn kubectl_completes_the_plugin_through_kubectl_complete_pipedream() {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let dir = std::env::temp_dir().join(format!("pdso-completion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["kubectl-pipedream", "kubectl_complete-pipedream"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pipedream-secrets-operator"), &link)
+            .unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let complete = |words: &[&str]| -> Vec<String> {
+        let out = Command::new(&kubectl)
+            .arg("__complete")
+            .arg("pipedream")
+            .args(words)
+            .env("PATH", &path)
+            // Completion of a plugin never needs a cluster.
+            .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {kubectl} ({e}); install kubectl or set KUBECTL")
+            });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let got = complete(&["st"]);
+    assert_eq!(got, ["status", ":4"], "subcommands");
+    let got = complete(&["status", "-o", ""]);
+    assert_eq!(got, ["table", "json", "yaml", ":4"], "values of -o");
+    let got = complete(&["sync", "--sel"]);
+    assert_eq!(got, ["--selector", ":4"], "flags");
+    let got = complete(&["render", "-f", ""]);
+    assert_eq!(got, [":0"], "file names, from the shell");
+    // The binary answers `__complete` itself too, as cobra programs do.
+    let out = bin()
+        .args(["__complete", "completion", "ba"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bash\n:4\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -58,7 +58,10 @@ async fn health_readiness_and_metrics() {
     let conn = pipedream_secrets_operator::identity::ConnectionId::cluster("default");
     metrics.set_connection_ready(&conn, true);
     metrics.count_rate_limit_wait(&conn, Duration::from_millis(250));
-    metrics.set_leader(true);
+    metrics.set_leader(
+        pipedream_secrets_operator::shard::Shard::new(1, 3).unwrap(),
+        true,
+    );
     let resp = get("/metrics").await.unwrap();
     assert_openmetrics(&resp);
     let text = resp.text().await.unwrap();
@@ -85,7 +88,7 @@ async fn health_readiness_and_metrics() {
         "pipedream_secrets_rate_limit_wait_seconds_total{kind=\"ClusterPipedreamConnection\",namespace=\"\",name=\"default\"} 0.25",
         "pipedream_secrets_reconcile_duration_seconds",
         "pipedream_secrets_reconcile_queue_depth 0",
-        "pipedream_secrets_leader 1",
+        "pipedream_secrets_leader{shard=\"1\"} 1",
         "pipedream_secrets_build_info{version=\"",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");

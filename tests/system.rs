@@ -880,6 +880,113 @@ async fn a_partitioned_leader_gives_up_before_the_standby_takes_over() {
     .await;
 }
 
+/// Issue 27 (4): uninstalling the operator before deleting a `deletionPolicy: Retain` ConnectedAccount left it
+/// pending deletion for ever (its finalizer waits for the operator). `uninstall`, which the chart's pre-delete
+/// hook runs, refuses to touch anything while an operator pod still matches its selector, and otherwise removes
+/// the finalizer: the ConnectedAccount deletes at once, its Secret stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_lets_retained_connectedaccounts_go_once_the_operator_is_stopped() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    env.start_operator();
+    create_ca(
+        &env,
+        "kept",
+        json!({"target": {"deletionPolicy": "Retain"}}),
+    )
+    .await;
+    create_ca(&env, "plain", json!({})).await;
+    env.wait_synced("kept", 20).await;
+    env.wait_synced("plain", 20).await;
+    for pid in env.operator_pids() {
+        env.kill_operator(pid);
+    }
+    let finalizers = async |name: &str| -> Vec<String> {
+        env.ca(name).await.map_or(Vec::new(), |ca| {
+            serde_json::from_value(ca["metadata"]["finalizers"].clone()).unwrap_or_default()
+        })
+    };
+    assert_eq!(finalizers("kept").await, ["pipedream-secrets.io/finalizer"]);
+    let ops = env.ns("ops");
+    let team_a = env.ns("team-a");
+    let uninstall = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
+            .args(["uninstall", "--operator-namespace", &ops, "-n", &team_a])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    // An operator pod still there (this control plane has no node: it stays Pending): nothing is touched.
+    env.apply(
+        "v1",
+        "Pod",
+        Some("ops"),
+        "operator-0",
+        json!({"metadata": {"labels": {"app": "pdso"}},
+            "spec": {"containers": [{"name": "operator", "image": "example.invalid/pdso"}]}}),
+    )
+    .await;
+    let out = uninstall(&["--operator-selector=app=pdso", "--timeout=2s"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("1 operator pod(s) matching app=pdso still running"),
+        "{err}"
+    );
+    assert_eq!(
+        finalizers("kept").await,
+        ["pipedream-secrets.io/finalizer"],
+        "nothing changed"
+    );
+    // The operator stopped: the finalizer goes.
+    env.delete("v1", "Pod", Some("ops"), "operator-0").await;
+    env.wait("the pod to go", 60, async || {
+        env.get("v1", "Pod", Some("ops"), "operator-0")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let out = uninstall(&["--operator-selector=app=pdso"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "connectedaccount {team_a}/kept: finalizer removed"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 of 2 ConnectedAccounts carried the finalizer"),
+        "{text}"
+    );
+    assert!(finalizers("kept").await.is_empty());
+    env.delete(
+        "pipedream-secrets.io/v1alpha1",
+        "ConnectedAccount",
+        Some("team-a"),
+        "kept",
+    )
+    .await;
+    env.wait(
+        "the retained ConnectedAccount to go without an operator",
+        20,
+        async || env.ca("kept").await.is_none().then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.secret("team-a", "kept").await.is_some(),
+        "Retain keeps the Secret"
+    );
+}
+
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {
@@ -925,6 +1032,56 @@ async fn check_reports_health_and_expiry_without_secret_values() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("auth failed"));
 }
 
+/// Issue 27 (6): the objects the chart's Argo CD health checks are tested on
+/// (`$CARGO_TARGET_TMPDIR/objects/<kind>-<state>.json`), as the API server serves them: a ConnectedAccount that
+/// synced and one failing (AccountNotFound), the cluster connection both use (Ready) and one whose client secret is
+/// missing (not Ready).
+async fn record_objects(env: &Env) {
+    const V: &str = "pipedream-secrets.io/v1alpha1";
+    let ops = env.ns("ops");
+    env.apply(
+        V,
+        "ClusterPipedreamConnection",
+        None,
+        "broken",
+        json!({"spec": {"apiUrl": env.pd.url(), "auth": {"oauth": {"clientId": "oa_x", "projectId": "proj_x",
+            "clientSecretRef": {"name": "absent", "key": "client_secret", "namespace": ops}}}}}),
+    )
+    .await;
+    let broken = env
+        .wait("the broken connection reported", 30, async || {
+            let c = env
+                .get(V, "ClusterPipedreamConnection", None, "broken")
+                .await?;
+            let ready = c["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False");
+            ready.then_some(c)
+        })
+        .await;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    let objects = [
+        ("connectedaccount-synced", env.ca("gh").await),
+        ("connectedaccount-failing", env.ca("nope").await),
+        (
+            "clusterpipedreamconnection-ready",
+            env.get(V, "ClusterPipedreamConnection", None, "default")
+                .await,
+        ),
+        ("clusterpipedreamconnection-failing", Some(broken)),
+    ];
+    for (file, object) in objects {
+        let object = object.unwrap_or_else(|| panic!("{file}: not found"));
+        std::fs::write(
+            dir.join(format!("{file}.json")),
+            serde_json::to_string_pretty(&object).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
 /// Issue 11: a scrape during a whole-system run has every documented metric with its type and labels, and the
 /// expiry timestamp equals the ConnectedAccount's `status.expiresAt`. The scrape is kept for the chart's dashboard
 /// test (`$CARGO_TARGET_TMPDIR/metrics/scrape.txt`).
@@ -967,10 +1124,11 @@ async fn metrics_have_the_documented_names_types_and_labels() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("metrics");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("scrape.txt"), &scrape).unwrap();
+    record_objects(&env).await;
     // (name without prefix, type, label names of a sample) — the README's metric table.
     let documented: &[(&str, &str, &[&str])] = &[
         ("build_info", "info", &["version", "commit"]),
-        ("leader", "gauge", &[]),
+        ("leader", "gauge", &["shard"]),
         ("reconciles_in_flight", "gauge", &[]),
         ("reconcile_queue_depth", "gauge", &[]),
         (
@@ -1016,32 +1174,55 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         (
             "connectedaccount_credentials_expiration_timestamp_seconds",
             "gauge",
-            &["namespace", "name"],
+            &["namespace", "name", "connection_kind", "connection_name"],
         ),
         (
             "connectedaccount_next_sync_timestamp_seconds",
             "gauge",
-            &["namespace", "name"],
+            &["namespace", "name", "connection_kind", "connection_name"],
         ),
         (
             "connectedaccount_last_sync_timestamp_seconds",
             "gauge",
-            &["namespace", "name"],
+            &["namespace", "name", "connection_kind", "connection_name"],
         ),
         (
             "connectedaccount_ready_status",
             "gauge",
-            &["namespace", "name", "condition"],
+            &[
+                "namespace",
+                "name",
+                "condition",
+                "connection_kind",
+                "connection_name",
+            ],
         ),
         (
             "connectedaccount_ready_reason",
             "gauge",
-            &["namespace", "name", "reason"],
+            &[
+                "namespace",
+                "name",
+                "reason",
+                "connection_kind",
+                "connection_name",
+            ],
         ),
         (
             "connectedaccount_pods_at_risk",
             "gauge",
-            &["namespace", "name"],
+            &["namespace", "name", "connection_kind", "connection_name"],
+        ),
+        (
+            "connectedaccount_syncs_total",
+            "counter",
+            &[
+                "namespace",
+                "name",
+                "result",
+                "connection_kind",
+                "connection_name",
+            ],
         ),
         ("credentials_cache_bytes", "gauge", &[]),
         ("credentials_cache_entries", "gauge", &[]),
@@ -1061,12 +1242,18 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         } else {
             full.clone()
         };
-        let sample = scrape
+        // Per-object series: the synced object's (it has resolved its connection).
+        let samples: Vec<&str> = scrape
             .lines()
-            .find(|l| {
+            .filter(|l| {
                 l.starts_with(&format!("{sample_prefix}{{"))
                     || l.starts_with(&format!("{sample_prefix} "))
             })
+            .collect();
+        let sample = samples
+            .iter()
+            .find(|l| l.contains("name=\"gh\""))
+            .or(samples.first())
             .unwrap_or_else(|| panic!("{full}: no sample in\n{scrape}"));
         let mut got: Vec<&str> = sample
             .split_once('{')
@@ -1101,6 +1288,30 @@ async fn metrics_have_the_documented_names_types_and_labels() {
             "pipedream_secrets_reconciles_total{controller=\"connectedaccount\",result=\"success\"}"
         )
         .is_some_and(|v| v >= 2.0)
+    );
+    // Issue 27 (8): a sync counter per object, labelled with the connection it resolved (the failing one has
+    // none yet: its first pass failed).
+    let ns = env.ns("team-a");
+    let connection = env.cluster("default");
+    let per_object = |name: &str, result: &str| {
+        value_of(&format!(
+            "pipedream_secrets_connectedaccount_syncs_total{{namespace=\"{ns}\",name=\"{name}\",result=\"{result}\""
+        ))
+    };
+    assert!(
+        per_object("gh", "success").is_some_and(|v| v >= 1.0),
+        "{scrape}"
+    );
+    assert_eq!(per_object("gh", "failure"), Some(0.0), "{scrape}");
+    assert!(
+        scrape.contains(&format!(
+            "pipedream_secrets_connectedaccount_ready_reason{{namespace=\"{ns}\",name=\"gh\",reason=\"SecretSynced\",connection_kind=\"ClusterPipedreamConnection\",connection_name=\"{connection}\"}} 1"
+        )),
+        "{scrape}"
+    );
+    assert!(
+        per_object("nope", "failure").is_some_and(|v| v >= 1.0),
+        "{scrape}"
     );
     assert!(
         scrape.lines().any(|l| {
@@ -1154,15 +1365,20 @@ async fn metrics_have_the_documented_names_types_and_labels() {
     // Issue 17 (1): a fixed series per object and condition status, 0/1, like cert-manager's ready_status.
     let team_a = env.ns("team-a");
     let value = |scrape: &str, prefix: &str| -> Option<f64> {
-        scrape
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+        scrape.lines().find_map(|l| {
+            l.strip_prefix(prefix)?
+                .split_once('}')?
+                .1
+                .trim()
+                .parse()
+                .ok()
+        })
     };
     let ready = |scrape: &str, name: &str, condition: &str| {
         value(
             scrape,
             &format!(
-                "pipedream_secrets_connectedaccount_ready_status{{namespace=\"{team_a}\",name=\"{name}\",condition=\"{condition}\"}} "
+                "pipedream_secrets_connectedaccount_ready_status{{namespace=\"{team_a}\",name=\"{name}\",condition=\"{condition}\""
             ),
         )
     };
@@ -1170,7 +1386,7 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         value(
             scrape,
             &format!(
-                "pipedream_secrets_connectedaccount_ready_reason{{namespace=\"{team_a}\",name=\"{name}\",reason=\"{reason}\"}} "
+                "pipedream_secrets_connectedaccount_ready_reason{{namespace=\"{team_a}\",name=\"{name}\",reason=\"{reason}\""
             ),
         ) == Some(1.0)
     };

@@ -136,6 +136,8 @@ pub struct ObjectState {
     /// The account (through its connection) whose answers it uses: the answer cache counts an account's users
     /// and forgets it with the last (see [`Context::use_account`]).
     pub uses: Option<AccountKey>,
+    /// Its passes' outcomes (the per-object sync counter).
+    pub syncs: crate::metrics::SyncCounts,
 }
 
 /// A digest of a status, to tell whether a cached object carries the status last written.
@@ -346,7 +348,13 @@ impl Context {
         let stores = lock(&self.accounts).clone();
         for store in stores {
             for ca in store.state() {
-                f(object_view(&ca));
+                let syncs = ca
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .and_then(|uid| self.lock_objects().get(uid).map(|o| o.syncs))
+                    .unwrap_or_default();
+                f(object_view(&ca, syncs));
             }
         }
     }
@@ -384,7 +392,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The metrics' view of one ConnectedAccount: its status, as cached.
-pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView<'_> {
+pub fn object_view(
+    ca: &ConnectedAccount,
+    syncs: crate::metrics::SyncCounts,
+) -> crate::metrics::ObjectView<'_> {
     use crate::schedule::parse_ts;
     let status = ca.status.as_ref();
     let ready = ca.ready_condition();
@@ -411,5 +422,9 @@ pub fn object_view(ca: &ConnectedAccount) -> crate::metrics::ObjectView<'_> {
             })
             .map(|c| c.status == "True"),
         refresh_lead_seconds: status.and_then(|s| s.refresh_lead_seconds),
+        connection: status
+            .and_then(|s| s.connection.as_deref())
+            .and_then(|c| c.split_once('/')),
+        syncs,
     }
 }

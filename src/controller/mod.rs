@@ -19,6 +19,7 @@ mod watches;
 
 pub use context::{Clock, Context, ObjectState, Settings};
 pub use hosts::AllowedHosts;
+pub use reconcile::let_go;
 pub use resolve::client_parts;
 pub use watches::{LeaderElection, RunConfig, run};
 

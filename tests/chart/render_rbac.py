@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_chart import render  # noqa: E402
+from test_chart import hook, render  # noqa: E402
 
 KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-print(json.dumps([d for d in render({}, namespace="ops") if d["kind"] in KINDS], indent=1))
+print(json.dumps([d for d in render({}, namespace="ops") if d["kind"] in KINDS and not hook(d)], indent=1))

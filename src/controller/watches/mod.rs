@@ -57,6 +57,8 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> Result<(), String> {
+    let shard = config.settings.shard;
+    metrics.set_leader(shard, false);
     let http = crate::pipedream::http_client(config.request_timeout)
         .map_err(|e| format!("building HTTP client: {e}"))?;
     let scopes: Vec<Scope> = if config.namespaces.is_empty() {
@@ -170,7 +172,7 @@ pub async fn run(
         }
         leadership = Some(l);
     }
-    metrics.set_leader(true);
+    metrics.set_leader(shard, true);
     let readiness = {
         let (ready, index) = (ready.clone(), ctx.secrets.clone());
         async move {
@@ -198,7 +200,7 @@ pub async fn run(
             _ = lost => Err("lost the leader-election Lease; exiting so that only one replica writes".to_string()),
         }
     };
-    metrics.set_leader(false);
+    metrics.set_leader(shard, false);
     ready.store(false, Ordering::SeqCst);
     if let Some(l) = leadership
         && outcome.is_ok()
