@@ -146,6 +146,7 @@ async fn main() -> Result<(), String> {
         metrics_secure: false,
         metrics_cert_dir: None,
         request_timeout_seconds: 10,
+        pipedream_ca_file: None,
         log_format: LogFormat::Text,
         log_level: "warn".into(),
         pod_name: None,

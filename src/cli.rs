@@ -46,6 +46,9 @@ pub enum Command {
         /// Account to fetch (`apn_…`).
         #[arg(long)]
         account: Option<String>,
+        /// A PEM bundle of CA certificates trusted for Pipedream besides the system's roots.
+        #[arg(long, env = "PIPEDREAM_CA_FILE", value_hint = clap::ValueHint::FilePath)]
+        pipedream_ca_file: Option<PathBuf>,
     },
     /// List ConnectedAccounts with their Ready reason, expiry horizon and next sync; with NAME, one in detail
     /// (conditions, recent Events, the Secret's keys and expiry, the connection). Never secret values.
@@ -195,6 +198,10 @@ pub struct RunArgs {
     /// Timeout of each request to Pipedream, in seconds.
     #[arg(long, env = "PIPEDREAM_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
+    /// A PEM bundle of CA certificates trusted for Pipedream besides the system's roots (a TLS-inspecting egress
+    /// proxy's CA). Read at start-up: a missing or empty file stops the operator.
+    #[arg(long, env = "PIPEDREAM_CA_FILE", value_hint = clap::ValueHint::FilePath)]
+    pub pipedream_ca_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -113,6 +113,7 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
         },
         concurrency: args.concurrency,
         request_timeout: std::time::Duration::from_secs(args.request_timeout_seconds.max(1)),
+        pipedream_ca_file: args.pipedream_ca_file.clone(),
         instance: args.pod_name.clone(),
         leader_election: args.leader_election.then(|| controller::LeaderElection {
             lease: args.leader_election_lease.clone(),
@@ -203,6 +204,7 @@ pub async fn check(
     connection: String,
     namespace: Option<String>,
     account: Option<String>,
+    pipedream_ca_file: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
     use crate::crd::{ClusterPipedreamConnection, PipedreamConnection};
     let client = Client::try_default()
@@ -246,8 +248,12 @@ pub async fn check(
         pipedream::ApiMode::ApiKey { path } => format!("apiKey, {path:?}"),
     };
     println!("connection    {id} ({}, {mode})", settings.api_url);
-    let http =
-        pipedream::http_client(std::time::Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let roots = match pipedream_ca_file {
+        Some(path) => pipedream::load_roots(&path)?,
+        None => Vec::new(),
+    };
+    let http = pipedream::http_client(std::time::Duration::from_secs(30), &roots)
+        .map_err(|e| e.to_string())?;
     let pd = pipedream::PipedreamClient::new(http, settings, loader, None);
     pd.check_auth()
         .await

@@ -112,7 +112,13 @@ fn main() -> std::process::ExitCode {
             connection,
             namespace,
             account,
-        }) => block_on(commands::check(connection, namespace, account)),
+            pipedream_ca_file,
+        }) => block_on(commands::check(
+            connection,
+            namespace,
+            account,
+            pipedream_ca_file,
+        )),
         Some(Command::Run(args)) => block_on(commands::run(args)),
         None => block_on(commands::run(cli.run)),
     };

@@ -43,7 +43,7 @@ fn client(url: String, mode: ApiMode, material: AuthMaterial) -> PipedreamClient
         async move { Ok(m) }.boxed()
     });
     PipedreamClient::new(
-        http_client(Duration::from_secs(2)).unwrap(),
+        http_client(Duration::from_secs(2), &[]).unwrap(),
         ClientSettings {
             api_url: url,
             mode,
@@ -116,7 +116,7 @@ async fn api_key_paths_and_form_token_requests() {
         assert!(a.expires_at.is_none());
         assert_eq!(a.credentials.unwrap().expose()["oauth_uid"], 7);
     }
-    let http = http_client(Duration::from_secs(2)).unwrap();
+    let http = http_client(Duration::from_secs(2), &[]).unwrap();
     let form = http
         .post(format!("{}/v1/oauth/token", f.url()))
         .header("content-type", "application/x-www-form-urlencoded")

@@ -20,7 +20,7 @@ fn client(url: String) -> (PipedreamClient, Arc<AtomicUsize>) {
     let loads = Arc::new(AtomicUsize::new(0));
     let l = loads.clone();
     let c = PipedreamClient::new(
-        http_client(Duration::from_secs(5)).unwrap(),
+        http_client(Duration::from_secs(5), &[]).unwrap(),
         ClientSettings {
             api_url: url,
             mode: ApiMode::Connect {

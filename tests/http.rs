@@ -34,7 +34,8 @@ async fn health_readiness_and_metrics() {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let addr = serve(&metrics, &ready).await;
-    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5)).unwrap();
+    let http =
+        pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5), &[]).unwrap();
     let get = |p: &str| http.get(format!("http://{addr}{p}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
@@ -124,7 +125,8 @@ async fn metrics_are_gzip_compressed_for_a_scraper_that_asks() {
         }
     });
     // reqwest here has no gzip support of its own: the body arrives as the server sent it.
-    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5)).unwrap();
+    let http =
+        pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(5), &[]).unwrap();
     let scrape = |accept: Option<&'static str>| {
         let mut req = http.get(format!("http://{addr}/metrics"));
         if let Some(a) = accept {
@@ -202,7 +204,8 @@ async fn clients_that_never_read_cannot_hold_more_than_the_bounded_scrapes() {
         stalled.push(s);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30)).unwrap();
+    let http =
+        pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30), &[]).unwrap();
     let refused = http
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -261,7 +264,8 @@ async fn clients_that_never_read_lose_their_scrape_slot_after_the_deadline() {
         stalled.push(s);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let http = pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30)).unwrap();
+    let http =
+        pipedream_secrets_operator::pipedream::http_client(Duration::from_secs(30), &[]).unwrap();
     let scrape = || http.get(format!("http://{addr}/metrics")).send();
     assert_eq!(scrape().await.unwrap().status(), 503, "both slots held");
     // Past the deadline (Prometheus's default scrape timeout) the stalled scrapes are gone.

@@ -56,7 +56,7 @@ fn key_loader() -> MaterialLoader {
 
 fn connect(server: &MockServer, loader: MaterialLoader, timeout: Duration) -> PipedreamClient {
     PipedreamClient::new(
-        http_client(timeout).unwrap(),
+        http_client(timeout, &[]).unwrap(),
         ClientSettings {
             api_url: format!("{}/", server.uri()),
             mode: ApiMode::Connect {
@@ -171,7 +171,7 @@ async fn api_key_mode_uses_both_paths_without_environment_header() {
             .mount(&server)
             .await;
         let c = PipedreamClient::new(
-            http_client(Duration::from_secs(5)).unwrap(),
+            http_client(Duration::from_secs(5), &[]).unwrap(),
             ClientSettings {
                 api_url: server.uri(),
                 mode: ApiMode::ApiKey { path: mode },

@@ -987,6 +987,189 @@ async fn uninstall_lets_retained_connectedaccounts_go_once_the_operator_is_stopp
     );
 }
 
+/// Issue 27 (10): behind an egress proxy (`HTTPS_PROXY` set, as in most corporate shells and pods), the operator
+/// and every subcommand that talks to the cluster failed at once: kube-rs takes `HTTPS_PROXY` for
+/// kubeconfig-based clients but was built without its proxy support ("kube/http-proxy"). Through the proxy: the
+/// API server (CONNECT tunnels) and Pipedream (`HTTP_PROXY`; the fake Pipedream speaks plain HTTP) are reached,
+/// `--allowed-api-hosts` still judges the target host (a refused host is never asked for through the proxy), and
+/// `NO_PROXY` sends requests direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_and_the_cli_work_through_an_egress_proxy() {
+    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
+        return;
+    };
+    let proxy = pdso_testkit::egressproxy::EgressProxy::start()
+        .await
+        .unwrap();
+    let pd = env.pd.url();
+    let pd_authority = pd.trim_start_matches("http://").to_string();
+    // The operator reaches the API server through the fault proxy, the CLI directly (the admin's kubeconfig).
+    let authority = |kubeconfig: &std::path::Path| {
+        std::fs::read_to_string(kubeconfig)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+            .and_then(|u| {
+                u.split("://")
+                    .nth(1)
+                    .map(|a| a.trim_end_matches('/').to_string())
+            })
+            .expect("the kubeconfig's server")
+    };
+    let (operator_api, cli_api) = (
+        authority(&env.operator_kubeconfig),
+        authority(&env.kubeconfig),
+    );
+    env.extra_env = vec![
+        ("HTTPS_PROXY".into(), proxy.url()),
+        ("HTTP_PROXY".into(), proxy.url()),
+    ];
+    env.extra_args = vec!["--allowed-api-hosts".into(), "127.0.0.1".into()];
+    env.apply(
+        "v1",
+        "Secret",
+        Some("team-a"),
+        "pd-key",
+        json!({"stringData": {"api_key": "key-a"}}),
+    )
+    .await;
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "PipedreamConnection",
+        Some("team-a"),
+        "elsewhere",
+        json!({"spec": {"apiUrl": pd.replace("127.0.0.1", "localhost"),
+            "auth": {"apiKey": {"secretRef": {"name": "pd-key", "key": "api_key"}}}}}),
+    )
+    .await;
+    env.start_operator();
+    create_ca(&env, "gh", json!({})).await;
+    create_ca(
+        &env,
+        "elsewhere",
+        json!({"connectionRef": {"kind": "PipedreamConnection", "name": "elsewhere"}}),
+    )
+    .await;
+    env.wait_synced("gh", 30).await;
+    env.wait("the refused host reported", 30, async || {
+        (env.ready_reason("elsewhere").await.as_deref() == Some("False/ConnectionNotReady"))
+            .then_some(())
+    })
+    .await;
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().any(|s| s == &format!("CONNECT {operator_api}")),
+        "the API server through the proxy: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with(&format!("POST {pd}/v1/oauth/token")))
+            || seen
+                .iter()
+                .any(|s| s.starts_with(&format!("GET {pd}/v1/connect/"))),
+        "Pipedream through the proxy: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.contains("localhost")),
+        "a host --allowed-api-hosts refuses is never asked for: {seen:?}"
+    );
+    assert!(env.operators_alive(), "{}", env.logs());
+    // The CLI, with the proxy in its environment; then with NO_PROXY, direct.
+    let connection = env.cluster("default");
+    let check = |no_proxy: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"));
+        c.args([
+            "check",
+            "--connection",
+            &connection,
+            "--account",
+            "apn_Sys1",
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("HTTPS_PROXY", proxy.url())
+        .env("HTTP_PROXY", proxy.url())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+        if let Some(n) = no_proxy {
+            c.env("NO_PROXY", n);
+        }
+        c.output().unwrap()
+    };
+    let before = proxy.seen().len();
+    let out = check(None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let through: Vec<String> = proxy.seen()[before..].to_vec();
+    assert!(
+        through.iter().any(|s| s == &format!("CONNECT {cli_api}"))
+            && through.iter().any(|s| s.contains(&pd_authority)),
+        "{through:?}"
+    );
+    let before = proxy.seen().len();
+    let out = check(Some("127.0.0.1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.seen().len(), before, "NO_PROXY: direct");
+    // A TLS-inspecting proxy: Pipedream's answers under a CA no system trusts. Refused, until its CA is given.
+    let front = pdso_testkit::egressproxy::TlsFront::start(&pd_authority)
+        .await
+        .unwrap();
+    let mut spec = env
+        .get(
+            "pipedream-secrets.io/v1alpha1",
+            "ClusterPipedreamConnection",
+            None,
+            "default",
+        )
+        .await
+        .unwrap()["spec"]
+        .clone();
+    spec["apiUrl"] = json!(front.url());
+    env.apply(
+        "pipedream-secrets.io/v1alpha1",
+        "ClusterPipedreamConnection",
+        None,
+        "inspected",
+        json!({"spec": spec}),
+    )
+    .await;
+    let ca = std::env::temp_dir().join(format!("pdso-egress-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, front.ca_pem()).unwrap();
+    let inspected = env.cluster("inspected");
+    let check_tls = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
+            .args(["check", "--connection", &inspected])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env_remove("PIPEDREAM_CA_FILE")
+            .output()
+            .unwrap()
+    };
+    let refused = check_tls(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() && err.contains("auth failed"),
+        "{err}"
+    );
+    let ca_arg = format!("--pipedream-ca-file={}", ca.display());
+    let trusted = check_tls(&[&ca_arg]);
+    assert!(
+        trusted.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&trusted.stdout),
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("auth          ok"));
+    let _ = std::fs::remove_file(&ca);
+}
+
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {

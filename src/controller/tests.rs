@@ -116,7 +116,7 @@ impl Harness {
             },
             [(None, nstore)].into(),
             cstore,
-            crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
+            crate::pipedream::http_client(Duration::from_secs(5), &[]).unwrap(),
             Arc::new(Metrics::new()),
             Clock::manual(t0()),
             None,

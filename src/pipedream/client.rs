@@ -146,10 +146,18 @@ impl std::fmt::Debug for PipedreamClient {
 }
 
 /// Build the shared HTTP client (timeouts on every request).
-pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+///
+/// TLS trusts the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` replace them) plus `extra_roots` (see
+/// [`load_roots`]: a TLS-inspecting proxy's CA). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`; the
+/// allowed-hosts check judges the target URL, which a proxy never changes.
+pub fn http_client(
+    timeout: Duration,
+    extra_roots: &[reqwest::Certificate],
+) -> reqwest::Result<reqwest::Client> {
     // reqwest is built without a crypto provider; use the same ring provider as kube (no-op if already set).
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        .tls_certs_merge(extra_roots.iter().cloned())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10).min(timeout))
         // Never follow a redirect: it could lead past `--allowed-api-hosts` and carry the token request's client
@@ -160,6 +168,17 @@ pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
             env!("CARGO_PKG_VERSION")
         ))
         .build()
+}
+
+/// The certificates of a PEM bundle (`--pipedream-ca-file`), trusted for Pipedream besides the system's roots.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(roots)
 }
 
 impl PipedreamClient {

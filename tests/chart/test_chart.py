@@ -311,6 +311,40 @@ def test_the_uninstall_hook_stops_the_operator_then_lets_every_connectedaccount_
     assert not [d for d in render({"uninstallHook": {"enabled": False}}) if hook(d)]
 
 
+def test_an_egress_proxy_reaches_the_operator_and_narrows_the_network_policy():
+    """Issue 27 (10): the operator honours HTTPS_PROXY/HTTP_PROXY/NO_PROXY (tests/system.rs runs it and the CLI
+    through a proxy on the real API server); the chart sets them, and with network policies on, Pipedream egress
+    goes to the proxy only."""
+    vals = {"egressProxy": {"url": "http://proxy.corp.example:3128", "noProxy": ".corp.example,10.0.0.0/8",
+                            "cidrs": ["10.20.30.40/32"], "port": 3128},
+            "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.1/32"], "port": 6443}}}
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(vals)
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema({"egressProxy": {"url": "proxy.corp.example:3128"}})
+    docs = render(vals)
+    env = {e["name"]: e.get("value") for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == "http://proxy.corp.example:3128"
+    assert env["NO_PROXY"] == ".corp.example,10.0.0.0/8"
+    policy = [p for p in by_kind(docs, "NetworkPolicy") if not hook(p)][0]
+    rules = policy["spec"]["egress"]
+    assert [r["ports"][0]["port"] for r in rules] == [53, 6443, 3128]
+    assert rules[2]["to"] == [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "only the proxy, not every address on 443"
+    plain = render({})
+    env = [e["name"] for e in by_kind(plain, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "HTTPS_PROXY" not in env and "NO_PROXY" not in env
+    # The proxy's CA, from a ConfigMap, trusted besides the image's roots (tests/system.rs: refused without it).
+    pod = by_kind(render({"pipedreamCA": {"configMap": "corp-ca", "key": "bundle.pem"}}), "Deployment")[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--pipedream-ca-file=/etc/pipedream-secrets-operator/pipedream-ca/ca.crt" in container["args"]
+    volume = [v for v in pod["volumes"] if v["name"] == "pipedream-ca"][0]
+    assert volume["configMap"] == {"name": "corp-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+    mount = [m for m in container["volumeMounts"] if m["name"] == "pipedream-ca"][0]
+    assert mount["mountPath"] == "/etc/pipedream-secrets-operator/pipedream-ca" and mount["readOnly"]
+    assert not any(a.startswith("--pipedream-ca-file") for a in
+                   by_kind(plain, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 def test_values_reach_the_container_args():
     args = by_kind(render(values("ha")), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--concurrency=16" in args

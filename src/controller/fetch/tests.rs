@@ -14,7 +14,7 @@ fn dispatcher_for(url: String, fetcher: &Fetcher, ns: Option<&str>) -> Arc<Dispa
     let key = ConnectionKey::new(id, &spec);
     fetcher.dispatcher(&key, RateLimit::default(), || {
         PipedreamClient::new(
-            crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
+            crate::pipedream::http_client(Duration::from_secs(5), &[]).unwrap(),
             ClientSettings {
                 api_url: url,
                 mode: ApiMode::ApiKey {

@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub concurrency: u16,
     /// Timeout of each Pipedream request.
     pub request_timeout: std::time::Duration,
+    /// A PEM bundle trusted for Pipedream besides the system's roots.
+    pub pipedream_ca_file: Option<std::path::PathBuf>,
     /// Pod name, for Event reporting and the leader-election identity.
     pub instance: Option<String>,
     /// Leader election, or none to always reconcile.
@@ -59,7 +61,11 @@ pub async fn run(
 ) -> Result<(), String> {
     let shard = config.settings.shard;
     metrics.set_leader(shard, false);
-    let http = crate::pipedream::http_client(config.request_timeout)
+    let roots = match &config.pipedream_ca_file {
+        Some(path) => crate::pipedream::load_roots(path)?,
+        None => Vec::new(),
+    };
+    let http = crate::pipedream::http_client(config.request_timeout, &roots)
         .map_err(|e| format!("building HTTP client: {e}"))?;
     let scopes: Vec<Scope> = if config.namespaces.is_empty() {
         vec![None]

@@ -73,7 +73,7 @@ async fn unrelated_secrets_leave_nothing_held() {
         },
         [(Some(ns.clone()), connections)].into(),
         cluster,
-        crate::pipedream::http_client(Duration::from_secs(5)).unwrap(),
+        crate::pipedream::http_client(Duration::from_secs(5), &[]).unwrap(),
         Arc::new(Metrics::new()),
         Clock::System,
         None,

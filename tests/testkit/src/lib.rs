@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod controlplane;
+pub mod egressproxy;
 pub mod faultproxy;
 pub mod pipedream;
 pub mod podview;
