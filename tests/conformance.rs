@@ -1,8 +1,9 @@
 //! Conformance of the test kit's API emulator, written from the Kubernetes API conventions and the API server's
 //! documented behaviour (sig-architecture/api-conventions.md, "Kubernetes API Concepts", the CRD and server-side
-//! apply documentation), not from the emulator's code. Each test is one row of the table in the README
+//! apply documentation), not from the emulator's code. Each test is one row of the table in docs/contributing.md
 //! ("The emulator: conformance"); the older rows live in `tests/emulator.rs`. Where the emulator intentionally
-//! differs, the test asserts what it does instead and says so, and the README's simplifications list names it.
+//! differs, the test asserts what it does instead and says so, and the simplifications list in
+//! docs/contributing.md names it.
 //!
 //! Requests are raw HTTP, so the wire shape (status codes, `Status` bodies, headers, watch lines) is what is
 //! checked, not what a client library makes of it.
@@ -1202,8 +1203,8 @@ async fn status_writes_go_through_the_subresource_only(s: &Server) {
 }
 
 /// Each conformance behaviour runs against both servers: `emulator::<name>` and `real_api_server::<name>`. Where
-/// they differ on purpose, the test says so and asserts each server's own behaviour (`s.real`); the README's list
-/// of simplifications names every such difference.
+/// they differ on purpose, the test says so and asserts each server's own behaviour (`s.real`); the list of
+/// simplifications in docs/contributing.md names every such difference.
 macro_rules! against_both {
     ($($name:ident),* $(,)?) => {
         mod emulator {

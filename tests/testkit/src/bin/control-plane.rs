@@ -11,7 +11,7 @@ use pdso_testkit::controlplane::node::NodeOptions;
 use pdso_testkit::controlplane::{ADMIN, ControlPlane, OPERATOR, TENANTS};
 use serde_json::json;
 
-/// A real Kubernetes control plane on loopback (see the README's test section).
+/// A real Kubernetes control plane on loopback (see docs/contributing.md, test kit).
 #[derive(Parser)]
 struct Args {
     /// Write a kubeconfig per static user here.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use pdso_testkit::pipedream::{FakePipedream, Seed};
 
-/// A fake Pipedream API on loopback (see the README's test-kit section).
+/// A fake Pipedream API on loopback (see docs/contributing.md, test kit).
 #[derive(Parser)]
 struct Args {
     /// Address to listen on.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use pdso_testkit::apiserver::ApiServer;
 
-/// A Kubernetes API emulator on loopback (see the README's test-kit section).
+/// A Kubernetes API emulator on loopback (see docs/contributing.md, test kit).
 #[derive(Parser)]
 struct Args {
     /// Address to listen on.
