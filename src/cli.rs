@@ -49,6 +49,13 @@ pub enum Command {
         /// A PEM bundle of CA certificates trusted for Pipedream besides the system's roots.
         #[arg(long, env = "PIPEDREAM_CA_FILE", value_hint = clap::ValueHint::FilePath)]
         pipedream_ca_file: Option<PathBuf>,
+        /// First wait until the CRDs are served and the operator reports the connection Ready (an install is
+        /// up); give up after `--timeout`.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits.
+        #[arg(long, default_value = "120s", value_parser = parse_duration_arg)]
+        timeout: std::time::Duration,
     },
     /// List ConnectedAccounts with their Ready reason, expiry horizon and next sync; with NAME, one in detail
     /// (conditions, recent Events, the Secret's keys and expiry, the connection). Never secret values.
@@ -99,8 +106,12 @@ pub enum Command {
         #[command(flatten)]
         kube: KubeArgs,
     },
-    /// Print the version and the git commit it was built from.
-    Version,
+    /// Print this binary's version and git commit, the API server's, and the operator's (its Deployments').
+    Version {
+        /// Only this binary's (no cluster needed).
+        #[arg(long)]
+        client: bool,
+    },
     /// Print a shell completion script (`source <(pipedream-secrets-operator completion bash)`).
     Completion {
         /// Shell.

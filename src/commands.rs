@@ -205,11 +205,15 @@ pub async fn check(
     namespace: Option<String>,
     account: Option<String>,
     pipedream_ca_file: Option<std::path::PathBuf>,
+    wait: Option<std::time::Duration>,
 ) -> Result<(), String> {
     use crate::crd::{ClusterPipedreamConnection, PipedreamConnection};
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    if let Some(timeout) = wait {
+        wait_until_ready(&client, &connection, namespace.as_deref(), timeout).await?;
+    }
     let (id, settings, loader) = match &namespace {
         Some(ns) => {
             let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
@@ -307,6 +311,155 @@ pub async fn check(
             );
         }
         None => println!("credentials   none returned (OAuth accounts need your own OAuth client)"),
+    }
+    Ok(())
+}
+
+/// The kinds the CRDs serve, as discovery lists them (served means established).
+const KINDS: [&str; 3] = [
+    "connectedaccounts",
+    "pipedreamconnections",
+    "clusterpipedreamconnections",
+];
+
+/// `check --wait`: until the CRDs are served and the operator reports the connection Ready for its current
+/// generation, which proves an install end to end (cmctl's `check api --wait`; the chart's `helm test`).
+async fn wait_until_ready(
+    client: &Client,
+    connection: &str,
+    namespace: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let why = match readiness(client, connection, namespace).await {
+            Ok(()) => {
+                println!("ready         CRDs served; the operator reports the connection Ready");
+                return Ok(());
+            }
+            Err(why) => why,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not ready after {}s: {why}", timeout.as_secs()));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Why the install is not ready yet, if it is not.
+async fn readiness(
+    client: &Client,
+    connection: &str,
+    namespace: Option<&str>,
+) -> Result<(), String> {
+    use crate::crd::{ClusterPipedreamConnection, ConnectionStatus, PipedreamConnection};
+    let served = client
+        .list_api_group_resources("pipedream-secrets.io/v1alpha1")
+        .await
+        .map(|l| l.resources.into_iter().map(|r| r.name).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(missing) = KINDS.iter().find(|k| !served.iter().any(|s| s == *k)) {
+        return Err(format!(
+            "the CRDs are not served yet ({missing}.pipedream-secrets.io)"
+        ));
+    }
+    let (what, generation, status): (String, Option<i64>, Option<ConnectionStatus>) =
+        match namespace {
+            Some(ns) => {
+                let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
+                    .get_opt(connection)
+                    .await
+                    .map_err(|e| format!("PipedreamConnection {ns}/{connection}: {e}"))?
+                    .ok_or_else(|| {
+                        format!("PipedreamConnection {ns}/{connection} does not exist")
+                    })?;
+                (
+                    format!("PipedreamConnection {ns}/{connection}"),
+                    c.metadata.generation,
+                    c.status,
+                )
+            }
+            None => {
+                let c = Api::<ClusterPipedreamConnection>::all(client.clone())
+                    .get_opt(connection)
+                    .await
+                    .map_err(|e| format!("ClusterPipedreamConnection {connection}: {e}"))?
+                    .ok_or_else(|| {
+                        format!("ClusterPipedreamConnection {connection} does not exist")
+                    })?;
+                (
+                    format!("ClusterPipedreamConnection {connection}"),
+                    c.metadata.generation,
+                    c.status,
+                )
+            }
+        };
+    let status = status.unwrap_or_default();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    match ready {
+        Some(c) if status.observed_generation == generation && c.status == "True" => Ok(()),
+        Some(c) if status.observed_generation == generation => {
+            Err(format!("{what} is not Ready: {}: {}", c.reason, c.message))
+        }
+        _ => Err(format!(
+            "{what} has no Ready status for its generation yet: is the operator running{}?",
+            if namespace.is_none() {
+                " (and watching every namespace: it reports on cluster connections only then)"
+            } else {
+                ""
+            }
+        )),
+    }
+}
+
+/// `version`: this binary's, and unless `client_only`, the API server's and the operator's as its Deployments
+/// (`app.kubernetes.io/name=pipedream-secrets-operator`) say.
+pub async fn version(client_only: bool) -> Result<(), String> {
+    println!(
+        "client        pipedream-secrets-operator {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::metrics::GIT_COMMIT
+    );
+    if client_only {
+        return Ok(());
+    }
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let server = client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("cannot reach the API server: {e}"))?;
+    println!("kubernetes    {}", server.git_version);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(client);
+    let lp = kube::api::ListParams::default()
+        .labels("app.kubernetes.io/name=pipedream-secrets-operator");
+    match deployments.list(&lp).await {
+        Ok(list) if list.items.is_empty() => println!("operator      not found"),
+        Ok(list) => {
+            for d in list.items {
+                let version = d
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app.kubernetes.io/version"))
+                    .cloned()
+                    .unwrap_or_else(|| "-".into());
+                let image = d
+                    .spec
+                    .template
+                    .spec
+                    .and_then(|p| p.containers.into_iter().next())
+                    .and_then(|c| c.image)
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "operator      {version} ({}/{}, image {image})",
+                    d.metadata.namespace.unwrap_or_default(),
+                    d.metadata.name.unwrap_or_default()
+                );
+            }
+        }
+        Err(e) => println!("operator      unknown: cannot list Deployments ({e})"),
     }
     Ok(())
 }

@@ -77,14 +77,7 @@ fn main() -> std::process::ExitCode {
             namespaces,
             kube,
         )),
-        Some(Command::Version) => {
-            println!(
-                "pipedream-secrets-operator {} (commit {})",
-                env!("CARGO_PKG_VERSION"),
-                pipedream_secrets_operator::metrics::GIT_COMMIT
-            );
-            Ok(())
-        }
+        Some(Command::Version { client }) => block_on(commands::version(client)),
         Some(Command::Completion { shell }) => {
             let name = if plugin {
                 "kubectl-pipedream"
@@ -113,11 +106,14 @@ fn main() -> std::process::ExitCode {
             namespace,
             account,
             pipedream_ca_file,
+            wait,
+            timeout,
         }) => block_on(commands::check(
             connection,
             namespace,
             account,
             pipedream_ca_file,
+            wait.then_some(timeout),
         )),
         Some(Command::Run(args)) => block_on(commands::run(args)),
         None => block_on(commands::run(cli.run)),

@@ -282,7 +282,7 @@ fn the_demo_stops_on_sigterm_within_seconds() {
 #[test]
 fn the_binary_carries_its_allocator_settings() {
     let out = bin()
-        .arg("version")
+        .args(["version", "--client"])
         .env("_RJEM_MALLOC_CONF", "stats_print:true")
         .output()
         .unwrap();

@@ -1170,6 +1170,96 @@ async fn the_operator_and_the_cli_work_through_an_egress_proxy() {
     let _ = std::fs::remove_file(&ca);
 }
 
+/// Issue 27 (9): nothing waited for an install to be ready, and `version` showed no server side. `check --wait`
+/// waits until the CRDs are served and the operator reports the connection Ready (without an operator it gives up
+/// after `--timeout`, saying what it waited for); `version` shows the API server's and the operator Deployment's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_wait_waits_for_the_operator_and_version_shows_the_server_side() {
+    // Cluster-wide, as the chart installs it: the operator reports on cluster connections.
+    let options = support::Options {
+        cluster_wide: true,
+        ..Default::default()
+    };
+    let Some(mut env) =
+        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
+    else {
+        return;
+    };
+    let connection = env.cluster("default");
+    let kubeconfig = env.kubeconfig.clone();
+    let command = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"));
+        c.args(args).env("KUBECONFIG", &kubeconfig);
+        c
+    };
+    let wait = ["check", "--connection", &connection, "--wait"];
+    let out = command(&wait).args(["--timeout", "2s"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "no operator yet: {err}");
+    assert!(
+        err.contains("not ready after 2s") && err.contains("is the operator running"),
+        "{err}"
+    );
+    let waiting = command(&wait)
+        .args(["--timeout", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.start_operator();
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ready         CRDs served") && text.contains("auth          ok"),
+        "{text}"
+    );
+    // version: the client, the API server and the operator's Deployment (here an object only: no controller).
+    env.apply(
+        "apps/v1",
+        "Deployment",
+        Some("ops"),
+        "pdso-pipedream-secrets-operator",
+        json!({"metadata": {"labels": {"app.kubernetes.io/name": "pipedream-secrets-operator",
+                "app.kubernetes.io/version": "9.9.9"}},
+            "spec": {"selector": {"matchLabels": {"app": "pdso"}},
+                "template": {"metadata": {"labels": {"app": "pdso"}},
+                    "spec": {"containers": [{"name": "operator", "image": "ghcr.io/example/pdso:9.9.9"}]}}}}),
+    )
+    .await;
+    let out = command(&["version"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "client        pipedream-secrets-operator {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("kubernetes    v1."), "{text}");
+    assert!(
+        text.contains(&format!(
+            "operator      9.9.9 ({}/pdso-pipedream-secrets-operator, image ghcr.io/example/pdso:9.9.9)",
+            env.ns("ops")
+        )),
+        "{text}"
+    );
+    let offline = std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
+        .args(["version", "--client"])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(offline.status.success());
+}
+
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {
@@ -2509,7 +2599,7 @@ async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
             "{out}"
         );
     }
-    let (ok, version, _) = run(&["pipedream", "version"]);
+    let (ok, version, _) = run(&["pipedream", "version", "--client"]);
     assert!(
         ok && version.contains(env!("CARGO_PKG_VERSION")),
         "{version}"
