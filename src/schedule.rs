@@ -10,8 +10,8 @@
 //!   is before it), since that is when a new token exists; never later than just after `E`. Steady state: one
 //!   call per token. An `R` after `D` leaves pods too little time: the status reports the risk.
 //! - no usable `R`: at `E − max(beforeExpiry, P) − jitter`; inside that margin (Pipedream is late), halve the
-//!   time left until `D` while that stays over 20 s, poll at `D`, then halve the time left until `E` the same
-//!   way and go to just after `E`.
+//!   time left until `D` while that stays over 20 s, poll just after `D` (a refresh right at `D` still reaches
+//!   pods in time), then halve the time left until `E` the same way and go to just after `E`.
 //! - `E` passed (or the answer is already expired): every second, then every 2 s, for two minutes; then slower
 //!   (a tenth of the time since expiry, at most a minute), but always just after a future `R` (Pipedream's
 //!   announced retry of its refresh). A past or absent `R` never delays this.
@@ -218,13 +218,19 @@ fn valid_until(
     }
     // Inside the margin and Pipedream has not refreshed: halve the time left until the pods' deadline while that
     // stays over 20 s and poll at the deadline, then do the same until expiry and wait for it.
+    // A refresh right at the pods' deadline still reaches every pod in time (the write allowance of `PodsAtRisk`),
+    // and a poll exactly at the deadline can come a moment before it: the last poll for the pods is just after it.
+    let after_deadline = add(deadline, AFTER_REFRESH_DELAY).min(just_after_expiry);
     if !policy.propagation.is_zero() && now < deadline {
         let left = between(now, deadline);
         return if left > LAST_POLL_BEFORE_EXPIRY * 2 {
             add(now, left / 2)
         } else {
-            deadline
+            after_deadline
         };
+    }
+    if !policy.propagation.is_zero() && now < after_deadline {
+        return after_deadline;
     }
     let left = between(now, e);
     if left > LAST_POLL_BEFORE_EXPIRY * 2 {
@@ -341,7 +347,7 @@ pub fn display_time(t: Timestamp, server: Option<Timestamp>, received: Timestamp
 
 /// The most calls per token the schedule makes while that token is valid and Pipedream has not refreshed it:
 /// one just after Pipedream's announced `next_refresh_at`, the fetch at `E − margin`, the halvings down to 20 s
-/// before the pods' deadline and the poll at it, the halvings down to 20 s before expiry, and two around expiry
+/// before the pods' deadline and the poll just after it, the halvings down to 20 s before expiry, and two around expiry
 /// (the conservative expiry of second-precision timestamps may be up to two seconds early, so the first poll
 /// "after" it can still see the old token). Once the token has expired (Pipedream is late), add at most one call
 /// per [`expired_retry`] wait.
