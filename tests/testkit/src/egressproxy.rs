@@ -111,24 +111,9 @@ impl Drop for TlsFront {
 impl TlsFront {
     /// Listen on an ephemeral loopback port, relaying to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> Result<Self, String> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let err = |e: rcgen::Error| e.to_string();
-        let ca_key = KeyPair::generate().map_err(err)?;
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "corporate-egress-ca");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().map_err(err)?;
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).map_err(err)?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &issuer).map_err(err)?;
+        let (ca_pem, cert, key) =
+            crate::certs::ca_and_serving("corporate-egress-ca", "127.0.0.1", &["127.0.0.1"])?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -159,11 +144,7 @@ impl TlsFront {
                 });
             }
         });
-        Ok(Self {
-            addr,
-            ca_pem: ca_cert.pem(),
-            task,
-        })
+        Ok(Self { addr, ca_pem, task })
     }
 
     /// `https://127.0.0.1:<port>`.

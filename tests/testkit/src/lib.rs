@@ -3,6 +3,7 @@
 //! `fake-pipedream`), and a monitor of what pods read ([`podview`]).
 
 pub mod apiserver;
+mod certs;
 pub mod controlplane;
 pub mod egressproxy;
 pub mod faultproxy;

@@ -624,29 +624,13 @@ fn sweep_stale(base: &Path) {
 
 /// Write the CA, the serving certificate, the ServiceAccount signing key, the token file and the audit policy.
 fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::KeyPair;
     let err = |e: rcgen::Error| e.to_string();
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pdso-test-ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let serving_key = KeyPair::generate().map_err(err)?;
-    let mut serving =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(err)?;
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let serving_cert = serving.signed_by(&serving_key, &issuer).map_err(err)?;
+    let (ca_pem, serving_cert, serving_key) = crate::certs::ca_and_serving(
+        "pdso-test-ca",
+        "kube-apiserver",
+        &["127.0.0.1", "localhost"],
+    )?;
     // ES256 ServiceAccount tokens: the API server signs with the private key and verifies with the public one.
     let sa_key = KeyPair::generate().map_err(err)?;
     let mut tokens = BTreeMap::new();
@@ -673,7 +657,7 @@ fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), S
         kubelet = node::KUBELET_USER
     );
     let files = [
-        ("ca.crt", ca_cert.pem()),
+        ("ca.crt", ca_pem.clone()),
         ("serving.crt", serving_cert.pem()),
         ("serving.key", serving_key.serialize_pem()),
         ("sa.key", sa_key.serialize_pem()),
@@ -684,7 +668,7 @@ fn write_credentials(dir: &Path) -> Result<(String, BTreeMap<String, String>), S
     for (name, text) in files {
         std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))?;
     }
-    Ok((ca_cert.pem(), tokens))
+    Ok((ca_pem, tokens))
 }
 
 fn random_token() -> String {
