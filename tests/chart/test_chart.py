@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,11 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "pipedream-secrets-operator"
+from kit import CHART, ROOT, TARGET, ControlPlane, free_port, kubectl, wait_http
+
 VALUES = Path(__file__).parent / "values"
-# Where cargo builds (run.sh builds the control plane, the fake Pipedream and the operator there).
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 K8S_VERSION = "1.33.0"
 VALUE_SETS = ["default", "oauth", "apikey", "scoped", "ha", "sharded", "secure"]
 OUR_GROUP = "pipedream-secrets.io"
@@ -47,62 +44,6 @@ def render(vals, namespace="pipedream-secrets-operator", release="pdso"):
 
 def by_kind(docs, kind):
     return [d for d in docs if d["kind"] == kind]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url):
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"{url} never answered")
-
-
-class ControlPlane:
-    """The test kit's `control-plane` binary: etcd, kube-apiserver and kube-controller-manager on loopback."""
-
-    def __init__(self, tmp):
-        self.proc = subprocess.Popen([str(TARGET / "debug" / "control-plane"), "--kubeconfig-dir", str(tmp)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait(timeout=60)
-            err = self.proc.stderr.read()
-            if code == 77:
-                pytest.skip(err.strip())
-            pytest.fail(f"control-plane exited {code}: {err}")
-        self.info = json.loads(line)
-        self.url = self.info["url"]
-
-    def kubeconfig(self, user):
-        return Path(self.info["kubeconfigs"][user])
-
-    def kubeconfig_for_token(self, path, token, namespace=None):
-        """A kubeconfig like the administrator's, with another bearer token."""
-        config = yaml.safe_load(self.kubeconfig("admin").read_text())
-        config["users"][0]["user"]["token"] = token
-        if namespace:
-            config["contexts"][0]["context"]["namespace"] = namespace
-        path.write_text(yaml.safe_dump(config))
-        return path
-
-    def audit(self):
-        """Every audited request (everyone but the administrator and the control plane's own)."""
-        text = Path(self.info["audit_log"]).read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    def stop(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -445,10 +386,19 @@ def test_checkov_finds_nothing_unexplained(tmp_path):
     assert failed == [], f"checkov findings without a reason in the chart: {failed}"
     skipped = [c for r in reports for c in r["results"].get("skipped_checks", [])]
     assert skipped, "the accepted findings are reported as skipped"
-    annotations = by_kind(render({}), "Deployment")[0]["metadata"]["annotations"]
-    reasons = dict(v.split("=", 1) for k, v in annotations.items() if k.startswith("checkov.io/skip"))
+    # Each skip is explained on the resource it skips (checkov names it Kind.namespace.name).
+    reasons = {}
+    for name in VALUE_SETS:
+        for d in render(values(name)):
+            meta = d["metadata"]
+            resource = f"{d['kind']}.{meta.get('namespace', 'default')}.{meta['name']}"
+            for k, v in meta.get("annotations", {}).items():
+                if k.startswith("checkov.io/skip"):
+                    check, reason = v.split("=", 1)
+                    reasons[(check, resource)] = reason
     for c in skipped:
-        assert len(reasons.get(c["check_id"], "")) > 20, f"{c['check_id']} is skipped without a reason in the chart"
+        reason = reasons.get((c["check_id"], c["resource"]), "")
+        assert len(reason) > 20, f"{c['check_id']} is skipped on {c['resource']} without a reason in the chart"
     assert sum(r["summary"]["passed"] for r in reports) > 100
 
 
@@ -836,13 +786,6 @@ HELM_INSTALL_ORDER = ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange
                       "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod", "ReplicationController",
                       "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
                       "IngressClass", "Ingress", "APIService"]
-
-
-def kubectl(kc, *args, stdin=None):
-    out = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(kc), *args],
-                         input=stdin, capture_output=True, text=True)
-    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
-    return out.stdout
 
 
 def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_service_account(tmp_path, control_plane):

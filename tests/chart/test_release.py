@@ -59,3 +59,55 @@ def test_versions_and_the_default_image_agree_with_what_the_workflow_publishes()
     assert values["image"]["tag"] == "", "the tag defaults to the chart's appVersion"
     # The tag filter accepts exactly the versions the check job can match.
     assert workflow[True]["push"]["tags"] == ["v[0-9]+.[0-9]+.[0-9]+*"]
+
+
+def dockerfile_stages():
+    """Stage name (or its position, for an unnamed one) → its lines, from the Dockerfile."""
+    stages, name = {}, None
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        m = re.match(r"FROM (\S+)(?: AS (\S+))?$", line)
+        if m:
+            name = m.group(2) or len(stages)
+            stages[name] = [line]
+        elif name is not None and line and not line.startswith("#"):
+            stages[name].append(line)
+    return stages
+
+
+def test_the_published_image_holds_the_published_binary_and_can_be_rebuilt_from_it():
+    """Issue 27: the image reproducible from the release binary. The Dockerfile's `binary` stage writes the static
+    binary under the name the `from-binary` stage copies from dist/; the workflow builds that stage into dist/ per
+    architecture, builds the image from it, and publishes the same files with the release."""
+    stages = dockerfile_stages()
+    produced = re.fullmatch(r"COPY --from=build /src/target/release/pipedream-secrets-operator /(\S+)",
+                            stages["binary"][-1]).group(1)
+    copied = next(re.fullmatch(r"COPY (dist/\S+) /usr/local/bin/pipedream-secrets-operator", line).group(1)
+                  for line in stages["from-binary"] if line.startswith("COPY"))
+    assert copied == f"dist/{produced}", (copied, produced)
+    assert "${TARGETARCH}" in produced and "ARG TARGETARCH" in stages["binary"] + stages["from-binary"]
+    # Both images derive from one runtime stage (user, ports, entrypoint); the default one is built from source.
+    default = stages[max(k for k in stages if isinstance(k, int))]
+    assert stages["from-binary"][0] == "FROM runtime AS from-binary" and default[0] == "FROM runtime"
+    assert default[1] == "COPY --from=build /src/target/release/pipedream-secrets-operator " \
+                         "/usr/local/bin/pipedream-secrets-operator"
+    assert 'ENTRYPOINT ["/usr/local/bin/pipedream-secrets-operator"]' in stages["runtime"]
+    # The build context keeps dist/ (.dockerignore leaves it in).
+    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()]
+    assert not any(copied == p or copied.startswith(p.rstrip("/") + "/") for p in ignored), ignored
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    job = workflow["jobs"]["image"]
+    for entry in job["strategy"]["matrix"]["include"]:
+        assert entry["platform"] == f"linux/{entry['arch']}", "TARGETARCH is the platform's architecture"
+    steps = job["steps"]
+    binary = next(i for i, s in enumerate(steps) if s.get("with", {}).get("target") == "binary")
+    assert steps[binary]["with"]["outputs"] == "type=local,dest=dist"
+    upload = next(s for s in steps[binary:] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["path"] == copied.replace("${TARGETARCH}", "${{ matrix.arch }}")
+    image = next(i for i, s in enumerate(steps) if s.get("id") == "build")
+    assert image > binary and steps[image]["with"]["target"] == "from-binary"
+    assert steps[image]["with"]["platforms"] == steps[binary]["with"]["platforms"] == "${{ matrix.platform }}"
+    publish = workflow["jobs"]["publish"]["steps"]
+    assert any(s.get("with", {}).get("pattern") == "binary-*" and s["with"]["path"] == "dist" for s in publish)
+    release = next(s["run"] for s in publish if "gh release create" in s.get("run", ""))
+    assert "sha256sum pipedream-secrets-operator-linux-*" in release and release.rstrip().endswith("dist/*")

@@ -89,3 +89,68 @@ name pass TLS through), http-metrics otherwise. */}}
 
 {{/* Where metrics.secure.certSecret is mounted. */}}
 {{- define "pdso.metricsCertDir" -}}/var/run/pipedream-secrets-operator/metrics-tls{{- end -}}
+
+{{- /* Egress of the operator's pods and of the chart's test pod: DNS, the API server, Pipedream (or the proxy). */}}
+{{- define "pdso.egressRules" -}}
+# DNS, to the cluster's resolver only.
+- {{- with .Values.networkPolicy.dns.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# The Kubernetes API server. As wide as apiServer.cidrs: by default every address on 443 and 6443, in-cluster
+# services included; name your API server's addresses there to close that.
+- to:
+    {{- range .Values.networkPolicy.apiServer.cidrs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
+  ports:
+    {{- /* `port` is the older single-port form; when set it wins. */}}
+    {{- range (ternary (list .Values.networkPolicy.apiServer.port) .Values.networkPolicy.apiServer.ports (not (empty .Values.networkPolicy.apiServer.port))) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- if and .Values.egressProxy.url .Values.egressProxy.cidrs }}
+# Pipedream through the egress proxy only.
+- to:
+    {{- range .Values.egressProxy.cidrs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
+  ports:
+    - port: {{ .Values.egressProxy.port }}
+      protocol: TCP
+{{- else }}
+# Pipedream: any address of either family except `pipedream.except` (the cluster's own ranges), so a tenant's
+# apiUrl cannot reach in-cluster HTTPS services through this rule. An except must lie inside its cidr, so the
+# whole-family cidrs get the entries of their family and narrower cidrs (yours) none.
+- to:
+    {{- range $cidr := .Values.networkPolicy.pipedream.cidrs }}
+    {{- $v6 := contains ":" $cidr }}
+    {{- $except := list }}
+    {{- if or (eq $cidr "0.0.0.0/0") (eq $cidr "::/0") }}
+    {{- range $.Values.networkPolicy.pipedream.except }}
+    {{- if eq (contains ":" .) $v6 }}
+    {{- $except = append $except . }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+    - ipBlock:
+        cidr: {{ $cidr | quote }}
+        {{- with $except }}
+        except:
+          {{- range . }}
+          - {{ . | quote }}
+          {{- end }}
+        {{- end }}
+    {{- end }}
+  ports:
+    - port: {{ .Values.networkPolicy.pipedream.port }}
+      protocol: TCP
+{{- end }}
+{{- end -}}

@@ -3,6 +3,7 @@
 //! records the target of the first request of each connection, so a test can tell which requests went through it.
 //! [`TlsFront`] plays the other half of a TLS-inspecting proxy: HTTPS under a CA of its own.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -25,15 +26,25 @@ impl Drop for EgressProxy {
 impl EgressProxy {
     /// Listen on an ephemeral loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_resolving("127.0.0.1:0".parse().expect("an address"), HashMap::new()).await
+    }
+
+    /// Listen on `listen`, and send targets named in `hosts` (`host:port`) to the address given there instead of
+    /// resolving them: a proxy with a DNS view of its own, which is how a test reaches "api.pipedream.com".
+    pub async fn start_resolving(
+        listen: SocketAddr,
+        hosts: HashMap<String, SocketAddr>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = seen.clone();
+        let hosts = Arc::new(hosts);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let log = log.clone();
+                let (log, hosts) = (log.clone(), hosts.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, log).await;
+                    let _ = serve(client, log, &hosts).await;
                 });
             }
         });
@@ -51,7 +62,18 @@ impl EgressProxy {
     }
 }
 
-async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
+async fn connect(target: &str, hosts: &HashMap<String, SocketAddr>) -> std::io::Result<TcpStream> {
+    match hosts.get(target) {
+        Some(addr) => TcpStream::connect(addr).await,
+        None => TcpStream::connect(target).await,
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    log: Arc<Mutex<Vec<String>>>,
+    hosts: &HashMap<String, SocketAddr>,
+) -> std::io::Result<()> {
     // The request head: up to the blank line (16 KiB at most).
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -73,7 +95,7 @@ async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>) -> std::io::
         .unwrap_or_else(|p| p.into_inner())
         .push(format!("{method} {target}"));
     if method == "CONNECT" {
-        let mut upstream = TcpStream::connect(target).await?;
+        let mut upstream = connect(target, hosts).await?;
         client
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await?;
@@ -87,7 +109,7 @@ async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>) -> std::io::
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_default()
         .to_string();
-    let mut upstream = TcpStream::connect(&authority).await?;
+    let mut upstream = connect(&authority, hosts).await?;
     upstream.write_all(&head).await?;
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
@@ -111,9 +133,14 @@ impl Drop for TlsFront {
 impl TlsFront {
     /// Listen on an ephemeral loopback port, relaying to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> Result<Self, String> {
+        Self::start_for(upstream, "127.0.0.1").await
+    }
+
+    /// As [`Self::start`], with a certificate for `host` (a DNS name or an IP address).
+    pub async fn start_for(upstream: &str, host: &str) -> Result<Self, String> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
         let (ca_pem, cert, key) =
-            crate::certs::ca_and_serving("corporate-egress-ca", "127.0.0.1", &["127.0.0.1"])?;
+            crate::certs::ca_and_serving("corporate-egress-ca", host, &[host])?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -150,6 +177,11 @@ impl TlsFront {
     /// `https://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The CA that signed its certificate, PEM.

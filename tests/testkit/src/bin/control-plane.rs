@@ -18,7 +18,7 @@ struct Args {
     #[arg(long)]
     kubeconfig_dir: PathBuf,
     /// Do not install the operator's CRDs.
-    #[arg(long, conflicts_with = "nodes")]
+    #[arg(long)]
     no_crds: bool,
     /// Hollow nodes to run (with kube-scheduler and the workload controllers); 0: none.
     #[arg(long, default_value_t = 0)]
@@ -31,16 +31,16 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
-    let started = if args.no_crds {
-        ControlPlane::start_empty()
-    } else if args.nodes > 0 {
-        ControlPlane::start_with_nodes(NodeOptions {
-            count: args.nodes,
-            sync_frequency: std::time::Duration::from_secs(args.sync_frequency_secs),
-            ..NodeOptions::default()
-        })
-    } else {
-        ControlPlane::start()
+    let nodes = NodeOptions {
+        count: args.nodes,
+        sync_frequency: std::time::Duration::from_secs(args.sync_frequency_secs),
+        ..NodeOptions::default()
+    };
+    let started = match (args.no_crds, args.nodes > 0) {
+        (true, true) => ControlPlane::start_empty_with_nodes(nodes),
+        (true, false) => ControlPlane::start_empty(),
+        (false, true) => ControlPlane::start_with_nodes(nodes),
+        (false, false) => ControlPlane::start(),
     };
     let Some(cp) = started else {
         std::process::exit(77);

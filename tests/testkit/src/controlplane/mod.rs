@@ -148,6 +148,16 @@ impl ControlPlane {
 
     /// A private control plane with the operator's CRDs and nodes as `options` say.
     pub fn start_with_nodes(options: NodeOptions) -> Option<Self> {
+        Self::start_private_with_nodes(Some(&crds_dir()), options)
+    }
+
+    /// A private control plane with nodes and no CRD: what a fresh cluster looks like to an installer that brings
+    /// them (the chart's `crds.install`).
+    pub fn start_empty_with_nodes(options: NodeOptions) -> Option<Self> {
+        Self::start_private_with_nodes(None, options)
+    }
+
+    fn start_private_with_nodes(crds: Option<&Path>, options: NodeOptions) -> Option<Self> {
         match find_all() {
             Err(missing) if ci() => panic!("control plane: CI=true and {missing}"),
             Err(missing) => {
@@ -155,7 +165,7 @@ impl ControlPlane {
                 None
             }
             Ok((bin, node_bin)) => Some(
-                Self::start_with(&bin, Some(&crds_dir()), Some((&node_bin, options)))
+                Self::start_with(&bin, crds, Some((&node_bin, options)))
                     .unwrap_or_else(|e| panic!("control plane: {e}")),
             ),
         }
@@ -283,7 +293,11 @@ impl ControlPlane {
         let mut controllers =
             "garbagecollector,namespace,serviceaccount,serviceaccount-token".to_string();
         if workloads {
-            controllers.push_str(",deployment,replicaset,statefulset,daemonset");
+            // job: the chart's hook Jobs; root-ca-cert-publisher: kube-root-ca.crt in every namespace, as in a
+            // cluster.
+            controllers.push_str(
+                ",deployment,replicaset,statefulset,daemonset,job,root-ca-cert-publisher",
+            );
         }
         Supervised::spawn(
             "kube-controller-manager",
