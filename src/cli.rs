@@ -102,6 +102,10 @@ pub enum Command {
         /// `-n`/`-A`.
         #[arg(long, value_delimiter = ',')]
         namespaces: Vec<String>,
+        /// Then delete this ClusterPipedreamConnection (the chart's default connection: an install on a cluster
+        /// without the CRDs creates it as a hook, which `helm uninstall` would leave behind).
+        #[arg(long)]
+        delete_cluster_connection: Option<String>,
         /// Where the ConnectedAccounts are.
         #[command(flatten)]
         kube: KubeArgs,

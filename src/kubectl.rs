@@ -222,13 +222,15 @@ pub async fn sync(
 }
 
 /// `uninstall`: stop the operator (scale its Deployments to zero, wait for their pods), then let every
-/// ConnectedAccount go as its deletion would (release a retained Secret, remove the finalizer). Stopping comes
-/// first: a running operator would add the finalizer back on its next pass.
+/// ConnectedAccount go as its deletion would (release a retained Secret, remove the finalizer), then delete
+/// `delete_cluster_connection` if given. Stopping comes first: a running operator would add the finalizer back on
+/// its next pass.
 pub async fn uninstall(
     operator_namespace: Option<String>,
     operator_selector: Option<String>,
     timeout: std::time::Duration,
     namespaces: Vec<String>,
+    delete_cluster_connection: Option<String>,
     args: KubeArgs,
 ) -> Result<(), String> {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -309,6 +311,18 @@ pub async fn uninstall(
     );
     if failed > 0 {
         return Err(format!("{failed} ConnectedAccount(s) could not be let go"));
+    }
+    if let Some(name) = &delete_cluster_connection {
+        let api: Api<ClusterPipedreamConnection> = Api::all(client.clone());
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => println!("clusterpipedreamconnection {name}: deleted"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot delete ClusterPipedreamConnection {name}: {e}"
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -209,12 +209,12 @@ def test_the_uninstall_hook_stops_the_operator_then_lets_every_connectedaccount_
     pre-delete hook runs `uninstall` (tests/system.rs runs that command against the real API server): the Job
     scales the operator's Deployments (not itself) to zero, then removes the finalizer everywhere the operator
     watched, with RBAC for exactly that, all of it deleted once it succeeded."""
-    for name, vals in [("default", {}), ("scoped", values("scoped")), ("sharded", values("sharded"))]:
-        docs = [d for d in render(vals) if hook(d)]
+    for name, vals in [("default", {}), ("scoped", values("scoped")), ("sharded", values("sharded")),
+                       ("oauth", values("oauth"))]:
+        docs = [d for d in render(vals) if hook(d) and d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"]
         assert docs, name
         for d in docs:
             ann = d["metadata"]["annotations"]
-            assert ann["helm.sh/hook"] == "pre-delete"
             assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
         job = by_kind(docs, "Job")[0]
         assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > max(
@@ -239,17 +239,63 @@ def test_the_uninstall_hook_stops_the_operator_then_lets_every_connectedaccount_
         hook_grants = {(g, r, v) for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
                        for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                        for v in rule["verbs"]}
-        assert hook_grants == {("apps", "deployments", "list"), ("apps", "deployments", "patch"),
-                               ("", "pods", "list"), ("pipedream-secrets.io", "connectedaccounts", "list"),
-                               ("pipedream-secrets.io", "connectedaccounts", "patch"),
-                               ("", "secrets", "get"), ("", "secrets", "patch")}, hook_grants
+        expected = {("apps", "deployments", "list"), ("apps", "deployments", "patch"),
+                    ("", "pods", "list"), ("pipedream-secrets.io", "connectedaccounts", "list"),
+                    ("pipedream-secrets.io", "connectedaccounts", "patch"),
+                    ("", "secrets", "get"), ("", "secrets", "patch")}
+        if name == "oauth":
+            # The default connection, which Helm leaves behind when the install created it as a hook: that one.
+            assert "--delete-cluster-connection=default" in args
+            expected.add(("pipedream-secrets.io", "clusterpipedreamconnections", "delete"))
+            rule = [r for role in by_kind(docs, "ClusterRole") for r in role["rules"]
+                    if r["resources"] == ["clusterpipedreamconnections"]]
+            assert [r["resourceNames"] for r in rule] == [["default"]]
+        else:
+            assert not [a for a in args if a.startswith("--delete-cluster-connection")]
+        assert hook_grants == expected, hook_grants
     # Where the chart restricts the operator's network, the hook gets DNS and the API server only.
-    policy = [d for d in by_kind(render(values("ha")), "NetworkPolicy") if hook(d)][0]
+    policy = [d for d in by_kind(render(values("ha")), "NetworkPolicy")
+              if hook(d) and d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"][0]
     job_pod = [d for d in render(values("ha")) if hook(d) and d["kind"] == "Job"][0]["spec"]["template"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= job_pod["metadata"]["labels"].items()
     assert [r["ports"][0]["port"] for r in policy["spec"]["egress"]] == [53, 6443]
     assert "ingress" not in policy["spec"], "nothing reaches it"
     assert not [d for d in render({"uninstallHook": {"enabled": False}}) if hook(d)]
+
+
+def test_helm_test_checks_the_default_connection_with_least_privilege():
+    """Issue 27 (9): `helm test` runs `check --wait` on the default connection (test_readme_install.py runs it on a
+    real cluster); its ServiceAccount may get that connection and its Secret, nothing else."""
+    def tests(vals):
+        return [d for d in render(vals) if hook(d) and d["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    docs = tests(values("oauth"))
+    pod = by_kind(docs, "Pod")[0]
+    c = pod["spec"]["containers"][0]
+    assert c["args"] == ["check", "--connection=default", "--wait", "--timeout=120s"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    operator = by_kind(render(values("oauth")), "Deployment")[0]["spec"]["template"]["spec"]
+    assert c["image"] == operator["containers"][0]["image"]
+    assert c["securityContext"] == operator["containers"][0]["securityContext"]
+    assert pod["spec"]["serviceAccountName"] != operator["serviceAccountName"]
+    grants = {(g, r, v, tuple(rule.get("resourceNames", []))) for role in by_kind(docs, "ClusterRole") +
+              by_kind(docs, "Role") for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"]}
+    assert grants == {("pipedream-secrets.io", "clusterpipedreamconnections", "get", ("default",)),
+                      ("", "secrets", "get", ("pd-oauth",))}, grants
+    key = by_kind(tests(values("apikey")), "Role")[0]["rules"][0]["resourceNames"]
+    assert key == [values("apikey")["defaultConnection"]["apiKey"]["existingSecret"]]
+    assert not tests({}), "no default connection, nothing to test"
+    # With the network restricted, the test pod reaches what the operator reaches, and nothing reaches it.
+    restricted = {"defaultConnection": values("oauth")["defaultConnection"], "networkPolicy": {"enabled": True}}
+    policies = by_kind(render(restricted), "NetworkPolicy")
+    mine = [p for p in policies if hook(p)]
+    assert len(mine) == 2 and [p for p in mine if p["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    test_policy = [p for p in mine if p["metadata"]["annotations"]["helm.sh/hook"] == "test"][0]
+    operator_policy = [p for p in policies if not hook(p)][0]
+    assert test_policy["spec"]["egress"] == operator_policy["spec"]["egress"]
+    assert "ingress" not in test_policy["spec"]
+    test_pod = by_kind(tests(restricted), "Pod")[0]
+    assert test_policy["spec"]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
 
 
 def test_an_egress_proxy_reaches_the_operator_and_narrows_the_network_policy():

@@ -72,10 +72,11 @@ class PodRunner:
 
     def step(self):
         pods = json.loads(kubectl(self.admin, "get", "pods", "-A", "-o", "json"))["items"]
-        live = {p["metadata"]["uid"] for p in pods}
+        # A pod being deleted has its containers stopped before the object goes, as a kubelet does.
+        live = {p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp")}
         for pod in pods:
             uid = pod["metadata"]["uid"]
-            if uid in self.running or uid in self.ended:
+            if uid in self.running or uid in self.ended or uid not in live:
                 continue
             containers = pod["spec"]["containers"]
             if pod.get("status", {}).get("phase") != "Running" or containers[0]["image"] != IMAGE:
@@ -228,16 +229,27 @@ def test_the_readme_install_path_gives_a_ready_connected_account_and_helm_test_p
         sh(one(install, "helm upgrade"))
         after = json.loads(kubectl(admin, "get", "clusterpipedreamconnection", "default", "-o", "json"))
         assert after["metadata"]["uid"] == uid
-        # `helm uninstall`: the pre-delete Job stops the operator and lets the ConnectedAccount go; the release's
-        # objects (the adopted connection among them) are deleted; the synced Secret stays.
+        # `helm uninstall`: the pre-delete Job stops the operator, lets the ConnectedAccount go and deletes the
+        # default connection (Helm would not, had no upgrade adopted it); the synced Secret stays.
         sh(one(install, "helm uninstall"))
-        ca_obj = json.loads(kubectl(admin, "-n", "team-a", "get", "connectedaccount", "github-bot", "-o", "json"))
-        assert not ca_obj["metadata"].get("finalizers"), ca_obj["metadata"]
+        kubectl(admin, "-n", "team-a", "get", "connectedaccount", "github-bot")
+        job_log = next(runs.glob("pipedream-secrets-operator.*-uninstall-*.log")).read_text()
+        assert "clusterpipedreamconnection default: deleted" in job_log, job_log
         gone = subprocess.run(["kubectl", "--kubeconfig", str(admin), "get", "clusterpipedreamconnection", "default"],
                               capture_output=True, text=True)
         assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
         kubectl(admin, "-n", "team-a", "get", "secret", "github-bot-credentials")
-        assert sorted(runner.ended.values()) == [0, 0], (runner.ended, runner.logs())
+        # Installed again (the README's helm line; the CRDs stayed, so the connection is an ordinary object of the
+        # release now), `helm test` passes again, and uninstalled again nothing is left behind.
+        sh(oauth_install[oauth_install.index("helm install"):])
+        conn = json.loads(kubectl(admin, "get", "clusterpipedreamconnection", "default", "-o", "json"))
+        assert "helm.sh/hook" not in conn["metadata"].get("annotations", {})
+        sh(helm_test)
+        sh(one(install, "helm uninstall"))
+        gone = subprocess.run(["kubectl", "--kubeconfig", str(admin), "get", "clusterpipedreamconnection", "default"],
+                              capture_output=True, text=True)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
+        assert list(runner.ended.values()) == [0, 0, 0, 0], (runner.ended, runner.logs())
         # Every request of the chart's ServiceAccounts was allowed by the real authorizer.
         refused = [(e["user"].get("username", ""), e["verb"], e.get("objectRef")) for e in cp.audit()
                    if e["user"].get("username", "").startswith("system:serviceaccount:pipedream-secrets-operator:")
