@@ -79,3 +79,22 @@ def kubectl(kc, *args, stdin=None):
                          input=stdin, capture_output=True, text=True)
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
     return out.stdout
+
+
+def kubectl_result(kc, *args):
+    """kubectl without asserting success, for the refusals and absences a test expects."""
+    return subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(kc), *args],
+                          capture_output=True, text=True)
+
+
+def wait_ready(kc, namespace, name, seconds=60):
+    """The ConnectedAccount's Ready condition once it is True, or the last one seen after `seconds`."""
+    ready = None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ca = json.loads(kubectl(kc, "-n", namespace, "get", "connectedaccount", name, "-o", "json"))
+        ready = next((c for c in ca.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+        if ready and ready["status"] == "True":
+            break
+        time.sleep(0.1)
+    return ready

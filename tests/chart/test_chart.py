@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kit import CHART, ROOT, TARGET, ControlPlane, free_port, kubectl, wait_http
+from kit import CHART, ROOT, TARGET, ControlPlane, free_port, kubectl, kubectl_result, wait_http, wait_ready
 
 VALUES = Path(__file__).parent / "values"
 K8S_VERSION = "1.33.0"
@@ -893,13 +893,7 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
         kubectl(admin, "apply", "--server-side", "-f", "-", stdin=json.dumps({
             "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
             "metadata": {"name": "gh", "namespace": "team-a"}, "spec": {"accountId": "apn_Chart1"}}))
-        ready = None
-        for _ in range(300):
-            ca = json.loads(kubectl(admin, "-n", "team-a", "get", "connectedaccount", "gh", "-o", "json"))
-            ready = next((c for c in ca.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
-            if ready and ready["status"] == "True":
-                break
-            time.sleep(0.1)
+        ready = wait_ready(admin, "team-a", "gh", seconds=30)
         logs = (tmp_path / "operator.log").read_text()
         assert ready and ready["status"] == "True", f"{ready}\n{logs[-3000:]}"
         secret = json.loads(kubectl(admin, "-n", "team-a", "get", "secret", "gh", "-o", "json"))
@@ -915,8 +909,7 @@ def test_helm_install_into_a_real_control_plane_runs_an_account_as_the_charts_se
         assert mine, "the operator's requests are audited under its ServiceAccount"
         refused = [(e["verb"], e["objectRef"]) for e in mine if e.get("responseStatus", {}).get("code") == 403]
         assert not refused, f"the API server refused the chart's ServiceAccount: {refused}"
-        out = subprocess.run([os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(operator_kc), "-n", "team-a",
-                              "delete", "secret", "gh"], capture_output=True, text=True)
+        out = kubectl_result(operator_kc, "-n", "team-a", "delete", "secret", "gh")
         assert out.returncode != 0, out.stdout
         assert f'User "{sa_user}" cannot delete resource "secrets" in API group "" in the namespace "team-a"' \
             in out.stderr, out.stderr

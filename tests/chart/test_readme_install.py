@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit import ROOT, TARGET, ControlPlane, free_port, kubectl, wait_http
+from kit import ROOT, TARGET, ControlPlane, free_port, kubectl, kubectl_result, wait_http, wait_ready
 
 BINARY = TARGET / "debug" / "pipedream-secrets-operator"
 IMAGE = "localhost/pipedream-secrets-operator:dev"
@@ -184,13 +184,7 @@ def test_the_readme_install_path_gives_a_ready_connected_account_and_helm_test_p
         sh(oauth_install)
         sh(worked_example)
         admin = cp.kubeconfig("admin")
-        ready = None
-        for _ in range(600):
-            ca_obj = json.loads(kubectl(admin, "-n", "team-a", "get", "connectedaccount", "github-bot", "-o", "json"))
-            ready = next((c for c in ca_obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
-            if ready and ready["status"] == "True":
-                break
-            time.sleep(0.2)
+        ready = wait_ready(admin, "team-a", "github-bot", seconds=120)
         assert ready and ready["status"] == "True", \
             f"{ready}\n{runner.errors}\n{kubectl(admin, 'get', 'pods', '-A', '-o', 'wide')}\n{runner.logs()}"
         assert not runner.errors, runner.errors
@@ -235,8 +229,7 @@ def test_the_readme_install_path_gives_a_ready_connected_account_and_helm_test_p
         kubectl(admin, "-n", "team-a", "get", "connectedaccount", "github-bot")
         job_log = next(runs.glob("pipedream-secrets-operator.*-uninstall-*.log")).read_text()
         assert "clusterpipedreamconnection default: deleted" in job_log, job_log
-        gone = subprocess.run(["kubectl", "--kubeconfig", str(admin), "get", "clusterpipedreamconnection", "default"],
-                              capture_output=True, text=True)
+        gone = kubectl_result(admin, "get", "clusterpipedreamconnection", "default")
         assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
         kubectl(admin, "-n", "team-a", "get", "secret", "github-bot-credentials")
         # Installed again (the README's helm line; the CRDs stayed, so the connection is an ordinary object of the
@@ -246,8 +239,7 @@ def test_the_readme_install_path_gives_a_ready_connected_account_and_helm_test_p
         assert "helm.sh/hook" not in conn["metadata"].get("annotations", {})
         sh(helm_test)
         sh(one(install, "helm uninstall"))
-        gone = subprocess.run(["kubectl", "--kubeconfig", str(admin), "get", "clusterpipedreamconnection", "default"],
-                              capture_output=True, text=True)
+        gone = kubectl_result(admin, "get", "clusterpipedreamconnection", "default")
         assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
         assert list(runner.ended.values()) == [0, 0, 0, 0], (runner.ended, runner.logs())
         # Every request of the chart's ServiceAccounts was allowed by the real authorizer.

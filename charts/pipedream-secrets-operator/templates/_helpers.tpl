@@ -154,3 +154,26 @@ name pass TLS through), http-metrics otherwise. */}}
       protocol: TCP
 {{- end }}
 {{- end -}}
+
+{{- /* The operator's image reference (the Deployment, the uninstall Job and the test pod run the same one). */}}
+{{- define "pdso.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- /* Pipedream through the egress proxy (env entries; the API server is reached directly from a pod). */}}
+{{- define "pdso.proxyEnv" -}}
+{{- with .Values.egressProxy.url }}
+- name: HTTPS_PROXY
+  value: {{ . | quote }}
+- name: HTTP_PROXY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.egressProxy.noProxy }}
+- name: NO_PROXY
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
