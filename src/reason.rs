@@ -164,6 +164,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("updating the finalizer failed: {0}")]
     Finalizer(#[source] kube::Error),
+    /// Decoding the cached object failed (the operator encoded it: a bug).
+    #[error("decoding the cached ConnectedAccount failed: {0}")]
+    DecodeCached(#[source] serde_json::Error),
 }
 
 impl Error {

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
+use kube::{Client, Resource};
 
 use super::fetch::{Fetcher, Triggers};
 use super::hosts::AllowedHosts;
 use super::targets::SecretIndex;
-use crate::crd::{ClusterPipedreamConnection, ConnectedAccount, MANAGER, PipedreamConnection};
+use crate::crd::{ClusterPipedreamConnection, MANAGER, PipedreamConnection};
 use crate::identity::AccountKey;
 use crate::metrics::{Metrics, QueueStats};
 
@@ -161,7 +161,7 @@ pub struct Context {
     /// Cluster connections.
     pub cluster_connections: Store<ClusterPipedreamConnection>,
     /// ConnectedAccounts, per watched scope (filled in by `run`; empty in unit tests).
-    pub accounts: Mutex<Vec<Store<ConnectedAccount>>>,
+    pub accounts: Mutex<Vec<Store<super::cached::CachedAccount>>>,
     /// Connection dispatchers and account answers.
     pub fetcher: Fetcher,
     /// The Secrets the operator writes into, by resourceVersion (fed by the Secret watch).
@@ -349,7 +349,7 @@ impl Context {
         for store in stores {
             for ca in store.state() {
                 let syncs = ca
-                    .metadata
+                    .meta()
                     .uid
                     .as_deref()
                     .and_then(|uid| self.lock_objects().get(uid).map(|o| o.syncs))
@@ -393,38 +393,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The metrics' view of one ConnectedAccount: its status, as cached.
 pub fn object_view(
-    ca: &ConnectedAccount,
+    ca: &super::cached::CachedAccount,
     syncs: crate::metrics::SyncCounts,
 ) -> crate::metrics::ObjectView<'_> {
-    use crate::schedule::parse_ts;
-    let status = ca.status.as_ref();
-    let ready = ca.ready_condition();
-    let time = |f: fn(&crate::crd::ConnectedAccountStatus) -> &Option<String>| {
-        status.and_then(|s| f(s).as_deref()).and_then(parse_ts)
-    };
+    let o = ca.observed();
     crate::metrics::ObjectView {
-        namespace: ca.metadata.namespace.as_deref().unwrap_or_default(),
-        name: ca.metadata.name.as_deref().unwrap_or_default(),
-        ready: match ready.map(|c| c.status.as_str()) {
-            Some("True") => "True",
-            Some("False") => "False",
-            _ => "Unknown",
+        namespace: ca.meta().namespace.as_deref().unwrap_or_default(),
+        name: ca.meta().name.as_deref().unwrap_or_default(),
+        ready: match o.ready {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
         },
-        reason: ready.map_or("Pending", |c| c.reason.as_str()),
-        expires_at: time(|s| &s.expires_at),
-        next_sync: time(|s| &s.next_sync_time),
-        last_sync: time(|s| &s.last_sync_time),
-        pods_at_risk: status
-            .and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == super::build::PODS_AT_RISK)
-            })
-            .map(|c| c.status == "True"),
-        refresh_lead_seconds: status.and_then(|s| s.refresh_lead_seconds),
-        connection: status
-            .and_then(|s| s.connection.as_deref())
-            .and_then(|c| c.split_once('/')),
+        reason: o.reason.as_deref().unwrap_or("Pending"),
+        expires_at: o.expires_at,
+        next_sync: o.next_sync,
+        last_sync: o.last_sync,
+        pods_at_risk: o.pods_at_risk,
+        refresh_lead_seconds: o.refresh_lead_seconds,
+        connection: o.connection.as_deref().and_then(|c| c.split_once('/')),
         syncs,
     }
 }

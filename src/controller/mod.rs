@@ -2,6 +2,7 @@
 //! and their wiring ([`watches`]).
 
 mod build;
+mod cached;
 mod connection;
 mod context;
 mod credentials;

@@ -11,7 +11,7 @@
 mod cache;
 mod queue;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,7 +87,7 @@ impl Dispatcher {
     /// Ask for `account` to be fetched; `who` is triggered when the answer is in. `urgency` orders it within
     /// `who`'s namespace; namespaces take turns.
     pub fn request(&self, account: &str, urgency: Urgency, who: ObjectRef<ConnectedAccount>) {
-        lock(&self.queue).request(account, urgency, who);
+        lock(&self.queue).request(account, urgency, &who);
         self.wake.notify_one();
     }
 
@@ -130,11 +130,7 @@ impl Dispatcher {
         }
     }
 
-    fn finish(
-        &self,
-        account: &str,
-        pause: Option<Duration>,
-    ) -> HashSet<ObjectRef<ConnectedAccount>> {
+    fn finish(&self, account: &str, pause: Option<Duration>) -> Vec<ObjectRef<ConnectedAccount>> {
         if let Some(p) = pause {
             *lock(&self.paused_until) = Some(tokio::time::Instant::now() + p);
         }

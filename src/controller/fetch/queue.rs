@@ -10,7 +10,7 @@
 //! ask for waits in each asker's lane, at each one's urgency, and goes with whichever lane reaches it first: a
 //! namespace asking first for another's account cannot put that account's refresh in its own (busy) lane.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -81,12 +81,18 @@ impl Lane {
     }
 }
 
+/// Where an entry waits in one lane: the lane, its urgency and sequence there.
+type Slot = (String, Urgency, u64);
+
+/// One queued account. Vectors, not sets: nearly every entry has one lane and one waiter, and a queue holds an
+/// entry per account while a first sync of 10,000 waits for the rate limit (a one-element hash set costs four
+/// slots).
 struct Entry {
-    /// Where it waits: lane -> its urgency and sequence there.
-    slots: HashMap<String, (Urgency, u64)>,
+    slots: Vec<Slot>,
     /// The lane that took it, while in flight.
     taken_by: Option<String>,
-    waiters: HashSet<ObjectRef<ConnectedAccount>>,
+    /// Who asked, by name only (see [`Queue::request`]).
+    waiters: Vec<ObjectRef<ConnectedAccount>>,
 }
 
 /// The queue of one connection.
@@ -110,12 +116,13 @@ impl Queue {
     }
 
     /// Queue `account` for `who` in `who`'s lane (its namespace); a request for an account already queued joins it
-    /// and can only make it sooner in that lane.
+    /// and can only make it sooner in that lane. `who` is kept by name and namespace only (a trigger needs no
+    /// more; its uid and resourceVersion would be two more strings per queued request).
     pub(super) fn request(
         &mut self,
         account: &str,
         urgency: Urgency,
-        who: ObjectRef<ConnectedAccount>,
+        who: &ObjectRef<ConnectedAccount>,
     ) {
         self.seq += 1;
         let seq = self.seq;
@@ -124,19 +131,27 @@ impl Queue {
             .entries
             .entry(account.to_string())
             .or_insert_with(|| Entry {
-                slots: HashMap::new(),
+                slots: Vec::new(),
                 taken_by: None,
-                waiters: HashSet::new(),
+                waiters: Vec::new(),
             });
-        e.waiters.insert(who);
+        if !e.waiters.contains(who) {
+            let mut by_name = ObjectRef::new(&who.name);
+            by_name.namespace.clone_from(&who.namespace);
+            e.waiters.push(by_name);
+        }
         if e.taken_by.is_some() {
             return;
         }
-        let old = e.slots.get(&lane_name).copied();
+        let at = e.slots.iter().position(|(l, ..)| *l == lane_name);
+        let old = at.map(|i| (e.slots[i].1, e.slots[i].2));
         if old.is_some_and(|(u, _)| !urgency.sooner_than(u)) {
             return;
         }
-        e.slots.insert(lane_name.clone(), (urgency, seq));
+        match at {
+            Some(i) => e.slots[i] = (lane_name.clone(), urgency, seq),
+            None => e.slots.push((lane_name.clone(), urgency, seq)),
+        }
         let lane = self.lanes.entry(lane_name).or_default();
         if let Some((u, old_seq)) = old {
             let (set, t) = u.slot();
@@ -147,13 +162,8 @@ impl Queue {
     }
 
     /// Remove `account`'s places in every lane but `except`, and lanes left with nothing.
-    fn unqueue(
-        &mut self,
-        account: &str,
-        slots: &HashMap<String, (Urgency, u64)>,
-        except: Option<&str>,
-    ) {
-        for (lane, (u, seq)) in slots {
+    fn unqueue(&mut self, account: &str, slots: &[Slot], except: Option<&str>) {
+        for (lane, u, seq) in slots {
             if Some(lane.as_str()) == except {
                 continue;
             }
@@ -185,8 +195,8 @@ impl Queue {
     pub(super) fn position(&self, account: &str) -> Option<usize> {
         let e = self.entries.get(account)?;
         e.slots
-            .keys()
-            .filter_map(|l| self.position_in(l, account))
+            .iter()
+            .filter_map(|(l, ..)| self.position_in(l, account))
             .min()
     }
 
@@ -248,16 +258,16 @@ impl Queue {
                 e.taken_by = Some(lane.clone());
                 std::mem::take(&mut e.slots)
             }
-            None => HashMap::new(),
+            None => Vec::new(),
         };
         self.unqueue(&key.2, &slots, Some(&lane));
         Some(key.2)
     }
 
     /// `account`'s fetch is done: its waiters.
-    pub(super) fn finish(&mut self, account: &str) -> HashSet<ObjectRef<ConnectedAccount>> {
+    pub(super) fn finish(&mut self, account: &str) -> Vec<ObjectRef<ConnectedAccount>> {
         let Some(e) = self.entries.remove(account) else {
-            return HashSet::new();
+            return Vec::new();
         };
         self.unqueue(account, &e.slots, None);
         if let Some(lane) = &e.taken_by {

@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use super::Context;
 use super::build::Synced;
+use super::cached::CachedAccount;
 use super::context::status_digest;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
@@ -64,7 +65,25 @@ struct Known {
     status: ConnectedAccountStatus,
 }
 
-/// Entry point for the controller.
+/// Entry point for the controller: the cached object, decoded for this pass.
+pub async fn reconcile_cached(ca: Arc<CachedAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ca = ca.unpack().map_err(Error::DecodeCached)?;
+    reconcile(Arc::new(ca), ctx).await
+}
+
+/// [`error_policy`] for the controller. An object that cannot be decoded (a bug: the operator encoded it) backs
+/// off as a transient failure with the default propagation time and no known expiry.
+pub fn error_policy_cached(ca: Arc<CachedAccount>, err: &Error, ctx: Arc<Context>) -> Action {
+    match ca.unpack() {
+        Ok(full) => error_policy(Arc::new(full), err, ctx),
+        Err(_) => {
+            let uid = ca.meta().uid.clone().unwrap_or_default();
+            back_off(&uid, None, ctx.settings.propagation, err, &ctx)
+        }
+    }
+}
+
+/// A pass of `ca`.
 pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let _in_flight = ctx.metrics.reconcile_started();
@@ -151,24 +170,34 @@ fn requeue(ctx: &Context, uid: &str, at: Timestamp) -> Action {
 
 /// Backoff for Kubernetes API failures, landing before the held credentials expire.
 pub fn error_policy(ca: Arc<ConnectedAccount>, err: &Error, ctx: Arc<Context>) -> Action {
-    let uid = ca.uid().unwrap_or_default();
-    let attempt = ctx.record_failure(&uid);
     let exp = ca
         .status
         .as_ref()
         .and_then(|s| s.expires_at.as_deref())
         .and_then(parse_ts);
+    let propagation = super::spec::propagation(&ca, ctx.settings.propagation);
+    back_off(&ca.uid().unwrap_or_default(), exp, propagation, err, &ctx)
+}
+
+fn back_off(
+    uid: &str,
+    exp: Option<Timestamp>,
+    propagation: std::time::Duration,
+    err: &Error,
+    ctx: &Context,
+) -> Action {
+    let attempt = ctx.record_failure(uid);
     let now = ctx.clock.now();
     let r = schedule::after_failure(
         now,
         attempt - 1,
         exp,
-        super::spec::propagation(&ca, ctx.settings.propagation),
+        propagation,
         schedule::FailureClass::Transient,
         None,
     );
     ctx.metrics.count_reconcile_error(err.metric_label());
     warn!(error = %err, kind = err.metric_label(), attempt, retry_in_s = r.delay.as_secs(), "reconcile failed");
-    ctx.update_object(&uid, |o| o.next_pass = Some(schedule::add(now, r.delay)));
+    ctx.update_object(uid, |o| o.next_pass = Some(schedule::add(now, r.delay)));
     Action::requeue(r.delay)
 }

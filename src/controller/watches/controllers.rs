@@ -10,25 +10,26 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{debug, warn};
 
-use super::stores::{strip_account, strip_connection};
+use super::stores::strip_connection;
 use super::{RunConfig, Scope, Task};
+use crate::controller::cached::CachedAccount;
 use crate::controller::context::Context;
 use crate::controller::{connection, reconcile};
 use crate::crd::{
-    ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, OWNER_ANNOTATION,
+    ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, ConnectionRef, OWNER_ANNOTATION,
     PipedreamConnection,
 };
 use crate::secret::MERGE_ANNOTATION_PREFIX;
 
 /// Whether a watch event concerns this shard (events without an object always do).
-fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<ConnectedAccount>) -> bool {
+fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<CachedAccount>) -> bool {
     match e {
         watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
-            shard.owns(o.metadata.uid.as_deref().unwrap_or_default())
+            shard.owns(o.meta().uid.as_deref().unwrap_or_default())
         }
         watcher::Event::Init | watcher::Event::InitDone => true,
     }
@@ -39,7 +40,7 @@ const LIST_PAGE: u32 = 25;
 
 /// How every watch takes its initial list. Streamed where the API server can (WatchList, on by default since
 /// Kubernetes 1.32): objects then arrive one at a time, and each is dropped (another shard's) or cut down
-/// ([`strip_account`], [`strip_connection`]) before the next is parsed, where a list page is parsed whole first
+/// ([`CachedAccount`], [`strip_connection`]) before the next is parsed, where a list page is parsed whole first
 /// (500 of the largest ConnectedAccounts, PipedreamConnections or Secrets' metadata a namespace editor can create
 /// are most of a GiB). Elsewhere in small pages.
 pub(super) async fn list_config(client: &kube::Client, scopes: &[Scope]) -> watcher::Config {
@@ -92,9 +93,9 @@ pub(super) fn account_controller(
         Result<PartialObjectMeta<Secret>, watcher::Error>,
     >,
     shutdown: &Shared<BoxFuture<'static, ()>>,
-) -> (Store<ConnectedAccount>, Task) {
+) -> (Store<CachedAccount>, Task) {
     let client = ctx.client.clone();
-    let (cas, conns): (Api<ConnectedAccount>, Api<PipedreamConnection>) = match scope {
+    let (cas, conns): (Api<CachedAccount>, Api<PipedreamConnection>) = match scope {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -114,17 +115,20 @@ pub(super) fn account_controller(
         .try_filter(move |e| future::ready(in_shard(&shard, e)))
         .map_ok(move |e| {
             if let (watcher::Event::Delete(ca), Some(ctx)) = (&e, forget.upgrade()) {
-                ctx.forget(ca.metadata.uid.as_deref().unwrap_or_default());
+                ctx.forget(ca.meta().uid.as_deref().unwrap_or_default());
             }
             e
         })
-        .modify(strip_account)
         .reflect(writer)
         .applied_objects();
     let (s1, s2) = (store.clone(), store.clone());
     let default_connection = config.settings.default_connection.clone();
     let c = Controller::for_stream(accounts, store.clone())
-        .watches_stream(secret_events, |s| accounts_of_secret(&s))
+        .watches_stream(secret_events, |s| {
+            accounts_of_secret(&s)
+                .into_iter()
+                .map(|r| r.into_kind_unchecked(()))
+        })
         .watches_stream(conns, move |conn: PipedreamConnection| {
             referencing(
                 &s1,
@@ -134,7 +138,7 @@ pub(super) fn account_controller(
                 None,
             )
         })
-        .reconcile_on(UnboundedReceiverStream::new(trigger));
+        .reconcile_on(UnboundedReceiverStream::new(trigger).map(|r| r.into_kind_unchecked(())));
     let c = if config.settings.cluster_connections_disabled {
         c
     } else {
@@ -155,7 +159,11 @@ pub(super) fn account_controller(
     let task = c
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .run(
+            reconcile::reconcile_cached,
+            reconcile::error_policy_cached,
+            ctx.clone(),
+        )
         .for_each(log_result);
     (store, Box::pin(task))
 }
@@ -280,35 +288,41 @@ fn log_result<K: kube::Resource, E: std::error::Error, Q: std::error::Error>(
 /// The ConnectedAccounts of `store` that use connection `kind`/`namespace`/`name`: by name, or (a cluster
 /// connection named like `--default-connection`) by default.
 fn referencing(
-    store: &Store<ConnectedAccount>,
+    store: &Store<CachedAccount>,
     kind: ConnectionKind,
     namespace: Option<String>,
     name: &str,
     default_connection: Option<&str>,
-) -> Vec<ObjectRef<ConnectedAccount>> {
+) -> Vec<ObjectRef<CachedAccount>> {
     store
         .state()
         .into_iter()
-        .filter(|ca| uses(ca, kind, namespace.as_deref(), name, default_connection))
+        .filter(|ca| {
+            uses(
+                ca.connection_ref(),
+                ca.meta().namespace.as_deref(),
+                (kind, namespace.as_deref(), name),
+                default_connection,
+            )
+        })
         .map(|ca| ObjectRef::from_obj(&*ca))
         .collect()
 }
 
-/// Whether `ca` uses the connection `kind`/`namespace`/`name`.
+/// Whether an account in namespace `ns` naming `connection_ref` uses the connection `kind`/`namespace`/`name`.
 fn uses(
-    ca: &ConnectedAccount,
-    kind: ConnectionKind,
-    namespace: Option<&str>,
-    name: &str,
+    connection_ref: Option<&ConnectionRef>,
+    ns: Option<&str>,
+    (kind, namespace, name): (ConnectionKind, Option<&str>, &str),
     default_connection: Option<&str>,
 ) -> bool {
-    let named = match &ca.spec.connection_ref {
+    let named = match connection_ref {
         Some(r) => r.kind == kind && r.name == name,
         None => {
             kind == ConnectionKind::ClusterPipedreamConnection && default_connection == Some(name)
         }
     };
-    named && namespace.is_none_or(|ns| ca.namespace().as_deref() == Some(ns))
+    named && namespace.is_none_or(|want| ns == Some(want))
 }
 
 #[cfg(test)]
@@ -324,20 +338,42 @@ mod tests {
         .unwrap()
     }
 
+    fn uses_(
+        ca: &ConnectedAccount,
+        conn: (ConnectionKind, Option<&str>, &str),
+        default_connection: Option<&str>,
+    ) -> bool {
+        let cached = CachedAccount::pack(ca.clone()).unwrap();
+        uses(
+            cached.connection_ref(),
+            cached.meta().namespace.as_deref(),
+            conn,
+            default_connection,
+        )
+    }
+
     /// Issue 17 (10): every ClusterPipedreamConnection event re-reconciled every ConnectedAccount without a
     /// connectionRef, whichever connection changed.
     #[test]
     fn a_connection_event_maps_only_to_the_accounts_that_use_it() {
         let cluster = ConnectionKind::ClusterPipedreamConnection;
         let by_default = ca(json!({"accountId": "apn_A1"}));
-        assert!(uses(&by_default, cluster, None, "default", Some("default")));
-        assert!(!uses(&by_default, cluster, None, "other", Some("default")));
-        assert!(!uses(&by_default, cluster, None, "default", None));
+        assert!(uses_(
+            &by_default,
+            (cluster, None, "default"),
+            Some("default")
+        ));
+        assert!(!uses_(
+            &by_default,
+            (cluster, None, "other"),
+            Some("default")
+        ));
+        assert!(!uses_(&by_default, (cluster, None, "default"), None));
         let named = ca(json!({"accountId": "apn_A1",
             "connectionRef": {"kind": "PipedreamConnection", "name": "pd"}}));
         let ns = ConnectionKind::PipedreamConnection;
-        assert!(uses(&named, ns, Some("team-a"), "pd", None));
-        assert!(!uses(&named, ns, Some("team-b"), "pd", None));
-        assert!(!uses(&named, cluster, None, "pd", Some("pd")));
+        assert!(uses_(&named, (ns, Some("team-a"), "pd"), None));
+        assert!(!uses_(&named, (ns, Some("team-b"), "pd"), None));
+        assert!(!uses_(&named, (cluster, None, "pd"), Some("pd")));
     }
 }

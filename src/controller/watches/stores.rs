@@ -13,10 +13,7 @@ use tracing::warn;
 use super::{Scope, Task};
 use crate::controller::context::{Context, Settings};
 use crate::controller::targets::SecretIndex;
-use crate::crd::{
-    ClusterPipedreamConnection, ConnectedAccount, FORCE_SYNC_ANNOTATION, PipedreamConnection,
-    WATCH_LABEL,
-};
+use crate::crd::{ClusterPipedreamConnection, PipedreamConnection, WATCH_LABEL};
 use crate::identity::ConnectionId;
 
 /// Keep only what the operator reads: managed fields and the last-applied annotation can be most of an object.
@@ -36,32 +33,6 @@ pub(super) fn strip_connection<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.labels = None;
     meta.annotations = None;
-}
-
-/// A force-sync value longer than this is kept as its hash: only a change of it means anything, and the operator
-/// records the last value acted on in status.
-const FORCE_SYNC_KEPT: usize = 128;
-
-/// Keep of a ConnectedAccount's metadata only what a pass reads: its labels and annotations are the tenant's to
-/// fill (the API server bounds annotations at 256 KiB in all and labels not at all), and only the force-sync
-/// annotation means anything to the operator.
-pub(super) fn strip_account(ca: &mut ConnectedAccount) {
-    strip(ca);
-    let meta = ca.meta_mut();
-    meta.labels = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k == FORCE_SYNC_ANNOTATION);
-        if let Some(v) = a.get_mut(FORCE_SYNC_ANNOTATION)
-            && v.len() > FORCE_SYNC_KEPT
-        {
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(v.as_bytes());
-            *v = digest.iter().fold(String::from("sha256:"), |mut out, b| {
-                use std::fmt::Write;
-                let _ = write!(out, "{b:02x}");
-                out
-            });
-        }
-    }
 }
 
 /// A reflector of `api` (connections, kept as [`strip_connection`] leaves them), calling `on_delete` for each

@@ -24,11 +24,11 @@ fn refreshes_of_expiring_credentials_go_before_a_flood_of_new_objects() {
         q.request(
             &format!("apn_B{i}"),
             Urgency::Missing,
-            who("b", &format!("h{i}")),
+            &who("b", &format!("h{i}")),
         );
     }
-    q.request("apn_A2", Urgency::Expiring(t(30)), who("a", "v2"));
-    q.request("apn_A1", Urgency::Expiring(t(10)), who("a", "v1"));
+    q.request("apn_A2", Urgency::Expiring(t(30)), &who("a", "v2"));
+    q.request("apn_A1", Urgency::Expiring(t(10)), &who("a", "v1"));
     let order = take_all(&mut q);
     assert_eq!(&order[..2], ["apn_A1", "apn_A2"]);
     assert_eq!(order.len(), 102);
@@ -41,14 +41,14 @@ fn namespaces_take_turns_whatever_one_of_them_queues() {
         q.request(
             &format!("apn_B{i}"),
             Urgency::Missing,
-            who("b", &format!("h{i}")),
+            &who("b", &format!("h{i}")),
         );
     }
     for i in 0..3 {
         q.request(
             &format!("apn_A{i}"),
             Urgency::By(t(i)),
-            who("a", &format!("v{i}")),
+            &who("a", &format!("v{i}")),
         );
     }
     let order = take_all(&mut q);
@@ -61,9 +61,9 @@ fn namespaces_take_turns_whatever_one_of_them_queues() {
     assert!(a_at.iter().all(|i| *i < 6), "a's three went at {a_at:?}");
     // Inside a lane: a missing Secret first, then by time.
     let mut q = Queue::new(4);
-    q.request("apn_Late", Urgency::By(t(300)), who("a", "late"));
-    q.request("apn_New", Urgency::Missing, who("a", "new"));
-    q.request("apn_Soon", Urgency::By(t(100)), who("a", "soon"));
+    q.request("apn_Late", Urgency::By(t(300)), &who("a", "late"));
+    q.request("apn_New", Urgency::Missing, &who("a", "new"));
+    q.request("apn_Soon", Urgency::By(t(100)), &who("a", "soon"));
     assert_eq!(take_all(&mut q), ["apn_New", "apn_Soon", "apn_Late"]);
 }
 
@@ -74,13 +74,13 @@ fn a_lane_at_its_share_of_in_flight_slots_waits_while_another_has_work() {
         q.request(
             &format!("apn_B{i}"),
             Urgency::Missing,
-            who("b", &format!("h{i}")),
+            &who("b", &format!("h{i}")),
         );
     }
     // Alone, b may use every slot.
     let taken: Vec<String> = std::iter::from_fn(|| q.take()).collect();
     assert_eq!(taken.len(), 4);
-    q.request("apn_A1", Urgency::By(t(0)), who("a", "v1"));
+    q.request("apn_A1", Urgency::By(t(0)), &who("a", "v1"));
     assert!(!q.ready(), "every slot is in flight");
     q.finish(&taken[0]);
     // Now b holds 3 of its share of 2: the free slot is a's.
@@ -93,15 +93,15 @@ fn a_lane_at_its_share_of_in_flight_slots_waits_while_another_has_work() {
 #[test]
 fn a_joined_request_only_moves_sooner_and_every_waiter_is_returned() {
     let mut q = Queue::new(4);
-    q.request("apn_X", Urgency::By(t(100)), who("a", "one"));
-    q.request("apn_Y", Urgency::By(t(50)), who("a", "two"));
-    q.request("apn_X", Urgency::By(t(500)), who("b", "three"));
+    q.request("apn_X", Urgency::By(t(100)), &who("a", "one"));
+    q.request("apn_Y", Urgency::By(t(50)), &who("a", "two"));
+    q.request("apn_X", Urgency::By(t(500)), &who("b", "three"));
     assert_eq!(
         q.position_in("a", "apn_X"),
         Some(1),
         "a later request does not delay it"
     );
-    q.request("apn_X", Urgency::Expiring(t(900)), who("a", "four"));
+    q.request("apn_X", Urgency::Expiring(t(900)), &who("a", "four"));
     assert_eq!(q.position_in("a", "apn_X"), Some(0), "a refresh goes first");
     assert_eq!(q.queued(), 2);
     let first = q.take().unwrap();
@@ -119,16 +119,16 @@ fn a_joined_request_only_moves_sooner_and_every_waiter_is_returned() {
 #[test]
 fn a_refresh_waits_in_its_own_namespaces_lane_whoever_asked_first() {
     let mut q = Queue::new(2);
-    q.request("apn_A1", Urgency::By(t(1000)), who("b", "probe"));
+    q.request("apn_A1", Urgency::By(t(1000)), &who("b", "probe"));
     // B's own refreshes, all due before A's.
     for i in 0..20 {
         q.request(
             &format!("apn_B{i}"),
             Urgency::Expiring(t(i)),
-            who("b", &format!("h{i}")),
+            &who("b", &format!("h{i}")),
         );
     }
-    q.request("apn_A1", Urgency::Expiring(t(60)), who("a", "victim"));
+    q.request("apn_A1", Urgency::Expiring(t(60)), &who("a", "victim"));
     assert_eq!(q.position_in("a", "apn_A1"), Some(0));
     assert_eq!(q.queued(), 21, "one entry, two places");
     let first_two: Vec<String> = (0..2)
