@@ -142,6 +142,18 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
         !logs.contains("tok-apn_Sys1") && !logs.contains(support::CLIENT_SECRET),
         "no secret in logs"
     );
+    // A pass's lines carry its span: the object and the pass's number, so one pass can be followed.
+    let synced: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "synced" && l["secret"] == "gh")
+        .collect();
+    let span = &synced.first().expect("a synced line")["span"];
+    assert_eq!(span["name"], "reconcile", "{span}");
+    assert_eq!(span["kind"], "ConnectedAccount", "{span}");
+    assert_eq!(span["namespace"], env.ns("team-a").as_str(), "{span}");
+    assert_eq!(span["object"], "gh", "{span}");
+    assert!(span["pass"].as_u64().is_some_and(|p| p > 0), "{span}");
 }
 
 /// 20-second tokens that Pipedream refreshes 8 s before expiry, for about five cycles: the Secret never holds an

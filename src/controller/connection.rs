@@ -8,7 +8,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use super::Context;
 use super::resolve::{credentials_version, dispatcher};
@@ -38,7 +38,12 @@ fn next_check(watched: bool, healthy: bool, due: Duration) -> Duration {
     }
 }
 
-/// Reconcile a ClusterPipedreamConnection.
+/// Reconcile a ClusterPipedreamConnection (a `reconcile` span, as for ConnectedAccounts).
+#[instrument(name = "reconcile", skip_all, fields(
+    kind = "ClusterPipedreamConnection",
+    object = conn.metadata.name.as_deref().unwrap_or_default(),
+    pass = super::next_pass_id(),
+))]
 pub async fn reconcile_cluster(
     conn: Arc<ClusterPipedreamConnection>,
     ctx: Arc<Context>,
@@ -52,7 +57,13 @@ pub async fn reconcile_cluster(
     out
 }
 
-/// Reconcile a namespaced PipedreamConnection.
+/// Reconcile a namespaced PipedreamConnection (a `reconcile` span, as for ConnectedAccounts).
+#[instrument(name = "reconcile", skip_all, fields(
+    kind = "PipedreamConnection",
+    namespace = conn.metadata.namespace.as_deref().unwrap_or_default(),
+    object = conn.metadata.name.as_deref().unwrap_or_default(),
+    pass = super::next_pass_id(),
+))]
 pub async fn reconcile_namespaced(
     conn: Arc<PipedreamConnection>,
     ctx: Arc<Context>,

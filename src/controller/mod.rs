@@ -24,6 +24,13 @@ pub use reconcile::let_go;
 pub use resolve::client_parts;
 pub use watches::{LeaderElection, RunConfig, run};
 
+/// The number of a reconcile pass in this process, for its log span: with the object's name it tells one pass's
+/// lines from the next one's.
+fn next_pass_id() -> u64 {
+    static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]

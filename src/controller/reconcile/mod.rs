@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, warn};
+use tracing::{debug, instrument, warn};
 
 use super::Context;
 use super::build::Synced;
@@ -83,7 +83,14 @@ pub fn error_policy_cached(ca: Arc<CachedAccount>, err: &Error, ctx: Arc<Context
     }
 }
 
-/// A pass of `ca`.
+/// A pass of `ca`. Its log lines carry the object and the pass's number in this process (a `reconcile` span), so
+/// one pass can be followed through the log.
+#[instrument(name = "reconcile", skip_all, fields(
+    kind = "ConnectedAccount",
+    namespace = ca.metadata.namespace.as_deref().unwrap_or_default(),
+    object = ca.metadata.name.as_deref().unwrap_or_default(),
+    pass = super::next_pass_id(),
+))]
 pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let _in_flight = ctx.metrics.reconcile_started();
