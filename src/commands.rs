@@ -395,7 +395,10 @@ async fn readiness(
             }
         };
     let status = status.unwrap_or_default();
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::crd::READY);
     match ready {
         Some(c) if status.observed_generation == generation && c.status == "True" => Ok(()),
         Some(c) if status.observed_generation == generation => {

@@ -50,7 +50,10 @@ pub fn humanize(secs: i64) -> String {
 /// The row of one ConnectedAccount at `now`.
 pub fn row(ca: &ConnectedAccount, now: Timestamp) -> Row {
     let status = ca.status.clone().unwrap_or_default();
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::crd::READY);
     let until = |t: Option<&String>| {
         t.and_then(|s| parse_ts(s))
             .map(|t| t.as_second() - now.as_second())
@@ -196,10 +199,12 @@ impl ConnectionState {
     /// From the connection's conditions (`Ok(None)`: it does not exist).
     pub fn of<E: std::fmt::Display>(name: &str, got: Result<Option<Vec<Condition>>, E>) -> Self {
         let (ready, reason, message) = match got {
-            Ok(Some(conditions)) => match conditions.iter().find(|c| c.type_ == "Ready") {
-                Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
-                None => ("Unknown".into(), String::new(), String::new()),
-            },
+            Ok(Some(conditions)) => {
+                match conditions.iter().find(|c| c.type_ == crate::crd::READY) {
+                    Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
+                    None => ("Unknown".into(), String::new(), String::new()),
+                }
+            }
             Ok(None) => ("NotFound".into(), String::new(), String::new()),
             Err(e) => ("Unknown".into(), "Unreadable".into(), e.to_string()),
         };

@@ -392,7 +392,7 @@ pub fn synced_status(
     let msg = s.message(&ca.spec.account_id);
     upsert_condition(
         &mut st.conditions,
-        "Ready",
+        crate::crd::READY,
         true,
         Reason::SecretSynced.as_str(),
         &msg,
@@ -470,7 +470,7 @@ pub fn failed_status(
     let mut st = old.clone();
     upsert_condition(
         &mut st.conditions,
-        "Ready",
+        crate::crd::READY,
         false,
         f.reason.as_str(),
         &f.message,

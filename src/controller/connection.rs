@@ -154,7 +154,7 @@ where
             };
             upsert_condition(
                 &mut st.conditions,
-                "Ready",
+                crate::crd::READY,
                 true,
                 reason,
                 msg,
@@ -191,7 +191,7 @@ where
             ctx.update_object(&uid, |o| o.retry_at = Some(schedule::add(now, delay)));
             upsert_condition(
                 &mut st.conditions,
-                "Ready",
+                crate::crd::READY,
                 false,
                 reason.as_str(),
                 &f.message,

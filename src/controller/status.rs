@@ -49,7 +49,7 @@ pub fn upsert_condition(
 pub fn ready_of(conditions: &[Condition]) -> Option<(String, String)> {
     conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == crate::crd::READY)
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 

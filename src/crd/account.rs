@@ -419,6 +419,6 @@ impl ConnectedAccount {
             .as_ref()?
             .conditions
             .iter()
-            .find(|c| c.type_ == "Ready")
+            .find(|c| c.type_ == crate::crd::READY)
     }
 }

@@ -12,6 +12,8 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The condition type every kind reports its state in (its `True`/`False` status, reason and message).
+pub const READY: &str = "Ready";
 /// API group of every CRD this operator serves.
 pub const GROUP: &str = "pipedream-secrets.io";
 /// The one name this operator uses as SSA field manager, Event reporter and `managed-by` label value.

@@ -41,7 +41,7 @@ pub(super) fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
 fn recorded_connection_failure(ca: &ConnectedAccount) -> bool {
     ca.status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == crate::crd::READY))
         .filter(|c| c.status == "False")
         .and_then(|c| c.reason.parse::<crate::reason::Reason>().ok())
         .is_some_and(crate::reason::Reason::about_connection)
