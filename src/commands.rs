@@ -121,7 +121,9 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
         }),
     };
     info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, shard = %config.settings.shard, "starting");
-    controller::run(client, config, metrics, ready, shutdown).await?;
+    controller::run(client, config, metrics, ready, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
     if let Err(e) = server.await {
         return Err(format!("metrics server task failed: {e}"));
     }
@@ -253,7 +255,7 @@ pub async fn check(
     };
     println!("connection    {id} ({}, {mode})", settings.api_url);
     let roots = match pipedream_ca_file {
-        Some(path) => pipedream::load_roots(&path)?,
+        Some(path) => pipedream::load_roots(&path).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
     let http = pipedream::http_client(std::time::Duration::from_secs(30), &roots)

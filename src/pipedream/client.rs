@@ -170,13 +170,49 @@ pub fn http_client(
         .build()
 }
 
+/// Why `--pipedream-ca-file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// Reading the file failed.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What reading it said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not a PEM bundle.
+    #[error("{}: not a PEM certificate bundle: {source}", path.display())]
+    NotPem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What parsing it said.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// It holds no certificate.
+    #[error("{}: no certificate in it", path.display())]
+    Empty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
 /// The certificates of a PEM bundle (`--pipedream-ca-file`), trusted for Pipedream besides the system's roots.
-pub fn load_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaFileError> {
+    let path_buf = || path.to_path_buf();
+    let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+        path: path_buf(),
+        source,
+    })?;
+    let roots =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| CaFileError::NotPem {
+            path: path_buf(),
+            source,
+        })?;
     if roots.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
+        return Err(CaFileError::Empty { path: path_buf() });
     }
     Ok(roots)
 }
@@ -785,4 +821,45 @@ pub fn parse_http_date(s: &str) -> Option<Timestamp> {
     httpdate::parse_http_date(s.trim())
         .ok()
         .and_then(|t| Timestamp::try_from(t).ok())
+}
+
+#[cfg(test)]
+mod ca_file_tests {
+    use super::*;
+
+    /// `--pipedream-ca-file` problems name the file and what is wrong with it (start-up stops with this message).
+    #[test]
+    fn an_unusable_ca_file_is_named_with_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("pdso-ca-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let err = load_roots(&missing).unwrap_err();
+        assert!(matches!(err, CaFileError::Read { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", missing.display()))
+        );
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let err = load_roots(&empty).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: no certificate in it", empty.display())
+        );
+        let broken = dir.join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = load_roots(&broken).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}: not a PEM certificate bundle: ",
+                broken.display()
+            )),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -51,6 +51,23 @@ pub struct LeaderElection {
 type Scope = Option<String>;
 type Task = BoxFuture<'static, ()>;
 
+/// Why the controllers stopped before `shutdown`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--pipedream-ca-file` cannot be used.
+    #[error(transparent)]
+    CaFile(#[from] crate::pipedream::CaFileError),
+    /// The HTTP client for Pipedream cannot be built.
+    #[error("building HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// Leader election failed.
+    #[error(transparent)]
+    Election(#[from] leader::ElectionError),
+    /// Another replica took the Lease.
+    #[error("lost the leader-election Lease; exiting so that only one replica writes")]
+    LostLease,
+}
+
 /// Run every controller until `shutdown` resolves. `ready` turns true once all caches have synced.
 pub async fn run(
     client: Client,
@@ -58,7 +75,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: Shared<BoxFuture<'static, ()>>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let shard = config.settings.shard;
     metrics.set_leader(shard, false);
     let roots = match &config.pipedream_ca_file {
@@ -66,7 +83,7 @@ pub async fn run(
         None => Vec::new(),
     };
     let http = crate::pipedream::http_client(config.request_timeout, &roots)
-        .map_err(|e| format!("building HTTP client: {e}"))?;
+        .map_err(RunError::HttpClient)?;
     let scopes: Vec<Scope> = if config.namespaces.is_empty() {
         vec![None]
     } else {
@@ -163,14 +180,13 @@ pub async fn run(
             election.duration_secs,
             shutdown.clone(),
         )
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         else {
             return Ok(());
         };
         // During a change of the shard count the old shards still lead on their Leases: wait for them.
         tokio::select! {
-            waited = l.wait_for_other_shard_counts(&election.lease, shard) => waited.map_err(|e| e.to_string())?,
+            waited = l.wait_for_other_shard_counts(&election.lease, shard) => waited?,
             _ = shutdown.clone() => {
                 l.release().await;
                 return Ok(());
@@ -203,7 +219,7 @@ pub async fn run(
         tokio::select! {
             _ = future::join_all(controllers) => Ok(()),
             _ = readiness => Ok(()),
-            _ = lost => Err("lost the leader-election Lease; exiting so that only one replica writes".to_string()),
+            _ = lost => Err(RunError::LostLease),
         }
     };
     metrics.set_leader(shard, false);
