@@ -1372,11 +1372,6 @@ async fn record_objects(env: &Env) {
 /// test (`$CARGO_TARGET_TMPDIR/metrics/scrape.txt`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_the_documented_names_types_and_labels() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     // Connection metrics come from the connection status controller: a cluster-wide install.
     let options = support::Options {
         cluster_wide: true,
@@ -1387,6 +1382,7 @@ async fn metrics_have_the_documented_names_types_and_labels() {
     else {
         return;
     };
+    let port = support::free_port();
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
@@ -1853,11 +1849,6 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
 /// empty once they are all deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let n = 16;
     let fat = |id: &str| {
         let mut a = oauth_account(id, Some(3600), 600);
@@ -1870,6 +1861,7 @@ async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
     let Some(mut env) = Env::start(accounts).await else {
         return;
     };
+    let port = support::free_port();
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
     let gauge = async |name: &str| -> f64 {

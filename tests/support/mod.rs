@@ -750,3 +750,13 @@ pub fn libfaketime() -> Option<&'static str> {
     eprintln!("skipping: libfaketime is missing (install Debian's faketime, tests/setup.sh)");
     None
 }
+
+/// A loopback port free now, for an operator's `--metrics-addr`. Taken after the environment has started: the
+/// OS hands a port just released to the next listener asking for any, and the environment's own listeners (the
+/// API server's proxy) once got the metrics port that way.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
