@@ -1,5 +1,5 @@
-//! Command line: `run` (default), `crd`, `check`, `status`, `sync`, `render`, `version`, `completion`. Installed as `kubectl-pipedream` the same
-//! binary is a kubectl plugin (`kubectl pipedream status`).
+//! Command line: `run` (default), `crd`, `check`, `status`, `sync`, `uninstall`, `render`, `version`, `completion`.
+//! Installed as `kubectl-pipedream` the same binary is a kubectl plugin (`kubectl pipedream status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod complete;
+pub mod error;
 
 /// Keeps Pipedream connected-account credentials fresh in Kubernetes Secrets.
 #[derive(Parser, Debug)]
@@ -267,10 +268,14 @@ pub struct RunArgs {
     pub propagation_time: std::time::Duration,
 }
 
+/// A duration flag's value that is not a duration.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a duration like 90s, 2m or 1h30m")]
+pub struct NotADuration(String);
+
 /// A duration flag in the CRD's syntax (`90s`, `2m`, `1h30m`).
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    crate::schedule::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration like 90s, 2m or 1h30m"))
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, NotADuration> {
+    crate::schedule::parse_duration(s).ok_or_else(|| NotADuration(s.to_string()))
 }
 
 impl RunArgs {

@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::cli::RunArgs;
+use crate::cli::error::{CommandError, NotReady};
 use crate::controller::{self, RunConfig, Settings};
 use crate::crd::{self, ConnectedAccount, TemplateSpec};
 use crate::metrics::Metrics;
@@ -36,12 +37,10 @@ pub fn shutdown_signal() -> Shared<BoxFuture<'static, ()>> {
 }
 
 /// `run`: watch and reconcile until SIGTERM.
-pub async fn run(args: RunArgs) -> Result<(), String> {
+pub async fn run(args: RunArgs) -> Result<(), CommandError> {
     telemetry::init(args.log_format, &args.log_level);
     refuse_flags(&args)?;
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| format!("cannot load a Kubernetes configuration: {e}"))?;
+    let config = kube::Config::infer().await?;
     run_with_config(args, config).await
 }
 
@@ -49,30 +48,29 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 pub async fn run_with_kubeconfig(
     args: RunArgs,
     kubeconfig: std::path::PathBuf,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     telemetry::init(args.log_format, &args.log_level);
     refuse_flags(&args)?;
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
-        .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|source| {
+        CommandError::ReadKubeconfig {
+            path: kubeconfig.clone(),
+            source,
+        }
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     run_with_config(args, config).await
 }
 
 /// Flag combinations `run` refuses before it touches anything.
-fn refuse_flags(args: &RunArgs) -> Result<(), String> {
+fn refuse_flags(args: &RunArgs) -> Result<(), CommandError> {
     // Shards of different counts never write at once only because a new shard waits on the old ones' Leases.
     if args.shard.count() > 1 && !args.leader_election {
-        return Err(format!(
-            "--shard={} needs leader election (--leader-election=true): a change of the shard count is guarded through the shards' Leases",
-            args.shard
-        ));
+        return Err(CommandError::ShardsNeedElection(args.shard));
     }
     Ok(())
 }
 
-async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), String> {
+async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), CommandError> {
     let endpoints = http::Endpoints {
         metrics_addr: args.metrics_addr,
         health_addr: args.health_addr,
@@ -83,7 +81,7 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
     let metrics = Arc::new(Metrics::new());
     // Every request to the API server is counted by method and code (kubernetes_requests_total).
     let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?
+        .map_err(CommandError::BuildClient)?
         .with_layer(&crate::metrics::KubeRequestMetrics::new(metrics.clone()))
         .build();
     let namespaces = args.watched_namespaces();
@@ -92,9 +90,10 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    probe.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        format!("cannot list ConnectedAccounts ({e}); are the CRDs installed (kubectl apply --server-side -f crds/) and is RBAC granted?")
-    })?;
+    probe
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(CommandError::ProbeCrds)?;
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown_signal();
     // Bound (and the certificate read) before any controller starts: a taken port or a bad certificate stops here.
@@ -121,25 +120,21 @@ async fn run_with_config(args: RunArgs, config: kube::Config) -> Result<(), Stri
         }),
     };
     info!(namespaces = ?config.namespaces, default_connection = ?config.settings.default_connection, shard = %config.settings.shard, "starting");
-    controller::run(client, config, metrics, ready, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Err(e) = server.await {
-        return Err(format!("metrics server task failed: {e}"));
-    }
+    controller::run(client, config, metrics, ready, shutdown).await?;
+    server.await.map_err(CommandError::ServerTask)?;
     info!("stopped");
     Ok(())
 }
 
 /// `crd`: print every CRD, or write one file each into `dir`.
-pub fn crd(dir: Option<&Path>) -> Result<(), String> {
+pub fn crd(dir: Option<&Path>) -> Result<(), CommandError> {
     for c in crd::all_crds() {
-        let yaml = crd::crd_yaml(&c).map_err(|e| format!("serializing CRD: {e}"))?;
+        let yaml = crd::crd_yaml(&c).map_err(CommandError::SerializeCrd)?;
         match dir {
             Some(d) => {
                 let path = d.join(crd::crd_file_name(&c));
                 std::fs::write(&path, yaml)
-                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                    .map_err(|source| CommandError::WriteFile { path, source })?;
             }
             None => print!("---\n{yaml}"),
         }
@@ -148,28 +143,34 @@ pub fn crd(dir: Option<&Path>) -> Result<(), String> {
 }
 
 /// `render`: the Secret data a ConnectedAccount would get from the given credentials, printed as YAML.
-pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(manifest)
-        .map_err(|e| format!("reading {}: {e}", manifest.display()))?;
-    let doc: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("parsing {}: {e}", manifest.display()))?;
+pub fn render(manifest: &Path, credentials: &Path) -> Result<(), CommandError> {
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CommandError::ReadFile { path, source }
+    };
+    let text = std::fs::read_to_string(manifest).map_err(read(manifest))?;
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|source| CommandError::ParseManifest {
+            path: manifest.to_path_buf(),
+            source: Box::new(source),
+        })?;
     let tpl: Option<TemplateSpec> = match doc.pointer("/spec/target/template") {
-        Some(v) => Some(
-            serde_json::from_value(v.clone()).map_err(|e| format!("spec.target.template: {e}"))?,
-        ),
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(CommandError::TemplateSpec)?),
         None => None,
     };
-    let raw = std::fs::read(credentials)
-        .map_err(|e| format!("reading {}: {e}", credentials.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(&raw)
-        .map_err(|e| format!("{} is not JSON: {e}", credentials.display()))?;
+    let raw = std::fs::read(credentials).map_err(read(credentials))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|source| CommandError::CredentialsNotJson {
+            path: credentials.to_path_buf(),
+            source,
+        })?;
     let account = if value.get("credentials").is_some() || value.get("data").is_some() {
-        pipedream::parse_account("file", &raw).map_err(|e| e.to_string())?
+        pipedream::parse_account("file", &raw).map_err(CommandError::ParseAccount)?
     } else {
         let map = value
             .as_object()
             .cloned()
-            .ok_or("credentials file must hold a JSON object")?;
+            .ok_or(CommandError::CredentialsNotObject)?;
         Account {
             id: "apn_local".into(),
             name: None,
@@ -186,8 +187,7 @@ pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
     };
     let creds = account.credentials.clone().unwrap_or_default();
     let data = match &tpl {
-        Some(t) => template::render(&t.data, &creds, &account, account.expires_at.as_deref())
-            .map_err(|e| e.to_string())?,
+        Some(t) => template::render(&t.data, &creds, &account, account.expires_at.as_deref())?,
         None => template::raw_data(&creds, None).0,
     };
     let out: std::collections::BTreeMap<String, String> = data
@@ -196,7 +196,7 @@ pub fn render(manifest: &Path, credentials: &Path) -> Result<(), String> {
         .collect();
     print!(
         "{}",
-        serde_saphyr::to_string(&out).map_err(|e| e.to_string())?
+        serde_saphyr::to_string(&out).map_err(CommandError::PrintYaml)?
     );
     Ok(())
 }
@@ -208,42 +208,15 @@ pub async fn check(
     account: Option<String>,
     pipedream_ca_file: Option<std::path::PathBuf>,
     wait: Option<std::time::Duration>,
-) -> Result<(), String> {
-    use crate::crd::{ClusterPipedreamConnection, PipedreamConnection};
+) -> Result<(), CommandError> {
     let client = Client::try_default()
         .await
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        .map_err(CommandError::BuildClient)?;
     if let Some(timeout) = wait {
         wait_until_ready(&client, &connection, namespace.as_deref(), timeout).await?;
     }
-    let (id, settings, loader) = match &namespace {
-        Some(ns) => {
-            let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
-                .get(&connection)
-                .await
-                .map_err(|e| format!("PipedreamConnection {ns}/{connection}: {e}"))?;
-            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, Some(ns))
-                .map_err(|e| e.to_string())?;
-            (
-                format!("PipedreamConnection/{ns}/{connection}"),
-                settings,
-                loader,
-            )
-        }
-        None => {
-            let c = Api::<ClusterPipedreamConnection>::all(client.clone())
-                .get(&connection)
-                .await
-                .map_err(|e| format!("ClusterPipedreamConnection {connection}: {e}"))?;
-            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, None)
-                .map_err(|e| e.to_string())?;
-            (
-                format!("ClusterPipedreamConnection/{connection}"),
-                settings,
-                loader,
-            )
-        }
-    };
+    let (id, settings, loader) =
+        connection_parts(&client, &connection, namespace.as_deref()).await?;
     let mode = match &settings.mode {
         pipedream::ApiMode::Connect {
             project_id,
@@ -255,24 +228,67 @@ pub async fn check(
     };
     println!("connection    {id} ({}, {mode})", settings.api_url);
     let roots = match pipedream_ca_file {
-        Some(path) => pipedream::load_roots(&path).map_err(|e| e.to_string())?,
+        Some(path) => pipedream::load_roots(&path)?,
         None => Vec::new(),
     };
     let http = pipedream::http_client(std::time::Duration::from_secs(30), &roots)
-        .map_err(|e| e.to_string())?;
+        .map_err(CommandError::HttpClient)?;
     let pd = pipedream::PipedreamClient::new(http, settings, loader, None);
-    pd.check_auth()
-        .await
-        .map_err(|e| format!("auth failed: {e}"))?;
+    pd.check_auth().await.map_err(CommandError::Auth)?;
     println!("auth          ok");
     let Some(account_id) = account else {
         return Ok(());
     };
-    let fetched = pd
-        .fetch_account(&account_id)
-        .await
-        .map_err(|e| format!("account {account_id}: {e}"))?;
-    let a = fetched.account;
+    let fetched =
+        pd.fetch_account(&account_id)
+            .await
+            .map_err(|source| CommandError::FetchAccount {
+                id: account_id.clone(),
+                source,
+            })?;
+    print_account(&fetched.account);
+    Ok(())
+}
+
+/// The connection `check` names (cluster-wide without a namespace): how it is shown, and what a Pipedream client
+/// needs of it.
+async fn connection_parts(
+    client: &Client,
+    connection: &str,
+    namespace: Option<&str>,
+) -> Result<(String, pipedream::ClientSettings, pipedream::MaterialLoader), CommandError> {
+    use crate::crd::{ClusterPipedreamConnection, PipedreamConnection};
+    let read = |what: String| move |source| CommandError::Read { what, source };
+    Ok(match namespace {
+        Some(ns) => {
+            let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
+                .get(connection)
+                .await
+                .map_err(read(format!("PipedreamConnection {ns}/{connection}")))?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, Some(ns))?;
+            (
+                format!("PipedreamConnection/{ns}/{connection}"),
+                settings,
+                loader,
+            )
+        }
+        None => {
+            let c = Api::<ClusterPipedreamConnection>::all(client.clone())
+                .get(connection)
+                .await
+                .map_err(read(format!("ClusterPipedreamConnection {connection}")))?;
+            let (settings, loader) = controller::client_parts(client.clone(), &c.spec, None)?;
+            (
+                format!("ClusterPipedreamConnection/{connection}"),
+                settings,
+                loader,
+            )
+        }
+    })
+}
+
+/// What `check --account` prints of an account: no credential values, only their field names.
+fn print_account(a: &Account) {
     let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!("account       {}", a.id);
     println!("app           {}", show(a.app_slug().map(str::to_string)));
@@ -314,7 +330,6 @@ pub async fn check(
         }
         None => println!("credentials   none returned (OAuth accounts need your own OAuth client)"),
     }
-    Ok(())
 }
 
 /// The kinds the CRDs serve, as discovery lists them (served means established).
@@ -331,7 +346,7 @@ async fn wait_until_ready(
     connection: &str,
     namespace: Option<&str>,
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let why = match readiness(client, connection, namespace).await {
@@ -342,7 +357,7 @@ async fn wait_until_ready(
             Err(why) => why,
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("not ready after {}s: {why}", timeout.as_secs()));
+            return Err(CommandError::NotReady { timeout, why });
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
@@ -353,7 +368,7 @@ async fn readiness(
     client: &Client,
     connection: &str,
     namespace: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     use crate::crd::{ClusterPipedreamConnection, ConnectionStatus, PipedreamConnection};
     let served = client
         .list_api_group_resources("pipedream-secrets.io/v1alpha1")
@@ -361,39 +376,33 @@ async fn readiness(
         .map(|l| l.resources.into_iter().map(|r| r.name).collect::<Vec<_>>())
         .unwrap_or_default();
     if let Some(missing) = KINDS.iter().find(|k| !served.iter().any(|s| s == *k)) {
-        return Err(format!(
-            "the CRDs are not served yet ({missing}.pipedream-secrets.io)"
-        ));
+        return Err(NotReady::CrdsNotServed(missing));
     }
     let (what, generation, status): (String, Option<i64>, Option<ConnectionStatus>) =
         match namespace {
             Some(ns) => {
-                let c = Api::<PipedreamConnection>::namespaced(client.clone(), ns)
+                let what = format!("PipedreamConnection {ns}/{connection}");
+                let c = match Api::<PipedreamConnection>::namespaced(client.clone(), ns)
                     .get_opt(connection)
                     .await
-                    .map_err(|e| format!("PipedreamConnection {ns}/{connection}: {e}"))?
-                    .ok_or_else(|| {
-                        format!("PipedreamConnection {ns}/{connection} does not exist")
-                    })?;
-                (
-                    format!("PipedreamConnection {ns}/{connection}"),
-                    c.metadata.generation,
-                    c.status,
-                )
+                {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return Err(NotReady::Missing(what)),
+                    Err(source) => return Err(NotReady::Unreadable { what, source }),
+                };
+                (what, c.metadata.generation, c.status)
             }
             None => {
-                let c = Api::<ClusterPipedreamConnection>::all(client.clone())
+                let what = format!("ClusterPipedreamConnection {connection}");
+                let c = match Api::<ClusterPipedreamConnection>::all(client.clone())
                     .get_opt(connection)
                     .await
-                    .map_err(|e| format!("ClusterPipedreamConnection {connection}: {e}"))?
-                    .ok_or_else(|| {
-                        format!("ClusterPipedreamConnection {connection} does not exist")
-                    })?;
-                (
-                    format!("ClusterPipedreamConnection {connection}"),
-                    c.metadata.generation,
-                    c.status,
-                )
+                {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return Err(NotReady::Missing(what)),
+                    Err(source) => return Err(NotReady::Unreadable { what, source }),
+                };
+                (what, c.metadata.generation, c.status)
             }
         };
     let status = status.unwrap_or_default();
@@ -403,23 +412,21 @@ async fn readiness(
         .find(|c| c.type_ == crate::crd::READY);
     match ready {
         Some(c) if status.observed_generation == generation && c.status == "True" => Ok(()),
-        Some(c) if status.observed_generation == generation => {
-            Err(format!("{what} is not Ready: {}: {}", c.reason, c.message))
-        }
-        _ => Err(format!(
-            "{what} has no Ready status for its generation yet: is the operator running{}?",
-            if namespace.is_none() {
-                " (and watching every namespace: it reports on cluster connections only then)"
-            } else {
-                ""
-            }
-        )),
+        Some(c) if status.observed_generation == generation => Err(NotReady::NotReady {
+            what,
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }),
+        _ => Err(NotReady::NoStatus {
+            what,
+            cluster: namespace.is_none(),
+        }),
     }
 }
 
 /// `version`: this binary's, and unless `client_only`, the API server's and the operator's as its Deployments
 /// (`app.kubernetes.io/name=pipedream-secrets-operator`) say.
-pub async fn version(client_only: bool) -> Result<(), String> {
+pub async fn version(client_only: bool) -> Result<(), CommandError> {
     println!(
         "client        pipedream-secrets-operator {} (commit {})",
         env!("CARGO_PKG_VERSION"),
@@ -430,11 +437,11 @@ pub async fn version(client_only: bool) -> Result<(), String> {
     }
     let client = Client::try_default()
         .await
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        .map_err(CommandError::BuildClient)?;
     let server = client
         .apiserver_version()
         .await
-        .map_err(|e| format!("cannot reach the API server: {e}"))?;
+        .map_err(CommandError::ServerVersion)?;
     println!("kubernetes    {}", server.git_version);
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(client);
     let lp = kube::api::ListParams::default()

@@ -307,14 +307,33 @@ pub struct Servers {
     health: Option<(TcpListener, Router)>,
 }
 
+/// Why the metrics and health servers cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--metrics-cert-dir is only used with --metrics-secure")]
+    CertDirWithoutSecure,
+    #[error(
+        "--metrics-secure serves only /metrics, over HTTPS: give --health-addr for /healthz and /readyz (plain HTTP, for the kubelet's probes)"
+    )]
+    SecureWithoutHealth,
+    #[error(transparent)]
+    Certificate(#[from] tls::CertError),
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
 impl Endpoints {
     /// Flags that do not fit together, found before anything else starts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ServeError> {
         if self.cert_dir.is_some() && !self.secure {
-            return Err("--metrics-cert-dir is only used with --metrics-secure".into());
+            return Err(ServeError::CertDirWithoutSecure);
         }
         if self.secure && self.health_addr.is_none() {
-            return Err("--metrics-secure serves only /metrics, over HTTPS: give --health-addr for /healthz and /readyz (plain HTTP, for the kubelet's probes)".into());
+            return Err(ServeError::SecureWithoutHealth);
         }
         Ok(())
     }
@@ -327,7 +346,7 @@ impl Servers {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         client: kube::Client,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ServeError> {
         endpoints.validate()?;
         let (app, tls) = if endpoints.secure {
             let tls = tls::server_config(endpoints.cert_dir.as_deref())?;
@@ -342,7 +361,7 @@ impl Servers {
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot listen on {addr} for {what}: {e}"))
+                .map_err(|source| ServeError::Listen { addr, what, source })
         };
         let metrics_listener = bind(endpoints.metrics_addr, "/metrics").await?;
         let health = match endpoints.health_addr {

@@ -7,6 +7,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::cli::error::CommandError;
 use crate::cli::{KubeArgs, Output};
 use crate::crd::{
     ClusterPipedreamConnection, ConnectedAccount, FORCE_SYNC_ANNOTATION, PipedreamConnection,
@@ -15,23 +16,22 @@ use crate::status_view::{self, ConnectionState, Detail, EventLine, SecretState};
 
 /// A client for `--kubeconfig`/`--context`, and the namespace to use (`-n`, else the context's, else `default`;
 /// `None` with `-A`).
-async fn client(args: &KubeArgs) -> Result<(Client, Option<String>), String> {
+async fn client(args: &KubeArgs) -> Result<(Client, Option<String>), CommandError> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()
     };
-    let failed = |e: &dyn std::fmt::Display| format!("cannot load a Kubernetes configuration: {e}");
     let config = match (&args.kubeconfig, &args.context) {
         (Some(path), _) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .map_err(|e| failed(&e))?
+            let kc =
+                Kubeconfig::read_from(path).map_err(|source| CommandError::ReadKubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await?
         }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| failed(&e))?,
-        (None, None) => kube::Config::infer().await.map_err(|e| failed(&e))?,
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options).await?,
+        (None, None) => kube::Config::infer().await?,
     };
     let namespace = if args.all_namespaces {
         None
@@ -42,8 +42,7 @@ async fn client(args: &KubeArgs) -> Result<(Client, Option<String>), String> {
                 .unwrap_or_else(|| config.default_namespace.clone()),
         )
     };
-    let client =
-        Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    let client = Client::try_from(config).map_err(CommandError::BuildClient)?;
     Ok((client, namespace))
 }
 
@@ -54,11 +53,13 @@ fn accounts(client: &Client, namespace: Option<&str>) -> Api<ConnectedAccount> {
     }
 }
 
-fn print(output: Output, value: &impl serde::Serialize) -> Result<(), String> {
+fn print(output: Output, value: &impl serde::Serialize) -> Result<(), CommandError> {
     let text = match output {
-        Output::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n",
+        Output::Json => {
+            serde_json::to_string_pretty(value).map_err(CommandError::PrintJson)? + "\n"
+        }
         Output::Yaml | Output::Table => {
-            serde_saphyr::to_string(value).map_err(|e| e.to_string())?
+            serde_saphyr::to_string(value).map_err(CommandError::PrintYaml)?
         }
     };
     print!("{text}");
@@ -66,10 +67,14 @@ fn print(output: Output, value: &impl serde::Serialize) -> Result<(), String> {
 }
 
 /// `status`: the table of ConnectedAccounts, or one in detail.
-pub async fn status(name: Option<String>, args: KubeArgs, output: Output) -> Result<(), String> {
+pub async fn status(
+    name: Option<String>,
+    args: KubeArgs,
+    output: Output,
+) -> Result<(), CommandError> {
     let (client, namespace) = client(&args).await?;
     if let Some(name) = name {
-        let ns = namespace.ok_or("a NAME needs a namespace, not -A")?;
+        let ns = namespace.ok_or(CommandError::NameNeedsNamespace)?;
         let detail = describe(&client, &ns, &name).await?;
         return match output {
             Output::Table => {
@@ -82,7 +87,7 @@ pub async fn status(name: Option<String>, args: KubeArgs, output: Output) -> Res
     let list = accounts(&client, namespace.as_deref())
         .list(&ListParams::default())
         .await
-        .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?;
+        .map_err(CommandError::ListAccounts)?;
     let now = jiff::Timestamp::now();
     let mut rows: Vec<_> = list
         .items
@@ -100,11 +105,14 @@ pub async fn status(name: Option<String>, args: KubeArgs, output: Output) -> Res
 
 /// What `status NAME` shows: read the ConnectedAccount, its Secret (key names only), its connection and recent
 /// Events of both.
-async fn describe(client: &Client, ns: &str, name: &str) -> Result<Detail, String> {
+async fn describe(client: &Client, ns: &str, name: &str) -> Result<Detail, CommandError> {
     let ca = Api::<ConnectedAccount>::namespaced(client.clone(), ns)
         .get(name)
         .await
-        .map_err(|e| format!("ConnectedAccount {ns}/{name}: {e}"))?;
+        .map_err(|source| CommandError::Read {
+            what: format!("ConnectedAccount {ns}/{name}"),
+            source,
+        })?;
     let status = ca.status.clone().unwrap_or_default();
     let secret_name = status
         .secret_name
@@ -139,9 +147,21 @@ async fn describe(client: &Client, ns: &str, name: &str) -> Result<Detail, Strin
         }
         _ => ConnectionState::unknown(),
     };
+    let events = events_of(client, ns, name, &secret_name).await;
+    Ok(Detail::build(
+        &ca,
+        secret,
+        connection,
+        events,
+        jiff::Timestamp::now(),
+    ))
+}
+
+/// Recent Events of a ConnectedAccount and of its Secret (none where they cannot be read).
+async fn events_of(client: &Client, ns: &str, name: &str, secret_name: &str) -> Vec<EventLine> {
     let mut events = Vec::new();
     let api = Api::<Event>::namespaced(client.clone(), ns);
-    for (kind, object) in [("ConnectedAccount", name), ("Secret", secret_name.as_str())] {
+    for (kind, object) in [("ConnectedAccount", name), ("Secret", secret_name)] {
         let lp = ListParams::default().fields(&format!("involvedObject.name={object}"));
         if let Ok(list) = api.list(&lp).await {
             events.extend(
@@ -152,13 +172,33 @@ async fn describe(client: &Client, ns: &str, name: &str) -> Result<Detail, Strin
             );
         }
     }
-    Ok(Detail::build(
-        &ca,
-        secret,
-        connection,
-        events,
-        jiff::Timestamp::now(),
-    ))
+    events
+}
+
+/// The ConnectedAccounts `sync` marks, as namespace and name: those named in `namespace`, else those listed there
+/// (every namespace for `None`) that match `selector`.
+async fn sync_targets(
+    client: &Client,
+    names: Vec<String>,
+    namespace: Option<String>,
+    selector: Option<&str>,
+) -> Result<Vec<(String, String)>, CommandError> {
+    if !names.is_empty() {
+        let ns = namespace.unwrap_or_default();
+        return Ok(names.into_iter().map(|n| (ns.clone(), n)).collect());
+    }
+    let mut lp = ListParams::default();
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    Ok(accounts(client, namespace.as_deref())
+        .list(&lp)
+        .await
+        .map_err(CommandError::ListAccounts)?
+        .items
+        .iter()
+        .map(|ca| (ca.namespace().unwrap_or_default(), ca.name_any()))
+        .collect())
 }
 
 /// `sync`: set the force-sync annotation of the chosen ConnectedAccounts to a new value.
@@ -167,34 +207,18 @@ pub async fn sync(
     all: bool,
     selector: Option<String>,
     args: KubeArgs,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     if names.is_empty() && !all && selector.is_none() {
-        return Err("name one or more ConnectedAccounts, or use --all or -l".into());
+        return Err(CommandError::NothingNamed);
     }
     if !names.is_empty() && (all || selector.is_some()) {
-        return Err("names and --all/-l cannot be combined".into());
+        return Err(CommandError::NamesAndSelector);
     }
     let (client, namespace) = client(&args).await?;
     if !names.is_empty() && namespace.is_none() {
-        return Err("names need a namespace, not -A".into());
+        return Err(CommandError::NamesNeedNamespace);
     }
-    let targets: Vec<(String, String)> = if names.is_empty() {
-        let mut lp = ListParams::default();
-        if let Some(s) = &selector {
-            lp = lp.labels(s);
-        }
-        accounts(&client, namespace.as_deref())
-            .list(&lp)
-            .await
-            .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?
-            .items
-            .iter()
-            .map(|ca| (ca.namespace().unwrap_or_default(), ca.name_any()))
-            .collect()
-    } else {
-        let ns = namespace.unwrap_or_default();
-        names.into_iter().map(|n| (ns.clone(), n)).collect()
-    };
+    let targets = sync_targets(&client, names, namespace, selector.as_deref()).await?;
     if targets.is_empty() {
         println!("No ConnectedAccounts found.");
         return Ok(());
@@ -217,7 +241,10 @@ pub async fn sync(
     }
     match failed {
         0 => Ok(()),
-        n => Err(format!("{n} of {} could not be marked", targets.len())),
+        failed => Err(CommandError::NotMarked {
+            failed,
+            of: targets.len(),
+        }),
     }
 }
 
@@ -232,50 +259,10 @@ pub async fn uninstall(
     namespaces: Vec<String>,
     delete_cluster_connection: Option<String>,
     args: KubeArgs,
-) -> Result<(), String> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Pod;
+) -> Result<(), CommandError> {
     let (client, namespace) = client(&args).await?;
     if let Some(selector) = &operator_selector {
-        let ns = operator_namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let lp = ListParams::default().labels(selector);
-        let found = deployments
-            .list_metadata(&lp)
-            .await
-            .map_err(|e| format!("cannot list the operator's Deployments in {ns}: {e}"))?;
-        for d in &found.items {
-            deployments
-                .patch(
-                    &d.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": {"replicas": 0}})),
-                )
-                .await
-                .map_err(|e| format!("cannot scale deployment {ns}/{}: {e}", d.name_any()))?;
-            println!("deployment {ns}/{}: scaled to 0", d.name_any());
-        }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = pods
-                .list_metadata(&lp)
-                .await
-                .map_err(|e| format!("cannot list the operator's pods in {ns}: {e}"))?
-                .items
-                .len();
-            if left == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "{left} operator pod(s) matching {selector} still running in {ns} after {timeout:?}; nothing was changed on the ConnectedAccounts"
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+        stop_operator(&client, operator_namespace.as_deref(), selector, timeout).await?;
     }
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![namespace]
@@ -287,13 +274,32 @@ pub async fn uninstall(
         let list = accounts(&client, scope.as_deref())
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("cannot list ConnectedAccounts: {e}"))?;
+            .map_err(CommandError::ListAccounts)?;
         items.extend(list.items);
     }
+    let_go_all(&client, &items).await?;
+    if let Some(name) = &delete_cluster_connection {
+        let api: Api<ClusterPipedreamConnection> = Api::all(client.clone());
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => println!("clusterpipedreamconnection {name}: deleted"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(CommandError::DeleteConnection {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Let each of `items` go as its deletion would; each one's failure is printed, their count is the error.
+async fn let_go_all(client: &Client, items: &[ConnectedAccount]) -> Result<(), CommandError> {
     let (mut released, mut failed) = (0, 0);
-    for ca in &items {
+    for ca in items {
         let (ns, name) = (ca.namespace().unwrap_or_default(), ca.name_any());
-        match crate::controller::let_go(ca, &client).await {
+        match crate::controller::let_go(ca, client).await {
             Ok(true) => {
                 released += 1;
                 println!("connectedaccount {ns}/{name}: finalizer removed");
@@ -309,20 +315,83 @@ pub async fn uninstall(
         "{released} of {} ConnectedAccounts carried the finalizer",
         items.len()
     );
-    if failed > 0 {
-        return Err(format!("{failed} ConnectedAccount(s) could not be let go"));
+    match failed {
+        0 => Ok(()),
+        n => Err(CommandError::NotLetGo(n)),
     }
-    if let Some(name) = &delete_cluster_connection {
-        let api: Api<ClusterPipedreamConnection> = Api::all(client.clone());
-        match api.delete(name, &Default::default()).await {
-            Ok(_) => println!("clusterpipedreamconnection {name}: deleted"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(format!(
-                    "cannot delete ClusterPipedreamConnection {name}: {e}"
-                ));
-            }
+}
+
+/// Scale the operator's Deployments (`selector` in `operator_namespace`, else the client's namespace) to zero
+/// and wait up to `timeout` for their pods to go.
+async fn stop_operator(
+    client: &Client,
+    operator_namespace: Option<&str>,
+    selector: &str,
+    timeout: std::time::Duration,
+) -> Result<(), CommandError> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let ns = operator_namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let lp = ListParams::default().labels(selector);
+    let found =
+        deployments
+            .list_metadata(&lp)
+            .await
+            .map_err(|source| CommandError::ListDeployments {
+                namespace: ns.clone(),
+                source,
+            })?;
+    for d in &found.items {
+        deployments
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+            )
+            .await
+            .map_err(|source| CommandError::ScaleDeployment {
+                namespace: ns.clone(),
+                name: d.name_any(),
+                source,
+            })?;
+        println!("deployment {ns}/{}: scaled to 0", d.name_any());
+    }
+    wait_for_no_pods(client, &ns, selector, timeout).await
+}
+
+/// Wait up to `timeout` until no pod matches `selector` in `ns`.
+async fn wait_for_no_pods(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    timeout: std::time::Duration,
+) -> Result<(), CommandError> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(selector);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = pods
+            .list_metadata(&lp)
+            .await
+            .map_err(|source| CommandError::ListPods {
+                namespace: ns.to_string(),
+                source,
+            })?
+            .items
+            .len();
+        if left == 0 {
+            return Ok(());
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CommandError::OperatorStillRunning {
+                left,
+                selector: selector.to_string(),
+                namespace: ns.to_string(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    Ok(())
 }

@@ -1,4 +1,5 @@
 use clap::{CommandFactory, FromArgMatches, Parser};
+use pipedream_secrets_operator::cli::error::CommandError;
 use pipedream_secrets_operator::cli::{Cli, Command};
 use pipedream_secrets_operator::{commands, kubectl};
 
@@ -54,7 +55,25 @@ fn main() -> std::process::ExitCode {
         let _ = Cli::command().bin_name("kubectl pipedream").print_help();
         return std::process::ExitCode::from(2);
     }
-    let result = match cli.command {
+    let result = dispatch(cli.command, cli.run, plugin);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run the subcommand (`run` without one).
+///
+/// Long because it is one match: an arm per subcommand, each handing its arguments to its function.
+fn dispatch(
+    command: Option<Command>,
+    run: pipedream_secrets_operator::cli::RunArgs,
+    plugin: bool,
+) -> Result<(), CommandError> {
+    match command {
         Some(Command::Status { name, kube, output }) => {
             block_on(kubectl::status(name, kube, output))
         }
@@ -118,21 +137,16 @@ fn main() -> std::process::ExitCode {
             wait.then_some(timeout),
         )),
         Some(Command::Run(args)) => block_on(commands::run(args)),
-        None => block_on(commands::run(cli.run)),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
+        None => block_on(commands::run(run)),
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+fn block_on(
+    fut: impl std::future::Future<Output = Result<(), CommandError>>,
+) -> Result<(), CommandError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?
+        .map_err(CommandError::StartRuntime)?
         .block_on(fut)
 }

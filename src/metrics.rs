@@ -273,6 +273,7 @@ const MAX_OBJECT_LABELS: usize = 5;
 struct StateCollector(Arc<State>);
 
 impl Collector for StateCollector {
+    /// Long because it is a table: one call per per-object metric family, in the order they are exposed.
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
         let objects = lock(&state.objects);
@@ -489,6 +490,9 @@ impl Drop for InFlight<'_> {
 
 impl Metrics {
     /// Register every metric under the `pipedream_secrets` prefix.
+    ///
+    /// Long because it is a table: one registration per metric family, so every name, help text and type is in
+    /// one place.
     pub fn new() -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));

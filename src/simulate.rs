@@ -405,6 +405,8 @@ pub fn run_with_pods(
 }
 
 /// The named behaviours of the simulator tests and the report.
+///
+/// Long because it is a table: one entry per behaviour.
 pub fn behaviours() -> Vec<(&'static str, Upstream)> {
     let s = Duration::from_secs;
     let base = Upstream::default();

@@ -66,9 +66,7 @@ async fn kubectl_applies_gets_and_deletes_on_a_real_api_server() {
         ..Default::default()
     };
     let accounts = vec![support::oauth_account("apn_Sys1", Some(3600), 600)];
-    let Some(mut env) = support::Env::start_with(accounts, options).await else {
-        return;
-    };
+    let mut env = env_or_skip!(support::Env::start_with(accounts, options));
     let applied = ok(&env, &["apply", "--server-side", "-f", "crds/"]);
     assert!(
         applied.contains("connectedaccounts.pipedream-secrets.io serverside-applied"),

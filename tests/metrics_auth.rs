@@ -98,9 +98,7 @@ async fn status_of(client: &reqwest::Client, url: &str, token: Option<&str>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_metrics_serve_only_tokens_the_api_server_allows_to_get_metrics() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(mut env) = Env::start(vec![]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![]));
     let sa_token = grant_metrics(&env).await;
     let (metrics_port, health_port) = start_secure(&mut env, &[]).await;
     let url = format!("https://127.0.0.1:{metrics_port}/metrics");
@@ -210,9 +208,7 @@ async fn secure_metrics_serve_only_tokens_the_api_server_allows_to_get_metrics()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_metrics_serve_the_certificate_from_the_cert_dir_and_follow_its_renewal() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(mut env) = Env::start(vec![]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![]));
     grant_metrics(&env).await;
     let dir = std::env::temp_dir().join(format!("pdso-metrics-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -29,9 +29,7 @@ async fn memory_per_synced_account_stays_within_its_bound() {
         alone_in_binary: true,
         ..Default::default()
     };
-    let Some(mut env) = Env::start_with(accounts, options).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start_with(accounts, options));
     let team_a = env.ns("team-a");
     env.apply_default_connection(json!({"rateLimit": {"requestsPerSecond": 1000, "burst": 100}}))
         .await;

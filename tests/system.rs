@@ -69,9 +69,7 @@ async fn create_ca(env: &Env, name: &str, extra: serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_delete() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({"target": {"labels": {"team": "a"}}})).await;
     let s = env
@@ -160,9 +158,7 @@ async fn create_writes_the_secret_with_keys_owner_and_annotations_then_gc_on_del
 /// expired token, and the operator makes about one fetch per token lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 8)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(20), 8)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
@@ -196,9 +192,7 @@ async fn short_lived_tokens_rotate_and_the_secret_never_holds_an_expired_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_does_not_refetch_fresh_credentials() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -220,9 +214,7 @@ async fn restart_does_not_refetch_fresh_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
@@ -253,9 +245,7 @@ async fn pipedream_outage_keeps_the_last_good_secret_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -316,9 +306,7 @@ async fn rotated_client_secret_is_picked_up_from_the_kubernetes_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_secret_edited_or_deleted_by_hand_is_repaired_promptly() {
     use k8s_openapi::api::core::v1::Secret;
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(
         &env,
@@ -371,11 +359,10 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
         cluster_wide: true,
         ..Default::default()
     };
-    let Some(mut env) =
-        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
-    else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start_with(
+        vec![oauth_account("apn_Sys1", Some(3600), 600)],
+        options
+    ));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -428,9 +415,7 @@ async fn a_client_secret_updated_after_auth_failures_is_used_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_api_faults_do_not_lose_the_secret() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(20), 5)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait("the Secret", 20, async || env.secret("team-a", "gh").await)
@@ -466,9 +451,7 @@ async fn kubernetes_api_faults_do_not_lose_the_secret() {
 /// (and garbage-collected with the ConnectedAccount). The first write is create-only: the API server decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_write_never_takes_over_a_secret_the_operators_watch_has_not_seen() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -521,9 +504,7 @@ async fn a_first_write_never_takes_over_a_secret_the_operators_watch_has_not_see
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_connected_accounts_are_rejected_at_admission() {
-    let Some(env) = Env::start(vec![]).await else {
-        return;
-    };
+    let env = env_or_skip!(Env::start(vec![]));
     let cases = [
         (
             json!({"spec": {"accountId": "not-an-id"}}),
@@ -692,9 +673,7 @@ async fn invalid_connected_accounts_are_rejected_at_admission() {
 /// Lease taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_racing_for_a_free_lease_never_both_lead() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     // A free Lease, as a leader's graceful release leaves it: both replicas see it free and write at once.
     env.apply(
         "coordination.k8s.io/v1",
@@ -744,9 +723,7 @@ async fn a_standby_whose_clock_runs_ahead_never_takes_a_renewed_lease() {
     let Some(faketime) = support::libfaketime() else {
         return;
     };
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 30).await;
@@ -786,9 +763,7 @@ async fn a_standby_whose_clock_runs_ahead_never_takes_a_renewed_lease() {
 /// credentials (the schedule lives in status).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_takes_over_without_refetching() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
@@ -829,9 +804,7 @@ async fn leader_failover_takes_over_without_refetching() {
 /// With only the leader partitioned (its own proxy), it gives up leadership and exits before the standby leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_gives_up_before_the_standby_takes_over() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.extra_args = vec!["--leader-election-duration-seconds=6".into()];
     let proxies = [
         env.start_operator_behind_own_proxy().await,
@@ -898,9 +871,7 @@ async fn a_partitioned_leader_gives_up_before_the_standby_takes_over() {
 /// the finalizer: the ConnectedAccount deletes at once, its Secret stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_lets_retained_connectedaccounts_go_once_the_operator_is_stopped() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(
         &env,
@@ -1007,9 +978,7 @@ async fn uninstall_lets_retained_connectedaccounts_go_once_the_operator_is_stopp
 /// `NO_PROXY` sends requests direct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_and_the_cli_work_through_an_egress_proxy() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     let proxy = pdso_testkit::egressproxy::EgressProxy::start()
         .await
         .unwrap();
@@ -1192,11 +1161,10 @@ async fn check_wait_waits_for_the_operator_and_version_shows_the_server_side() {
         cluster_wide: true,
         ..Default::default()
     };
-    let Some(mut env) =
-        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
-    else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start_with(
+        vec![oauth_account("apn_Sys1", Some(3600), 600)],
+        options
+    ));
     let connection = env.cluster("default");
     let kubeconfig = env.kubeconfig.clone();
     let command = |args: &[&str]| {
@@ -1275,9 +1243,7 @@ async fn check_wait_waits_for_the_operator_and_version_shows_the_server_side() {
 /// `check` authenticates with a connection and reports an account's health and expiry, never its credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_health_and_expiry_without_secret_values() {
-    let Some(env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_pipedream-secrets-operator"))
             .arg("check")
@@ -1377,11 +1343,10 @@ async fn metrics_have_the_documented_names_types_and_labels() {
         cluster_wide: true,
         ..Default::default()
     };
-    let Some(mut env) =
-        Env::start_with(vec![oauth_account("apn_Sys1", Some(3600), 600)], options).await
-    else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start_with(
+        vec![oauth_account("apn_Sys1", Some(3600), 600)],
+        options
+    ));
     let port = support::free_port();
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
@@ -1716,9 +1681,7 @@ async fn metrics_have_the_documented_names_types_and_labels() {
 /// ConnectedAccounts with Ready reason and expiry horizon, and never a secret value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_pipedream_status_lists_accounts_with_expiry_horizon() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;
@@ -1765,9 +1728,7 @@ async fn two_shards_split_the_accounts_each_on_its_own_lease() {
         .iter()
         .map(|id| oauth_account(id, Some(3600), 600))
         .collect();
-    let Some(mut env) = Env::start(accounts).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(accounts));
     for s in ["0/2", "1/2"] {
         env.extra_args = vec!["--shard".into(), s.into()];
         env.start_operator();
@@ -1858,9 +1819,7 @@ async fn answers_leave_memory_with_the_connected_accounts_that_used_them() {
     };
     let mut accounts: Vec<_> = (0..n).map(|i| fat(&format!("apn_Mem{i}"))).collect();
     accounts.push(fat("apn_MemOther"));
-    let Some(mut env) = Env::start(accounts).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(accounts));
     let port = support::free_port();
     env.extra_args = vec![format!("--metrics-addr=127.0.0.1:{port}")];
     env.start_operator();
@@ -1947,9 +1906,7 @@ async fn a_shard_count_change_never_runs_two_writers() {
         .iter()
         .map(|id| oauth_account(id, Some(3600), 600))
         .collect();
-    let Some(mut env) = Env::start(accounts).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(accounts));
     let lease = ["--leader-election-duration-seconds=6".to_string()];
     env.extra_args = lease.to_vec();
     env.start_operator();
@@ -2035,9 +1992,7 @@ async fn a_shard_count_change_never_runs_two_writers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
     use base64::Engine;
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let foreign = |key: &str| json!({"data": {key: b64("theirs")}});
     env.apply("v1", "Secret", Some("team-a"), "before", foreign("A"))
@@ -2086,9 +2041,7 @@ async fn someone_elses_secret_is_never_taken_over_by_a_first_write() {
 async fn merge_never_takes_a_key_another_manager_or_shard_owns() {
     use base64::Engine;
     use pipedream_secrets_operator::shard::Shard;
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     for s in ["0/2", "1/2"] {
         env.extra_args = vec!["--shard".into(), s.into()];
         env.start_operator();
@@ -2387,16 +2340,12 @@ async fn merge_never_takes_keys_written_through_string_data_or_before_managed_fi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_namespace_cannot_starve_another_on_a_shared_cluster_connection() {
     let victims = ["apn_Vic1", "apn_Vic2"];
-    let Some(mut env) = Env::start(
+    let mut env = env_or_skip!(Env::start(
         victims
             .iter()
             .map(|id| oauth_account(id, Some(20), 8))
             .collect(),
-    )
-    .await
-    else {
-        return;
-    };
+    ));
     let (team_a, team_b) = (env.ns("team-a"), env.ns("team-b"));
     env.apply_default_connection(json!({
         "rateLimit": {"requestsPerSecond": 1, "burst": 1},
@@ -2482,9 +2431,7 @@ async fn a_hostile_namespace_cannot_starve_another_on_a_shared_cluster_connectio
 /// conditions, Events, the Secret's keys (never values) and the connection; `version` and `completion` work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_pipedream_sync_and_status_name_work_with_a_named_context() {
-    let Some(mut env) = Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]).await else {
-        return;
-    };
+    let mut env = env_or_skip!(Env::start(vec![oauth_account("apn_Sys1", Some(3600), 600)]));
     env.start_operator();
     create_ca(&env, "gh", json!({})).await;
     env.wait_synced("gh", 20).await;

@@ -82,9 +82,10 @@ pub struct PodRisk {
     pub lead: Option<std::time::Duration>,
 }
 
-/// Condition type of [`PodRisk`].
-pub const PODS_AT_RISK: &str = "PodsAtRisk";
-/// Its reason while pods may read expired credentials.
+pub use crate::crd::PODS_AT_RISK;
+/// The Event reason of a rollout restart this operator triggered.
+pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+/// [`PODS_AT_RISK`]'s reason while pods may read expired credentials.
 pub const REFRESH_TOO_LATE: &str = "RefreshTooLate";
 /// Its reason otherwise.
 pub const IN_TIME: &str = "InTime";
@@ -401,7 +402,7 @@ pub fn synced_status(
     );
     upsert_condition(
         &mut st.conditions,
-        "Expired",
+        crate::crd::EXPIRED,
         false,
         "Fresh",
         "the Secret holds unexpired credentials",
@@ -494,7 +495,7 @@ pub fn failed_status(
         };
         upsert_condition(
             &mut st.conditions,
-            "Expired",
+            crate::crd::EXPIRED,
             expired,
             reason,
             &message,

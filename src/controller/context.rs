@@ -253,7 +253,7 @@ impl Context {
         ctx
     }
 
-    /// An Event recorder for one pass, as kube-runtime intends. A long-lived `Recorder` keeps every Event it sent
+    /// An Event recorder for one Event (kube-runtime intends one per pass; ours publish at most a few). A long-lived `Recorder` keeps every Event it sent
     /// for six minutes in a map that never shrinks: after a sync of 10,000 accounts that was about 25 MiB, a third
     /// of the operator's memory. Our Events mark transitions and Secret writes, minutes apart per object, so
     /// kube's series aggregation had nothing to aggregate.
@@ -406,11 +406,11 @@ pub fn object_view(
             None => "Unknown",
         },
         reason: o.reason.as_deref().unwrap_or("Pending"),
-        expires_at: o.expires_at,
-        next_sync: o.next_sync,
-        last_sync: o.last_sync,
+        expires_at: o.expires_at(),
+        next_sync: o.next_sync(),
+        last_sync: o.last_sync(),
         pods_at_risk: o.pods_at_risk,
-        refresh_lead_seconds: o.refresh_lead_seconds,
+        refresh_lead_seconds: o.refresh_lead_seconds(),
         connection: o.connection.as_deref().and_then(|c| c.split_once('/')),
         syncs,
     }

@@ -22,7 +22,7 @@ pub use context::{Clock, Context, ObjectState, Settings};
 pub use hosts::AllowedHosts;
 pub use reconcile::let_go;
 pub use resolve::client_parts;
-pub use watches::{LeaderElection, RunConfig, run};
+pub use watches::{LeaderElection, RunConfig, RunError, run};
 
 /// The number of a reconcile pass in this process, for its log span: with the object's name it tells one pass's
 /// lines from the next one's.

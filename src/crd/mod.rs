@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 /// The condition type every kind reports its state in (its `True`/`False` status, reason and message).
 pub const READY: &str = "Ready";
+/// A ConnectedAccount's condition type saying whether its Secret's credentials have expired.
+pub const EXPIRED: &str = "Expired";
+/// A ConnectedAccount's condition type saying whether pods may read expired credentials (the last write came later
+/// than the propagation time before the replaced credentials' expiry).
+pub const PODS_AT_RISK: &str = "PodsAtRisk";
 /// API group of every CRD this operator serves.
 pub const GROUP: &str = "pipedream-secrets.io";
 /// The one name this operator uses as SSA field manager, Event reporter and `managed-by` label value.

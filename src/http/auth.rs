@@ -63,11 +63,27 @@ pub enum Decision {
     Unauthenticated,
 }
 
+/// Why a token could not be reviewed. No message carries the token.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Creating the review (`kind`: TokenReview or SubjectAccessReview) failed: `cause` is an API error's code and
+    /// reason only (a refused review's message could quote the request), any other error's text with the token
+    /// masked.
+    #[error("{kind}: {cause}")]
+    Create { kind: &'static str, cause: String },
+    /// No answer within the review timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Asks whoever decides (the API server, or a test's stand-in) about one token. The error must not contain the
 /// token.
 pub trait Reviewer: Send + Sync {
     /// Review `token`.
-    fn review<'a>(&'a self, token: &'a SecretString) -> BoxFuture<'a, Result<Decision, String>>;
+    fn review<'a>(
+        &'a self,
+        token: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Decision, ReviewError>>;
 }
 
 /// The API server: a TokenReview, then a SubjectAccessReview for the user it names.
@@ -82,7 +98,13 @@ impl KubeReviewer {
         Self { client }
     }
 
-    async fn ask(&self, token: &SecretString) -> Result<Decision, String> {
+    async fn ask(&self, token: &SecretString) -> Result<Decision, ReviewError> {
+        let failed = |kind: &'static str| {
+            move |e: kube::Error| ReviewError::Create {
+                kind,
+                cause: kube_error(&e).replace(token.expose_secret(), "<token>"),
+            }
+        };
         // No audiences: the API server's own, which is what ServiceAccount tokens mounted into Prometheus carry.
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -94,7 +116,7 @@ impl KubeReviewer {
         let review = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| format!("TokenReview: {}", kube_error(&e)))?;
+            .map_err(failed("TokenReview"))?;
         let Some(status) = review.status else {
             return Ok(Decision::Unauthenticated);
         };
@@ -119,7 +141,7 @@ impl KubeReviewer {
         let access = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &access)
             .await
-            .map_err(|e| format!("SubjectAccessReview: {}", kube_error(&e)))?;
+            .map_err(failed("SubjectAccessReview"))?;
         Ok(if access.status.is_some_and(|s| s.allowed) {
             Decision::Allowed
         } else {
@@ -137,13 +159,11 @@ fn kube_error(e: &kube::Error) -> String {
 }
 
 impl Reviewer for KubeReviewer {
-    fn review<'a>(&'a self, token: &'a SecretString) -> BoxFuture<'a, Result<Decision, String>> {
-        Box::pin(async move {
-            // Belt and braces: whatever an error says, it never carries the token.
-            self.ask(token)
-                .await
-                .map_err(|e| e.replace(token.expose_secret(), "<token>"))
-        })
+    fn review<'a>(
+        &'a self,
+        token: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Decision, ReviewError>> {
+        Box::pin(self.ask(token))
     }
 }
 
@@ -179,7 +199,7 @@ impl Gate {
                 };
                 let review = tokio::time::timeout(REVIEW_TIMEOUT, self.reviewer.review(&token))
                     .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {REVIEW_TIMEOUT:?}")));
+                    .unwrap_or(Err(ReviewError::Timeout(REVIEW_TIMEOUT)));
                 match review {
                     Ok(d) => {
                         self.remember(key, d);
@@ -288,7 +308,7 @@ mod tests {
         fn review<'a>(
             &'a self,
             token: &'a SecretString,
-        ) -> BoxFuture<'a, Result<Decision, String>> {
+        ) -> BoxFuture<'a, Result<Decision, ReviewError>> {
             Box::pin(async move {
                 self.reviews.fetch_add(1, Ordering::SeqCst);
                 if let Some(h) = &self.hold {
@@ -300,7 +320,10 @@ mod tests {
                 } else if t.starts_with("deny") {
                     Ok(Decision::Forbidden)
                 } else if t.starts_with("fail") {
-                    Err("connection refused".into())
+                    Err(ReviewError::Create {
+                        kind: "TokenReview",
+                        cause: "connection refused".into(),
+                    })
                 } else {
                     Ok(Decision::Unauthenticated)
                 }

@@ -20,9 +20,36 @@ pub const CERT_FILE: &str = "tls.crt";
 /// The private key's file name in `--metrics-cert-dir`.
 pub const KEY_FILE: &str = "tls.key";
 
+/// Why the metrics server's certificate cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
+    #[error("generating a self-signed metrics certificate: {0}")]
+    Generate(#[source] rcgen::Error),
+    #[error("self-signed metrics certificate: {0}")]
+    SelfSigned(#[source] rustls::Error),
+    #[error("{}: {source}", path.display())]
+    ReadCert {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate", .0.display())]
+    NoCert(PathBuf),
+    /// The key's own error would not say more than which file; its bytes never reach a message.
+    #[error("{}: no PEM private key", .0.display())]
+    NoKey(PathBuf),
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+}
+
 /// A rustls server configuration for the metrics server: HTTP/1.1 only (a scrape is one request), the
 /// certificate from `cert_dir` or a self-signed one.
-pub fn server_config(cert_dir: Option<&Path>) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(cert_dir: Option<&Path>) -> Result<Arc<ServerConfig>, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let resolver: Arc<dyn ResolvesServerCert> = match cert_dir {
         Some(dir) => Arc::new(FileCert::load(dir, provider.clone())?),
@@ -30,7 +57,7 @@ pub fn server_config(cert_dir: Option<&Path>) -> Result<Arc<ServerConfig>, Strin
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .map_err(CertError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -38,17 +65,17 @@ pub fn server_config(cert_dir: Option<&Path>) -> Result<Arc<ServerConfig>, Strin
 }
 
 /// A self-signed certificate for `localhost` with a fresh P-256 key, kept in memory only.
-fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, CertError> {
     let generated = rcgen::generate_simple_self_signed(vec![
         "localhost".to_string(),
         "pipedream-secrets-operator".to_string(),
     ])
-    .map_err(|e| format!("generating a self-signed metrics certificate: {e}"))?;
+    .map_err(CertError::Generate)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         generated.signing_key.serialize_der(),
     ));
     CertifiedKey::from_der(vec![generated.cert.der().clone()], key, provider)
-        .map_err(|e| format!("self-signed metrics certificate: {e}"))
+        .map_err(CertError::SelfSigned)
 }
 
 /// Always the same certificate.
@@ -86,7 +113,7 @@ impl std::fmt::Debug for FileCert {
 
 impl FileCert {
     /// Read the folder's certificate now: a missing or bad one fails startup, not the first scrape.
-    fn load(dir: &Path, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+    fn load(dir: &Path, provider: Arc<CryptoProvider>) -> Result<Self, CertError> {
         let stamp = stamp(dir);
         let key = read(dir, &provider)?;
         Ok(Self {
@@ -136,19 +163,28 @@ fn stamp(dir: &Path) -> Stamp {
     Some([one(CERT_FILE)?, one(KEY_FILE)?])
 }
 
-fn read(dir: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+fn read(dir: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, CertError> {
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-    let certs = CertificateDer::pem_file_iter(&cert_path)
+    let certs = match CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", cert_path.display()));
-    }
-    // The key's own error would not say more than which file; its bytes never reach a message.
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|_| format!("{}: no PEM private key", key_path.display()))?;
-    CertifiedKey::from_der(certs, key, provider)
-        .map_err(|e| format!("{} and {}: {e}", cert_path.display(), key_path.display()))
+    {
+        Ok(certs) if certs.is_empty() => return Err(CertError::NoCert(cert_path)),
+        Ok(certs) => certs,
+        Err(source) => {
+            return Err(CertError::ReadCert {
+                path: cert_path,
+                source,
+            });
+        }
+    };
+    let Ok(key) = PrivateKeyDer::from_pem_file(&key_path) else {
+        return Err(CertError::NoKey(key_path));
+    };
+    CertifiedKey::from_der(certs, key, provider).map_err(|source| CertError::Pair {
+        cert: cert_path,
+        key: key_path,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -189,11 +225,12 @@ mod tests {
     fn a_missing_or_bad_certificate_fails_at_start_naming_the_file() {
         let dir = tmp("bad");
         let e = server_config(Some(&dir)).unwrap_err();
-        assert!(e.contains(CERT_FILE), "{e}");
+        assert!(matches!(e, CertError::ReadCert { .. }), "{e:?}");
+        assert!(e.to_string().contains(CERT_FILE), "{e}");
         write_pair(&dir, "x.example");
         std::fs::write(dir.join(KEY_FILE), "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
         let e = server_config(Some(&dir)).unwrap_err();
-        assert!(e.contains(KEY_FILE), "{e}");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
         assert!(server_config(None).is_ok(), "self-signed");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -138,6 +138,18 @@ async fn client_from(kubeconfig: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// The environment `$start` (an [`Env::start`] or [`Env::start_with`] call) gives, or return from the test where
+/// there is no control plane (never with `CI=true`): the one preamble of every system test.
+#[macro_export]
+macro_rules! env_or_skip {
+    ($start:expr) => {
+        match $start.await {
+            Some(env) => env,
+            None => return,
+        }
+    };
+}
+
 impl Env {
     /// An `Env` on the binary's shared control plane; `None` (the test then returns) when no control plane
     /// binaries exist and `CI` is not `true`.

@@ -64,7 +64,7 @@ async fn synced(
             ctx,
             ca,
             EventType::Normal,
-            "RolloutRestarted",
+            build::ROLLOUT_RESTARTED,
             "Sync",
             r.note.clone(),
         )
