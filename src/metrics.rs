@@ -611,7 +611,7 @@ impl Metrics {
                 let _ = pipedream_retries.get_or_create(&RetryLabels { endpoint, cause });
             }
         }
-        for error in crate::reason::Error::labels() {
+        for error in crate::controller::Error::labels() {
             let _ = reconcile_errors.get_or_create(&ErrorLabels { error });
         }
         Self {

@@ -13,11 +13,12 @@ use tracing::{info, instrument, warn};
 use super::Context;
 use super::resolve::{credentials_version, dispatcher};
 use super::status::{apply_status, publish, ready_changed, upsert_condition};
+use crate::controller::Error;
 use crate::crd::{
     ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, PipedreamConnection,
 };
 use crate::identity::ConnectionId;
-use crate::reason::{Error, Reason, SyncFailure};
+use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, FailureClass};
 
 /// Re-check a healthy connection this often (the token is cached, so this costs a call about once an hour).

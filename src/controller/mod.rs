@@ -6,19 +6,21 @@ mod cached;
 mod connection;
 mod context;
 mod credentials;
+mod error;
 mod fetch;
 mod hosts;
 mod leader;
-mod plan;
 mod reconcile;
 mod resolve;
 mod restart;
-mod spec;
 mod status;
 mod targets;
 mod watches;
 
+use crate::rules::{plan, spec};
+
 pub use context::{Clock, Context, ObjectState, Settings};
+pub use error::Error;
 pub use hosts::AllowedHosts;
 pub use reconcile::let_go;
 pub use resolve::client_parts;

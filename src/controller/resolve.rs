@@ -1,22 +1,25 @@
 //! Which connection a ConnectedAccount uses, whether it may, and the connection's dispatcher.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Context;
 use super::fetch::Dispatcher;
 use crate::access::{self, Admission};
-use crate::crd::{ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
+use crate::controller::Error;
+use crate::crd::{AccessRule, ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
 use crate::identity::{ConnectionId, ConnectionKey};
 use crate::pipedream::{
     ApiMode, AuthMaterial, ClientSettings, CredentialsError, MaterialLoader, PipedreamClient,
     SecretString,
 };
-use crate::reason::{Error, Reason, SyncFailure};
+use crate::reason::{Reason, SyncFailure};
 
 /// A usable connection.
 pub struct Resolved {
@@ -156,7 +159,7 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
             let admission = access::admit_namespace(
                 &conn.spec.access,
                 &ns,
-                labels.as_ref(),
+                |rule| selects(rule, labels.as_ref()),
                 &ctx.settings.operator_namespace,
             );
             if admission == Admission::Denied {
@@ -360,4 +363,15 @@ pub fn kube_error_summary(e: &kube::Error) -> String {
         kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
         other => other.to_string().chars().take(200).collect(),
     }
+}
+
+/// Whether `rule`'s `namespaceSelector` selects a namespace with `labels` (none read: no labels). A selector the
+/// API would refuse selects nothing.
+fn selects(rule: &AccessRule, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let empty = BTreeMap::new();
+    rule.namespace_selector.as_ref().is_some_and(|sel| {
+        Selector::try_from(sel.clone())
+            .map(|s| s.matches(labels.unwrap_or(&empty)))
+            .unwrap_or(false)
+    })
 }

@@ -19,11 +19,11 @@ use super::fetch::{MAX_IN_FLIGHT, Triggers};
 use super::fixtures::{MockApi, Recorded};
 use super::reconcile::{error_policy, reconcile};
 use super::*;
+use crate::controller::Error;
 use crate::crd::{
     ClusterPipedreamConnection, ConnectedAccount, ConnectedAccountStatus, PipedreamConnection,
 };
 use crate::metrics::Metrics;
-use crate::reason::Error;
 
 const T0: &str = "2026-11-22T09:00:00Z";
 const TOKEN: &str = "gho_SECRET_TOKEN_VALUE_1";

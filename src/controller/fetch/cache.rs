@@ -17,6 +17,7 @@ use jiff::Timestamp;
 
 use crate::identity::{AccountKey, ConnectionKey};
 use crate::pipedream::{FetchedAccount, PipedreamError};
+pub use crate::rules::answer::{Attempt, CachedFetch};
 
 /// Most bytes of answers held at once, answers a pass waits for aside.
 pub const MAX_CACHED_BYTES: usize = 32 << 20;
@@ -26,24 +27,6 @@ const HARD_BOUND_FACTOR: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A successful answer and when it arrived (local clock).
-#[derive(Clone, Debug)]
-pub struct CachedFetch {
-    /// The answer.
-    pub fetched: Arc<FetchedAccount>,
-    /// Local time the answer arrived.
-    pub at: Timestamp,
-}
-
-/// The outcome of one completed attempt.
-#[derive(Clone, Debug)]
-pub enum Attempt {
-    /// Pipedream answered.
-    Ok(CachedFetch),
-    /// It did not.
-    Failed(PipedreamError),
 }
 
 /// One account as seen through one connection: its users and its answers. Kept small (56 bytes): at 10,000

@@ -19,7 +19,7 @@ use std::time::Duration;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-pub use cache::{AccountCache, Attempt, CachedFetch};
+pub use cache::{AccountCache, CachedFetch};
 use queue::Queue;
 pub use queue::Urgency;
 

@@ -16,34 +16,7 @@ use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::ConnectedAccount;
-
-/// How soon a fetch is needed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Urgency {
-    /// The Secret holds credentials that expire at this time: a refresh, before everything else.
-    Expiring(Timestamp),
-    /// No Secret yet.
-    Missing,
-    /// Wanted by this time (a periodic check, a force-sync).
-    By(Timestamp),
-}
-
-impl Urgency {
-    /// Which of a lane's two orders it joins, and where.
-    fn slot(self) -> (bool, Timestamp) {
-        match self {
-            Urgency::Expiring(t) => (true, t),
-            Urgency::Missing => (false, Timestamp::MIN),
-            Urgency::By(t) => (false, t),
-        }
-    }
-
-    /// `self` asks for the fetch sooner than `other`.
-    fn sooner_than(self, other: Urgency) -> bool {
-        let (a, b) = (self.slot(), other.slot());
-        (a.0 && !b.0) || (a.0 == b.0 && a.1 < b.1)
-    }
-}
+pub use crate::rules::answer::Urgency;
 
 type Key = (Timestamp, u64, String);
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::pipedream::{ApiMode, AuthMaterial, ClientSettings, FetchedAccount, SecretString};
+use crate::rules::answer::Attempt;
 use futures::FutureExt;
 use jiff::Timestamp;
 

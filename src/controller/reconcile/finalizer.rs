@@ -7,8 +7,8 @@ use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::crd::{ConnectedAccount, CreationPolicy, DeletionPolicy, FINALIZER};
-use crate::reason::Error;
 
 /// Only an owned Secret that must outlive its ConnectedAccount (`Owner` + `Retain`) can still carry the
 /// ownerReference garbage collection would follow (the policy was switched just before the delete): only then

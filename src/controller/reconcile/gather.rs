@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::Known;
+use crate::controller::Error;
 use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts};
 use crate::controller::resolve::{connection_version, resolve};
 use crate::controller::spec;
@@ -13,7 +14,6 @@ use crate::controller::targets::{NotReady, SecretId};
 use crate::controller::{Context, ObjectState};
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus, CreationPolicy, FORCE_SYNC_ANNOTATION};
 use crate::identity::AccountKey;
-use crate::reason::Error;
 use crate::schedule::{self, parse_ts};
 use crate::secret::{self, check_ownership, existing_hash};
 
@@ -73,7 +73,7 @@ pub(super) async fn gather(
     let now = ctx.clock.now();
     let uid = ca.uid().unwrap_or_default();
     let status = ca.status.clone().unwrap_or_default();
-    let spec = spec::validate_spec(ca, ctx.settings.propagation);
+    let spec = spec::validate_spec(&ca.spec, ctx.settings.propagation);
     // An invalid spec is reported before anything is read.
     let (secret, read, exists) = if spec.is_ok() {
         secret_facts(ca, ctx, &status, mem).await?

@@ -29,9 +29,10 @@ use super::context::status_digest;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
 use super::targets::SecretId;
+use crate::controller::Error;
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::AccountKey;
-use crate::reason::{Error, SyncFailure};
+use crate::reason::SyncFailure;
 use crate::schedule::{self, format_ts, parse_ts};
 
 /// How long a pass waits for the watch to deliver the operator's own last status write before it takes the cached
@@ -182,7 +183,7 @@ pub fn error_policy(ca: Arc<ConnectedAccount>, err: &Error, ctx: Arc<Context>) -
         .as_ref()
         .and_then(|s| s.expires_at.as_deref())
         .and_then(parse_ts);
-    let propagation = super::spec::propagation(&ca, ctx.settings.propagation);
+    let propagation = super::spec::propagation(&ca.spec, ctx.settings.propagation);
     back_off(&ca.uid().unwrap_or_default(), exp, propagation, err, &ctx)
 }
 

@@ -8,11 +8,12 @@ use tracing::{info, warn};
 
 use super::{Known, Outcome, requeue};
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::controller::build::{self, Written};
 use crate::controller::plan;
 use crate::controller::status::{apply_status, event_type, publish, ready_changed};
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
-use crate::reason::{Error, Reason};
+use crate::reason::Reason;
 use crate::schedule::{self, format_ts, parse_ts};
 
 /// Status, Events, metrics and the requeue of a pass.
@@ -97,7 +98,7 @@ async fn failed(
     let old = &known.status;
     let attempt = ctx.record_failure(&uid);
     let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
-    let propagation = crate::controller::spec::propagation(ca, ctx.settings.propagation);
+    let propagation = crate::rules::spec::propagation(&ca.spec, ctx.settings.propagation);
     let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, propagation, now);
     if let Some(n) = note {
         f.message.push_str(&n);

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::{Known, Outcome};
 use crate::controller::Context;
+use crate::controller::Error;
 use crate::controller::build::{self, Built, Synced};
 use crate::controller::fetch::{CachedFetch, Urgency};
 use crate::controller::plan::{Cause, SecretFacts};
@@ -21,7 +22,7 @@ use crate::controller::restart;
 use crate::controller::spec::Validated;
 use crate::controller::targets::SecretId;
 use crate::crd::{ConnectedAccount, CreationPolicy};
-use crate::reason::{Error, Reason, SyncFailure};
+use crate::reason::{Reason, SyncFailure};
 use crate::schedule;
 use crate::secret::{self, check_ownership};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::crd::{ConnectedAccount, CreationPolicy, DeletionPolicy};
+use crate::crd::{ConnectedAccountSpec, CreationPolicy, DeletionPolicy};
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Policy};
 use crate::template;
@@ -17,11 +17,10 @@ pub struct Validated {
     pub min_restart_interval: Duration,
 }
 
-/// The propagation time of `ca`: its `spec.refresh.propagationTime`, else `default` (also for a value that does
+/// The propagation time of a spec: its `spec.refresh.propagationTime`, else `default` (also for a value that does
 /// not parse, which [`validate_spec`] reports).
-pub fn propagation(ca: &ConnectedAccount, default: Duration) -> Duration {
-    ca.spec
-        .refresh
+pub fn propagation(spec: &ConnectedAccountSpec, default: Duration) -> Duration {
+    spec.refresh
         .propagation_time
         .as_deref()
         .and_then(schedule::parse_duration)
@@ -31,7 +30,7 @@ pub fn propagation(ca: &ConnectedAccount, default: Duration) -> Duration {
 /// Check what the CRD schema cannot: parse durations, compile templates within the allowed language, key syntax.
 /// `default_propagation` applies without `spec.refresh.propagationTime`.
 pub fn validate_spec(
-    ca: &ConnectedAccount,
+    spec: &ConnectedAccountSpec,
     default_propagation: Duration,
 ) -> Result<Validated, SyncFailure> {
     let invalid = |m: String| SyncFailure::new(Reason::InvalidSpec, m);
@@ -51,24 +50,24 @@ pub fn validate_spec(
     };
     let before_expiry = dur(
         "spec.refresh.beforeExpiry",
-        &ca.spec.refresh.before_expiry,
+        &spec.refresh.before_expiry,
         Duration::from_secs(5),
     )?;
     let interval = dur(
         "spec.refresh.interval",
-        &ca.spec.refresh.interval,
+        &spec.refresh.interval,
         Duration::from_secs(10),
     )?;
     let min_restart_interval = dur(
         "spec.minRestartInterval",
-        &ca.spec.min_restart_interval,
+        &spec.min_restart_interval,
         Duration::ZERO,
     )?;
-    let propagation = match &ca.spec.refresh.propagation_time {
+    let propagation = match &spec.refresh.propagation_time {
         Some(v) => dur("spec.refresh.propagationTime", v, Duration::ZERO)?,
         None => default_propagation,
     };
-    let target = &ca.spec.target;
+    let target = &spec.target;
     for (field, map) in [
         ("labels", &target.labels),
         ("annotations", &target.annotations),
@@ -246,12 +245,8 @@ mod tests {
         ] {
             assert!(!reserved_annotation(k), "{k}");
         }
-        let ca = |target: serde_json::Value| -> ConnectedAccount {
-            serde_json::from_value(json!({
-                "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-                "metadata": {"name": "gh", "namespace": "team-a"},
-                "spec": {"accountId": "apn_A1", "target": target}}))
-            .unwrap()
+        let ca = |target: serde_json::Value| -> ConnectedAccountSpec {
+            serde_json::from_value(json!({"accountId": "apn_A1", "target": target})).unwrap()
         };
         for (target, field) in [
             (
@@ -296,10 +291,8 @@ mod tests {
         ] {
             assert!(!is_qualified_name(bad), "{bad}");
         }
-        let c: ConnectedAccount = serde_json::from_value(json!({
-            "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "ConnectedAccount",
-            "metadata": {"name": "gh", "namespace": "team-a"},
-            "spec": {"accountId": "apn_A1", "target": {"annotations": {"bad key!": "v"}}}}))
+        let c: ConnectedAccountSpec = serde_json::from_value(json!({
+            "accountId": "apn_A1", "target": {"annotations": {"bad key!": "v"}}}))
         .unwrap();
         let e = validate_spec(&c, schedule::DEFAULT_PROPAGATION).unwrap_err();
         assert!(

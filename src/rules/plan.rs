@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::fetch::{Attempt, CachedFetch, Urgency};
+use super::answer::{Attempt, CachedFetch, Urgency};
 use super::spec::Validated;
 use crate::access::{self, Admission};
 use crate::pipedream::{Account, Credentials};
