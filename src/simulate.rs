@@ -274,6 +274,8 @@ pub fn run(up: &Upstream, poller: Poller, start: Timestamp, cycles: u32) -> Outc
 }
 
 /// [`run`], also measuring what pods hold when they see writes as `pods` says.
+/// Long because it is the simulation's loop over the operator's polls (a call, the token Pipedream holds at that
+/// instant, the write, the next poll) with the pods' measurements beside it; every step updates the same counters.
 pub fn run_with_pods(
     up: &Upstream,
     poller: Poller,

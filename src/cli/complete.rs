@@ -34,6 +34,8 @@ impl Completions {
 }
 
 /// Candidates for the last of `words` (the word being completed, possibly empty), after the others.
+/// Long because it is one walk over the words, with a short arm per kind of position (subcommand, flag, flag
+/// value, positional).
 pub fn complete(root: &Command, words: &[String]) -> Completions {
     let (current, done) = match words.split_last() {
         Some((last, rest)) => (last.as_str(), rest),

@@ -19,6 +19,7 @@ use super::status::upsert_condition;
 use crate::access::Admission;
 use crate::crd::{AccountSummary, ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::ConnectionId;
+use crate::pipedream::Credentials;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
 use crate::secret::{data_hash, data_size, desired_secret};
@@ -199,45 +200,7 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
         return Err(plan::expired_answer(id, timing.expires_at, next, i.now));
     }
     let expires_at = timing.expires_at.map(format_ts);
-    let data = match &i.ca.spec.target.template {
-        Some(t) => {
-            let (templates, fetched, exp) =
-                (t.data.clone(), i.answer.fetched.clone(), expires_at.clone());
-            let render = tokio::task::spawn_blocking(move || {
-                template::render(&templates, &credentials, &fetched.account, exp.as_deref())
-            });
-            // The render's fuel bounds it (see `template::fuel_for`); the wait for it is bounded as well, so a
-            // reconcile worker is never held past the deadline whatever the render does.
-            let waited = RENDER_DEADLINE + Duration::from_secs(1);
-            match tokio::time::timeout(waited, render).await {
-                Ok(Ok(rendered)) => {
-                    rendered.map_err(|e| SyncFailure::new(Reason::InvalidSpec, e.to_string()))?
-                }
-                Ok(Err(_)) => {
-                    return Err(SyncFailure::new(
-                        Reason::InvalidSpec,
-                        "spec.target.template: rendering failed",
-                    ));
-                }
-                Err(_) => {
-                    return Err(SyncFailure::new(
-                        Reason::InvalidSpec,
-                        format!(
-                            "spec.target.template: rendering took longer than {} s",
-                            RENDER_DEADLINE.as_secs()
-                        ),
-                    ));
-                }
-            }
-        }
-        None => {
-            let (d, skipped) = template::raw_data(&credentials, i.previous);
-            if !skipped.is_empty() {
-                warn!(keys = ?skipped, "credential fields with names that are not valid Secret keys were skipped");
-            }
-            d
-        }
-    };
+    let data = secret_data(&i, credentials, expires_at.as_deref()).await?;
     if data.is_empty() {
         return Err(SyncFailure::new(
             Reason::CredentialsUnavailable,
@@ -270,6 +233,49 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
         observed: timing.observed,
         announced_lead: timing.announced_lead,
     })
+}
+
+/// The Secret's data: the templates rendered off the shared workers (bounded in fuel and in time), or the
+/// credential fields as they are (a field sent as null keeps its `previous` value).
+async fn secret_data(
+    i: &Inputs<'_>,
+    credentials: Credentials,
+    expires_at: Option<&str>,
+) -> Result<BTreeMap<String, Vec<u8>>, SyncFailure> {
+    let Some(t) = &i.ca.spec.target.template else {
+        let (d, skipped) = template::raw_data(&credentials, i.previous);
+        if !skipped.is_empty() {
+            warn!(keys = ?skipped, "credential fields with names that are not valid Secret keys were skipped");
+        }
+        return Ok(d);
+    };
+    let (templates, fetched, exp) = (
+        t.data.clone(),
+        i.answer.fetched.clone(),
+        expires_at.map(str::to_string),
+    );
+    let render = tokio::task::spawn_blocking(move || {
+        template::render(&templates, &credentials, &fetched.account, exp.as_deref())
+    });
+    // The render's fuel bounds it (see `template::fuel_for`); the wait for it is bounded as well, so a reconcile
+    // worker is never held past the deadline whatever the render does.
+    let waited = RENDER_DEADLINE + Duration::from_secs(1);
+    match tokio::time::timeout(waited, render).await {
+        Ok(Ok(rendered)) => {
+            rendered.map_err(|e| SyncFailure::new(Reason::InvalidSpec, e.to_string()))
+        }
+        Ok(Err(_)) => Err(SyncFailure::new(
+            Reason::InvalidSpec,
+            "spec.target.template: rendering failed",
+        )),
+        Err(_) => Err(SyncFailure::new(
+            Reason::InvalidSpec,
+            format!(
+                "spec.target.template: rendering took longer than {} s",
+                RENDER_DEADLINE.as_secs()
+            ),
+        )),
+    }
 }
 
 /// What a write is: a Secret that did not exist is created; one restored to the data last written, for no
@@ -438,6 +444,17 @@ pub fn synced_status(
             st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
         }
     }
+    record_restart(&mut st, ca, old, s);
+    st
+}
+
+/// What status keeps of rollout restarts: the last one and the data the pods restarted (or started) with.
+fn record_restart(
+    st: &mut ConnectedAccountStatus,
+    ca: &ConnectedAccount,
+    old: &ConnectedAccountStatus,
+    s: &Synced,
+) {
     if let Some(r) = &s.restart {
         st.last_restart_time = Some(format_ts(r.at));
         st.restarted_data_hash = s.data_hash.clone();
@@ -454,7 +471,6 @@ pub fn synced_status(
         st.restarted_data_hash = hash;
         st.restarted_expires_at = expires;
     }
-    st
 }
 
 /// The status after a failed pass: the Secret (and what status says about it) stays; `Expired` says whether the

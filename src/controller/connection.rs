@@ -10,15 +10,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use super::Context;
 use super::resolve::{credentials_version, dispatcher};
-use super::status::{apply_status, publish, ready_changed, upsert_condition};
+use super::status::{apply_status, event_type, publish, ready_changed, upsert_condition};
+use super::{Context, ObjectState};
 use crate::controller::Error;
 use crate::crd::{
     ClusterPipedreamConnection, ConnectionSettings, ConnectionStatus, PipedreamConnection,
 };
 use crate::identity::ConnectionId;
-use crate::reason::{Reason, SyncFailure};
+use crate::reason::SyncFailure;
 use crate::schedule::{self, FailureClass};
 
 /// Re-check a healthy connection this often (the token is cached, so this costs a call about once an hour).
@@ -28,6 +28,11 @@ pub const RECHECK: Duration = Duration::from_secs(600);
 pub const CREDENTIALS_POLL: Duration = Duration::from_secs(5);
 /// The same while the connection works: a rotation is picked up within a minute (or at the first 401).
 pub const CREDENTIALS_POLL_HEALTHY: Duration = Duration::from_secs(60);
+
+/// Ready reason of an OAuth connection Pipedream issued a token for.
+pub const AUTHENTICATED: &str = "Authenticated";
+/// Ready reason of an API-key connection whose key was read.
+pub const CREDENTIALS_LOADED: &str = "CredentialsLoaded";
 
 /// When to check a connection again, `due` being its own recheck or retry time: a Secret the credentials watch
 /// covers wakes the check when it changes; other Secrets are polled, often while failing, rarely while healthy.
@@ -79,7 +84,28 @@ pub async fn reconcile_namespaced(
     out
 }
 
-/// Authenticate with the connection (the cached token, or a new one), note its credentials' version, and report.
+/// What a check knows before it talks to Pipedream.
+struct Gathered {
+    /// The credentials watch covers every Secret the connection reads (else they are polled).
+    watched: bool,
+    /// The credentials Secrets' resourceVersions.
+    credentials_version: String,
+    /// They changed since the last check.
+    rotated: bool,
+    /// The operator's memory of the connection.
+    mem: ObjectState,
+}
+
+/// What a check came to: the status, when to check again, the Event of a Ready change, the failures in a row.
+struct Checked {
+    status: ConnectionStatus,
+    delay: Duration,
+    event: (EventType, &'static str, String),
+    failures: u32,
+}
+
+/// Authenticate with the connection (the cached token, or a new one), note its credentials' version, and report:
+/// gather, hold, authenticate, [`checked`] (pure), then one memory change, the status and the Event.
 async fn check_connection<K, S>(
     obj: &K,
     spec: &S,
@@ -96,6 +122,56 @@ where
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let old = old.cloned().unwrap_or_default();
     let generation = obj.meta().generation;
+    let g = gather(ctx, spec, &id, &uid, &old).await;
+    // Between checks (healthy: every RECHECK; failed: its retry time) nothing is sent to Pipedream, and its own
+    // status write does not trigger another token request.
+    if old.observed_generation == generation
+        && !g.rotated
+        && let Some(at) = g.mem.retry_at.filter(|t| now < *t)
+    {
+        let due = schedule::until(now, at);
+        return Ok(Action::requeue(next_check(
+            g.watched,
+            g.mem.failures == 0,
+            due,
+        )));
+    }
+    if g.rotated {
+        info!(connection = %id, "the connection's credentials Secret changed; checking it again");
+    }
+    let outcome = authenticate(ctx, &id, spec, g.rotated).await;
+    let oauth = spec.auth().oauth.is_some();
+    let c = checked(&old, generation, &g, oauth, &outcome, now);
+    ctx.update_object(&uid, |o| {
+        o.failures = c.failures;
+        o.retry_at = Some(schedule::add(now, c.delay));
+    });
+    ctx.metrics.set_connection_ready(&id, outcome.is_ok());
+    if c.status != old {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        apply_status(&api, &name, &Wrapper(&c.status))
+            .await
+            .map_err(Error::WriteStatus)?;
+    }
+    if ready_changed(&old.conditions, &c.status.conditions) {
+        let (kind, reason, note) = c.event;
+        publish(ctx, obj, kind, reason, "CheckConnection", note).await;
+    }
+    Ok(Action::requeue(next_check(
+        g.watched,
+        outcome.is_ok(),
+        c.delay,
+    )))
+}
+
+/// Whether the watch covers the connection's Secrets, their version, whether they changed, and the memory.
+async fn gather(
+    ctx: &Context,
+    spec: &impl ConnectionSettings,
+    id: &ConnectionId,
+    uid: &str,
+    old: &ConnectionStatus,
+) -> Gathered {
     let watched = super::credentials::secrets_read(spec, id.namespace.as_deref())
         .iter()
         .all(|(ns, _)| ctx.credential_watch.covers(ns));
@@ -105,121 +181,85 @@ where
         .credentials_version
         .as_ref()
         .is_some_and(|v| *v != credentials_version);
-    // Between checks (healthy: every RECHECK; failed: its retry time) nothing is sent to Pipedream, and its own
-    // status write does not trigger another token request.
-    let mem = ctx.object(&uid);
-    if old.observed_generation == generation
-        && !rotated
-        && let Some(at) = mem.retry_at.filter(|t| now < *t)
-    {
-        return Ok(Action::requeue(next_check(
-            watched,
-            mem.failures == 0,
-            schedule::until(now, at),
-        )));
+    Gathered {
+        watched,
+        credentials_version,
+        rotated,
+        mem: ctx.object(uid),
     }
+}
+
+/// Authenticate with the connection's client (its cached token, or a new one; new credentials when `rotated`).
+async fn authenticate(
+    ctx: &Context,
+    id: &ConnectionId,
+    spec: &impl ConnectionSettings,
+    rotated: bool,
+) -> Result<(), SyncFailure> {
+    let d = dispatcher(ctx, id.clone(), spec).map_err(|e| e.for_connection())?;
     if rotated {
-        info!(connection = %id, "the connection's credentials Secret changed; checking it again");
+        d.client.credentials_changed();
     }
-    let oauth = spec.auth().oauth.is_some();
-    let outcome: Result<(), SyncFailure> = match dispatcher(ctx, id.clone(), spec) {
-        Ok(d) => {
-            if rotated {
-                d.client.credentials_changed();
-            }
-            d.client.check_auth().await.map_err(SyncFailure::from)
-        }
-        Err(f) => Err(f),
-    };
-    let now = ctx.clock.now();
-    let mut st = old.clone();
-    st.observed_generation = generation;
-    st.credentials_version = Some(credentials_version);
-    st.auth_mode = Some(if oauth { "oauth" } else { "apiKey" }.to_string());
-    let (delay, event) = match &outcome {
-        Ok(()) => {
-            ctx.update_object(&uid, |o| {
-                o.failures = 0;
-                o.retry_at = Some(schedule::add(now, RECHECK));
-            });
-            let (reason, msg) = if oauth {
-                (
-                    "Authenticated",
-                    "Pipedream issued an OAuth token for this client",
-                )
-            } else {
-                (
-                    "CredentialsLoaded",
-                    "the API key was read; Pipedream checks it on the first account fetch",
-                )
-            };
-            upsert_condition(
-                &mut st.conditions,
-                crate::crd::READY,
-                true,
-                reason,
-                msg,
-                generation,
-                now,
-            );
-            (
-                RECHECK,
-                (EventType::Normal, reason.to_string(), msg.to_string()),
-            )
-        }
+    d.client.check_auth().await.map_err(SyncFailure::from)
+}
+
+/// The status a check leads to, when to check again, its Event and the failures in a row. Pure.
+fn checked(
+    old: &ConnectionStatus,
+    generation: Option<i64>,
+    g: &Gathered,
+    oauth: bool,
+    outcome: &Result<(), SyncFailure>,
+    now: jiff::Timestamp,
+) -> Checked {
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    status.credentials_version = Some(g.credentials_version.clone());
+    status.auth_mode = Some(if oauth { "oauth" } else { "apiKey" }.to_string());
+    let (ready, reason, message, delay, failures) = match outcome {
+        Ok(()) if oauth => (
+            true,
+            AUTHENTICATED,
+            "Pipedream issued an OAuth token for this client",
+            RECHECK,
+            0,
+        ),
+        Ok(()) => (
+            true,
+            CREDENTIALS_LOADED,
+            "the API key was read; Pipedream checks it on the first account fetch",
+            RECHECK,
+            0,
+        ),
         Err(f) => {
-            let attempt = ctx.record_failure(&uid);
-            // A tenant's disallowed apiUrl is a spec problem of the connection itself.
-            let reason =
-                if f.reason == Reason::ConnectionNotReady && f.message.contains("spec.apiUrl") {
-                    Reason::InvalidSpec
-                } else {
-                    f.reason
-                };
-            let class = match reason {
-                Reason::RateLimited | Reason::UpstreamError => FailureClass::Transient,
-                _ => FailureClass::Permanent,
-            };
+            let attempt = g.mem.failures.saturating_add(1);
             let delay = schedule::after_failure(
                 now,
                 attempt - 1,
                 None,
                 Duration::ZERO,
-                class,
+                f.reason.class(),
                 f.retry_after,
             )
             .delay;
-            ctx.update_object(&uid, |o| o.retry_at = Some(schedule::add(now, delay)));
-            upsert_condition(
-                &mut st.conditions,
-                crate::crd::READY,
-                false,
-                reason.as_str(),
-                &f.message,
-                generation,
-                now,
-            );
-            (
-                delay,
-                (
-                    EventType::Warning,
-                    reason.as_str().to_string(),
-                    f.message.clone(),
-                ),
-            )
+            (false, f.reason.as_str(), f.message.as_str(), delay, attempt)
         }
     };
-    ctx.metrics.set_connection_ready(&id, outcome.is_ok());
-    if st != old {
-        let name = obj.meta().name.clone().unwrap_or_default();
-        apply_status(&api, &name, &Wrapper(&st))
-            .await
-            .map_err(Error::WriteStatus)?;
+    upsert_condition(
+        &mut status.conditions,
+        crate::crd::READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    Checked {
+        status,
+        delay,
+        event: (event_type(ready), reason, message.to_string()),
+        failures,
     }
-    if ready_changed(&old.conditions, &st.conditions) {
-        publish(ctx, obj, event.0, &event.1, "CheckConnection", event.2).await;
-    }
-    Ok(Action::requeue(next_check(watched, outcome.is_ok(), delay)))
 }
 
 #[derive(Serialize)]

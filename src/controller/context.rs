@@ -218,7 +218,14 @@ impl Context {
             objects: Mutex::default(),
             credential_watch: Default::default(),
         });
-        let weak = Arc::downgrade(&ctx);
+        ctx.feed_metrics(&metrics);
+        ctx
+    }
+
+    /// Give the metrics what they read at scrape time: fetch queues, per-object views, passes due, the answer
+    /// cache. Weak references: the metrics never keep a context alive.
+    fn feed_metrics(self: &Arc<Self>, metrics: &Metrics) {
+        let weak = Arc::downgrade(self);
         metrics.set_queue_source(move || {
             weak.upgrade().map_or_else(Vec::new, |c| {
                 c.fetcher
@@ -232,13 +239,13 @@ impl Context {
                     .collect()
             })
         });
-        let weak = Arc::downgrade(&ctx);
+        let weak = Arc::downgrade(self);
         metrics.set_object_source(move |f| {
             if let Some(c) = weak.upgrade() {
                 c.each_object_view(f);
             }
         });
-        let weak = Arc::downgrade(&ctx);
+        let weak = Arc::downgrade(self);
         metrics.set_due_source(move || {
             weak.upgrade().map_or(0, |c| {
                 let now = c.clock.now();
@@ -248,9 +255,8 @@ impl Context {
                     .count() as i64
             })
         });
-        let weak = Arc::downgrade(&ctx);
+        let weak = Arc::downgrade(self);
         metrics.set_cache_source(move || weak.upgrade().map_or((0, 0), |c| c.fetcher.cache.held()));
-        ctx
     }
 
     /// An Event recorder for one Event (kube-runtime intends one per pass; ours publish at most a few). A long-lived `Recorder` keeps every Event it sent
@@ -320,27 +326,6 @@ impl Context {
         if let Some(from) = moved {
             self.fetcher.cache.switch_use(from.as_ref(), key, tenant);
         }
-    }
-
-    /// ConnectedAccount `uid` asked for an attempt at `key` past `generation`; its pass reads it (see
-    /// [`crate::controller::fetch::AccountCache::wait`]).
-    pub fn ask(
-        &self,
-        uid: &str,
-        key: &AccountKey,
-        generation: u64,
-        forced_at: Option<jiff::Timestamp>,
-    ) {
-        let before = self.update_object(uid, |o| {
-            if forced_at.is_some() {
-                o.last_forced = forced_at;
-            }
-            o.asked.replace((key.clone(), generation))
-        });
-        if let Some((old, _)) = before {
-            self.fetcher.cache.unwait(&old);
-        }
-        self.fetcher.cache.wait(key);
     }
 
     /// Show `f` what the metrics show about every cached ConnectedAccount, from its status.

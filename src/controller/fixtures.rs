@@ -80,6 +80,7 @@ impl MockApi {
         Client::new(svc, "default")
     }
 
+    /// Long because it is the mock API server's route table: one arm per request the controller tests send.
     fn handle(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
         let mut st = self.0.lock().unwrap();
         st.requests.push(Recorded {

@@ -10,6 +10,7 @@ mod error;
 mod fetch;
 mod hosts;
 mod leader;
+mod memory;
 mod reconcile;
 mod resolve;
 mod restart;

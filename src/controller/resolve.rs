@@ -11,9 +11,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Context;
 use super::fetch::Dispatcher;
+use super::hosts::HostRefused;
 use crate::access::{self, Admission};
 use crate::controller::Error;
-use crate::crd::{AccessRule, ConnectedAccount, ConnectionKind, ConnectionSettings, SecretKeyRef};
+use crate::crd::{
+    AccessRule, ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, ConnectionSettings,
+    SecretKeyRef,
+};
 use crate::identity::{ConnectionId, ConnectionKey};
 use crate::pipedream::{
     ApiMode, AuthMaterial, ClientSettings, CredentialsError, MaterialLoader, PipedreamClient,
@@ -100,6 +104,12 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
         Ok(id) => id,
         Err(f) => return Ok(Err(unusable(f, None))),
     };
+    let not_found = |m: String| {
+        Ok(Err(unusable(
+            SyncFailure::new(Reason::ConnectionNotFound, m),
+            None,
+        )))
+    };
     let name = id.name.clone();
     match id.kind {
         ConnectionKind::PipedreamConnection => {
@@ -108,79 +118,82 @@ pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
                 .get(&Some(ns.clone()))
                 .or_else(|| ctx.connections.get(&None));
             let Some(conn) = store.and_then(|s| s.get(&ObjectRef::new(&name).within(&ns))) else {
-                return Ok(Err(unusable(
-                    SyncFailure::new(
-                        Reason::ConnectionNotFound,
-                        format!("spec.connectionRef: PipedreamConnection {ns}/{name} not found"),
-                    ),
-                    None,
-                )));
+                return not_found(format!(
+                    "spec.connectionRef: PipedreamConnection {ns}/{name} not found"
+                ));
             };
             let version = conn.meta().resource_version.clone();
-            Ok(dispatcher(ctx, id, &conn.spec)
-                .map(|dispatcher| Resolved {
-                    dispatcher,
-                    admission: Admission::Unrestricted,
-                    version: version.clone(),
-                })
-                .map_err(|f| unusable(f, version)))
+            Ok(usable(
+                ctx,
+                id,
+                &conn.spec,
+                Admission::Unrestricted,
+                version,
+            ))
         }
         ConnectionKind::ClusterPipedreamConnection if ctx.settings.cluster_connections_disabled => {
-            Ok(Err(unusable(
-                SyncFailure::new(
-                    Reason::ConnectionNotFound,
-                    format!(
-                        "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
-                    ),
-                ),
-                None,
-            )))
+            not_found(format!(
+                "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
+            ))
         }
         ConnectionKind::ClusterPipedreamConnection => {
             let Some(conn) = ctx.cluster_connections.get(&ObjectRef::new(&name)) else {
-                return Ok(Err(unusable(
-                    SyncFailure::new(
-                        Reason::ConnectionNotFound,
-                        format!(
-                            "ClusterPipedreamConnection {name} not found (spec.connectionRef or --default-connection)"
-                        ),
-                    ),
-                    None,
-                )));
+                return not_found(format!(
+                    "ClusterPipedreamConnection {name} not found (spec.connectionRef or --default-connection)"
+                ));
             };
             let version = conn.meta().resource_version.clone();
-            let labels = if access::needs_namespace_labels(&conn.spec.access) {
-                ctx.namespace_labels(&ns)
-                    .await
-                    .map_err(Error::ReadNamespace)?
-            } else {
-                None
-            };
-            let admission = access::admit_namespace(
-                &conn.spec.access,
-                &ns,
-                |rule| selects(rule, labels.as_ref()),
-                &ctx.settings.operator_namespace,
-            );
+            let admission = admit(ctx, &conn, &ns).await?;
             if admission == Admission::Denied {
+                let m = format!(
+                    "namespace {ns} is not admitted by the access rules of ClusterPipedreamConnection {name}"
+                );
                 return Ok(Err(unusable(
-                    SyncFailure::new(
-                        Reason::AccessDenied,
-                        format!(
-                            "namespace {ns} is not admitted by the access rules of ClusterPipedreamConnection {name}"
-                        ),
-                    ),
+                    SyncFailure::new(Reason::AccessDenied, m),
                     version,
                 )));
             }
-            Ok(dispatcher(ctx, id, &conn.spec)
-                .map(|dispatcher| Resolved {
-                    dispatcher,
-                    admission,
-                    version: version.clone(),
-                })
-                .map_err(|f| unusable(f, version)))
+            Ok(usable(ctx, id, &conn.spec, admission, version))
         }
+    }
+}
+
+/// Whether namespace `ns` may use cluster connection `conn` (its labels read only for selector rules).
+async fn admit(
+    ctx: &Context,
+    conn: &ClusterPipedreamConnection,
+    ns: &str,
+) -> Result<Admission, Error> {
+    let labels = if access::needs_namespace_labels(&conn.spec.access) {
+        ctx.namespace_labels(ns)
+            .await
+            .map_err(Error::ReadNamespace)?
+    } else {
+        None
+    };
+    Ok(access::admit_namespace(
+        &conn.spec.access,
+        ns,
+        |rule| selects(rule, labels.as_ref()),
+        &ctx.settings.operator_namespace,
+    ))
+}
+
+/// A found connection with its dispatcher, or why none can be made.
+fn usable(
+    ctx: &Context,
+    id: ConnectionId,
+    spec: &impl ConnectionSettings,
+    admission: Admission,
+    version: Option<String>,
+) -> Result<Resolved, Unusable> {
+    match dispatcher(ctx, id, spec) {
+        Ok(dispatcher) => Ok(Resolved {
+            dispatcher,
+            admission,
+            version,
+        }),
+        Err(e) => Err(unusable(e.for_account(), version)),
     }
 }
 
@@ -190,18 +203,21 @@ pub(super) fn dispatcher(
     ctx: &Context,
     id: ConnectionId,
     spec: &impl ConnectionSettings,
-) -> Result<Arc<Dispatcher>, SyncFailure> {
-    let not_ready = |m: &dyn std::fmt::Display| {
-        SyncFailure::new(Reason::ConnectionNotReady, format!("{id}: {m}"))
-    };
+) -> Result<Arc<Dispatcher>, DispatcherError> {
     if id.tenant_controlled() {
         ctx.settings
             .allowed_api_hosts
             .admit(spec.api_url())
-            .map_err(|e| not_ready(&e))?;
+            .map_err(|source| DispatcherError::HostRefused {
+                id: id.clone(),
+                source,
+            })?;
     }
     let (mut settings, loader) = client_parts(ctx.client.clone(), spec, id.namespace.as_deref())
-        .map_err(|e| not_ready(&e))?;
+        .map_err(|source| DispatcherError::Credentials {
+            id: id.clone(),
+            source,
+        })?;
     // Every shard has its own client: together they stay within the connection's rate.
     settings.rate_share = ctx.settings.shard.count();
     let key = ConnectionKey::new(id.clone(), spec);
@@ -213,6 +229,41 @@ pub(super) fn dispatcher(
             Some((ctx.metrics.clone(), id)),
         )
     }))
+}
+
+/// Why a connection's dispatcher cannot be made. Named after what failed; its message starts with the connection.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DispatcherError {
+    /// A tenant's connection names a Pipedream host the operator may not call.
+    #[error("{id}: {source}")]
+    HostRefused {
+        id: ConnectionId,
+        #[source]
+        source: HostRefused,
+    },
+    /// Its credentials settings cannot be used.
+    #[error("{id}: {source}")]
+    Credentials {
+        id: ConnectionId,
+        #[source]
+        source: CredentialsError,
+    },
+}
+
+impl DispatcherError {
+    /// As a ConnectedAccount reports it: its connection is not ready.
+    pub(super) fn for_account(&self) -> SyncFailure {
+        SyncFailure::new(Reason::ConnectionNotReady, self.to_string())
+    }
+
+    /// As the connection reports itself: a refused host is a fault of its own spec.
+    pub(super) fn for_connection(&self) -> SyncFailure {
+        let reason = match self {
+            Self::HostRefused { .. } => Reason::InvalidSpec,
+            Self::Credentials { .. } => Reason::ConnectionNotReady,
+        };
+        SyncFailure::new(reason, self.to_string())
+    }
 }
 
 /// Client settings and a Secret-reading credential loader for a connection spec. `namespace` is the namespaced

@@ -278,33 +278,7 @@ impl PipedreamClient {
 
     async fn fetch(&self, account_id: &str, paced: bool) -> Result<FetchedAccount, PipedreamError> {
         let mut paced = paced;
-        let (endpoint, url) = match &self.settings.mode {
-            ApiMode::Connect { project_id, .. } => (
-                "connect_account",
-                format!(
-                    "{}/v1/connect/{project_id}/accounts/{account_id}?include_credentials=true",
-                    self.settings.api_url
-                ),
-            ),
-            ApiMode::ApiKey {
-                path: CredentialsPath::IncludeCredentials,
-            } => (
-                "account",
-                format!(
-                    "{}/v1/accounts/{account_id}?include_credentials=1",
-                    self.settings.api_url
-                ),
-            ),
-            ApiMode::ApiKey {
-                path: CredentialsPath::Credentials,
-            } => (
-                "account_credentials",
-                format!(
-                    "{}/v1/accounts/{account_id}/credentials",
-                    self.settings.api_url
-                ),
-            ),
-        };
+        let (endpoint, url) = self.account_url(account_id);
         let mut reauthed = false;
         let mut retried = false;
         loop {
@@ -345,6 +319,37 @@ impl PipedreamClient {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The endpoint (its metric label) and URL that answer with an account's credentials in this mode.
+    fn account_url(&self, account_id: &str) -> (&'static str, String) {
+        match &self.settings.mode {
+            ApiMode::Connect { project_id, .. } => (
+                "connect_account",
+                format!(
+                    "{}/v1/connect/{project_id}/accounts/{account_id}?include_credentials=true",
+                    self.settings.api_url
+                ),
+            ),
+            ApiMode::ApiKey {
+                path: CredentialsPath::IncludeCredentials,
+            } => (
+                "account",
+                format!(
+                    "{}/v1/accounts/{account_id}?include_credentials=1",
+                    self.settings.api_url
+                ),
+            ),
+            ApiMode::ApiKey {
+                path: CredentialsPath::Credentials,
+            } => (
+                "account_credentials",
+                format!(
+                    "{}/v1/accounts/{account_id}/credentials",
+                    self.settings.api_url
+                ),
+            ),
         }
     }
 
@@ -491,18 +496,7 @@ impl PipedreamClient {
                 Err(e) => return Err(e),
             }
         };
-        let parsed: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| PipedreamError::Malformed {
-                endpoint: "token",
-                message: format!("token answer: {}", e.classify_str()),
-            })?;
-        if parsed.access_token.expose().is_empty() {
-            return Err(PipedreamError::Malformed {
-                endpoint: "token",
-                message: "empty access_token".into(),
-            });
-        }
-        let lifetime = token_lifetime(parsed.expires_in.as_ref())?;
+        let (access_token, lifetime) = parse_token(&bytes)?;
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -514,7 +508,7 @@ impl PipedreamClient {
             m.set_token_expiry(id, at);
         }
         Ok(Token {
-            value: parsed.access_token,
+            value: access_token,
             refresh_at: Instant::now()
                 .checked_add(refresh_after(lifetime))
                 .unwrap_or_else(Instant::now),
@@ -578,6 +572,24 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
         lifetime - TOKEN_REFRESH_BUFFER
     };
     at.min(MAX_TOKEN_REFRESH)
+}
+
+/// The token answer's access token and lifetime; an answer that does not parse or holds an empty token is
+/// malformed (the message names the JSON error's kind, never the body).
+fn parse_token(bytes: &[u8]) -> Result<(SecretString, Duration), PipedreamError> {
+    let parsed: TokenResponse =
+        serde_json::from_slice(bytes).map_err(|e| PipedreamError::Malformed {
+            endpoint: "token",
+            message: format!("token answer: {}", e.classify_str()),
+        })?;
+    if parsed.access_token.expose().is_empty() {
+        return Err(PipedreamError::Malformed {
+            endpoint: "token",
+            message: "empty access_token".into(),
+        });
+    }
+    let lifetime = token_lifetime(parsed.expires_in.as_ref())?;
+    Ok((parsed.access_token, lifetime))
 }
 
 /// The token's `expires_in`: absent means Pipedream's documented hour; negative, fractional-overflowing or

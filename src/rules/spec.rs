@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::crd::{ConnectedAccountSpec, CreationPolicy, DeletionPolicy};
+use crate::crd::{ConnectedAccountSpec, CreationPolicy, DeletionPolicy, TargetSpec};
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Policy};
 use crate::template;
@@ -67,7 +67,21 @@ pub fn validate_spec(
         Some(v) => dur("spec.refresh.propagationTime", v, Duration::ZERO)?,
         None => default_propagation,
     };
-    let target = &spec.target;
+    validate_target(&spec.target)?;
+    Ok(Validated {
+        policy: Policy {
+            before_expiry,
+            interval,
+            propagation,
+        },
+        min_restart_interval,
+    })
+}
+
+/// Check `spec.target`: label and annotation keys, types and keys Kubernetes acts on, the policies, the template.
+/// The error message names the field.
+fn validate_target(target: &TargetSpec) -> Result<(), SyncFailure> {
+    let invalid = |m: String| SyncFailure::new(Reason::InvalidSpec, m);
     for (field, map) in [
         ("labels", &target.labels),
         ("annotations", &target.annotations),
@@ -118,14 +132,7 @@ pub fn validate_spec(
         }
         template::validate(&t.data).map_err(|e| invalid(e.to_string()))?;
     }
-    Ok(Validated {
-        policy: Policy {
-            before_expiry,
-            interval,
-            propagation,
-        },
-        min_restart_interval,
-    })
+    Ok(())
 }
 
 /// Secret types the operator will not write: their contents make Kubernetes or Helm act (a service-account-token

@@ -180,6 +180,14 @@ impl AccountCache {
         s.waiting = s.waiting.saturating_add(1);
     }
 
+    /// A pass waits for `key`'s next answer instead of for `before`'s (an earlier ask it never read).
+    pub fn wait_instead(&self, before: Option<&AccountKey>, key: &AccountKey) {
+        if let Some(old) = before {
+            self.unwait(old);
+        }
+        self.wait(key);
+    }
+
     /// A wait ended without reading the answer.
     pub fn unwait(&self, key: &AccountKey) {
         if let Some(s) = lock(&self.slots).map.get_mut(key) {

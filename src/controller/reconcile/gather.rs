@@ -1,11 +1,13 @@
 //! Gather: what a pass knows before it decides, read off the object, the operator's memory, the Secret index,
 //! the connection stores and the answer cache. It reads the API only where those cannot answer.
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::Known;
 use crate::controller::Error;
+use crate::controller::memory::MemoryChange;
 use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts};
 use crate::controller::resolve::{connection_version, resolve};
 use crate::controller::spec;
@@ -69,14 +71,15 @@ pub(super) async fn gather(
     ca: &ConnectedAccount,
     ctx: &Context,
     mem: &ObjectState,
+    now: Timestamp,
+    change: &mut MemoryChange,
 ) -> Result<Known, Error> {
-    let now = ctx.clock.now();
     let uid = ca.uid().unwrap_or_default();
     let status = ca.status.clone().unwrap_or_default();
     let spec = spec::validate_spec(&ca.spec, ctx.settings.propagation);
     // An invalid spec is reported before anything is read.
     let (secret, read, exists) = if spec.is_ok() {
-        secret_facts(ca, ctx, &status, mem).await?
+        secret_facts(ca, ctx, &status, mem, change).await?
     } else {
         (SecretFacts::New, None, false)
     };
@@ -90,23 +93,7 @@ pub(super) async fn gather(
         account_id: ca.spec.account_id.clone(),
     });
     ctx.use_account(&uid, &ca.namespace().unwrap_or_default(), key.as_ref());
-    let cache = &ctx.fetcher.cache;
-    let asked = mem
-        .asked
-        .as_ref()
-        .filter(|(k, _)| Some(k) == key.as_ref())
-        .map(|(_, g)| *g);
-    let answer = match (asked, &key) {
-        (Some(g), Some(k)) => match cache.attempt_after(k, g) {
-            Some(a) => {
-                ctx.update_object(&uid, |o| o.asked = None);
-                Answer::Arrived(a)
-            }
-            None => Answer::Awaited,
-        },
-        (None, Some(k)) => Answer::Last(cache.last_ok(k)),
-        (_, None) => Answer::Last(None),
-    };
+    let answer = answer(ctx, mem, key.as_ref(), change);
     let narrowed = resolved
         .as_ref()
         .ok()
@@ -138,6 +125,33 @@ pub(super) async fn gather(
     })
 }
 
+/// The answer the pass decides from: the attempt it asked for once it arrived (read once), else the last success
+/// for `key`.
+fn answer(
+    ctx: &Context,
+    mem: &ObjectState,
+    key: Option<&AccountKey>,
+    change: &mut MemoryChange,
+) -> Answer {
+    let cache = &ctx.fetcher.cache;
+    let asked = mem
+        .asked
+        .as_ref()
+        .filter(|(k, _)| Some(k) == key)
+        .map(|(_, g)| *g);
+    match (asked, key) {
+        (Some(g), Some(k)) => match cache.attempt_after(k, g) {
+            Some(a) => {
+                change.answer_read();
+                Answer::Arrived(a)
+            }
+            None => Answer::Awaited,
+        },
+        (None, Some(k)) => Answer::Last(cache.last_ok(k)),
+        (_, None) => Answer::Last(None),
+    }
+}
+
 /// Ready is False with `SecretConflict`: the name was found taken.
 fn refused_as_taken(status: &ConnectedAccountStatus) -> bool {
     ready_of(&status.conditions)
@@ -152,6 +166,7 @@ async fn secret_facts(
     ctx: &Context,
     status: &ConnectedAccountStatus,
     mem: &ObjectState,
+    change: &mut MemoryChange,
 ) -> Result<(SecretFacts, Option<Secret>, bool), Error> {
     let name = ca.secret_name();
     let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
@@ -194,21 +209,24 @@ async fn secret_facts(
         }
         return Ok((unseen, None, false));
     };
-    if let Err(c) = check_ownership(ca, &s) {
-        return Ok((
-            SecretFacts::Conflict(format!("spec.target.name: {}", c.0)),
-            Some(s),
-            true,
-        ));
+    Ok((judge_read(ca, status, &s, change), Some(s), true))
+}
+
+/// What the Secret read says: someone else's, as this process wrote it, or drifted.
+fn judge_read(
+    ca: &ConnectedAccount,
+    status: &ConnectedAccountStatus,
+    s: &Secret,
+    change: &mut MemoryChange,
+) -> SecretFacts {
+    if let Err(c) = check_ownership(ca, s) {
+        return SecretFacts::Conflict(format!("spec.target.name: {}", c.0));
     }
-    let ours = existing_hash(&s, &secret::field_manager(ca));
-    if status.data_hash.as_deref() == Some(ours.as_str()) {
-        // As written: remember this version, so the next pass does not read it again.
-        let version = s.resource_version();
-        ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
-            o.secret_version = version
-        });
-        return Ok((SecretFacts::AsWritten, Some(s), true));
+    let ours = existing_hash(s, &secret::field_manager(ca));
+    if status.data_hash.as_deref() != Some(ours.as_str()) {
+        return SecretFacts::Drifted;
     }
-    Ok((SecretFacts::Drifted, Some(s), true))
+    // As written: remember this version, so the next pass does not read it again.
+    change.secret_read(s.resource_version());
+    SecretFacts::AsWritten
 }

@@ -22,13 +22,14 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, instrument, warn};
 
-use super::Context;
 use super::build::Synced;
 use super::cached::CachedAccount;
 use super::context::status_digest;
+use super::memory::MemoryChange;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
 use super::targets::SecretId;
+use super::{Context, ObjectState};
 use crate::controller::Error;
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::identity::AccountKey;
@@ -108,10 +109,28 @@ pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<A
     out
 }
 
-/// One pass: gather, decide, act, report.
+/// One pass: gather, decide, act, report. What it changes in the operator's memory of the object is collected in
+/// one [`MemoryChange`] and applied once, at its end (also when an API call failed).
 async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
     let mem = ctx.object(&uid);
+    let mut change = MemoryChange::default();
+    let next = steps(ca, ctx, &mem, &mut change).await;
+    if let Ok(at) = next {
+        change.next_pass(at);
+    }
+    ctx.update_object(&uid, |o| change.apply(o));
+    next.map(|at| requeue(ctx, at))
+}
+
+/// The stages of a pass; when the next one is due. The pass reads the clock once, here: every stage decides and
+/// stamps with this `now`.
+async fn steps(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    mem: &ObjectState,
+    change: &mut MemoryChange,
+) -> Result<Timestamp, Error> {
     let now = ctx.clock.now();
     // A cached object older than this process's own status write (its Secret's watch event came first) would
     // decide from the status before that write, and write it back: wait for the watch to deliver the new one.
@@ -120,42 +139,38 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
         && now < schedule::add(at, STALE_CACHE_PATIENCE)
     {
         debug!("the cached object predates the last status write; waiting for the watch");
-        return Ok(requeue(ctx, &uid, schedule::add(now, STALE_CACHE_RECHECK)));
+        return Ok(schedule::add(now, STALE_CACHE_RECHECK));
     }
     // Likewise for the Secret: until the index has seen this process's write, the pass would have to read it.
-    if let Some(at) = index_lagging(ca, ctx, &mem, now) {
+    if let Some(at) = index_lagging(ca, ctx, mem, now) {
         debug!("the Secret index has not seen the last Secret write; waiting for the watch");
-        return Ok(requeue(ctx, &uid, at));
+        return Ok(at);
     }
     // Waits need no reads: a failed object's own status write must cost nothing.
-    let (recorded, remembered) = (
-        gather::recorded(ca, &mem),
-        gather::remembered(ca, ctx, &mem),
-    );
-    if let Some(at) = plan::hold(&recorded, &remembered, ctx.clock.now()) {
+    let (recorded, remembered) = (gather::recorded(ca, mem), gather::remembered(ca, ctx, mem));
+    if let Some(at) = plan::hold(&recorded, &remembered, now) {
         debug!(until = %format_ts(at), "waiting");
-        return Ok(requeue(ctx, &uid, at));
+        return Ok(at);
     }
-    let known = gather::gather(ca, ctx, &mem).await?;
+    let known = gather::gather(ca, ctx, mem, now, change).await?;
     let outcome = match plan::decide(&known.facts) {
-        Step::Wait(at) => return Ok(requeue(ctx, &uid, at)),
+        Step::Wait(at) => return Ok(at),
         Step::Fetch { urgency } => {
-            write::ask(ca, ctx, &known, urgency);
-            let at = schedule::add(ctx.clock.now(), plan::PENDING_RECHECK);
-            return Ok(requeue(ctx, &uid, at));
+            write::ask(ca, ctx, &known, mem, urgency, change);
+            return Ok(schedule::add(now, plan::PENDING_RECHECK));
         }
         Step::Keep(next) => Outcome::Synced(Box::new(write::keep(ca, ctx, &known, next).await)),
-        Step::Write(answer, cause) => write::write(ca, ctx, &known, &answer, cause).await?,
+        Step::Write(answer, cause) => write::write(ca, ctx, &known, &answer, cause, change).await?,
         Step::Fail(f) => Outcome::Failed(f),
     };
-    report::report(ca, ctx, &known, outcome).await
+    report::report(ca, ctx, &known, mem, outcome, change).await
 }
 
 /// When to look again, if the Secret index still holds what it held before this process's last Secret write.
 fn index_lagging(
     ca: &ConnectedAccount,
     ctx: &Context,
-    mem: &super::ObjectState,
+    mem: &ObjectState,
     now: Timestamp,
 ) -> Option<Timestamp> {
     let (before, at) = mem.index_before_write.as_ref()?;
@@ -169,11 +184,10 @@ fn index_lagging(
     (held == *before).then(|| schedule::add(now, STALE_CACHE_RECHECK))
 }
 
-/// The next pass at `at`, counted from the end of this one: a slow pass does not push the next one later.
-fn requeue(ctx: &Context, uid: &str, at: Timestamp) -> Action {
-    let now = ctx.clock.now();
-    ctx.update_object(uid, |o| o.next_pass = Some(at));
-    Action::requeue(schedule::until(now, at))
+/// The next pass at `at`, counted from the end of this one (the clock is read again for it): a slow pass does not
+/// push the next one later.
+fn requeue(ctx: &Context, at: Timestamp) -> Action {
+    Action::requeue(schedule::until(ctx.clock.now(), at))
 }
 
 /// Backoff for Kubernetes API failures, landing before the held credentials expire.
@@ -194,18 +208,22 @@ fn back_off(
     err: &Error,
     ctx: &Context,
 ) -> Action {
-    let attempt = ctx.record_failure(uid);
     let now = ctx.clock.now();
-    let r = schedule::after_failure(
-        now,
-        attempt - 1,
-        exp,
-        propagation,
-        schedule::FailureClass::Transient,
-        None,
-    );
+    // One change to the object's memory: the failure counted and the next pass.
+    let (attempt, r) = ctx.update_object(uid, |o| {
+        o.failures = o.failures.saturating_add(1);
+        let r = schedule::after_failure(
+            now,
+            o.failures - 1,
+            exp,
+            propagation,
+            schedule::FailureClass::Transient,
+            None,
+        );
+        o.next_pass = Some(schedule::add(now, r.delay));
+        (o.failures, r)
+    });
     ctx.metrics.count_reconcile_error(err.metric_label());
     warn!(error = %err, kind = err.metric_label(), attempt, retry_in_s = r.delay.as_secs(), "reconcile failed");
-    ctx.update_object(uid, |o| o.next_pass = Some(schedule::add(now, r.delay)));
     Action::requeue(r.delay)
 }

@@ -1,17 +1,16 @@
 //! Report: the status a pass leads to (applied only when it changed), its Events, its metrics, and the requeue.
 
 use jiff::Timestamp;
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Known, Outcome, requeue};
-use crate::controller::Context;
-use crate::controller::Error;
+use super::{Known, Outcome};
 use crate::controller::build::{self, Written};
+use crate::controller::memory::{Ended, MemoryChange};
 use crate::controller::plan;
 use crate::controller::status::{apply_status, event_type, publish, ready_changed};
+use crate::controller::{Context, Error, ObjectState};
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::reason::Reason;
 use crate::schedule::{self, format_ts, parse_ts};
@@ -21,11 +20,13 @@ pub(super) async fn report(
     ca: &ConnectedAccount,
     ctx: &Context,
     known: &Known,
+    mem: &ObjectState,
     outcome: Outcome,
-) -> Result<Action, Error> {
+    change: &mut MemoryChange,
+) -> Result<Timestamp, Error> {
     match outcome {
-        Outcome::Synced(s) => synced(ca, ctx, known, *s).await,
-        Outcome::Failed(f) => failed(ca, ctx, known, f).await,
+        Outcome::Synced(s) => synced(ca, ctx, known, *s, change).await,
+        Outcome::Failed(f) => failed(ca, ctx, known, mem, f, change).await,
     }
 }
 
@@ -34,21 +35,16 @@ async fn synced(
     ctx: &Context,
     known: &Known,
     s: build::Synced,
-) -> Result<Action, Error> {
-    let now = ctx.clock.now();
-    let uid = ca.uid().unwrap_or_default();
+    change: &mut MemoryChange,
+) -> Result<Timestamp, Error> {
+    let now = known.facts.now;
     let old = &known.status;
-    ctx.update_object(&uid, |o| {
-        o.failures = 0;
-        o.retry_at = None;
-        o.failed_connection_version = None;
-        if s.confirmed {
-            o.syncs.succeeded = o.syncs.succeeded.saturating_add(1);
-        }
+    change.ended(Ended::Synced {
+        confirmed: s.confirmed,
     });
     let forced = known.facts.recorded.forced.as_deref();
     let st = build::synced_status(ca, old, &s, forced, now);
-    write_status(ca, ctx, old, &st, now).await?;
+    write_status(ca, ctx, old, &st, now, change).await?;
     if s.confirmed {
         ctx.metrics.count_sync(Reason::SecretSynced.as_str());
         let written = s.written.map_or("unchanged", Written::reason);
@@ -84,19 +80,20 @@ async fn synced(
         )
         .await;
     }
-    Ok(requeue(ctx, &uid, s.requeue_at()))
+    Ok(s.requeue_at())
 }
 
 async fn failed(
     ca: &ConnectedAccount,
     ctx: &Context,
     known: &Known,
+    mem: &ObjectState,
     mut f: crate::reason::SyncFailure,
-) -> Result<Action, Error> {
-    let now = ctx.clock.now();
-    let uid = ca.uid().unwrap_or_default();
+    change: &mut MemoryChange,
+) -> Result<Timestamp, Error> {
+    let now = known.facts.now;
     let old = &known.status;
-    let attempt = ctx.record_failure(&uid);
+    let attempt = mem.failures.saturating_add(1);
     let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
     let propagation = crate::rules::spec::propagation(&ca.spec, ctx.settings.propagation);
     let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, propagation, now);
@@ -109,15 +106,15 @@ async fn failed(
         .about_connection()
         .then(|| known.connection_version.clone())
         .flatten();
-    ctx.update_object(&uid, |o| {
-        o.retry_at = Some(next);
-        o.last_failed = Some(now);
-        o.failed_connection_version = failed_version;
-        o.syncs.failed = o.syncs.failed.saturating_add(1);
+    change.ended(Ended::Failed {
+        attempt,
+        retry_at: next,
+        at: now,
+        connection_version: failed_version,
     });
     let forced = known.facts.recorded.forced.as_deref();
     let st = build::failed_status(ca, old, &f, next, forced, now);
-    write_status(ca, ctx, old, &st, now).await?;
+    write_status(ca, ctx, old, &st, now, change).await?;
     let reason = f.reason.as_str();
     ctx.metrics.count_sync(reason);
     warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
@@ -132,7 +129,7 @@ async fn failed(
         )
         .await;
     }
-    Ok(requeue(ctx, &uid, next))
+    Ok(next)
 }
 
 /// Whether condition `type_` is True.
@@ -152,6 +149,7 @@ async fn write_status(
     old: &ConnectedAccountStatus,
     new: &ConnectedAccountStatus,
     now: Timestamp,
+    change: &mut MemoryChange,
 ) -> Result<(), Error> {
     if !build::status_needs_write(ca.status.is_some(), old, new, now) {
         return Ok(());
@@ -161,11 +159,10 @@ async fn write_status(
     apply_status(&api, &ca.name_any(), new)
         .await
         .map_err(Error::WriteStatus)?;
-    let written = new.next_sync_time.as_deref().and_then(parse_ts);
-    let digest = crate::controller::context::status_digest(Some(new));
-    ctx.update_object(&ca.uid().unwrap_or_default(), |o| {
-        o.written_next_sync = written;
-        o.written_status = Some((digest, now));
-    });
+    change.status_written(
+        new.next_sync_time.as_deref().and_then(parse_ts),
+        crate::controller::context::status_digest(Some(new)),
+        now,
+    );
     Ok(())
 }

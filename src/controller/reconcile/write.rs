@@ -12,26 +12,33 @@ use kube::{Api, ResourceExt};
 use tracing::debug;
 
 use super::{Known, Outcome};
-use crate::controller::Context;
 use crate::controller::Error;
 use crate::controller::build::{self, Built, Synced};
 use crate::controller::fetch::{CachedFetch, Urgency};
+use crate::controller::memory::MemoryChange;
 use crate::controller::plan::{Cause, SecretFacts};
 use crate::controller::resolve::Resolved;
 use crate::controller::restart;
 use crate::controller::spec::Validated;
 use crate::controller::targets::SecretId;
+use crate::controller::{Context, ObjectState};
 use crate::crd::{ConnectedAccount, CreationPolicy};
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule;
 use crate::secret::{self, check_ownership};
 
 /// Ask the connection's dispatcher for the account; its answer triggers the next pass.
-pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, urgency: Urgency) {
+pub(super) fn ask(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    mem: &ObjectState,
+    urgency: Urgency,
+    change: &mut MemoryChange,
+) {
     let (Some(conn), Some(key)) = (&known.connection, &known.key) else {
         return;
     };
-    let uid = ca.uid().unwrap_or_default();
     let generation = ctx.fetcher.cache.generation(key);
     let forced_at = known
         .facts
@@ -39,8 +46,11 @@ pub(super) fn ask(ca: &ConnectedAccount, ctx: &Context, known: &Known, urgency: 
         .forced
         .as_ref()
         .map(|_| known.facts.now);
-    // Waiting before asking: the answer may be in before `request` returns.
-    ctx.ask(&uid, key, generation, forced_at);
+    // Waiting before asking: the answer may be in before `request` returns, and the cache keeps awaited answers.
+    ctx.fetcher
+        .cache
+        .wait_instead(change.still_awaited(mem), key);
+    change.asked(key.clone(), generation, forced_at);
     conn.dispatcher
         .request(&ca.spec.account_id, urgency, ObjectRef::from_obj(ca));
     debug!(account = %ca.spec.account_id, connection = %conn.key().id, "fetch requested");
@@ -77,6 +87,7 @@ pub(super) async fn write(
     known: &Known,
     answer: &CachedFetch,
     cause: Cause,
+    change: &mut MemoryChange,
 ) -> Result<Outcome, Error> {
     let (Ok(validated), Some(conn)) = (&known.facts.spec, &known.connection) else {
         return Ok(Outcome::Failed(SyncFailure::new(
@@ -87,13 +98,9 @@ pub(super) async fn write(
     let ns = ca.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = ca.secret_name();
-    // A credential field sent as null keeps its value: read the Secret for it if the pass did not.
-    let mut read = known.read.clone();
-    if read.is_none() && known.exists && build::has_null_fields(answer) {
-        read = api.get_opt(&name).await.map_err(Error::ReadSecret)?;
-    }
+    let read = read_for_nulls(&api, &name, known, answer).await?;
     let previous = read.as_ref().and_then(secret::data_of);
-    let built = match build_secret(ca, ctx, *validated, conn, answer, previous.as_ref()).await {
+    let built = match build_secret(ca, known, *validated, conn, answer, previous.as_ref()).await {
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
@@ -103,75 +110,55 @@ pub(super) async fn write(
         Verdict::Absent => false,
     };
     let st = &known.status;
-    let unchanged = known.facts.secret == SecretFacts::AsWritten
-        && !known.facts.recorded.spec_changed
-        && st.data_hash.as_deref() == Some(built.hash.as_str())
-        && st.expires_at == built.expires_at;
-    let (written, version) = if unchanged {
+    let (written, version) = if already_holds(known, &built) {
         (None, st.secret_resource_version.clone())
     } else {
-        let manager = secret::field_manager(ca);
-        let id = SecretId::new(&ns, &name);
-        let indexed_before = ctx.secrets.get(&id).map(|e| e.map(|e| e.resource_version));
-        // A Secret the operator has not seen is created, never applied: a Secret of that name created meanwhile
-        // (after the operator's watch last saw the namespace) is refused by the API server, not adopted.
-        let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
-        let create = !found && !merge;
-        let applied = if create {
-            create_secret(ca, &api, &manager, &built.secret).await
-        } else if merge {
-            match merge_secret(ca, ctx, &api, &manager, &built.secret, read.as_ref()).await? {
-                Merged::Written(w) => *w,
-                Merged::Refused(f) => return Ok(Outcome::Failed(f)),
+        let before = indexed_before(ca, ctx);
+        match put(ca, ctx, &api, &built.secret, read.as_ref(), found).await? {
+            Ok(applied) => {
+                let version = applied.resource_version();
+                change.secret_written(version.clone(), before, known.facts.now);
+                let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
+                let kind = build::written(
+                    known.exists,
+                    cause,
+                    same_data,
+                    known.facts.recorded.spec_changed,
+                );
+                (Some(kind), version)
             }
-        } else {
-            apply_secret(&api, &manager, &built.secret).await
-        };
-        let applied = match applied {
-            Ok(s) => s,
-            // Created since the operator's view of the namespace: written only if it is this account's own.
-            Err(kube::Error::Api(s)) if create && s.code == 409 => {
-                match api.get_opt(&name).await.map_err(Error::ReadSecret)? {
-                    Some(e) if check_ownership(ca, &e).is_ok() => {
-                        apply_secret(&api, &manager, &built.secret)
-                            .await
-                            .map_err(Error::WriteSecret)?
-                    }
-                    _ => {
-                        return Ok(Outcome::Failed(SyncFailure::new(
-                            Reason::SecretConflict,
-                            format!(
-                                "spec.target.name: Secret {name} was created by someone else before the operator's first write; it is left alone"
-                            ),
-                        )));
-                    }
-                }
-            }
-            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
-                return Ok(Outcome::Failed(refused_write(&name, s.code, &s.message)));
-            }
-            Err(e) => return Err(Error::WriteSecret(e)),
-        };
-        let version = applied.resource_version();
-        let uid = ca.uid().unwrap_or_default();
-        let now = known.facts.now;
-        ctx.update_object(&uid, |o| {
-            o.secret_version = version.clone();
-            // A write that changed nothing (same resourceVersion) has no watch event to wait for.
-            o.index_before_write = indexed_before
-                .ok()
-                .filter(|before| before.as_ref() != version.as_ref())
-                .map(|before| (before, now));
-        });
-        let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
-        let kind = build::written(
-            known.exists,
-            cause,
-            same_data,
-            known.facts.recorded.spec_changed,
-        );
-        (Some(kind), version)
+            Err(f) => return Ok(Outcome::Failed(f)),
+        }
     };
+    let secret = Written {
+        name,
+        kind: written,
+        version,
+    };
+    Ok(Outcome::Synced(Box::new(
+        synced(ca, ctx, known, validated, conn, built, secret).await,
+    )))
+}
+
+/// The Secret as written (or found as it should be) after a write pass.
+struct Written {
+    name: String,
+    /// How it was written; `None`: it already held this.
+    kind: Option<build::Written>,
+    version: Option<String>,
+}
+
+/// A write pass's result: the Secret's new contents, a rollout restart if due, and whether pods are at risk.
+async fn synced(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    known: &Known,
+    validated: &Validated,
+    conn: &Resolved,
+    built: Built,
+    secret: Written,
+) -> Synced {
+    let st = &known.status;
     let restart = restart::maybe_restart(
         ca,
         ctx,
@@ -188,25 +175,108 @@ pub(super) async fn write(
         .flatten();
     let now = known.facts.now;
     let pod_risk = build::pod_risk(validated.policy, built.upcoming_lead(now), now, replaced);
-    Ok(Outcome::Synced(Box::new(Synced {
-        secret_name: name,
+    Synced {
+        secret_name: secret.name,
         connection: Some(conn.key().id.status_ref()),
         expires_at: built.expires_at,
         next: built.next,
         account: Some(built.account),
         data_hash: Some(built.hash),
         confirmed: true,
-        written,
+        written: secret.kind,
         restart: restart.restarted,
         wake: restart.wake,
         pod_risk: Some(pod_risk),
-        secret_version: version,
-    })))
+        secret_version: secret.version,
+    }
+}
+
+/// The Secret holds exactly what was built (as recorded in status, and the index vouches for it): no write.
+fn already_holds(known: &Known, built: &Built) -> bool {
+    let st = &known.status;
+    known.facts.secret == SecretFacts::AsWritten
+        && !known.facts.recorded.spec_changed
+        && st.data_hash.as_deref() == Some(built.hash.as_str())
+        && st.expires_at == built.expires_at
+}
+
+/// The Secret as the pass read it. A credential field sent as null keeps its value: the Secret is read for it if
+/// the pass did not read it.
+async fn read_for_nulls(
+    api: &Api<Secret>,
+    name: &str,
+    known: &Known,
+    answer: &CachedFetch,
+) -> Result<Option<Secret>, Error> {
+    if known.read.is_none() && known.exists && build::has_null_fields(answer) {
+        return api.get_opt(name).await.map_err(Error::ReadSecret);
+    }
+    Ok(known.read.clone())
+}
+
+/// What the Secret index holds for the target (`None`: the index is not ready), read just before a write: while it
+/// still holds that, the write's own watch event has not arrived.
+fn indexed_before(ca: &ConnectedAccount, ctx: &Context) -> Option<Option<String>> {
+    let id = SecretId::new(ca.namespace().unwrap_or_default(), ca.secret_name());
+    ctx.secrets
+        .get(&id)
+        .map(|e| e.map(|e| e.resource_version))
+        .ok()
+}
+
+/// Write `desired`: create it when no Secret of its name was `found`, Merge-apply it into the one `read`, or
+/// apply it. What the API server refused for a reason the spec can fix is a failure; other API errors end the pass.
+async fn put(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+    api: &Api<Secret>,
+    desired: &Secret,
+    read: Option<&Secret>,
+    found: bool,
+) -> Result<Result<Secret, SyncFailure>, Error> {
+    let name = ca.secret_name();
+    let manager = secret::field_manager(ca);
+    // A Secret the operator has not seen is created, never applied: a Secret of that name created meanwhile
+    // (after the operator's watch last saw the namespace) is refused by the API server, not adopted.
+    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
+    let create = !found && !merge;
+    let applied = if create {
+        create_secret(ca, api, &manager, desired).await
+    } else if merge {
+        match merge_secret(ca, ctx, api, &manager, desired, read).await? {
+            Merged::Written(w) => *w,
+            Merged::Refused(f) => return Ok(Err(f)),
+        }
+    } else {
+        apply_secret(api, &manager, desired).await
+    };
+    match applied {
+        Ok(s) => Ok(Ok(s)),
+        // Created since the operator's view of the namespace: written only if it is this account's own.
+        Err(kube::Error::Api(s)) if create && s.code == 409 => {
+            match api.get_opt(&name).await.map_err(Error::ReadSecret)? {
+                Some(e) if check_ownership(ca, &e).is_ok() => apply_secret(api, &manager, desired)
+                    .await
+                    .map(Ok)
+                    .map_err(Error::WriteSecret),
+                _ => Ok(Err(SyncFailure::new(
+                    Reason::SecretConflict,
+                    format!(
+                        "spec.target.name: Secret {name} was created by someone else before the operator's first write; it is left alone"
+                    ),
+                ))),
+            }
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
+            Ok(Err(refused_write(&name, s.code, &s.message)))
+        }
+        Err(e) => Err(Error::WriteSecret(e)),
+    }
 }
 
 async fn build_secret(
     ca: &ConnectedAccount,
-    ctx: &Context,
+    known: &Known,
     validated: Validated,
     conn: &Resolved,
     answer: &CachedFetch,
@@ -219,8 +289,8 @@ async fn build_secret(
         connection: &conn.key().id,
         answer,
         previous,
-        now: ctx.clock.now(),
-        jitter: schedule::jitter_fraction(&ca.uid().unwrap_or_default()),
+        now: known.facts.now,
+        jitter: known.facts.jitter,
     })
     .await
 }

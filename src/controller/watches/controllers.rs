@@ -82,6 +82,8 @@ pub(super) async fn list_config(client: &kube::Client, scopes: &[Scope]) -> watc
 
 /// The ConnectedAccount controller of one scope: its own objects (this shard's), the Secrets they write, the
 /// connections they name, and the dispatchers' "answer is in" triggers. A deleted object is forgotten at once.
+/// Long because it lists every source that triggers a pass in one place (objects, Secrets, connections, fetch
+/// answers), each with the mapping back to the objects it concerns.
 pub(super) fn account_controller(
     ctx: &Arc<Context>,
     config: &RunConfig,

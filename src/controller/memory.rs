@@ -1,0 +1,234 @@
+//! What one ConnectedAccount pass changes in the operator's memory of its object ([`ObjectState`]): collected as
+//! the pass goes and applied once, when the pass ends, also when it ends with an API error (a Secret written before
+//! a failed status write stays remembered). Every stage reads the snapshot the pass started with; none writes
+//! memory itself.
+
+use jiff::Timestamp;
+
+use super::ObjectState;
+use crate::identity::AccountKey;
+
+/// One pass's change to [`ObjectState`].
+#[derive(Debug, Default)]
+pub struct MemoryChange {
+    /// The pass read the answer it had asked for.
+    answer_read: bool,
+    /// It asked for a fetch: the account, the answer count at the time, and the force-sync time it answers.
+    asked: Option<(AccountKey, u64, Option<Timestamp>)>,
+    /// The target Secret's resourceVersion, as read or written.
+    secret_version: Option<Option<String>>,
+    /// What the Secret index held before this pass's Secret write, and when (`Some(None)`: nothing to wait for).
+    index_before_write: Option<Option<(Option<String>, Timestamp)>>,
+    /// How the pass ended, when it reached a result.
+    ended: Option<Ended>,
+    /// The status it wrote: its `nextSyncTime`, its digest, and when.
+    status_written: Option<(Option<Timestamp>, u64, Timestamp)>,
+    /// When the next pass is due.
+    next_pass: Option<Timestamp>,
+}
+
+/// How a pass that reached a result ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Synced (`confirmed`: the Secret was checked against an answer or the index, not only kept).
+    Synced { confirmed: bool },
+    /// Failed: the `attempt`-th failure in a row, retried at `retry_at`; `at` is when it failed, and
+    /// `connection_version` the connection's resourceVersion when the failure was about the connection.
+    Failed {
+        attempt: u32,
+        retry_at: Timestamp,
+        at: Timestamp,
+        connection_version: Option<String>,
+    },
+}
+
+impl MemoryChange {
+    /// The pass read the answer it had asked for.
+    pub fn answer_read(&mut self) {
+        self.answer_read = true;
+    }
+
+    /// The pass asked for an attempt at `key` past `generation` (`forced_at`: the time of the force-sync it
+    /// answers).
+    pub fn asked(&mut self, key: AccountKey, generation: u64, forced_at: Option<Timestamp>) {
+        self.asked = Some((key, generation, forced_at));
+    }
+
+    /// The account a fetch asked for before this pass is still awaited, as the memory `before` holds it: the
+    /// answer cache keeps awaited answers, so a new ask replacing it releases it.
+    pub fn still_awaited<'a>(&self, before: &'a ObjectState) -> Option<&'a AccountKey> {
+        (!self.answer_read)
+            .then_some(before.asked.as_ref().map(|(k, _)| k))
+            .flatten()
+    }
+
+    /// The pass read the Secret, as this process wrote it, at `version`.
+    pub fn secret_read(&mut self, version: Option<String>) {
+        self.secret_version = Some(version);
+    }
+
+    /// The pass wrote the Secret, now at `version`; the index held `indexed_before` (`None`: not ready) just
+    /// before, at `now`. A write that changed nothing (same resourceVersion) has no watch event to wait for.
+    pub fn secret_written(
+        &mut self,
+        version: Option<String>,
+        indexed_before: Option<Option<String>>,
+        now: Timestamp,
+    ) {
+        self.index_before_write = Some(
+            indexed_before
+                .filter(|before| before.as_ref() != version.as_ref())
+                .map(|before| (before, now)),
+        );
+        self.secret_version = Some(version);
+    }
+
+    /// How the pass ended.
+    pub fn ended(&mut self, ended: Ended) {
+        self.ended = Some(ended);
+    }
+
+    /// The pass wrote status with this `nextSyncTime` and digest, at `at`.
+    pub fn status_written(&mut self, next_sync: Option<Timestamp>, digest: u64, at: Timestamp) {
+        self.status_written = Some((next_sync, digest, at));
+    }
+
+    /// The next pass is due at `at`.
+    pub fn next_pass(&mut self, at: Timestamp) {
+        self.next_pass = Some(at);
+    }
+
+    /// Apply the change to the object's memory.
+    pub fn apply(self, o: &mut ObjectState) {
+        if self.answer_read {
+            o.asked = None;
+        }
+        if let Some((key, generation, forced_at)) = self.asked {
+            if forced_at.is_some() {
+                o.last_forced = forced_at;
+            }
+            o.asked = Some((key, generation));
+        }
+        if let Some(v) = self.secret_version {
+            o.secret_version = v;
+        }
+        if let Some(b) = self.index_before_write {
+            o.index_before_write = b;
+        }
+        match self.ended {
+            Some(Ended::Synced { confirmed }) => {
+                o.failures = 0;
+                o.retry_at = None;
+                o.failed_connection_version = None;
+                if confirmed {
+                    o.syncs.succeeded = o.syncs.succeeded.saturating_add(1);
+                }
+            }
+            Some(Ended::Failed {
+                attempt,
+                retry_at,
+                at,
+                connection_version,
+            }) => {
+                o.failures = attempt;
+                o.retry_at = Some(retry_at);
+                o.last_failed = Some(at);
+                o.failed_connection_version = connection_version;
+                o.syncs.failed = o.syncs.failed.saturating_add(1);
+            }
+            None => {}
+        }
+        if let Some((next_sync, digest, at)) = self.status_written {
+            o.written_next_sync = next_sync;
+            o.written_status = Some((digest, at));
+        }
+        if let Some(at) = self.next_pass {
+            o.next_pass = Some(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{ConnectionId, ConnectionKey};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn key(id: &str) -> AccountKey {
+        let spec: crate::crd::PipedreamConnectionSpec = serde_json::from_value(serde_json::json!({
+            "auth": {"apiKey": {"secretRef": {"name": "k", "key": "k"}}}}))
+        .unwrap();
+        AccountKey {
+            connection: ConnectionKey::new(ConnectionId::namespaced("team-a", "pd"), &spec).into(),
+            account_id: id.into(),
+        }
+    }
+
+    /// A pass that reads its answer and asks again leaves the new ask; one that only reads leaves none.
+    #[test]
+    fn an_answer_read_then_a_new_ask_leaves_the_new_ask() {
+        let mut o = ObjectState {
+            asked: Some((key("apn_A"), 3)),
+            ..Default::default()
+        };
+        let mut read = MemoryChange::default();
+        read.answer_read();
+        assert_eq!(read.still_awaited(&o), None);
+        let mut again = MemoryChange::default();
+        again.answer_read();
+        again.asked(key("apn_B"), 4, Some(ts("2026-12-07T10:00:00Z")));
+        again.apply(&mut o);
+        assert_eq!(o.asked, Some((key("apn_B"), 4)));
+        assert_eq!(o.last_forced, Some(ts("2026-12-07T10:00:00Z")));
+        read.apply(&mut o);
+        assert_eq!(o.asked, None);
+    }
+
+    /// A failure counts up from what the pass started with; a sync resets it and keeps the counters.
+    #[test]
+    fn failures_count_and_a_sync_resets_them() {
+        let at = ts("2026-12-07T10:00:00Z");
+        let mut o = ObjectState::default();
+        for attempt in 1..=2 {
+            let mut c = MemoryChange::default();
+            c.ended(Ended::Failed {
+                attempt,
+                retry_at: at,
+                at,
+                connection_version: Some("7".into()),
+            });
+            c.apply(&mut o);
+        }
+        assert_eq!((o.failures, o.syncs.failed), (2, 2));
+        assert_eq!(o.failed_connection_version.as_deref(), Some("7"));
+        let mut c = MemoryChange::default();
+        c.ended(Ended::Synced { confirmed: true });
+        c.next_pass(at);
+        c.apply(&mut o);
+        assert_eq!((o.failures, o.retry_at, o.next_pass), (0, None, Some(at)));
+        assert_eq!((o.syncs.failed, o.syncs.succeeded), (2, 1));
+        assert!(o.failed_connection_version.is_none());
+    }
+
+    /// A write the index already holds (same resourceVersion) leaves nothing to wait for.
+    #[test]
+    fn a_write_that_changed_nothing_waits_for_no_watch_event() {
+        let at = ts("2026-12-07T10:00:00Z");
+        let mut o = ObjectState::default();
+        let mut c = MemoryChange::default();
+        c.secret_written(Some("5".into()), Some(Some("5".into())), at);
+        c.apply(&mut o);
+        assert_eq!(o.index_before_write, None);
+        assert_eq!(o.secret_version.as_deref(), Some("5"));
+        let mut c = MemoryChange::default();
+        c.secret_written(Some("6".into()), Some(Some("5".into())), at);
+        c.apply(&mut o);
+        assert_eq!(o.index_before_write, Some((Some("5".into()), at)));
+        // Nothing recorded leaves the rest as it was.
+        MemoryChange::default().apply(&mut o);
+        assert_eq!(o.secret_version.as_deref(), Some("6"));
+    }
+}
