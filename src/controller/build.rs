@@ -12,13 +12,11 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::warn;
 
 use super::fetch::CachedFetch;
-use super::plan::{self, Cause};
+use super::plan::{self, Cause, Judged};
 use super::restart::Restarted;
 use super::spec::Validated;
 use super::status::upsert_condition;
-use crate::access::Admission;
 use crate::crd::{AccountSummary, ConnectedAccount, ConnectedAccountStatus};
-use crate::identity::ConnectionId;
 use crate::pipedream::Credentials;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
@@ -162,12 +160,8 @@ pub struct Inputs<'a> {
     pub ca: &'a ConnectedAccount,
     /// Its checked spec.
     pub validated: Validated,
-    /// The connection's narrowing of accounts.
-    pub admission: &'a Admission,
-    /// The connection used.
-    pub connection: &'a ConnectionId,
-    /// The answer.
-    pub answer: &'a CachedFetch,
+    /// The answer, judged writable by `plan::decide`.
+    pub judged: &'a Judged,
     /// The data the Secret holds now, when known: a credential field Pipedream sends as `null` keeps its value.
     pub previous: Option<&'a BTreeMap<String, Vec<u8>>>,
     /// Now.
@@ -186,21 +180,16 @@ pub fn has_null_fields(answer: &CachedFetch) -> bool {
         .is_some_and(|c| c.expose().values().any(serde_json::Value::is_null))
 }
 
-/// The Secret an answer makes, or why it makes none.
+/// The Secret a judged answer makes, or why it makes none: a render that fails or runs too long, data that is
+/// empty or too large for a Secret.
 pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
-    let account = &i.answer.fetched.account;
+    let (account, timing) = (&i.judged.answer.fetched.account, &i.judged.timing);
     let id = &i.ca.spec.account_id;
-    let credentials = plan::judge(account, id, i.admission, &i.connection.to_string())?.clone();
-    let timing = plan::timing(i.answer)?;
     if let Some(e) = timing.ignored_expiry {
         warn!(account = %id, expires_at = %e, "Pipedream's expires_at is more than a year ahead and is not believed: the credentials are checked every spec.refresh.interval");
     }
-    if timing.observed.expires_at.is_some_and(|e| e <= i.now) {
-        let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter);
-        return Err(plan::expired_answer(id, timing.expires_at, next, i.now));
-    }
     let expires_at = timing.expires_at.map(format_ts);
-    let data = secret_data(&i, credentials, expires_at.as_deref()).await?;
+    let data = secret_data(&i, i.judged.credentials.clone(), expires_at.as_deref()).await?;
     if data.is_empty() {
         return Err(SyncFailure::new(
             Reason::CredentialsUnavailable,
@@ -251,7 +240,7 @@ async fn secret_data(
     };
     let (templates, fetched, exp) = (
         t.data.clone(),
-        i.answer.fetched.clone(),
+        i.judged.answer.fetched.clone(),
         expires_at.map(str::to_string),
     );
     let render = tokio::task::spawn_blocking(move || {

@@ -96,8 +96,10 @@ pub struct Facts {
     pub secret: SecretFacts,
     /// The target Secret exists (a missing one is the most urgent fetch).
     pub secret_exists: bool,
+    /// The ConnectedAccount's `spec.accountId`.
+    pub account_id: String,
     /// The connection: usable, or why not.
-    pub connection: Result<(), SyncFailure>,
+    pub connection: Result<Usable, SyncFailure>,
     /// When the connection narrows which accounts this namespace may use: the AccessDenied to report instead of
     /// AccountNotFound, so a tenant cannot tell an account id that exists from one that does not.
     pub narrowed: Option<SyncFailure>,
@@ -105,6 +107,28 @@ pub struct Facts {
     pub answer: Answer,
     /// Deterministic per object, in [0, 1): spreads refreshes of accounts minted together.
     pub jitter: f64,
+}
+
+/// A connection a pass can use: the narrowing its access rules apply to accounts, and its name for messages.
+#[derive(Clone, Debug)]
+pub struct Usable {
+    /// Which accounts the connection admits for this namespace.
+    pub admission: Admission,
+    /// The connection, as messages name it.
+    pub name: String,
+}
+
+/// An answer judged writable by [`decide`].
+#[derive(Clone, Debug)]
+pub struct Judged {
+    /// The answer.
+    pub answer: CachedFetch,
+    /// Its credentials.
+    pub credentials: Credentials,
+    /// Its times on the local clock.
+    pub timing: Timing,
+    /// Why the Secret is written.
+    pub cause: Cause,
 }
 
 /// Why a Secret is written.
@@ -128,8 +152,8 @@ pub enum Step {
         /// How soon: orders the connection's queue.
         urgency: Urgency,
     },
-    /// Build the Secret from this answer and write it if it differs.
-    Write(CachedFetch, Cause),
+    /// Build the Secret from this judged answer and write it if it differs.
+    Write(Box<Judged>),
     /// Report this failure; the Secret stays as it is.
     Fail(SyncFailure),
 }
@@ -181,16 +205,17 @@ pub fn decide(f: &Facts) -> Step {
     if need == Need::Nothing && matches!(f.answer, Answer::Last(_)) {
         return Step::Keep(f.recorded.next_due.unwrap_or(f.now));
     }
-    if let Err(e) = &f.connection {
-        return Step::Fail(e.clone());
-    }
+    let usable = match &f.connection {
+        Ok(u) => u,
+        Err(e) => return Step::Fail(e.clone()),
+    };
     let cause = if need == Need::Repair {
         Cause::Repair
     } else {
         Cause::Sync
     };
     let reusable = match (&f.answer, need) {
-        (Answer::Arrived(Attempt::Ok(c)), _) => return Step::Write(c.clone(), cause),
+        (Answer::Arrived(Attempt::Ok(c)), _) => return judged(f, usable, c, cause, validated),
         (Answer::Arrived(Attempt::Failed(e)), _) => {
             let failure: SyncFailure = e.clone().into();
             return Step::Fail(match &f.narrowed {
@@ -207,11 +232,43 @@ pub fn decide(f: &Facts) -> Step {
         (Answer::Last(_), Need::Fetch { reuse: false }) => None,
     };
     match reusable {
-        Some(c) => Step::Write(c, cause),
+        Some(c) => judged(f, usable, &c, cause, validated),
         None => Step::Fetch {
             urgency: urgency(&f.recorded, f.now, f.secret_exists),
         },
     }
+}
+
+/// A write of `answer`, once it is judged: the account asked for, admitted by the connection, usable, with
+/// credentials, its times parsed, and not expired already. Otherwise the failure to report; so a write that
+/// starts fails only for what only writing shows (the render, the size, the API server).
+fn judged(
+    f: &Facts,
+    usable: &Usable,
+    answer: &CachedFetch,
+    cause: Cause,
+    validated: &Validated,
+) -> Step {
+    let account = &answer.fetched.account;
+    let wanted = &f.account_id;
+    let credentials = match judge(account, wanted, &usable.admission, &usable.name) {
+        Ok(c) => c.clone(),
+        Err(e) => return Step::Fail(e),
+    };
+    let timing = match timing(answer) {
+        Ok(t) => t,
+        Err(e) => return Step::Fail(e),
+    };
+    if timing.observed.expires_at.is_some_and(|e| e <= f.now) {
+        let next = schedule::after_fetch(f.now, timing.observed, validated.policy, f.jitter);
+        return Step::Fail(expired_answer(wanted, timing.expires_at, next, f.now));
+    }
+    Step::Write(Box::new(Judged {
+        answer: answer.clone(),
+        credentials,
+        timing,
+        cause,
+    }))
 }
 
 /// When a failed object may try again, if not yet: its own status write (or any other event) must not cause
@@ -296,6 +353,7 @@ pub fn retry_after_failure(
 }
 
 /// The timing facts of an answer, on the local clock.
+#[derive(Clone, Debug)]
 pub struct Timing {
     /// For scheduling (conservative).
     pub observed: Observed,

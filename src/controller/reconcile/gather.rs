@@ -8,7 +8,7 @@ use kube::{Api, ResourceExt};
 use super::Known;
 use crate::controller::Error;
 use crate::controller::memory::MemoryChange;
-use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts};
+use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts, Usable};
 use crate::controller::resolve::{connection_version, resolve};
 use crate::controller::spec;
 use crate::controller::status::ready_of;
@@ -100,7 +100,13 @@ pub(super) async fn gather(
         .filter(|r| crate::access::narrows(&r.admission))
         .map(|r| plan::access_denied(&ca.spec.account_id, &r.key().id.to_string()));
     let (connection, resolved) = match resolved {
-        Ok(r) => (Ok(()), Some(r)),
+        Ok(r) => {
+            let usable = Usable {
+                admission: r.admission.clone(),
+                name: r.key().id.to_string(),
+            };
+            (Ok(usable), Some(r))
+        }
         Err(u) => (Err(u.failure), None),
     };
     Ok(Known {
@@ -111,6 +117,7 @@ pub(super) async fn gather(
             remembered: remembered(ca, ctx, mem),
             secret,
             secret_exists: exists,
+            account_id: ca.spec.account_id.clone(),
             connection,
             narrowed,
             answer,

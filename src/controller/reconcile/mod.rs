@@ -160,7 +160,7 @@ async fn steps(
             return Ok(schedule::add(now, plan::PENDING_RECHECK));
         }
         Step::Keep(next) => Outcome::Synced(Box::new(write::keep(ca, ctx, &known, next).await)),
-        Step::Write(answer, cause) => write::write(ca, ctx, &known, &answer, cause, change).await?,
+        Step::Write(judged) => write::write(ca, ctx, &known, &judged, change).await?,
         Step::Fail(f) => Outcome::Failed(f),
     };
     report::report(ca, ctx, &known, mem, outcome, change).await

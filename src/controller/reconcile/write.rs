@@ -16,7 +16,7 @@ use crate::controller::Error;
 use crate::controller::build::{self, Built, Synced};
 use crate::controller::fetch::{CachedFetch, Urgency};
 use crate::controller::memory::MemoryChange;
-use crate::controller::plan::{Cause, SecretFacts};
+use crate::controller::plan::{Judged, SecretFacts};
 use crate::controller::resolve::Resolved;
 use crate::controller::restart;
 use crate::controller::spec::Validated;
@@ -85,8 +85,7 @@ pub(super) async fn write(
     ca: &ConnectedAccount,
     ctx: &Context,
     known: &Known,
-    answer: &CachedFetch,
-    cause: Cause,
+    judged: &Judged,
     change: &mut MemoryChange,
 ) -> Result<Outcome, Error> {
     let (Ok(validated), Some(conn)) = (&known.facts.spec, &known.connection) else {
@@ -98,9 +97,9 @@ pub(super) async fn write(
     let ns = ca.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = ca.secret_name();
-    let read = read_for_nulls(&api, &name, known, answer).await?;
+    let read = read_for_nulls(&api, &name, known, &judged.answer).await?;
     let previous = read.as_ref().and_then(secret::data_of);
-    let built = match build_secret(ca, known, *validated, conn, answer, previous.as_ref()).await {
+    let built = match build_secret(ca, known, *validated, judged, previous.as_ref()).await {
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
@@ -121,7 +120,7 @@ pub(super) async fn write(
                 let same_data = st.data_hash.as_deref() == Some(built.hash.as_str());
                 let kind = build::written(
                     known.exists,
-                    cause,
+                    judged.cause,
                     same_data,
                     known.facts.recorded.spec_changed,
                 );
@@ -278,16 +277,13 @@ async fn build_secret(
     ca: &ConnectedAccount,
     known: &Known,
     validated: Validated,
-    conn: &Resolved,
-    answer: &CachedFetch,
+    judged: &Judged,
     previous: Option<&BTreeMap<String, Vec<u8>>>,
 ) -> Result<Built, SyncFailure> {
     build::secret(build::Inputs {
         ca,
         validated,
-        admission: &conn.admission,
-        connection: &conn.key().id,
-        answer,
+        judged,
         previous,
         now: known.facts.now,
         jitter: known.facts.jitter,

@@ -29,7 +29,11 @@ fn facts(recorded: Recorded) -> Facts {
         remembered: Remembered::default(),
         secret: SecretFacts::AsWritten,
         secret_exists: true,
-        connection: Ok(()),
+        account_id: "apn_A1".into(),
+        connection: Ok(Usable {
+            admission: Admission::Unrestricted,
+            name: "team-a/pd".into(),
+        }),
         narrowed: None,
         answer: Answer::Last(None),
         jitter: 0.0,
@@ -95,7 +99,7 @@ fn one_step_per_situation() {
     let mut f = facts(synced("2026-11-22T09:55:00Z"));
     f.secret = SecretFacts::Drifted;
     f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
-    assert!(matches!(decide(&f), Step::Write(_, Cause::Repair)));
+    assert!(matches!(decide(&f), Step::Write(w) if w.cause == Cause::Repair));
     f.answer = Answer::Last(None);
     assert!(matches!(decide(&f), Step::Fetch { .. }));
     // New object: a still-fresh earlier answer is written, an old one is not.
@@ -103,7 +107,7 @@ fn one_step_per_situation() {
     f.secret = SecretFacts::New;
     f.secret_exists = false;
     f.answer = Answer::Last(Some(answer("2026-11-22T10:00:00Z")));
-    assert!(matches!(decide(&f), Step::Write(_, Cause::Sync)));
+    assert!(matches!(decide(&f), Step::Write(w) if w.cause == Cause::Sync));
     f.answer = Answer::Last(Some(answer("2026-11-22T09:31:00Z")));
     assert!(
         matches!(
@@ -243,4 +247,61 @@ fn pipedreams_refresh_lead_is_exact_whatever_the_skew_correction() {
         t.observed.next_refresh_at.unwrap(),
     );
     assert!(crate::schedule::between(r, e) < Duration::from_secs(99));
+}
+
+fn arrived(account: serde_json::Value) -> Answer {
+    let mut a = answer("2026-11-22T10:00:00Z");
+    a.fetched = std::sync::Arc::new(crate::pipedream::FetchedAccount {
+        account: serde_json::from_value(account).unwrap(),
+        server_time: None,
+        round_trip: Duration::ZERO,
+    });
+    Answer::Arrived(Attempt::Ok(a))
+}
+
+/// Issue 26: decide is final. An answer that cannot be written (another account, not admitted, dead, without
+/// credentials, expired already) is a failure decided here; before, decide said Write and the write failed.
+#[test]
+fn an_answer_that_cannot_be_written_fails_in_decide() {
+    let fails = |f: &Facts, reason: Reason| {
+        assert!(
+            matches!(decide(f), Step::Fail(ref e) if e.reason == reason),
+            "{reason:?}"
+        );
+    };
+    let mut f = facts(synced("2026-11-22T09:29:00Z"));
+    f.answer = arrived(json!({"id": "apn_B2", "credentials": {"k": "v"}}));
+    fails(&f, Reason::UpstreamError);
+    f.answer = arrived(json!({"id": "apn_A1", "credentials": {"k": "v"}, "dead": true}));
+    fails(&f, Reason::AccountDead);
+    f.answer = arrived(json!({"id": "apn_A1"}));
+    fails(&f, Reason::CredentialsUnavailable);
+    f.answer = arrived(
+        json!({"id": "apn_A1", "credentials": {"k": "v"}, "expires_at": "2026-11-22T09:20:00Z"}),
+    );
+    fails(&f, Reason::StaleCredentials);
+    f.answer =
+        arrived(json!({"id": "apn_A1", "credentials": {"k": "v"}, "expires_at": "yesterday"}));
+    fails(&f, Reason::UpstreamError);
+    let narrowed: crate::crd::AccessRule =
+        serde_json::from_value(json!({"namespaces": ["team-a"], "accountIds": ["apn_Z9"]}))
+            .unwrap();
+    f.connection = Ok(Usable {
+        admission: Admission::Rules(vec![narrowed]),
+        name: "pd".into(),
+    });
+    f.answer = arrived(json!({"id": "apn_A1", "credentials": {"k": "v"}}));
+    fails(&f, Reason::AccessDenied);
+    // The same answer through an unrestricted connection is written, judged.
+    f.connection = Ok(Usable {
+        admission: Admission::Unrestricted,
+        name: "pd".into(),
+    });
+    let Step::Write(w) = decide(&f) else {
+        panic!("not a write")
+    };
+    assert_eq!(
+        w.credentials,
+        w.answer.fetched.account.credentials.clone().unwrap()
+    );
 }
