@@ -347,6 +347,41 @@ async fn create_conflicts_and_missing_objects_answer_with_status_details(s: &Ser
     );
 }
 
+/// An invalid Secret is refused (422 Invalid) with one cause per field error, each naming its field as the
+/// operator maps it back to the spec (`refused_write`): `data[<key>]` for a key, `type` for a changed type.
+async fn an_invalid_secret_names_each_refused_field_in_its_causes(s: &Server) {
+    let secrets = s.ns_path("/api/v1", "secrets");
+    let secret = |data: Value, ty: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gh"}, "type": ty, "data": data});
+    let fields = |v: &Value| -> Vec<String> {
+        let mut f: Vec<String> = v["details"]["causes"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["field"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        f.sort();
+        f
+    };
+    let (code, v) = s
+        .post(&secrets, secret(json!({"a b": "eA=="}), "Opaque"))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(fields(&v), ["data[a b]"], "{v}");
+    let (code, v) = s
+        .post(&secrets, secret(json!({"k": "eA=="}), "Opaque"))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let mut changed = secret(json!({"k": "eA=="}), "example.com/other");
+    changed["metadata"]["resourceVersion"] = v["metadata"]["resourceVersion"].clone();
+    let (code, v) = s.put(&format!("{secrets}/gh"), changed).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(fields(&v), ["type"], "{v}");
+}
+
 /// Optimistic concurrency: an update carrying a stale `resourceVersion` is 409 Conflict and changes nothing; each
 /// write changes `resourceVersion`; a write that changes nothing keeps it.
 async fn updates_with_a_stale_resource_version_conflict(s: &Server) {
@@ -1233,6 +1268,7 @@ against_both!(
     discovery_names_groups_versions_resources_verbs_and_subresources,
     openapi_v3_serves_a_document_per_group_version_with_crd_schemas,
     create_conflicts_and_missing_objects_answer_with_status_details,
+    an_invalid_secret_names_each_refused_field_in_its_causes,
     updates_with_a_stale_resource_version_conflict,
     merge_json_and_strategic_patches_follow_their_rfcs,
     server_side_apply_owns_fields_per_manager_with_atomic_lists,

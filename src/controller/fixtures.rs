@@ -100,6 +100,11 @@ impl MockApi {
                     "Secret \"gh\" is invalid: metadata.labels: Invalid value: \"bad value!\": a valid label must be an empty string or consist of alphanumeric characters"
                 );
                 body["reason"] = json!("Invalid");
+                // As kube-apiserver answers an invalid object: each field error is a cause naming its field.
+                body["details"] = json!({"name": "gh", "kind": "secrets", "causes": [{
+                    "reason": "FieldValueInvalid",
+                    "message": "Invalid value: \"bad value!\": a valid label must be an empty string or consist of alphanumeric characters",
+                    "field": "metadata.labels"}]});
             }
             return (*code, body);
         }

@@ -9,13 +9,14 @@ use super::Known;
 use crate::controller::Error;
 use crate::controller::memory::MemoryChange;
 use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts, Usable};
-use crate::controller::resolve::{connection_version, resolve};
+use crate::controller::resolve::{Resolved, Unusable, connection_version, resolve};
 use crate::controller::spec;
 use crate::controller::status::ready_of;
 use crate::controller::targets::{NotReady, SecretId};
 use crate::controller::{Context, ObjectState};
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus, CreationPolicy, FORCE_SYNC_ANNOTATION};
 use crate::identity::AccountKey;
+use crate::reason::SyncFailure;
 use crate::schedule::{self, parse_ts};
 use crate::secret::{self, check_ownership, existing_hash};
 
@@ -99,16 +100,7 @@ pub(super) async fn gather(
         .ok()
         .filter(|r| crate::access::narrows(&r.admission))
         .map(|r| plan::access_denied(&ca.spec.account_id, &r.key().id.to_string()));
-    let (connection, resolved) = match resolved {
-        Ok(r) => {
-            let usable = Usable {
-                admission: r.admission.clone(),
-                name: r.key().id.to_string(),
-            };
-            (Ok(usable), Some(r))
-        }
-        Err(u) => (Err(u.failure), None),
-    };
+    let (connection, resolved) = split_resolved(resolved);
     Ok(Known {
         facts: Facts {
             now,
@@ -130,6 +122,22 @@ pub(super) async fn gather(
         connection_version,
         status,
     })
+}
+
+/// What decide needs of the resolved connection, and the connection itself for the write.
+fn split_resolved(
+    resolved: Result<Resolved, Unusable>,
+) -> (Result<Usable, SyncFailure>, Option<Resolved>) {
+    match resolved {
+        Ok(r) => {
+            let usable = Usable {
+                admission: r.admission.clone(),
+                name: r.key().id.to_string(),
+            };
+            (Ok(usable), Some(r))
+        }
+        Err(u) => (Err(u.failure), None),
+    }
 }
 
 /// The answer the pass decides from: the attempt it asked for once it arrived (read once), else the last success

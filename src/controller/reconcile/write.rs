@@ -267,7 +267,7 @@ async fn put(
             }
         }
         Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
-            Ok(Err(refused_write(&name, s.code, &s.message)))
+            Ok(Err(refused_write(&name, &s)))
         }
         Err(e) => Err(Error::WriteSecret(e)),
     }
@@ -494,29 +494,99 @@ async fn writer_exists(
     Ok(found.is_some_and(|m| m.metadata.uid.as_deref() == Some(uid)))
 }
 
-/// The API server refused the Secret: name the spec field that caused it. Its message names fields and keys,
-/// never data values.
-fn refused_write(secret: &str, code: u16, message: &str) -> SyncFailure {
-    let message: String = message.chars().take(300).collect();
+/// The API server refused the Secret: name the spec field that caused it, from the fields its answer names
+/// (`details.causes[].field`, as for every validation error: `metadata.labels`, `type`, `data[key]`). Its message
+/// names fields and keys, never data values.
+fn refused_write(secret: &str, status: &kube::core::Status) -> SyncFailure {
+    let code = status.code;
+    let message: String = status.message.chars().take(300).collect();
     if code == 403 || code == 413 {
         return SyncFailure::new(
             Reason::SecretWriteFailed,
             format!("the API server refused to write Secret {secret} (HTTP {code}): {message}"),
         );
     }
-    let field = if message.contains("metadata.labels") {
-        "spec.target.labels"
-    } else if message.contains("metadata.annotations") {
-        "spec.target.annotations"
-    } else if message.contains("type") && message.contains("immutable") {
-        "spec.target.type"
-    } else if message.contains("data") {
-        "spec.target.template.data"
-    } else {
-        "spec.target"
-    };
+    let causes = status.details.iter().flat_map(|d| d.causes.iter());
+    let field = causes
+        .map(|c| spec_field(&c.field))
+        .find(|f| *f != "spec.target")
+        .unwrap_or("spec.target");
     SyncFailure::new(
         Reason::InvalidSpec,
         format!("{field}: the API server refused Secret {secret}: {message}"),
     )
+}
+
+/// The spec field that sets a Secret field the API server named.
+fn spec_field(secret_field: &str) -> &'static str {
+    let under = |prefix: &str| {
+        secret_field == prefix
+            || secret_field.starts_with(&format!("{prefix}."))
+            || secret_field.starts_with(&format!("{prefix}["))
+    };
+    if under("metadata.labels") {
+        "spec.target.labels"
+    } else if under("metadata.annotations") {
+        "spec.target.annotations"
+    } else if under("type") {
+        "spec.target.type"
+    } else if under("data") || under("stringData") {
+        "spec.target.template.data"
+    } else {
+        "spec.target"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal names the spec field from the causes the API server lists (their `field`), not from words in
+    /// its message. Bodies as kube-apiserver sends them for an invalid Secret.
+    #[test]
+    fn a_refused_write_names_the_spec_field_from_the_api_servers_causes() {
+        let refused = |body: serde_json::Value| {
+            let status: kube::core::Status = serde_json::from_value(body).unwrap();
+            refused_write("gh", &status).message
+        };
+        let invalid = |field: &str, message: &str| {
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+                "code": 422, "message": format!("Secret \"gh\" is invalid: {field}: {message}"),
+                "details": {"name": "gh", "kind": "Secret",
+                    "causes": [{"reason": "FieldValueInvalid", "message": message, "field": field}]}})
+        };
+        let m = refused(invalid("type", "Invalid value: \"x\": field is immutable"));
+        assert!(m.starts_with("spec.target.type: "), "{m}");
+        let m = refused(invalid(
+            "metadata.labels",
+            "Invalid value: \"bad value!\": a valid label must be ...",
+        ));
+        assert!(m.starts_with("spec.target.labels: "), "{m}");
+        let m = refused(invalid(
+            "data[a b]",
+            "Invalid value: \"a b\": a valid config key must consist of ...",
+        ));
+        assert!(m.starts_with("spec.target.template.data: "), "{m}");
+        let m = refused(invalid(
+            "metadata.annotations",
+            "Too long: may not be more than 262144 bytes",
+        ));
+        assert!(m.starts_with("spec.target.annotations: "), "{m}");
+        // A type refused for another reason than immutability: matching words of the message, this was
+        // "spec.target".
+        let m = refused(invalid(
+            "type",
+            "Invalid value: \"a/b/c\": a qualified name must consist of ...",
+        ));
+        assert!(m.starts_with("spec.target.type: "), "{m}");
+        // No causes: the target as a whole.
+        let m = refused(
+            serde_json::json!({"code": 400, "message": "the body of the request was in an unknown format", "reason": "BadRequest"}),
+        );
+        assert!(m.starts_with("spec.target: "), "{m}");
+        let m = refused(
+            serde_json::json!({"code": 403, "message": "secrets is forbidden", "reason": "Forbidden"}),
+        );
+        assert!(m.contains("(HTTP 403)"), "{m}");
+    }
 }
