@@ -264,8 +264,8 @@ const FORCE_SYNC_KEPT: usize = 128;
 /// of an object; its labels and annotations are the tenant's to fill (the API server bounds annotations at 256 KiB
 /// in all and labels not at all), and only the force-sync annotation means anything to the operator.
 pub fn strip_account(ca: &mut ConnectedAccount) {
-    super::watches::strip(ca);
     let meta = &mut ca.metadata;
+    meta.managed_fields = None;
     meta.labels = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k == FORCE_SYNC_ANNOTATION);

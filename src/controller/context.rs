@@ -1,6 +1,6 @@
 //! Shared state of the reconcilers: API client, caches, connection dispatchers, the Secret index, clock, metrics,
-//! per-object memory. (Over 400 lines: the memory of each object and every accessor to it are kept in one
-//! place, so what the operator remembers between passes is read in one file.)
+//! per-object memory. (Over 400 lines: what the operator remembers of each object between passes and every way to
+//! read it are kept here; what a ConnectedAccount pass changes is described in [`super::memory`].)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -325,6 +325,15 @@ impl Context {
         });
         if let Some(from) = moved {
             self.fetcher.cache.switch_use(from.as_ref(), key, tenant);
+        }
+    }
+
+    /// ConnectedAccount `uid` read the answer it asked for, which ended the answer cache's wait for it: forgotten
+    /// at once (not with the pass's [`MemoryChange`](super::memory::MemoryChange)), so a deletion meanwhile
+    /// ([`Context::forget`]) does not end that wait again.
+    pub fn answer_read(&self, uid: &str) {
+        if let Some(o) = self.lock_objects().get_mut(uid) {
+            o.asked = None;
         }
     }
 

@@ -1,7 +1,8 @@
 //! What one ConnectedAccount pass changes in the operator's memory of its object ([`ObjectState`]): collected as
 //! the pass goes and applied once, when the pass ends, also when it ends with an API error (a Secret written before
-//! a failed status write stays remembered). Every stage reads the snapshot the pass started with; none writes
-//! memory itself.
+//! a failed status write stays remembered). Every stage reads the snapshot the pass started with. Only what the
+//! answer cache counts changes at once: the object's use of an account (`Context::use_account`) and the end of
+//! its wait for an answer it read (`Context::answer_read`).
 
 use jiff::Timestamp;
 

@@ -100,9 +100,6 @@ pub struct Facts {
     pub account_id: String,
     /// The connection: usable, or why not.
     pub connection: Result<Usable, SyncFailure>,
-    /// When the connection narrows which accounts this namespace may use: the AccessDenied to report instead of
-    /// AccountNotFound, so a tenant cannot tell an account id that exists from one that does not.
-    pub narrowed: Option<SyncFailure>,
     /// The answer.
     pub answer: Answer,
     /// Deterministic per object, in [0, 1): spreads refreshes of accounts minted together.
@@ -218,9 +215,14 @@ pub fn decide(f: &Facts) -> Step {
         (Answer::Arrived(Attempt::Ok(c)), _) => return judged(f, usable, c, cause, validated),
         (Answer::Arrived(Attempt::Failed(e)), _) => {
             let failure: SyncFailure = e.clone().into();
-            return Step::Fail(match &f.narrowed {
-                Some(denied) if failure.reason == Reason::AccountNotFound => denied.clone(),
-                _ => failure,
+            // Where the connection narrows which accounts this namespace may use, a missing account is reported
+            // as not admitted: a tenant cannot tell an account id that exists from one that does not.
+            let hidden =
+                failure.reason == Reason::AccountNotFound && access::narrows(&usable.admission);
+            return Step::Fail(if hidden {
+                access_denied(&f.account_id, &usable.name)
+            } else {
+                failure
             });
         }
         // Asked already: asking again joins the queued fetch; nothing is written before it arrives.

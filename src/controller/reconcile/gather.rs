@@ -8,7 +8,7 @@ use kube::{Api, ResourceExt};
 use super::Known;
 use crate::controller::Error;
 use crate::controller::memory::MemoryChange;
-use crate::controller::plan::{self, Answer, Facts, Recorded, Remembered, SecretFacts, Usable};
+use crate::controller::plan::{Answer, Facts, Recorded, Remembered, SecretFacts, Usable};
 use crate::controller::resolve::{Resolved, Unusable, connection_version, resolve};
 use crate::controller::spec;
 use crate::controller::status::ready_of;
@@ -94,12 +94,7 @@ pub(super) async fn gather(
         account_id: ca.spec.account_id.clone(),
     });
     ctx.use_account(&uid, &ca.namespace().unwrap_or_default(), key.as_ref());
-    let answer = answer(ctx, mem, key.as_ref(), change);
-    let narrowed = resolved
-        .as_ref()
-        .ok()
-        .filter(|r| crate::access::narrows(&r.admission))
-        .map(|r| plan::access_denied(&ca.spec.account_id, &r.key().id.to_string()));
+    let answer = answer(ctx, &uid, mem, key.as_ref(), change);
     let (connection, resolved) = split_resolved(resolved);
     Ok(Known {
         facts: Facts {
@@ -111,7 +106,6 @@ pub(super) async fn gather(
             secret_exists: exists,
             account_id: ca.spec.account_id.clone(),
             connection,
-            narrowed,
             answer,
             jitter: schedule::jitter_fraction(&uid),
         },
@@ -144,6 +138,7 @@ fn split_resolved(
 /// for `key`.
 fn answer(
     ctx: &Context,
+    uid: &str,
     mem: &ObjectState,
     key: Option<&AccountKey>,
     change: &mut MemoryChange,
@@ -157,6 +152,9 @@ fn answer(
     match (asked, key) {
         (Some(g), Some(k)) => match cache.attempt_after(k, g) {
             Some(a) => {
+                // Reading it ended the cache's wait: forgotten at once, so a deletion during this pass does not
+                // end the wait a second time.
+                ctx.answer_read(uid);
                 change.answer_read();
                 Answer::Arrived(a)
             }

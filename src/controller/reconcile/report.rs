@@ -159,10 +159,12 @@ async fn write_status(
     apply_status(&api, &ca.name_any(), new)
         .await
         .map_err(Error::WriteStatus)?;
+    // Stamped when the write happened, not when the pass began: the stale-cache guard waits for the watch to
+    // deliver this write, counting from it.
     change.status_written(
         new.next_sync_time.as_deref().and_then(parse_ts),
         crate::controller::context::status_digest(Some(new)),
-        now,
+        ctx.clock.now(),
     );
     Ok(())
 }

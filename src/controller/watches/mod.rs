@@ -18,7 +18,6 @@ use super::fetch::Triggers;
 use super::leader;
 use crate::metrics::Metrics;
 use controllers::{account_controller, connection_controllers};
-pub(super) use stores::strip;
 use stores::{cluster_store, connection_stores, credentials_watch, secret_watch};
 
 /// How the controllers run.

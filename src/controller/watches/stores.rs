@@ -17,7 +17,7 @@ use crate::crd::{ClusterPipedreamConnection, PipedreamConnection, WATCH_LABEL};
 use crate::identity::ConnectionId;
 
 /// Keep only what the operator reads: managed fields and the last-applied annotation can be most of an object.
-pub(in crate::controller) fn strip<K: Resource>(obj: &mut K) {
+fn strip<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {

@@ -34,7 +34,6 @@ fn facts(recorded: Recorded) -> Facts {
             admission: Admission::Unrestricted,
             name: "team-a/pd".into(),
         }),
-        narrowed: None,
         answer: Answer::Last(None),
         jitter: 0.0,
     }
@@ -292,7 +291,16 @@ fn an_answer_that_cannot_be_written_fails_in_decide() {
     });
     f.answer = arrived(json!({"id": "apn_A1", "credentials": {"k": "v"}}));
     fails(&f, Reason::AccessDenied);
-    // The same answer through an unrestricted connection is written, judged.
+    // Through a narrowing connection a missing account is not admitted either: ids cannot be probed.
+    f.answer = Answer::Arrived(Attempt::Failed(
+        crate::pipedream::PipedreamError::NotFound {
+            status: 404,
+            message: None,
+        },
+    ));
+    fails(&f, Reason::AccessDenied);
+    // An admitted answer through an unrestricted connection is written, judged.
+    f.answer = arrived(json!({"id": "apn_A1", "credentials": {"k": "v"}}));
     f.connection = Ok(Usable {
         admission: Admission::Unrestricted,
         name: "pd".into(),
