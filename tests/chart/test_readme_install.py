@@ -56,6 +56,7 @@ class PodRunner:
         self.admin = cp.kubeconfig("admin")
         self.roots = {n["name"]: Path(n["root"]) for n in cp.info["nodes"]}
         self.running = {}  # pod uid → (pod, process, log path)
+        self.logs_of = {}  # pod uid → log path
         self.ended = {}  # pod uid → exit code
         self.stop = threading.Event()
         self.errors = []
@@ -91,7 +92,17 @@ class PodRunner:
             elif pod["spec"].get("restartPolicy") == "Never" and proc.poll() is not None:
                 del self.running[uid]
                 self.ended[uid] = proc.returncode
-                phase = "Succeeded" if proc.returncode == 0 else "Failed"
+                with open(self.logs_of[uid], "a") as f:
+                    f.write(f"[exit {proc.returncode}]\n")
+        # A kubelet keeps reporting how a container ended. This node's own status sync knows nothing of these
+        # processes and can write an ended pod back as Running (a Job then waits out its deadline: seen as a
+        # failed `helm uninstall` hook), so the ended phase is written again until the pod shows it.
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            if uid not in self.ended or uid not in live:
+                continue
+            phase = "Succeeded" if self.ended[uid] == 0 else "Failed"
+            if pod.get("status", {}).get("phase") != phase:
                 kubectl(self.admin, "-n", pod["metadata"]["namespace"], "patch", "pod", pod["metadata"]["name"],
                         "--subresource=status", "--type=merge", "-p", json.dumps({"status": {"phase": phase}}))
 
@@ -124,6 +135,7 @@ class PodRunner:
         with open(log, "w") as out:
             proc = subprocess.Popen([str(BINARY), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
         self.running[meta["uid"]] = (pod, proc, log)
+        self.logs_of[meta["uid"]] = log
 
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp.glob("*.log")))
