@@ -373,7 +373,7 @@ pub const MAX_BELIEVED_LIFETIME: std::time::Duration =
     std::time::Duration::from_secs(366 * 24 * 3600);
 
 /// Parse and clock-correct an answer's timestamps.
-pub fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
+fn timing(c: &CachedFetch) -> Result<Timing, SyncFailure> {
     let parse = |field: &str, v: &Option<String>| -> Result<Option<Timestamp>, SyncFailure> {
         match v.as_deref() {
             None | Some("") => Ok(None),
@@ -430,7 +430,7 @@ pub fn access_denied(wanted: &str, connection: &str) -> SyncFailure {
 
 /// What an answer allows: the credentials to write, or why not. Messages never name another tenant's account
 /// details (app, external user).
-pub fn judge<'a>(
+fn judge<'a>(
     account: &'a Account,
     wanted: &str,
     admission: &Admission,
@@ -484,7 +484,7 @@ pub fn judge<'a>(
 }
 
 /// The failure for an answer whose credentials had already expired: not written, polled again soon.
-pub fn expired_answer(
+fn expired_answer(
     wanted: &str,
     expires_at: Option<Timestamp>,
     next: NextFetch,
