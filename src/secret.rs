@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::core::Status;
 use kube::{Resource, ResourceExt};
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{
     ACCOUNT_ID_ANNOTATION, ConnectedAccount, CreationPolicy, DeletionPolicy, EXPIRES_AT_ANNOTATION,
-    MANAGED_BY_LABEL, MANAGER, OWNER_ANNOTATION, WATCH_LABEL,
+    MANAGED_BY_LABEL, MANAGER, OWNER_ANNOTATION, TargetSpec, WATCH_LABEL,
 };
 
 /// Prefix of a Merge writer's annotation: `merge.pipedream-secrets.io/<uid>: <name>`.
@@ -39,11 +40,72 @@ pub fn data_hash<'a>(data: impl IntoIterator<Item = (&'a String, &'a [u8])>) -> 
     format!("sha256:{hex}")
 }
 
-/// The field manager a ConnectedAccount writes its Secret with.
-pub fn field_manager(ca: &ConnectedAccount) -> String {
-    match ca.spec.target.creation_policy {
-        CreationPolicy::Merge => format!("{MERGE_MANAGER_PREFIX}{}", ca.uid().unwrap_or_default()),
-        _ => MANAGER.to_string(),
+/// A ConnectedAccount as the Secrets it writes know it: the owner annotation, the field manager, the
+/// ownerReference. Taken off the object once, so that writing a Secret needs no more of it.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    /// The ConnectedAccount's uid.
+    pub uid: String,
+    /// Its namespace, the Secret's.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The Secret's name (`spec.target.name`, else the ConnectedAccount's).
+    pub secret: String,
+    /// `spec.accountId`.
+    pub account_id: String,
+    /// `spec.target.creationPolicy`.
+    pub creation: CreationPolicy,
+    /// The Secret is garbage-collected with the ConnectedAccount (`Owner` + `Delete`): it carries `reference`.
+    owned: bool,
+    /// The controller ownerReference to the ConnectedAccount (`None` before it has a uid).
+    reference: Option<OwnerReference>,
+}
+
+impl Writer {
+    /// The writer `ca` is.
+    pub fn of(ca: &ConnectedAccount) -> Self {
+        let target = &ca.spec.target;
+        Self {
+            uid: ca.uid().unwrap_or_default(),
+            namespace: ca.namespace().unwrap_or_default(),
+            name: ca.name_any(),
+            secret: ca.secret_name(),
+            account_id: ca.spec.account_id.clone(),
+            creation: target.creation_policy,
+            owned: target.creation_policy == CreationPolicy::Owner
+                && target.deletion_policy == DeletionPolicy::Delete,
+            reference: ca.controller_owner_ref(&()),
+        }
+    }
+
+    /// It adds keys to someone else's Secret.
+    pub fn merges(&self) -> bool {
+        self.creation == CreationPolicy::Merge
+    }
+
+    /// The field manager it writes its Secret with.
+    pub fn field_manager(&self) -> String {
+        if self.merges() {
+            format!("{MERGE_MANAGER_PREFIX}{}", self.uid)
+        } else {
+            MANAGER.to_string()
+        }
+    }
+
+    /// The `namespace/name` value of the owner annotation.
+    pub fn owner_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Its Merge annotation key.
+    pub fn merge_annotation(&self) -> String {
+        format!("{MERGE_ANNOTATION_PREFIX}{}", self.uid)
+    }
+
+    /// Whether the Secret should carry a controller ownerReference (and so be garbage-collected with the CR).
+    pub fn wants_owner_ref(&self) -> bool {
+        self.owned
     }
 }
 
@@ -78,40 +140,24 @@ pub fn existing_hash(existing: &Secret, manager: &str) -> String {
     )
 }
 
-/// The `namespace/name` value of the owner annotation.
-pub fn owner_id(ca: &ConnectedAccount) -> String {
-    format!("{}/{}", ca.namespace().unwrap_or_default(), ca.name_any())
-}
-
-/// This ConnectedAccount's Merge annotation key.
-pub fn merge_annotation(ca: &ConnectedAccount) -> String {
-    format!("{MERGE_ANNOTATION_PREFIX}{}", ca.uid().unwrap_or_default())
-}
-
-/// Whether the Secret should carry a controller ownerReference (and so be garbage-collected with the CR).
-pub fn wants_owner_ref(ca: &ConnectedAccount) -> bool {
-    ca.spec.target.creation_policy == CreationPolicy::Owner
-        && ca.spec.target.deletion_policy == DeletionPolicy::Delete
-}
-
 /// The Secret to server-side apply: only the fields this ConnectedAccount owns.
 pub fn desired_secret(
-    ca: &ConnectedAccount,
+    w: &Writer,
+    target: &TargetSpec,
     data: &BTreeMap<String, Vec<u8>>,
     expires_at: Option<&str>,
 ) -> Secret {
-    let target = &ca.spec.target;
-    let merge = target.creation_policy == CreationPolicy::Merge;
+    let merge = w.merges();
     let mut labels = BTreeMap::from([(WATCH_LABEL.to_string(), "true".to_string())]);
     let mut annotations = BTreeMap::new();
     if merge {
-        annotations.insert(merge_annotation(ca), ca.name_any());
+        annotations.insert(w.merge_annotation(), w.name.clone());
     } else {
         labels.extend(target.labels.clone());
         labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
         annotations.extend(target.annotations.clone());
-        annotations.insert(OWNER_ANNOTATION.into(), owner_id(ca));
-        annotations.insert(ACCOUNT_ID_ANNOTATION.into(), ca.spec.account_id.clone());
+        annotations.insert(OWNER_ANNOTATION.into(), w.owner_id());
+        annotations.insert(ACCOUNT_ID_ANNOTATION.into(), w.account_id.clone());
         if let Some(exp) = expires_at {
             annotations.insert(EXPIRES_AT_ANNOTATION.into(), exp.to_string());
         }
@@ -119,8 +165,9 @@ pub fn desired_secret(
     // blockOwnerDeletion, as controller-runtime sets it: a foreground deletion of the ConnectedAccount waits for the
     // Secret. (Clusters enforcing OwnerReferencesPermissionEnforcement require update on
     // connectedaccounts/finalizers for it; the chart grants it.)
-    let owner_references = wants_owner_ref(ca).then(|| {
-        ca.controller_owner_ref(&())
+    let owner_references = w.wants_owner_ref().then(|| {
+        w.reference
+            .clone()
             .map(|mut o| {
                 o.block_owner_deletion = Some(true);
                 o
@@ -130,15 +177,14 @@ pub fn desired_secret(
     });
     Secret {
         metadata: ObjectMeta {
-            name: Some(ca.secret_name()),
-            namespace: ca.namespace(),
+            name: Some(w.secret.clone()),
+            namespace: Some(w.namespace.clone()),
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references,
             ..Default::default()
         },
-        // A Merge target's type belongs to whoever created it.
-        type_: (!merge).then(|| target.type_.clone().unwrap_or_else(|| "Opaque".into())),
+        type_: desired_type(w, target).map(str::to_string),
         data: Some(
             data.iter()
                 .map(|(k, v)| (k.clone(), ByteString(v.clone())))
@@ -160,18 +206,17 @@ fn merge_writers(existing: &Secret) -> impl Iterator<Item = (&str, &String)> {
 }
 
 /// May this ConnectedAccount write `existing`?
-pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), Conflict> {
+pub fn check_ownership(w: &Writer, existing: &Secret) -> Result<(), Conflict> {
     let name = existing.name_any();
-    let uid = ca.uid();
     let controller = existing
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true));
-    if controller.is_some_and(|c| Some(&c.uid) == uid.as_ref()) {
+    if controller.is_some_and(|c| c.uid == w.uid) {
         return Ok(());
     }
     let owner = existing.annotations().get(OWNER_ANNOTATION);
-    if ca.spec.target.creation_policy == CreationPolicy::Merge {
+    if w.merges() {
         // Someone else's Secret: add keys, unless another ConnectedAccount owns it outright.
         if let Some(c) = controller.filter(|c| c.kind == "ConnectedAccount") {
             return Err(Conflict(format!(
@@ -194,7 +239,7 @@ pub fn check_ownership(ca: &ConnectedAccount, existing: &Secret) -> Result<(), C
     }
     // Ours by the annotation naming this ConnectedAccount (the managed-by label is shared and may be restored
     // by others, so it is not proof).
-    if owner == Some(&owner_id(ca)) {
+    if owner == Some(&w.owner_id()) {
         return Ok(());
     }
     if let Some(other) = owner {
@@ -275,11 +320,11 @@ fn quoted(message: &str) -> Option<String> {
 /// applies to; it also refuses keys the API server would let two managers share while their values happen to be
 /// equal (the co-owner's next different value would then conflict).
 pub fn key_owners<'a>(
-    ca: &ConnectedAccount,
+    w: &Writer,
     existing: &Secret,
     keys: impl IntoIterator<Item = &'a String>,
 ) -> Vec<FieldConflict> {
-    let me = field_manager(ca);
+    let me = w.field_manager();
     let entries = existing
         .metadata
         .managed_fields
@@ -371,9 +416,15 @@ pub fn merge_conflict(
     ))
 }
 
-/// Why `desired` cannot be applied over `existing` as is: a Secret's `type` never changes.
-pub fn type_conflict(existing: &Secret, desired: &Secret) -> Option<String> {
-    let want = desired.type_.as_deref()?;
+/// The type the Secret `w` writes has: `spec.target.type` (`Opaque` if unset); `None` for a Merge target, whose
+/// type belongs to whoever created it.
+pub fn desired_type<'a>(w: &Writer, target: &'a TargetSpec) -> Option<&'a str> {
+    (!w.merges()).then(|| target.type_.as_deref().unwrap_or("Opaque"))
+}
+
+/// Why a Secret of type `want` cannot be applied over `existing` as is: a Secret's `type` never changes.
+pub fn type_conflict(existing: &Secret, want: Option<&str>) -> Option<String> {
+    let want = want?;
     let have = existing.type_.as_deref().unwrap_or("Opaque");
     (have != want).then(|| {
         format!(
@@ -422,7 +473,7 @@ pub fn up_to_date(existing: &Secret, desired: &Secret, manager: &str) -> bool {
         && subset(&desired.metadata.labels, existing.labels())
         && subset(&desired.metadata.annotations, existing.annotations())
         && owner_ok
-        && type_conflict(existing, desired).is_none()
+        && type_conflict(existing, desired.type_.as_deref()).is_none()
 }
 
 #[cfg(test)]

@@ -143,9 +143,9 @@ proptest! {
         data in prop::collection::btree_map("[-._a-zA-Z0-9]{1,20}", prop::collection::vec(any::<u8>(), 0..64), 0..6),
     ) {
         let ca = connected_account(policy, &labels);
-        let desired = secret::desired_secret(&ca, &data, Some("2026-11-22T10:00:00Z"));
-        let _ = secret::check_ownership(&ca, &desired);
-        prop_assert!(secret::up_to_date(&desired, &desired, &secret::field_manager(&ca)));
+        let desired = secret::desired_secret(&secret::Writer::of(&ca), &ca.spec.target, &data, Some("2026-11-22T10:00:00Z"));
+        let _ = secret::check_ownership(&secret::Writer::of(&ca), &desired);
+        prop_assert!(secret::up_to_date(&desired, &desired, &secret::Writer::of(&ca).field_manager()));
         let h1 = secret::data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
         let h2 = secret::data_hash(data.iter().rev().map(|(k, v)| (k, v.as_slice())));
         prop_assert_eq!(h1, h2);
@@ -159,8 +159,8 @@ proptest! {
         };
         let mut existing = desired.clone();
         existing.metadata.managed_fields = Some(serde_json::from_value(json!([
-            entry("helm".into(), &theirs), entry(secret::field_manager(&ca), &mine)])).unwrap());
-        let owners = secret::key_owners(&ca, &existing, data.keys());
+            entry("helm".into(), &theirs), entry(secret::Writer::of(&ca).field_manager(), &mine)])).unwrap());
+        let owners = secret::key_owners(&secret::Writer::of(&ca), &existing, data.keys());
         prop_assert_eq!(owners.iter().map(|c| c.key().unwrap_or_default()).collect::<Vec<_>>(), theirs);
         prop_assert!(owners.iter().all(|c| c.manager == "helm"));
     }

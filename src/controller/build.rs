@@ -16,7 +16,8 @@ use super::plan::{self, Cause, Judged};
 use super::restart::Restarted;
 use super::spec::Validated;
 use super::status::upsert_condition;
-use crate::crd::{AccountSummary, ConnectedAccount, ConnectedAccountStatus};
+use super::subject::Subject;
+use crate::crd::{AccountSummary, ConnectedAccountStatus};
 use crate::pipedream::Credentials;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
@@ -156,8 +157,8 @@ pub fn pod_risk(
 
 /// Everything [`secret`] builds from.
 pub struct Inputs<'a> {
-    /// The object.
-    pub ca: &'a ConnectedAccount,
+    /// The ConnectedAccount.
+    pub subject: &'a Subject<'a>,
     /// Its checked spec.
     pub validated: Validated,
     /// The answer, judged writable by `plan::decide`.
@@ -184,7 +185,7 @@ pub fn has_null_fields(answer: &CachedFetch) -> bool {
 /// empty or too large for a Secret.
 pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
     let (account, timing) = (&i.judged.answer.fetched.account, &i.judged.timing);
-    let id = &i.ca.spec.account_id;
+    let id = &i.subject.spec.account_id;
     if let Some(e) = timing.ignored_expiry {
         warn!(account = %id, expires_at = %e, "Pipedream's expires_at is more than a year ahead and is not believed: the credentials are checked every spec.refresh.interval");
     }
@@ -209,7 +210,12 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
     let hash = data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
     let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter).at;
     Ok(Built {
-        secret: desired_secret(i.ca, &data, expires_at.as_deref()),
+        secret: desired_secret(
+            &i.subject.writer,
+            &i.subject.spec.target,
+            &data,
+            expires_at.as_deref(),
+        ),
         hash,
         expires_at,
         next,
@@ -231,7 +237,7 @@ async fn secret_data(
     credentials: Credentials,
     expires_at: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<u8>>, SyncFailure> {
-    let Some(t) = &i.ca.spec.target.template else {
+    let Some(t) = &i.subject.spec.target.template else {
         let (d, skipped) = template::raw_data(&credentials, i.previous);
         if !skipped.is_empty() {
             warn!(keys = ?skipped, "credential fields with names that are not valid Secret keys were skipped");
@@ -311,10 +317,10 @@ pub struct Synced {
 
 impl Synced {
     /// A pass that found the Secret right and nothing due: what status already says.
-    pub fn unchanged(ca: &ConnectedAccount, next: Timestamp) -> Self {
-        let st = ca.status.clone().unwrap_or_default();
+    pub fn unchanged(subject: &Subject<'_>, next: Timestamp) -> Self {
+        let st = subject.status.clone();
         Self {
-            secret_name: ca.secret_name(),
+            secret_name: subject.secret.name.clone(),
             connection: st.connection,
             expires_at: st.expires_at,
             next,
@@ -352,12 +358,12 @@ impl Synced {
 /// The Event of a successful pass, if any: a Secret created or repaired, a spec change applied, or Ready
 /// becoming True again. A routine refresh is in status and metrics only.
 pub fn synced_event(
-    ca: &ConnectedAccount,
+    account_id: &str,
     s: &Synced,
     spec_changed: bool,
     ready_changed: bool,
 ) -> Option<(&'static str, String)> {
-    let msg = s.message(&ca.spec.account_id);
+    let msg = s.message(account_id);
     let name = &s.secret_name;
     match s.written {
         Some(Written::SecretCreated) => {
@@ -377,15 +383,15 @@ pub fn synced_event(
 
 /// The status after a successful pass.
 pub fn synced_status(
-    ca: &ConnectedAccount,
-    old: &ConnectedAccountStatus,
+    subject: &Subject<'_>,
     s: &Synced,
     forced: Option<&str>,
     now: Timestamp,
 ) -> ConnectedAccountStatus {
+    let old = &subject.status;
     let mut st = old.clone();
-    let generation = ca.metadata.generation;
-    let msg = s.message(&ca.spec.account_id);
+    let generation = subject.generation;
+    let msg = s.message(&subject.spec.account_id);
     upsert_condition(
         &mut st.conditions,
         crate::crd::READY,
@@ -433,14 +439,19 @@ pub fn synced_status(
             st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
         }
     }
-    record_restart(&mut st, ca, old, s);
+    record_restart(
+        &mut st,
+        !subject.spec.rollout_restart_targets.is_empty(),
+        old,
+        s,
+    );
     st
 }
 
 /// What status keeps of rollout restarts: the last one and the data the pods restarted (or started) with.
 fn record_restart(
     st: &mut ConnectedAccountStatus,
-    ca: &ConnectedAccount,
+    has_targets: bool,
     old: &ConnectedAccountStatus,
     s: &Synced,
 ) {
@@ -448,7 +459,7 @@ fn record_restart(
         st.last_restart_time = Some(format_ts(r.at));
         st.restarted_data_hash = s.data_hash.clone();
         st.restarted_expires_at = s.expires_at.clone();
-    } else if ca.spec.rollout_restart_targets.is_empty() {
+    } else if !has_targets {
         st.restarted_data_hash = None;
         st.restarted_expires_at = None;
     } else if st.restarted_data_hash.is_none() {
@@ -465,14 +476,14 @@ fn record_restart(
 /// The status after a failed pass: the Secret (and what status says about it) stays; `Expired` says whether the
 /// credentials it holds are past their expiry.
 pub fn failed_status(
-    ca: &ConnectedAccount,
-    old: &ConnectedAccountStatus,
+    subject: &Subject<'_>,
     f: &SyncFailure,
     next: Timestamp,
     forced: Option<&str>,
     now: Timestamp,
 ) -> ConnectedAccountStatus {
-    let generation = ca.metadata.generation;
+    let old = &subject.status;
+    let generation = subject.generation;
     let mut st = old.clone();
     upsert_condition(
         &mut st.conditions,

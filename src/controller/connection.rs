@@ -155,7 +155,15 @@ where
     }
     if ready_changed(&old.conditions, &c.status.conditions) {
         let (kind, reason, note) = c.event;
-        publish(ctx, obj, kind, reason, "CheckConnection", note).await;
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            kind,
+            reason,
+            "CheckConnection",
+            note,
+        )
+        .await;
     }
     Ok(Action::requeue(next_check(
         g.watched,

@@ -15,6 +15,7 @@ mod reconcile;
 mod resolve;
 mod restart;
 mod status;
+mod subject;
 mod targets;
 mod watches;
 

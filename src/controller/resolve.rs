@@ -7,7 +7,7 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 
 use super::Context;
 use super::fetch::Dispatcher;
@@ -15,7 +15,7 @@ use super::hosts::HostRefused;
 use crate::access::{self, Admission};
 use crate::controller::Error;
 use crate::crd::{
-    AccessRule, ClusterPipedreamConnection, ConnectedAccount, ConnectionKind, ConnectionSettings,
+    AccessRule, ClusterPipedreamConnection, ConnectionKind, ConnectionRef, ConnectionSettings,
     SecretKeyRef,
 };
 use crate::identity::{ConnectionId, ConnectionKey};
@@ -58,10 +58,13 @@ fn unusable(failure: SyncFailure, version: Option<String>) -> Unusable {
 /// Outcome of resolution: a Kubernetes API failure aborts the reconcile; an unusable connection goes to status.
 pub type ResolveResult = Result<Result<Resolved, Unusable>, Error>;
 
-/// The connection a ConnectedAccount names (or the default one).
-pub fn connection_of(ca: &ConnectedAccount, ctx: &Context) -> Result<ConnectionId, SyncFailure> {
-    let ns = ca.namespace().unwrap_or_default();
-    match &ca.spec.connection_ref {
+/// The connection a ConnectedAccount in namespace `ns` names in `spec.connectionRef` (or the default one).
+pub fn connection_of(
+    ns: &str,
+    named: Option<&ConnectionRef>,
+    ctx: &Context,
+) -> Result<ConnectionId, SyncFailure> {
+    match named {
         Some(r) if r.kind == ConnectionKind::PipedreamConnection => {
             Ok(ConnectionId::namespaced(ns, &r.name))
         }
@@ -77,8 +80,12 @@ pub fn connection_of(ca: &ConnectedAccount, ctx: &Context) -> Result<ConnectionI
 }
 
 /// The resourceVersion of the connection a ConnectedAccount names, from the local stores.
-pub fn connection_version(ca: &ConnectedAccount, ctx: &Context) -> Option<String> {
-    let id = connection_of(ca, ctx).ok()?;
+pub fn connection_version(
+    ns: &str,
+    named: Option<&ConnectionRef>,
+    ctx: &Context,
+) -> Option<String> {
+    let id = connection_of(ns, named, ctx).ok()?;
     match &id.namespace {
         Some(ns) => ctx
             .connections
@@ -97,10 +104,10 @@ pub fn connection_version(ca: &ConnectedAccount, ctx: &Context) -> Option<String
     }
 }
 
-/// Resolve `spec.connectionRef` (or the default connection).
-pub async fn resolve(ca: &ConnectedAccount, ctx: &Context) -> ResolveResult {
-    let ns = ca.namespace().unwrap_or_default();
-    let id = match connection_of(ca, ctx) {
+/// Resolve `spec.connectionRef` (or the default connection) of a ConnectedAccount in namespace `ns`.
+pub async fn resolve(ns: &str, named: Option<&ConnectionRef>, ctx: &Context) -> ResolveResult {
+    let ns = ns.to_string();
+    let id = match connection_of(&ns, named, ctx) {
         Ok(id) => id,
         Err(f) => return Ok(Err(unusable(f, None))),
     };

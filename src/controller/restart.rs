@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::Context;
-use crate::crd::{ConnectedAccount, ConnectedAccountStatus, MANAGER, WorkloadKind};
+use super::subject::Subject;
+use crate::crd::{ConnectedAccountStatus, MANAGER, RolloutRestartTarget, WorkloadKind};
 use crate::schedule::{add, format_ts, parse_ts, sub};
 
 /// Pod-template annotation written on restart.
@@ -113,20 +114,19 @@ pub struct Outcome {
     pub wake: Option<Timestamp>,
 }
 
-/// Restart the targets if [`due`] says so now.
+/// Restart `subject`'s targets if [`due`] says so now.
 pub async fn maybe_restart(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     now: Timestamp,
-    status: &ConnectedAccountStatus,
     min_interval: Duration,
     propagation: Duration,
     new_hash: Option<&str>,
 ) -> Outcome {
-    let has_targets = !ca.spec.rollout_restart_targets.is_empty();
+    let targets = &subject.spec.rollout_restart_targets;
     match due(
-        status,
-        has_targets,
+        &subject.status,
+        !targets.is_empty(),
         new_hash,
         now,
         min_interval,
@@ -137,7 +137,7 @@ pub async fn maybe_restart(
             restarted: None,
             wake: Some(at),
         },
-        Restart::Now => match restart(ca, ctx, now).await {
+        Restart::Now => match restart(&subject.namespace, targets, ctx, now).await {
             Some(r) => Outcome {
                 restarted: Some(r),
                 wake: None,
@@ -151,24 +151,28 @@ pub async fn maybe_restart(
 }
 
 /// Patch every target's pod template; `None` when no patch succeeded.
-async fn restart(ca: &ConnectedAccount, ctx: &Context, now: Timestamp) -> Option<Restarted> {
-    let ns = ca.namespace().unwrap_or_default();
+async fn restart(
+    ns: &str,
+    targets: &[RolloutRestartTarget],
+    ctx: &Context,
+    now: Timestamp,
+) -> Option<Restarted> {
     let stamp = format_ts(now);
     let patch = serde_json::json!({
         "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: stamp } } } }
     });
     let mut done = Vec::new();
-    for t in &ca.spec.rollout_restart_targets {
+    for t in targets {
         let client = ctx.client.clone();
         let res = match t.kind {
             WorkloadKind::Deployment => {
-                patch_template::<Deployment>(client, &ns, &t.name, &patch).await
+                patch_template::<Deployment>(client, ns, &t.name, &patch).await
             }
             WorkloadKind::StatefulSet => {
-                patch_template::<StatefulSet>(client, &ns, &t.name, &patch).await
+                patch_template::<StatefulSet>(client, ns, &t.name, &patch).await
             }
             WorkloadKind::DaemonSet => {
-                patch_template::<DaemonSet>(client, &ns, &t.name, &patch).await
+                patch_template::<DaemonSet>(client, ns, &t.name, &patch).await
             }
         };
         match res {

@@ -2,6 +2,7 @@
 //! status does), status applies, Events, and the count of failed passes per object.
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -87,9 +88,9 @@ where
 }
 
 /// Publish an Event about `obj`; a failure is logged, never fatal.
-pub async fn publish<K: Resource<DynamicType = ()>>(
+pub async fn publish(
     ctx: &Context,
-    obj: &K,
+    obj: &ObjectReference,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -102,7 +103,7 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder().publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = ctx.recorder().publish(&ev, obj).await {
         warn!(error = %kube_error_summary(&e), "publishing an Event failed");
     }
 }

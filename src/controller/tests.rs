@@ -1016,7 +1016,8 @@ async fn a_first_write_adopts_its_own_secret_the_watch_has_not_seen() {
     h.sync_index();
     let mut ca = ca(json!({}));
     let mut own = crate::secret::desired_secret(
-        &ca,
+        &crate::secret::Writer::of(&ca),
+        &ca.spec.target,
         &[("oauth_access_token".to_string(), b"old".to_vec())].into(),
         None,
     );

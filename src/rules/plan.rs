@@ -68,6 +68,8 @@ pub enum SecretFacts {
     New,
     /// It belongs to someone else (or Merge has nothing to merge into): never written.
     Conflict(String),
+    /// It has another type than the spec asks for, and a Secret's type never changes: never written.
+    WrongType(String),
 }
 
 /// The answer the pass can use.
@@ -195,8 +197,14 @@ pub fn decide(f: &Facts) -> Step {
         Ok(v) => v,
         Err(e) => return Step::Fail(e.clone()),
     };
-    if let SecretFacts::Conflict(m) = &f.secret {
-        return Step::Fail(SyncFailure::new(Reason::SecretConflict, m.clone()));
+    match &f.secret {
+        SecretFacts::Conflict(m) => {
+            return Step::Fail(SyncFailure::new(Reason::SecretConflict, m.clone()));
+        }
+        SecretFacts::WrongType(m) => {
+            return Step::Fail(SyncFailure::new(Reason::InvalidSpec, m.clone()));
+        }
+        _ => {}
     }
     let need = need(&f.recorded, f.now, f.secret == SecretFacts::Drifted);
     if need == Need::Nothing && matches!(f.answer, Answer::Last(_)) {

@@ -72,7 +72,12 @@ fn hash_is_order_independent_and_value_sensitive() {
 #[test]
 fn owner_policy_sets_controller_ref_labels_and_annotations() {
     let ca = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
-    let s = desired_secret(&ca, &data(), Some("2026-11-22T10:00:00Z"));
+    let s = desired_secret(
+        &Writer::of(&ca),
+        &ca.spec.target,
+        &data(),
+        Some("2026-11-22T10:00:00Z"),
+    );
     let o = &s.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (o.kind.as_str(), o.uid.as_str(), o.controller),
@@ -87,10 +92,10 @@ fn owner_policy_sets_controller_ref_labels_and_annotations() {
     assert_eq!(a[EXPIRES_AT_ANNOTATION], "2026-11-22T10:00:00Z");
     assert_eq!(s.type_.as_deref(), Some("Opaque"));
     assert!(up_to_date(&s, &s, MANAGER));
-    assert_eq!(field_manager(&ca), MANAGER);
+    assert_eq!(Writer::of(&ca).field_manager(), MANAGER);
     let retain = self::ca(CreationPolicy::Owner, DeletionPolicy::Retain);
     assert!(
-        desired_secret(&retain, &data(), None)
+        desired_secret(&Writer::of(&retain), &retain.spec.target, &data(), None)
             .metadata
             .owner_references
             .is_none()
@@ -103,12 +108,18 @@ fn foreign_secrets_are_refused_unless_merge() {
     let mut foreign = Secret::default();
     foreign.metadata.name = Some("gh".into());
     assert!(
-        check_ownership(&mine, &foreign)
+        check_ownership(&Writer::of(&mine), &foreign)
             .unwrap_err()
             .0
             .contains("not managed")
     );
-    assert!(check_ownership(&ca(CreationPolicy::Merge, DeletionPolicy::Retain), &foreign).is_ok());
+    assert!(
+        check_ownership(
+            &Writer::of(&ca(CreationPolicy::Merge, DeletionPolicy::Retain)),
+            &foreign
+        )
+        .is_ok()
+    );
     foreign.metadata.owner_references = Some(vec![OwnerReference {
         kind: "Deployment".into(),
         name: "web".into(),
@@ -117,16 +128,16 @@ fn foreign_secrets_are_refused_unless_merge() {
         ..Default::default()
     }]);
     assert!(
-        check_ownership(&mine, &foreign)
+        check_ownership(&Writer::of(&mine), &foreign)
             .unwrap_err()
             .0
             .contains("Deployment web")
     );
-    let own = desired_secret(&mine, &data(), None);
-    assert!(check_ownership(&mine, &own).is_ok());
+    let own = desired_secret(&Writer::of(&mine), &mine.spec.target, &data(), None);
+    assert!(check_ownership(&Writer::of(&mine), &own).is_ok());
     let retain = ca(CreationPolicy::Owner, DeletionPolicy::Retain);
-    let retained = desired_secret(&retain, &data(), None);
-    assert!(check_ownership(&retain, &retained).is_ok());
+    let retained = desired_secret(&Writer::of(&retain), &retain.spec.target, &data(), None);
+    assert!(check_ownership(&Writer::of(&retain), &retained).is_ok());
     // Written by another ConnectedAccount: refused, even with Merge.
     let other = named(
         ca(CreationPolicy::Merge, DeletionPolicy::Retain),
@@ -134,7 +145,7 @@ fn foreign_secrets_are_refused_unless_merge() {
         "uid-2",
     );
     assert!(
-        check_ownership(&other, &retained)
+        check_ownership(&Writer::of(&other), &retained)
             .unwrap_err()
             .0
             .contains("team-a/gh")
@@ -143,7 +154,7 @@ fn foreign_secrets_are_refused_unless_merge() {
     let mut labelled = foreign.clone();
     labelled.metadata.owner_references = None;
     labelled.metadata.labels = Some([(MANAGED_BY_LABEL.to_string(), MANAGER.to_string())].into());
-    assert!(check_ownership(&mine, &labelled).is_err());
+    assert!(check_ownership(&Writer::of(&mine), &labelled).is_err());
 }
 
 /// Regression (issue 7): two ConnectedAccounts merging into one Secret shared the operator's field manager and
@@ -160,8 +171,11 @@ fn merge_writers_have_their_own_managers() {
         "b",
         "uid-b",
     );
-    assert_ne!(field_manager(&a), field_manager(&b));
-    assert_eq!(field_manager(&a), "pipedream-secrets.io/uid-a");
+    assert_ne!(
+        Writer::of(&a).field_manager(),
+        Writer::of(&b).field_manager()
+    );
+    assert_eq!(Writer::of(&a).field_manager(), "pipedream-secrets.io/uid-a");
     let mut target = secret(
         &[("helm-key", "x"), ("A_TOKEN", "t")],
         vec![
@@ -169,8 +183,9 @@ fn merge_writers_have_their_own_managers() {
             owns("pipedream-secrets.io/uid-a", &["A_TOKEN"]),
         ],
     );
-    target.metadata.annotations = Some([(merge_annotation(&a), "a".to_string())].into());
-    assert!(check_ownership(&b, &target).is_ok());
+    target.metadata.annotations =
+        Some([(Writer::of(&a).merge_annotation(), "a".to_string())].into());
+    assert!(check_ownership(&Writer::of(&b), &target).is_ok());
     assert_eq!(merge_writer_name(&target, "uid-a"), Some("a"));
 }
 
@@ -249,7 +264,7 @@ fn key_owners_include_string_data_and_secrets_without_managed_fields() {
         .iter()
         .map(|k| k.to_string())
         .collect();
-    let got: Vec<(String, String)> = key_owners(&m, &target, &keys)
+    let got: Vec<(String, String)> = key_owners(&Writer::of(&m), &target, &keys)
         .into_iter()
         .map(|c| (c.manager, c.field))
         .collect();
@@ -263,7 +278,7 @@ fn key_owners_include_string_data_and_secrets_without_managed_fields() {
         "its own key and a new one are free"
     );
     target.metadata.managed_fields = None;
-    let got: Vec<(String, String)> = key_owners(&m, &target, &keys)
+    let got: Vec<(String, String)> = key_owners(&Writer::of(&m), &target, &keys)
         .into_iter()
         .map(|c| (c.manager, c.field))
         .collect();
@@ -322,13 +337,18 @@ fn a_merge_conflict_names_each_key_and_its_owner() {
 #[test]
 fn merge_leaves_the_owners_labels_alone_and_survives_them_being_restored() {
     let m = ca(CreationPolicy::Merge, DeletionPolicy::Retain);
-    let d = desired_secret(&m, &data(), Some("2026-11-22T10:00:00Z"));
+    let d = desired_secret(
+        &Writer::of(&m),
+        &m.spec.target,
+        &data(),
+        Some("2026-11-22T10:00:00Z"),
+    );
     let labels = d.metadata.labels.clone().unwrap();
     assert_eq!(labels.keys().collect::<Vec<_>>(), vec![WATCH_LABEL]);
     let ann = d.metadata.annotations.clone().unwrap();
     assert_eq!(
         ann.keys().cloned().collect::<Vec<_>>(),
-        vec![merge_annotation(&m)]
+        vec![Writer::of(&m).merge_annotation()]
     );
     assert!(d.type_.is_none());
     let mut helm_owned = d.clone();
@@ -339,8 +359,8 @@ fn merge_leaves_the_owners_labels_alone_and_survives_them_being_restored() {
         ]
         .into(),
     );
-    assert!(check_ownership(&m, &helm_owned).is_ok());
-    assert!(up_to_date(&helm_owned, &d, &field_manager(&m)));
+    assert!(check_ownership(&Writer::of(&m), &helm_owned).is_ok());
+    assert!(up_to_date(&helm_owned, &d, &Writer::of(&m).field_manager()));
 }
 
 /// Regression (issue 7): a key another field manager added to an owned Secret could not be removed by server-side
@@ -348,7 +368,7 @@ fn merge_leaves_the_owners_labels_alone_and_survives_them_being_restored() {
 #[test]
 fn keys_added_by_others_are_not_drift() {
     let mine = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
-    let desired = desired_secret(&mine, &data(), None);
+    let desired = desired_secret(&Writer::of(&mine), &mine.spec.target, &data(), None);
     let mut existing = secret(
         &[("token", "v1"), ("added-by-hand", "x")],
         vec![
@@ -392,10 +412,10 @@ fn keys_added_by_others_are_not_drift() {
 fn a_changed_type_is_reported_instead_of_written() {
     let mut c = ca(CreationPolicy::Owner, DeletionPolicy::Delete);
     c.spec.target.type_ = Some("kubernetes.io/basic-auth".into());
-    let desired = desired_secret(&c, &data(), None);
+    let desired = desired_secret(&Writer::of(&c), &c.spec.target, &data(), None);
     let mut existing = desired.clone();
     existing.type_ = Some("Opaque".into());
-    let m = type_conflict(&existing, &desired).unwrap();
+    let m = type_conflict(&existing, desired.type_.as_deref()).unwrap();
     assert!(
         m.starts_with("spec.target.type:") && m.contains("Opaque"),
         "{m}"

@@ -7,29 +7,31 @@ use kube::{Api, ResourceExt};
 
 use super::Known;
 use crate::controller::Error;
+use crate::controller::build;
 use crate::controller::memory::MemoryChange;
 use crate::controller::plan::{Answer, Facts, Recorded, Remembered, SecretFacts, Usable};
 use crate::controller::resolve::{Resolved, Unusable, connection_version, resolve};
 use crate::controller::spec;
 use crate::controller::status::ready_of;
+use crate::controller::subject::Subject;
 use crate::controller::targets::{NotReady, SecretId};
 use crate::controller::{Context, ObjectState};
-use crate::crd::{ConnectedAccount, ConnectedAccountStatus, CreationPolicy, FORCE_SYNC_ANNOTATION};
+use crate::crd::ConnectedAccountStatus;
 use crate::identity::AccountKey;
 use crate::reason::SyncFailure;
+use crate::rules::answer::Attempt;
 use crate::schedule::{self, parse_ts};
 use crate::secret::{self, check_ownership, existing_hash};
 
-pub(super) fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
-    let status = ca.status.clone().unwrap_or_default();
+pub(super) fn recorded(subject: &Subject<'_>, mem: &ObjectState) -> Recorded {
+    let status = &subject.status;
     let ready = ready_of(&status.conditions);
     Recorded {
-        forced: ca
-            .annotations()
-            .get(FORCE_SYNC_ANNOTATION)
-            .filter(|v| status.last_force_sync.as_ref() != Some(*v))
-            .cloned(),
-        spec_changed: status.observed_generation != ca.metadata.generation,
+        forced: subject
+            .force_sync
+            .filter(|v| status.last_force_sync.as_deref() != Some(*v))
+            .map(str::to_string),
+        spec_changed: subject.spec_changed(),
         // The cached object can predate this process's own status write: its time wins.
         next_due: mem
             .written_next_sync
@@ -41,17 +43,19 @@ pub(super) fn recorded(ca: &ConnectedAccount, mem: &ObjectState) -> Recorded {
 }
 
 /// Ready is False for a reason a change to the connection can fix (AuthFailed, ConnectionNotReady, ...).
-fn recorded_connection_failure(ca: &ConnectedAccount) -> bool {
-    ca.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == crate::crd::READY))
+fn recorded_connection_failure(status: &ConnectedAccountStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::crd::READY)
         .filter(|c| c.status == "False")
         .and_then(|c| c.reason.parse::<crate::reason::Reason>().ok())
         .is_some_and(crate::reason::Reason::about_connection)
 }
 
-pub(super) fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState) -> Remembered {
-    let version = connection_version(ca, ctx);
+pub(super) fn remembered(subject: &Subject<'_>, ctx: &Context, mem: &ObjectState) -> Remembered {
+    let named = subject.spec.connection_ref.as_ref();
+    let version = connection_version(&subject.namespace, named, ctx);
     Remembered {
         retry_at: mem.retry_at,
         last_forced: mem.last_forced,
@@ -60,62 +64,81 @@ pub(super) fn remembered(ca: &ConnectedAccount, ctx: &Context, mem: &ObjectState
             Some(was) => version.as_ref() != Some(was),
             // This process has not tried the object yet (a new leader, a restart): nobody knows whether the
             // connection a recorded connection failure was about has changed since, so it is tried once.
-            None => mem.failures == 0 && recorded_connection_failure(ca),
+            None => mem.failures == 0 && recorded_connection_failure(&subject.status),
         },
         asked: mem.asked.is_some(),
     }
 }
 
-/// Everything the decision needs. Reads only what the index cannot answer: a Secret whose resourceVersion is
-/// not the one recorded, a Merge target, or any target before the index is filled.
+/// Everything the decision and the write need. Reads only what the index cannot answer: a Secret whose
+/// resourceVersion is not the one recorded, a Merge target, any target before the index is filled, or a Secret
+/// whose values an answer's null fields keep.
 pub(super) async fn gather(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     mem: &ObjectState,
     now: Timestamp,
     change: &mut MemoryChange,
 ) -> Result<Known, Error> {
-    let uid = ca.uid().unwrap_or_default();
-    let status = ca.status.clone().unwrap_or_default();
-    let spec = spec::validate_spec(&ca.spec, ctx.settings.propagation);
+    let uid = &subject.uid;
+    let spec = spec::validate_spec(subject.spec, ctx.settings.propagation);
     // An invalid spec is reported before anything is read.
-    let (secret, read, exists) = if spec.is_ok() {
-        secret_facts(ca, ctx, &status, mem, change).await?
+    let (mut secret, mut read, exists) = if spec.is_ok() {
+        secret_facts(subject, ctx, mem, change).await?
     } else {
         (SecretFacts::New, None, false)
     };
-    let resolved = resolve(ca, ctx).await?;
+    let named = subject.spec.connection_ref.as_ref();
+    let resolved = resolve(&subject.namespace, named, ctx).await?;
     let connection_version = match &resolved {
         Ok(r) => r.version.clone(),
         Err(u) => u.version.clone(),
     };
     let key = resolved.as_ref().ok().map(|r| AccountKey {
         connection: r.key().clone(),
-        account_id: ca.spec.account_id.clone(),
+        account_id: subject.spec.account_id.clone(),
     });
-    ctx.use_account(&uid, &ca.namespace().unwrap_or_default(), key.as_ref());
-    let answer = answer(ctx, &uid, mem, key.as_ref(), change);
+    ctx.use_account(uid, &subject.namespace, key.as_ref());
+    let answer = answer(ctx, uid, mem, key.as_ref(), change);
+    // A credential field an answer sends as null keeps the value the Secret holds: read it for them.
+    if read.is_none() && exists && arrived_with_nulls(&answer) {
+        let s = read_secret(ctx, &subject.secret).await?;
+        if let Some(s) = &s {
+            secret = judge_read(subject, s, change);
+        }
+        read = s;
+    }
     let (connection, resolved) = split_resolved(resolved);
     Ok(Known {
         facts: Facts {
             now,
             spec,
-            recorded: recorded(ca, mem),
-            remembered: remembered(ca, ctx, mem),
+            recorded: recorded(subject, mem),
+            remembered: remembered(subject, ctx, mem),
             secret,
             secret_exists: exists,
-            account_id: ca.spec.account_id.clone(),
+            account_id: subject.spec.account_id.clone(),
             connection,
             answer,
-            jitter: schedule::jitter_fraction(&uid),
+            jitter: schedule::jitter_fraction(uid),
         },
         connection: resolved,
         key,
         read,
         exists,
         connection_version,
-        status,
     })
+}
+
+/// An answer arrived with credential fields sent as null.
+fn arrived_with_nulls(answer: &Answer) -> bool {
+    matches!(answer, Answer::Arrived(Attempt::Ok(a)) if build::has_null_fields(a))
+}
+
+/// The Secret `id`, from the API server.
+async fn read_secret(ctx: &Context, id: &SecretId) -> Result<Option<Secret>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    api.get_opt(&id.name).await.map_err(Error::ReadSecret)
 }
 
 /// What decide needs of the resolved connection, and the connection itself for the write.
@@ -175,16 +198,14 @@ fn refused_as_taken(status: &ConnectedAccountStatus) -> bool {
 /// cannot say: another resourceVersion than recorded, another writer, a spec change (the Secret's type matters),
 /// a Merge target, or a name found taken before.
 async fn secret_facts(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
-    status: &ConnectedAccountStatus,
     mem: &ObjectState,
     change: &mut MemoryChange,
 ) -> Result<(SecretFacts, Option<Secret>, bool), Error> {
-    let name = ca.secret_name();
-    let id = SecretId::new(ca.namespace().unwrap_or_default(), &name);
-    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
-    let spec_changed = status.observed_generation != ca.metadata.generation;
+    let (status, id) = (&subject.status, &subject.secret);
+    let merge = subject.writer.merges();
+    let spec_changed = subject.spec_changed();
     let recorded = mem
         .secret_version
         .as_ref()
@@ -194,11 +215,11 @@ async fn secret_facts(
     } else {
         SecretFacts::New
     };
-    match ctx.secrets.get(&id) {
+    match ctx.secrets.get(id) {
         Ok(Some(ix))
             if !merge
                 && !spec_changed
-                && ix.owner.as_deref() == Some(secret::owner_id(ca).as_str())
+                && ix.owner.as_deref() == Some(subject.writer.owner_id().as_str())
                 && Some(&ix.resource_version) == recorded =>
         {
             return Ok((SecretFacts::AsWritten, None, true));
@@ -212,31 +233,31 @@ async fn secret_facts(
         Ok(None) if !merge => return Ok((unseen, None, false)),
         Ok(_) | Err(NotReady) => {}
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let Some(s) = api.get_opt(&name).await.map_err(Error::ReadSecret)? else {
+    let Some(s) = read_secret(ctx, id).await? else {
         if merge {
             let m = format!(
-                "spec.target.creationPolicy: Merge writes into an existing Secret, and Secret {name} does not exist"
+                "spec.target.creationPolicy: Merge writes into an existing Secret, and Secret {} does not exist",
+                id.name
             );
             return Ok((SecretFacts::Conflict(m), None, false));
         }
         return Ok((unseen, None, false));
     };
-    Ok((judge_read(ca, status, &s, change), Some(s), true))
+    Ok((judge_read(subject, &s, change), Some(s), true))
 }
 
-/// What the Secret read says: someone else's, as this process wrote it, or drifted.
-fn judge_read(
-    ca: &ConnectedAccount,
-    status: &ConnectedAccountStatus,
-    s: &Secret,
-    change: &mut MemoryChange,
-) -> SecretFacts {
-    if let Err(c) = check_ownership(ca, s) {
+/// What the Secret read says: someone else's, of a type the spec cannot have, as this process wrote it, or
+/// drifted.
+fn judge_read(subject: &Subject<'_>, s: &Secret, change: &mut MemoryChange) -> SecretFacts {
+    let w = &subject.writer;
+    if let Err(c) = check_ownership(w, s) {
         return SecretFacts::Conflict(format!("spec.target.name: {}", c.0));
     }
-    let ours = existing_hash(s, &secret::field_manager(ca));
-    if status.data_hash.as_deref() != Some(ours.as_str()) {
+    if let Some(m) = secret::type_conflict(s, secret::desired_type(w, &subject.spec.target)) {
+        return SecretFacts::WrongType(m);
+    }
+    let ours = existing_hash(s, &w.field_manager());
+    if subject.status.data_hash.as_deref() != Some(ours.as_str()) {
         return SecretFacts::Drifted;
     }
     // As written: remember this version, so the next pass does not read it again.

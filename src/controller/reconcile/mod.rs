@@ -28,10 +28,10 @@ use super::context::status_digest;
 use super::memory::MemoryChange;
 use super::plan::{self, Facts, Step};
 use super::resolve::Resolved;
-use super::targets::SecretId;
+use super::subject::Subject;
 use super::{Context, ObjectState};
 use crate::controller::Error;
-use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
+use crate::crd::ConnectedAccount;
 use crate::identity::AccountKey;
 use crate::reason::SyncFailure;
 use crate::schedule::{self, format_ts, parse_ts};
@@ -64,7 +64,6 @@ struct Known {
     exists: bool,
     /// The connection's resourceVersion (a failure it caused is retried when it changes).
     connection_version: Option<String>,
-    status: ConnectedAccountStatus,
 }
 
 /// Entry point for the controller: the cached object, decoded for this pass.
@@ -112,21 +111,21 @@ pub async fn reconcile(ca: Arc<ConnectedAccount>, ctx: Arc<Context>) -> Result<A
 /// One pass: gather, decide, act, report. What it changes in the operator's memory of the object is collected in
 /// one [`MemoryChange`] and applied once, at its end (also when an API call failed).
 async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
-    let uid = ca.uid().unwrap_or_default();
-    let mem = ctx.object(&uid);
+    let subject = Subject::of(ca);
+    let mem = ctx.object(&subject.uid);
     let mut change = MemoryChange::default();
-    let next = steps(ca, ctx, &mem, &mut change).await;
+    let next = steps(&subject, ctx, &mem, &mut change).await;
     if let Ok(at) = next {
         change.next_pass(at);
     }
-    ctx.update_object(&uid, |o| change.apply(o));
+    ctx.update_object(&subject.uid, |o| change.apply(o));
     next.map(|at| requeue(ctx, at))
 }
 
 /// The stages of a pass; when the next one is due. The pass reads the clock once, here: every stage decides and
 /// stamps with this `now`.
 async fn steps(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     mem: &ObjectState,
     change: &mut MemoryChange,
@@ -135,52 +134,58 @@ async fn steps(
     // A cached object older than this process's own status write (its Secret's watch event came first) would
     // decide from the status before that write, and write it back: wait for the watch to deliver the new one.
     if let Some((digest, at)) = mem.written_status
-        && digest != status_digest(ca.status.as_ref())
+        && digest != status_digest(subject.recorded)
         && now < schedule::add(at, STALE_CACHE_PATIENCE)
     {
         debug!("the cached object predates the last status write; waiting for the watch");
         return Ok(schedule::add(now, STALE_CACHE_RECHECK));
     }
     // Likewise for the Secret: until the index has seen this process's write, the pass would have to read it.
-    if let Some(at) = index_lagging(ca, ctx, mem, now) {
+    if let Some(at) = index_lagging(subject, ctx, mem, now) {
         debug!("the Secret index has not seen the last Secret write; waiting for the watch");
         return Ok(at);
     }
     // Waits need no reads: a failed object's own status write must cost nothing.
-    let (recorded, remembered) = (gather::recorded(ca, mem), gather::remembered(ca, ctx, mem));
+    let (recorded, remembered) = (
+        gather::recorded(subject, mem),
+        gather::remembered(subject, ctx, mem),
+    );
     if let Some(at) = plan::hold(&recorded, &remembered, now) {
         debug!(until = %format_ts(at), "waiting");
         return Ok(at);
     }
-    let known = gather::gather(ca, ctx, mem, now, change).await?;
+    let known = gather::gather(subject, ctx, mem, now, change).await?;
     let outcome = match plan::decide(&known.facts) {
         Step::Wait(at) => return Ok(at),
         Step::Fetch { urgency } => {
-            write::ask(ca, ctx, &known, mem, urgency, change);
+            write::ask(subject, ctx, &known, mem, urgency, change);
             return Ok(schedule::add(now, plan::PENDING_RECHECK));
         }
-        Step::Keep(next) => Outcome::Synced(Box::new(write::keep(ca, ctx, &known, next).await)),
-        Step::Write(judged) => write::write(ca, ctx, &known, &judged, change).await?,
+        Step::Keep(next) => {
+            Outcome::Synced(Box::new(write::keep(subject, ctx, &known, next).await))
+        }
+        Step::Write(judged) => write::write(subject, ctx, &known, &judged, change).await?,
         Step::Fail(f) => Outcome::Failed(f),
     };
-    report::report(ca, ctx, &known, mem, outcome, change).await
+    report::report(subject, ctx, &known, mem, outcome, change).await
 }
 
 /// When to look again, if the Secret index still holds what it held before this process's last Secret write.
 fn index_lagging(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     mem: &ObjectState,
     now: Timestamp,
 ) -> Option<Timestamp> {
     let (before, at) = mem.index_before_write.as_ref()?;
-    if now >= schedule::add(*at, INDEX_LAG_PATIENCE)
-        || ca.spec.target.creation_policy == crate::crd::CreationPolicy::Merge
-    {
+    if now >= schedule::add(*at, INDEX_LAG_PATIENCE) || subject.writer.merges() {
         return None;
     }
-    let id = SecretId::new(ca.namespace().unwrap_or_default(), ca.secret_name());
-    let held = ctx.secrets.get(&id).ok()?.map(|e| e.resource_version);
+    let held = ctx
+        .secrets
+        .get(&subject.secret)
+        .ok()?
+        .map(|e| e.resource_version);
     (held == *before).then(|| schedule::add(now, STALE_CACHE_RECHECK))
 }
 

@@ -1,8 +1,8 @@
 //! Report: the status a pass leads to (applied only when it changed), its Events, its metrics, and the requeue.
 
 use jiff::Timestamp;
+use kube::Api;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Known, Outcome};
@@ -10,6 +10,7 @@ use crate::controller::build::{self, Written};
 use crate::controller::memory::{Ended, MemoryChange};
 use crate::controller::plan;
 use crate::controller::status::{apply_status, event_type, publish, ready_changed};
+use crate::controller::subject::Subject;
 use crate::controller::{Context, Error, ObjectState};
 use crate::crd::{ConnectedAccount, ConnectedAccountStatus};
 use crate::reason::Reason;
@@ -17,7 +18,7 @@ use crate::schedule::{self, format_ts, parse_ts};
 
 /// Status, Events, metrics and the requeue of a pass.
 pub(super) async fn report(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     mem: &ObjectState,
@@ -25,41 +26,43 @@ pub(super) async fn report(
     change: &mut MemoryChange,
 ) -> Result<Timestamp, Error> {
     match outcome {
-        Outcome::Synced(s) => synced(ca, ctx, known, *s, change).await,
-        Outcome::Failed(f) => failed(ca, ctx, known, mem, f, change).await,
+        Outcome::Synced(s) => synced(subject, ctx, known, *s, change).await,
+        Outcome::Failed(f) => failed(subject, ctx, known, mem, f, change).await,
     }
 }
 
 async fn synced(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     s: build::Synced,
     change: &mut MemoryChange,
 ) -> Result<Timestamp, Error> {
     let now = known.facts.now;
-    let old = &known.status;
+    let old = &subject.status;
     change.ended(Ended::Synced {
         confirmed: s.confirmed,
     });
     let forced = known.facts.recorded.forced.as_deref();
-    let st = build::synced_status(ca, old, &s, forced, now);
-    write_status(ca, ctx, old, &st, now, change).await?;
+    let st = build::synced_status(subject, &s, forced, now);
+    write_status(subject, ctx, &st, now, change).await?;
     if s.confirmed {
         ctx.metrics.count_sync(Reason::SecretSynced.as_str());
         let written = s.written.map_or("unchanged", Written::reason);
         info!(secret = %s.secret_name, written, expires_at = ?s.expires_at, next_sync = %format_ts(s.next), "synced");
     }
     let changed = ready_changed(&old.conditions, &st.conditions);
+    let about = &subject.event_ref;
+    let spec_changed = known.facts.recorded.spec_changed;
     if let Some((reason, note)) =
-        build::synced_event(ca, &s, known.facts.recorded.spec_changed, changed)
+        build::synced_event(&subject.spec.account_id, &s, spec_changed, changed)
     {
-        publish(ctx, ca, EventType::Normal, reason, "Sync", note).await;
+        publish(ctx, about, EventType::Normal, reason, "Sync", note).await;
     }
     if let Some(r) = &s.restart {
         publish(
             ctx,
-            ca,
+            about,
             EventType::Normal,
             build::ROLLOUT_RESTARTED,
             "Sync",
@@ -72,7 +75,7 @@ async fn synced(
     {
         publish(
             ctx,
-            ca,
+            about,
             EventType::Warning,
             build::REFRESH_TOO_LATE,
             "Sync",
@@ -84,7 +87,7 @@ async fn synced(
 }
 
 async fn failed(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     mem: &ObjectState,
@@ -92,10 +95,10 @@ async fn failed(
     change: &mut MemoryChange,
 ) -> Result<Timestamp, Error> {
     let now = known.facts.now;
-    let old = &known.status;
+    let old = &subject.status;
     let attempt = mem.failures.saturating_add(1);
     let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
-    let propagation = crate::rules::spec::propagation(&ca.spec, ctx.settings.propagation);
+    let propagation = crate::rules::spec::propagation(subject.spec, ctx.settings.propagation);
     let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, propagation, now);
     if let Some(n) = note {
         f.message.push_str(&n);
@@ -113,15 +116,15 @@ async fn failed(
         connection_version: failed_version,
     });
     let forced = known.facts.recorded.forced.as_deref();
-    let st = build::failed_status(ca, old, &f, next, forced, now);
-    write_status(ca, ctx, old, &st, now, change).await?;
+    let st = build::failed_status(subject, &f, next, forced, now);
+    write_status(subject, ctx, &st, now, change).await?;
     let reason = f.reason.as_str();
     ctx.metrics.count_sync(reason);
     warn!(reason, message = %f.message, attempt, retry_in_s = delay.as_secs(), "sync failed; the Secret is left as it was");
     if ready_changed(&old.conditions, &st.conditions) {
         publish(
             ctx,
-            ca,
+            &subject.event_ref,
             event_type(false),
             reason,
             "Sync",
@@ -144,19 +147,18 @@ fn condition_true(
 
 /// Apply status when it needs writing, and remember the `nextSyncTime` written.
 async fn write_status(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
-    old: &ConnectedAccountStatus,
     new: &ConnectedAccountStatus,
     now: Timestamp,
     change: &mut MemoryChange,
 ) -> Result<(), Error> {
-    if !build::status_needs_write(ca.status.is_some(), old, new, now) {
+    let had = subject.recorded.is_some();
+    if !build::status_needs_write(had, &subject.status, new, now) {
         return Ok(());
     }
-    let api: Api<ConnectedAccount> =
-        Api::namespaced(ctx.client.clone(), &ca.namespace().unwrap_or_default());
-    apply_status(&api, &ca.name_any(), new)
+    let api: Api<ConnectedAccount> = Api::namespaced(ctx.client.clone(), &subject.namespace);
+    apply_status(&api, &subject.name, new)
         .await
         .map_err(Error::WriteStatus)?;
     // Stamped when the write happened, not when the pass began: the stale-cache guard waits for the watch to

@@ -7,29 +7,28 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::debug;
 
 use super::{Known, Outcome};
 use crate::controller::Error;
 use crate::controller::build::{self, Built, Synced};
-use crate::controller::fetch::{CachedFetch, Urgency};
+use crate::controller::fetch::Urgency;
 use crate::controller::memory::MemoryChange;
 use crate::controller::plan::{Judged, SecretFacts};
 use crate::controller::resolve::Resolved;
 use crate::controller::restart;
 use crate::controller::spec::Validated;
-use crate::controller::targets::SecretId;
+use crate::controller::subject::Subject;
 use crate::controller::{Context, ObjectState};
-use crate::crd::{ConnectedAccount, CreationPolicy};
+use crate::crd::ConnectedAccount;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule;
 use crate::secret::{self, check_ownership};
 
 /// Ask the connection's dispatcher for the account; its answer triggers the next pass.
 pub(super) fn ask(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     mem: &ObjectState,
@@ -51,28 +50,28 @@ pub(super) fn ask(
         .cache
         .wait_instead(change.still_awaited(mem), key);
     change.asked(key.clone(), generation, forced_at);
+    let account = &subject.spec.account_id;
     conn.dispatcher
-        .request(&ca.spec.account_id, urgency, ObjectRef::from_obj(ca));
-    debug!(account = %ca.spec.account_id, connection = %conn.key().id, "fetch requested");
+        .request(account, urgency, subject.reference.clone());
+    debug!(%account, connection = %conn.key().id, "fetch requested");
 }
 
 /// Nothing to write: the Secret is right. Only a rollout restart held back by its debounce may be due.
 pub(super) async fn keep(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     next: Timestamp,
 ) -> Synced {
-    let mut s = Synced::unchanged(ca, next);
+    let mut s = Synced::unchanged(subject, next);
     if let Ok(v) = &known.facts.spec {
         let r = restart::maybe_restart(
-            ca,
+            subject,
             ctx,
             known.facts.now,
-            &known.status,
             v.min_restart_interval,
             v.policy.propagation,
-            known.status.data_hash.as_deref(),
+            subject.status.data_hash.as_deref(),
         )
         .await;
         (s.restart, s.wake) = (r.restarted, r.wake);
@@ -82,7 +81,7 @@ pub(super) async fn keep(
 
 /// Build the Secret from `answer` and apply it, unless it already holds exactly that.
 pub(super) async fn write(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     judged: &Judged,
@@ -94,26 +93,22 @@ pub(super) async fn write(
             "internal: a write without a usable spec and connection",
         )));
     };
-    let ns = ca.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = ca.secret_name();
-    let read = read_for_nulls(&api, &name, known, &judged.answer).await?;
-    let previous = read.as_ref().and_then(secret::data_of);
-    let built = match build_secret(ca, known, *validated, judged, previous.as_ref()).await {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &subject.namespace);
+    let read = known.read.as_ref();
+    let previous = read.and_then(secret::data_of);
+    let built = match build_secret(subject, known, *validated, judged, previous.as_ref()).await {
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
-    let found = match refuse(ca, ctx, known, read.as_ref(), &built).await? {
-        Verdict::Refused(f) => return Ok(Outcome::Failed(f)),
-        Verdict::Found => true,
-        Verdict::Absent => false,
-    };
-    let st = &known.status;
-    let (written, version) = if already_holds(known, &built) {
+    if let Some(f) = merge_keys_taken(subject, ctx, read, &built).await? {
+        return Ok(Outcome::Failed(f));
+    }
+    let st = &subject.status;
+    let (written, version) = if already_holds(subject, known, &built) {
         (None, st.secret_resource_version.clone())
     } else {
-        let before = indexed_before(ca, ctx);
-        match put(ca, ctx, &api, &built.secret, read.as_ref(), found).await? {
+        let before = indexed_before(subject, ctx);
+        match put(subject, ctx, &api, &built.secret, read, known.exists).await? {
             Ok(applied) => {
                 let version = applied.resource_version();
                 change.secret_written(version.clone(), before, known.facts.now);
@@ -130,12 +125,12 @@ pub(super) async fn write(
         }
     };
     let secret = Written {
-        name,
+        name: subject.secret.name.clone(),
         kind: written,
         version,
     };
     Ok(Outcome::Synced(Box::new(
-        synced(ca, ctx, known, validated, conn, built, secret).await,
+        synced(subject, ctx, known, validated, conn, built, secret).await,
     )))
 }
 
@@ -149,7 +144,7 @@ struct Written {
 
 /// A write pass's result: the Secret's new contents, a rollout restart if due, and whether pods are at risk.
 async fn synced(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     validated: &Validated,
@@ -157,12 +152,11 @@ async fn synced(
     built: Built,
     secret: Written,
 ) -> Synced {
-    let st = &known.status;
+    let st = &subject.status;
     let restart = restart::maybe_restart(
-        ca,
+        subject,
         ctx,
         known.facts.now,
-        st,
         validated.min_restart_interval,
         validated.policy.propagation,
         Some(&built.hash),
@@ -191,34 +185,19 @@ async fn synced(
 }
 
 /// The Secret holds exactly what was built (as recorded in status, and the index vouches for it): no write.
-fn already_holds(known: &Known, built: &Built) -> bool {
-    let st = &known.status;
+fn already_holds(subject: &Subject<'_>, known: &Known, built: &Built) -> bool {
+    let st = &subject.status;
     known.facts.secret == SecretFacts::AsWritten
         && !known.facts.recorded.spec_changed
         && st.data_hash.as_deref() == Some(built.hash.as_str())
         && st.expires_at == built.expires_at
 }
 
-/// The Secret as the pass read it. A credential field sent as null keeps its value: the Secret is read for it if
-/// the pass did not read it.
-async fn read_for_nulls(
-    api: &Api<Secret>,
-    name: &str,
-    known: &Known,
-    answer: &CachedFetch,
-) -> Result<Option<Secret>, Error> {
-    if known.read.is_none() && known.exists && build::has_null_fields(answer) {
-        return api.get_opt(name).await.map_err(Error::ReadSecret);
-    }
-    Ok(known.read.clone())
-}
-
 /// What the Secret index holds for the target (`None`: the index is not ready), read just before a write: while it
 /// still holds that, the write's own watch event has not arrived.
-fn indexed_before(ca: &ConnectedAccount, ctx: &Context) -> Option<Option<String>> {
-    let id = SecretId::new(ca.namespace().unwrap_or_default(), ca.secret_name());
+fn indexed_before(subject: &Subject<'_>, ctx: &Context) -> Option<Option<String>> {
     ctx.secrets
-        .get(&id)
+        .get(&subject.secret)
         .map(|e| e.map(|e| e.resource_version))
         .ok()
 }
@@ -226,23 +205,24 @@ fn indexed_before(ca: &ConnectedAccount, ctx: &Context) -> Option<Option<String>
 /// Write `desired`: create it when no Secret of its name was `found`, Merge-apply it into the one `read`, or
 /// apply it. What the API server refused for a reason the spec can fix is a failure; other API errors end the pass.
 async fn put(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     api: &Api<Secret>,
     desired: &Secret,
     read: Option<&Secret>,
     found: bool,
 ) -> Result<Result<Secret, SyncFailure>, Error> {
-    let name = ca.secret_name();
-    let manager = secret::field_manager(ca);
+    let w = &subject.writer;
+    let name = &w.secret;
+    let manager = w.field_manager();
     // A Secret the operator has not seen is created, never applied: a Secret of that name created meanwhile
     // (after the operator's watch last saw the namespace) is refused by the API server, not adopted.
-    let merge = ca.spec.target.creation_policy == CreationPolicy::Merge;
+    let merge = w.merges();
     let create = !found && !merge;
     let applied = if create {
-        create_secret(ca, api, &manager, desired).await
+        create_secret(api, &manager, desired).await
     } else if merge {
-        match merge_secret(ca, ctx, api, &manager, desired, read).await? {
+        match merge_secret(subject, ctx, api, &manager, desired, read).await? {
             Merged::Written(w) => *w,
             Merged::Refused(f) => return Ok(Err(f)),
         }
@@ -253,8 +233,8 @@ async fn put(
         Ok(s) => Ok(Ok(s)),
         // Created since the operator's view of the namespace: written only if it is this account's own.
         Err(kube::Error::Api(s)) if create && s.code == 409 => {
-            match api.get_opt(&name).await.map_err(Error::ReadSecret)? {
-                Some(e) if check_ownership(ca, &e).is_ok() => apply_secret(api, &manager, desired)
+            match api.get_opt(name).await.map_err(Error::ReadSecret)? {
+                Some(e) if check_ownership(w, &e).is_ok() => apply_secret(api, &manager, desired)
                     .await
                     .map(Ok)
                     .map_err(Error::WriteSecret),
@@ -267,21 +247,21 @@ async fn put(
             }
         }
         Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 413 | 422) => {
-            Ok(Err(refused_write(&name, &s)))
+            Ok(Err(refused_write(name, &s)))
         }
         Err(e) => Err(Error::WriteSecret(e)),
     }
 }
 
 async fn build_secret(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     known: &Known,
     validated: Validated,
     judged: &Judged,
     previous: Option<&BTreeMap<String, Vec<u8>>>,
 ) -> Result<Built, SyncFailure> {
     build::secret(build::Inputs {
-        ca,
+        subject,
         validated,
         judged,
         previous,
@@ -289,16 +269,6 @@ async fn build_secret(
         jitter: known.facts.jitter,
     })
     .await
-}
-
-/// What the operator knows of the Secret before writing it.
-enum Verdict {
-    /// It must not be written.
-    Refused(SyncFailure),
-    /// It exists and may be written.
-    Found,
-    /// No Secret of that name was seen: create it.
-    Absent,
 }
 
 /// What a Merge apply came to.
@@ -317,42 +287,40 @@ enum Merged {
 /// owners; only keys whose owners are all ConnectedAccounts that no longer exist are taken over, by a forced
 /// apply under the same guard, so it takes exactly the fields the API server named.
 async fn merge_secret(
-    ca: &ConnectedAccount,
+    subject: &Subject<'_>,
     ctx: &Context,
     api: &Api<Secret>,
     manager: &str,
     desired: &Secret,
     read: Option<&Secret>,
 ) -> Result<Merged, Error> {
-    let name = ca.secret_name();
+    let name = &subject.secret.name;
     let mut body = desired.clone();
     body.metadata.resource_version = read.and_then(|r| r.metadata.resource_version.clone());
     let params = PatchParams::apply(manager);
-    let status = match api.patch(&name, &params, &Patch::Apply(&body)).await {
+    let status = match api.patch(name, &params, &Patch::Apply(&body)).await {
         Err(kube::Error::Api(s)) if s.code == 409 => s,
         other => return Ok(Merged::Written(Box::new(other))),
     };
     let Some(conflicts) = secret::field_conflicts(&status) else {
         return Ok(Merged::Written(Box::new(Err(kube::Error::Api(status)))));
     };
-    let ns = ca.namespace().unwrap_or_default();
+    let ns = &subject.namespace;
     let mut live = Vec::new();
     for c in conflicts {
-        if read.is_none() || !ca_writer_gone(ctx, &ns, &c, read).await? {
+        if read.is_none() || !ca_writer_gone(ctx, ns, &c, read).await? {
             live.push(c);
         }
     }
     if !live.is_empty() {
-        let c = secret::merge_conflict(read, &name, &live);
+        let c = secret::merge_conflict(read, name, &live);
         return Ok(Merged::Refused(SyncFailure::new(
             Reason::SecretConflict,
             c.0,
         )));
     }
     debug!(secret = %name, "keys of ConnectedAccounts that no longer exist are taken over");
-    let forced = api
-        .patch(&name, &params.force(), &Patch::Apply(&body))
-        .await;
+    let forced = api.patch(name, &params.force(), &Patch::Apply(&body)).await;
     Ok(Merged::Written(Box::new(forced)))
 }
 
@@ -375,7 +343,6 @@ async fn apply_secret(
 /// records them as an `Update` of `manager`, which a later apply would never remove (a key dropped from the data
 /// would stay), so the entry is rewritten as the `Apply` it stands for, guarded by the new resourceVersion.
 async fn create_secret(
-    ca: &ConnectedAccount,
     api: &Api<Secret>,
     manager: &str,
     secret: &Secret,
@@ -400,7 +367,7 @@ async fn create_secret(
     }});
     match api
         .patch(
-            &ca.secret_name(),
+            &created.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
@@ -413,52 +380,30 @@ async fn create_secret(
     }
 }
 
-/// Why the built Secret must not be applied, if so: a Secret read that belongs to someone else, a type change, or a Merge key someone else owns in the Secret as read (the Merge apply is guarded by its
-/// resourceVersion, and the API server refuses what this misses). Otherwise whether a Secret of that name was seen.
-async fn refuse(
-    ca: &ConnectedAccount,
+/// Keys of a Merge write that someone else owns in the Secret as read, if any: refused before the apply, which
+/// is guarded by the read's resourceVersion (the API server refuses what this misses). Stricter than the API
+/// server, which lets two managers share a key while their values are equal (the co-owner's next value would
+/// then conflict). Keys of Merge ConnectedAccounts that no longer exist are free.
+async fn merge_keys_taken(
+    subject: &Subject<'_>,
     ctx: &Context,
-    known: &Known,
     read: Option<&Secret>,
     built: &Built,
-) -> Result<Verdict, Error> {
-    let name = ca.secret_name();
-    // Not read: a first write creates it (the API server refuses the create if someone else's Secret has the name).
-    let Some(e) = read else {
-        // Known to exist (in the index) but not read: it is there.
-        return Ok(if known.exists {
-            Verdict::Found
-        } else {
-            Verdict::Absent
-        });
+) -> Result<Option<SyncFailure>, Error> {
+    let (Some(e), Some(data), true) = (read, built.secret.data.as_ref(), subject.writer.merges())
+    else {
+        return Ok(None);
     };
-    let conflict = |m: String| {
-        Ok(Verdict::Refused(SyncFailure::new(
-            Reason::SecretConflict,
-            m,
-        )))
-    };
-    if let Err(c) = check_ownership(ca, e) {
-        return conflict(format!("spec.target.name: {}", c.0));
-    }
-    if let Some(m) = secret::type_conflict(e, &built.secret) {
-        return Ok(Verdict::Refused(SyncFailure::new(Reason::InvalidSpec, m)));
-    }
-    if ca.spec.target.creation_policy == CreationPolicy::Merge
-        && let Some(data) = built.secret.data.as_ref()
-    {
-        let ns = ca.namespace().unwrap_or_default();
-        let mut owned = Vec::new();
-        for c in secret::key_owners(ca, e, data.keys()) {
-            if !ca_writer_gone(ctx, &ns, &c, Some(e)).await? {
-                owned.push(c);
-            }
-        }
-        if !owned.is_empty() {
-            return conflict(secret::merge_conflict(Some(e), &name, &owned).0);
+    let mut owned = Vec::new();
+    for c in secret::key_owners(&subject.writer, e, data.keys()) {
+        if !ca_writer_gone(ctx, &subject.namespace, &c, Some(e)).await? {
+            owned.push(c);
         }
     }
-    Ok(Verdict::Found)
+    Ok((!owned.is_empty()).then(|| {
+        let c = secret::merge_conflict(Some(e), &subject.secret.name, &owned);
+        SyncFailure::new(Reason::SecretConflict, c.0)
+    }))
 }
 
 /// Whether `c`'s owner is the field manager of a Merge ConnectedAccount that no longer exists (its keys are free).
