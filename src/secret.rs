@@ -19,6 +19,7 @@ use crate::crd::{
     ACCOUNT_ID_ANNOTATION, ConnectedAccount, CreationPolicy, DeletionPolicy, EXPIRES_AT_ANNOTATION,
     MANAGED_BY_LABEL, MANAGER, OWNER_ANNOTATION, TargetSpec, WATCH_LABEL,
 };
+use crate::reason::{Reason, SyncFailure};
 
 /// Prefix of a Merge writer's annotation: `merge.pipedream-secrets.io/<uid>: <name>`.
 pub const MERGE_ANNOTATION_PREFIX: &str = "merge.pipedream-secrets.io/";
@@ -474,6 +475,49 @@ pub fn up_to_date(existing: &Secret, desired: &Secret, manager: &str) -> bool {
         && subset(&desired.metadata.annotations, existing.annotations())
         && owner_ok
         && type_conflict(existing, desired.type_.as_deref()).is_none()
+}
+
+/// The API server refused the Secret: name the spec field that caused it, from the fields its answer names
+/// (`details.causes[].field`, as for every validation error: `metadata.labels`, `type`, `data[key]`). Its message
+/// names fields and keys, never data values.
+pub fn refused_write(secret: &str, status: &kube::core::Status) -> SyncFailure {
+    let code = status.code;
+    let message: String = status.message.chars().take(300).collect();
+    if code == 403 || code == 413 {
+        return SyncFailure::new(
+            Reason::SecretWriteFailed,
+            format!("the API server refused to write Secret {secret} (HTTP {code}): {message}"),
+        );
+    }
+    let causes = status.details.iter().flat_map(|d| d.causes.iter());
+    let field = causes
+        .map(|c| spec_field(&c.field))
+        .find(|f| *f != "spec.target")
+        .unwrap_or("spec.target");
+    SyncFailure::new(
+        Reason::InvalidSpec,
+        format!("{field}: the API server refused Secret {secret}: {message}"),
+    )
+}
+
+/// The spec field that sets a Secret field the API server named.
+fn spec_field(secret_field: &str) -> &'static str {
+    let under = |prefix: &str| {
+        secret_field == prefix
+            || secret_field.starts_with(&format!("{prefix}."))
+            || secret_field.starts_with(&format!("{prefix}["))
+    };
+    if under("metadata.labels") {
+        "spec.target.labels"
+    } else if under("metadata.annotations") {
+        "spec.target.annotations"
+    } else if under("type") {
+        "spec.target.type"
+    } else if under("data") || under("stringData") {
+        "spec.target.template.data"
+    } else {
+        "spec.target"
+    }
 }
 
 #[cfg(test)]

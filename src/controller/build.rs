@@ -1,8 +1,7 @@
 //! The build step of a pass, without a client: from an answer, the spec and the Secret's previous data to the
-//! Secret to apply ([`secret`]); from a pass's outcome and the old status to the new status ([`synced_status`],
-//! [`failed_status`]). Rendering a template runs off the async runtime, under the template's own limits.
-//! (Over 400 lines: everything a pass produces without I/O, the Secret, the status, its Events and the pods'
-//! risk, is built here from the same inputs; tests in build/tests.rs.)
+//! Secret to apply ([`secret`]) and whether pods get it in time ([`pod_risk`]); from a pass's outcome and the old
+//! status to what it reports ([`report`], in build/status.rs). Rendering a template runs off the async runtime,
+//! under the template's own limits.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,12 +11,10 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::warn;
 
 use super::fetch::CachedFetch;
-use super::plan::{self, Cause, Judged};
-use super::restart::Restarted;
+use super::plan::{Cause, Judged};
 use super::spec::Validated;
-use super::status::upsert_condition;
 use super::subject::Subject;
-use crate::crd::{AccountSummary, ConnectedAccountStatus};
+use crate::crd::AccountSummary;
 use crate::pipedream::Credentials;
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
@@ -273,9 +270,57 @@ async fn secret_data(
     }
 }
 
+/// How a write pass left the Secret built from its answer.
+pub struct Wrote {
+    /// It was written (else it already held this).
+    pub written: bool,
+    /// The Secret existed before the pass.
+    pub existed: bool,
+    /// Why the answer was written.
+    pub cause: Cause,
+    /// The Secret's resourceVersion after the pass.
+    pub version: Option<String>,
+    /// The connection used, as `Kind/name`.
+    pub connection: String,
+    /// The refresh policy.
+    pub policy: Policy,
+    /// Now.
+    pub now: Timestamp,
+}
+
+impl Built {
+    /// What a pass that left this Secret as `w` says: what was written, and whether pods get it in time.
+    pub fn synced(self, subject: &Subject<'_>, w: Wrote) -> Synced {
+        let st = &subject.status;
+        let same_data = st.data_hash.as_deref() == Some(self.hash.as_str());
+        // New data in place of credentials that expire: how long before they do.
+        let replaced = (!same_data)
+            .then(|| st.expires_at.as_deref().and_then(schedule::parse_ts))
+            .flatten();
+        let pod_risk = pod_risk(w.policy, self.upcoming_lead(w.now), w.now, replaced);
+        let written = w
+            .written
+            .then(|| written(w.existed, w.cause, same_data, subject.spec_changed()));
+        Synced {
+            secret_name: subject.secret.name.clone(),
+            connection: Some(w.connection),
+            expires_at: self.expires_at,
+            next: self.next,
+            account: Some(self.account),
+            data_hash: Some(self.hash),
+            confirmed: true,
+            written,
+            restart: None,
+            wake: None,
+            pod_risk: Some(pod_risk),
+            secret_version: w.version,
+        }
+    }
+}
+
 /// What a write is: a Secret that did not exist is created; one restored to the data last written, for no
 /// change of spec, had drifted; anything else is new data.
-pub fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool) -> Written {
+fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool) -> Written {
     match (
         existed,
         cause == Cause::Repair && same_data && !spec_changed,
@@ -286,273 +331,9 @@ pub fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool)
     }
 }
 
-/// A pass that ends with the Secret right.
-#[derive(Clone, Debug)]
-pub struct Synced {
-    /// The Secret's name.
-    pub secret_name: String,
-    /// The connection used, as `Kind/name`.
-    pub connection: Option<String>,
-    /// Expiry of the credentials in the Secret.
-    pub expires_at: Option<String>,
-    /// When to fetch next.
-    pub next: Timestamp,
-    /// What Pipedream said about the account.
-    pub account: Option<AccountSummary>,
-    /// Hash of the data in the Secret.
-    pub data_hash: Option<String>,
-    /// The data was confirmed against an answer in this pass (not only found unchanged).
-    pub confirmed: bool,
-    /// What was written, if anything.
-    pub written: Option<Written>,
-    /// A rollout restart done in this pass.
-    pub restart: Option<Restarted>,
-    /// Reconcile again by then, before the next fetch (a rollout restart held back until then).
-    pub wake: Option<Timestamp>,
-    /// Whether pods get credentials in time, when this pass judged it (else status keeps what it said).
-    pub pod_risk: Option<PodRisk>,
-    /// The Secret's resourceVersion after this pass (written or read).
-    pub secret_version: Option<String>,
-}
+mod status;
 
-impl Synced {
-    /// A pass that found the Secret right and nothing due: what status already says.
-    pub fn unchanged(subject: &Subject<'_>, next: Timestamp) -> Self {
-        let st = subject.status.clone();
-        Self {
-            secret_name: subject.secret.name.clone(),
-            connection: st.connection,
-            expires_at: st.expires_at,
-            next,
-            account: st.account,
-            data_hash: st.data_hash,
-            confirmed: false,
-            written: None,
-            restart: None,
-            wake: None,
-            pod_risk: None,
-            secret_version: st.secret_resource_version,
-        }
-    }
-
-    /// When the pass after this one runs: the next fetch, or earlier when a restart waits.
-    pub fn requeue_at(&self) -> Timestamp {
-        self.wake.map_or(self.next, |w| w.min(self.next))
-    }
-
-    /// The Ready message.
-    pub fn message(&self, account_id: &str) -> String {
-        match &self.expires_at {
-            Some(e) => format!(
-                "Secret {} holds credentials for {account_id} valid until {e}",
-                self.secret_name
-            ),
-            None => format!(
-                "Secret {} holds credentials for {account_id} (no expiry)",
-                self.secret_name
-            ),
-        }
-    }
-}
-
-/// The Event of a successful pass, if any: a Secret created or repaired, a spec change applied, or Ready
-/// becoming True again. A routine refresh is in status and metrics only.
-pub fn synced_event(
-    account_id: &str,
-    s: &Synced,
-    spec_changed: bool,
-    ready_changed: bool,
-) -> Option<(&'static str, String)> {
-    let msg = s.message(account_id);
-    let name = &s.secret_name;
-    match s.written {
-        Some(Written::SecretCreated) => {
-            Some(("SecretCreated", format!("created Secret {name}; {msg}")))
-        }
-        Some(Written::DriftCorrected) => Some((
-            "DriftCorrected",
-            format!("Secret {name} differed from the last synced data and was restored"),
-        )),
-        Some(Written::SecretUpdated) if spec_changed => {
-            Some(("SecretUpdated", format!("updated Secret {name}; {msg}")))
-        }
-        _ if ready_changed => Some((Reason::SecretSynced.as_str(), msg)),
-        _ => None,
-    }
-}
-
-/// The status after a successful pass.
-pub fn synced_status(
-    subject: &Subject<'_>,
-    s: &Synced,
-    forced: Option<&str>,
-    now: Timestamp,
-) -> ConnectedAccountStatus {
-    let old = &subject.status;
-    let mut st = old.clone();
-    let generation = subject.generation;
-    let msg = s.message(&subject.spec.account_id);
-    upsert_condition(
-        &mut st.conditions,
-        crate::crd::READY,
-        true,
-        Reason::SecretSynced.as_str(),
-        &msg,
-        generation,
-        now,
-    );
-    upsert_condition(
-        &mut st.conditions,
-        crate::crd::EXPIRED,
-        false,
-        "Fresh",
-        "the Secret holds unexpired credentials",
-        generation,
-        now,
-    );
-    st.observed_generation = generation;
-    st.secret_name = Some(s.secret_name.clone());
-    st.connection = s.connection.clone();
-    st.expires_at = s.expires_at.clone();
-    if s.confirmed {
-        st.last_sync_time = Some(format_ts(now));
-    }
-    st.next_sync_time = Some(format_ts(s.next));
-    st.account = s.account.clone();
-    st.data_hash = s.data_hash.clone();
-    st.secret_resource_version = s.secret_version.clone();
-    if s.confirmed && forced.is_some() {
-        st.last_force_sync = forced.map(str::to_string);
-    }
-    if let Some(r) = &s.pod_risk {
-        let reason = if r.at_risk { REFRESH_TOO_LATE } else { IN_TIME };
-        upsert_condition(
-            &mut st.conditions,
-            PODS_AT_RISK,
-            r.at_risk,
-            reason,
-            &r.message,
-            generation,
-            now,
-        );
-        if let Some(l) = r.lead {
-            st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
-        }
-    }
-    record_restart(
-        &mut st,
-        !subject.spec.rollout_restart_targets.is_empty(),
-        old,
-        s,
-    );
-    st
-}
-
-/// What status keeps of rollout restarts: the last one and the data the pods restarted (or started) with.
-fn record_restart(
-    st: &mut ConnectedAccountStatus,
-    has_targets: bool,
-    old: &ConnectedAccountStatus,
-    s: &Synced,
-) {
-    if let Some(r) = &s.restart {
-        st.last_restart_time = Some(format_ts(r.at));
-        st.restarted_data_hash = s.data_hash.clone();
-        st.restarted_expires_at = s.expires_at.clone();
-    } else if !has_targets {
-        st.restarted_data_hash = None;
-        st.restarted_expires_at = None;
-    } else if st.restarted_data_hash.is_none() {
-        // The pods started with the first data written (the one before this pass, if any).
-        let (hash, expires) = match &old.data_hash {
-            Some(h) => (Some(h.clone()), old.expires_at.clone()),
-            None => (s.data_hash.clone(), s.expires_at.clone()),
-        };
-        st.restarted_data_hash = hash;
-        st.restarted_expires_at = expires;
-    }
-}
-
-/// The status after a failed pass: the Secret (and what status says about it) stays; `Expired` says whether the
-/// credentials it holds are past their expiry.
-pub fn failed_status(
-    subject: &Subject<'_>,
-    f: &SyncFailure,
-    next: Timestamp,
-    forced: Option<&str>,
-    now: Timestamp,
-) -> ConnectedAccountStatus {
-    let old = &subject.status;
-    let generation = subject.generation;
-    let mut st = old.clone();
-    upsert_condition(
-        &mut st.conditions,
-        crate::crd::READY,
-        false,
-        f.reason.as_str(),
-        &f.message,
-        generation,
-        now,
-    );
-    if let Some(exp) = old.expires_at.as_deref().and_then(schedule::parse_ts) {
-        let expired = exp <= now;
-        let message = if expired {
-            format!(
-                "the credentials in the Secret expired at {}",
-                format_ts(exp)
-            )
-        } else {
-            "the Secret holds unexpired credentials".to_string()
-        };
-        let reason = if expired {
-            "CredentialsExpired"
-        } else {
-            "Fresh"
-        };
-        upsert_condition(
-            &mut st.conditions,
-            crate::crd::EXPIRED,
-            expired,
-            reason,
-            &message,
-            generation,
-            now,
-        );
-    }
-    st.observed_generation = generation;
-    st.next_sync_time = Some(format_ts(next));
-    if forced.is_some() {
-        st.last_force_sync = forced.map(str::to_string);
-    }
-    st
-}
-
-/// Whether a new status needs writing: it changed, except that a change of `nextSyncTime` alone to a time under
-/// [`plan::UNPERSISTED_RETRY`] away is kept in memory only, so fast polling does not rewrite status (and trigger a
-/// watch event) every second.
-pub fn status_needs_write(
-    had_status: bool,
-    old: &ConnectedAccountStatus,
-    new: &ConnectedAccountStatus,
-    now: Timestamp,
-) -> bool {
-    if !had_status {
-        return true;
-    }
-    if old == new {
-        return false;
-    }
-    let only_next = ConnectedAccountStatus {
-        next_sync_time: old.next_sync_time.clone(),
-        ..new.clone()
-    } == *old;
-    let soon = new
-        .next_sync_time
-        .as_deref()
-        .and_then(schedule::parse_ts)
-        .is_some_and(|t| t < schedule::add(now, plan::UNPERSISTED_RETRY));
-    !(only_next && soon)
-}
+pub use status::{Ending, Outcome, Report, Said, Synced, report};
 
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
+use super::conditions::{ready_changed, upsert_condition};
 use super::resolve::{credentials_version, dispatcher};
-use super::status::{apply_status, event_type, publish, ready_changed, upsert_condition};
+use super::status::{apply_status, event_type, publish};
 use super::{Context, ObjectState};
 use crate::controller::Error;
 use crate::crd::{

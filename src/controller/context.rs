@@ -17,6 +17,7 @@ use super::targets::SecretIndex;
 use crate::crd::{ClusterPipedreamConnection, MANAGER, PipedreamConnection};
 use crate::identity::AccountKey;
 use crate::metrics::{Metrics, QueueStats};
+use crate::rules::plan::Answer;
 
 /// Labels of an object.
 type Labels = BTreeMap<String, String>;
@@ -138,16 +139,6 @@ pub struct ObjectState {
     pub uses: Option<AccountKey>,
     /// Its passes' outcomes (the per-object sync counter).
     pub syncs: crate::metrics::SyncCounts,
-}
-
-/// A digest of a status, to tell whether a cached object carries the status last written.
-pub fn status_digest(status: Option<&crate::crd::ConnectedAccountStatus>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&status)
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
 }
 
 /// Everything a reconcile needs.
@@ -325,6 +316,36 @@ impl Context {
         });
         if let Some(from) = moved {
             self.fetcher.cache.switch_use(from.as_ref(), key, tenant);
+        }
+    }
+
+    /// The answer a pass of ConnectedAccount `uid` (in namespace `tenant`, with memory `mem`) decides from, now
+    /// that it uses `key`: the attempt it asked for once it arrived, else the last success for `key`; and whether
+    /// it read the attempt it asked for (which ends the cache's wait for it, at once: see [`Self::answer_read`]).
+    pub fn answer_for(
+        &self,
+        uid: &str,
+        tenant: &str,
+        mem: &ObjectState,
+        key: Option<&AccountKey>,
+    ) -> (Answer, bool) {
+        self.use_account(uid, tenant, key);
+        let cache = &self.fetcher.cache;
+        let asked = mem
+            .asked
+            .as_ref()
+            .filter(|(k, _)| Some(k) == key)
+            .map(|(_, g)| *g);
+        match (asked, key) {
+            (Some(g), Some(k)) => match cache.attempt_after(k, g) {
+                Some(a) => {
+                    self.answer_read(uid);
+                    (Answer::Arrived(a), true)
+                }
+                None => (Answer::Awaited, false),
+            },
+            (None, Some(k)) => (Answer::Last(cache.last_ok(k)), false),
+            (_, None) => (Answer::Last(None), false),
         }
     }
 

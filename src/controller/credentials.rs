@@ -22,7 +22,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The `namespace/name` of each Secret a connection spec reads (`own` is a namespaced connection's namespace;
 /// a cluster connection's refs name theirs).
-pub fn secrets_read(spec: &impl ConnectionSettings, own: Option<&str>) -> Vec<(String, String)> {
+pub fn secrets_read(
+    spec: &(impl ConnectionSettings + ?Sized),
+    own: Option<&str>,
+) -> Vec<(String, String)> {
     let auth = spec.auth();
     let refs = auth
         .oauth

@@ -7,7 +7,71 @@
 use jiff::Timestamp;
 
 use super::ObjectState;
+use crate::crd::ConnectedAccountStatus;
 use crate::identity::AccountKey;
+use crate::rules::plan::Remembered;
+use crate::schedule::{self, parse_ts};
+use tracing::debug;
+
+/// How long a pass waits for the watch to deliver the operator's own last status write before it takes the cached
+/// status as it is (someone else changed it).
+const STALE_CACHE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon it looks again meanwhile.
+const STALE_CACHE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a pass waits for the Secret watch to deliver the operator's own last Secret write before it reads the
+/// Secret (the watch is lagging or broken). A change by someone else right after a write shows in the index as a
+/// third version and is read at once; only a deletion within this window waits it out.
+const INDEX_LAG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When to look again, if this process wrote something the watches have not delivered yet: a cached object older
+/// than its own status write (the Secret's watch event came first) would decide from the status before that write
+/// and write it back; until the Secret index (which holds `indexed` for the target: `Some(None)` nothing, `None`
+/// not ready) has seen its Secret write, the pass would have to read the Secret (a Merge target is read anyway).
+pub fn awaits_watch(
+    o: &ObjectState,
+    raw_status: Option<&ConnectedAccountStatus>,
+    indexed: Option<Option<&str>>,
+    merge: bool,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if let Some((digest, at)) = o.written_status
+        && digest != status_digest(raw_status)
+        && now < schedule::add(at, STALE_CACHE_PATIENCE)
+    {
+        debug!("the cached object predates the last status write; waiting for the watch");
+        return Some(schedule::add(now, STALE_CACHE_RECHECK));
+    }
+    let (before, at) = o.index_before_write.as_ref()?;
+    let lagging = now < schedule::add(*at, INDEX_LAG_PATIENCE)
+        && !merge
+        && indexed == Some(before.as_deref());
+    lagging.then(|| {
+        debug!("the Secret index has not seen the last Secret write; waiting for the watch");
+        schedule::add(now, STALE_CACHE_RECHECK)
+    })
+}
+
+/// What the memory `o` says for the plan, with the connection now at `connection_version`; `connection_failed`:
+/// status records a failure a change to the connection can fix.
+pub fn remembered(
+    o: &ObjectState,
+    connection_version: Option<&String>,
+    connection_failed: bool,
+) -> Remembered {
+    Remembered {
+        retry_at: o.retry_at,
+        last_forced: o.last_forced,
+        last_failed: o.last_failed,
+        connection_changed: match &o.failed_connection_version {
+            Some(was) => connection_version != Some(was),
+            // This process has not tried the object yet (a new leader, a restart): nobody knows whether the
+            // connection a recorded connection failure was about has changed since, so it is tried once.
+            None => o.failures == 0 && connection_failed,
+        },
+        asked: o.asked.is_some(),
+    }
+}
 
 /// One pass's change to [`ObjectState`].
 #[derive(Debug, Default)]
@@ -89,9 +153,10 @@ impl MemoryChange {
         self.ended = Some(ended);
     }
 
-    /// The pass wrote status with this `nextSyncTime` and digest, at `at`.
-    pub fn status_written(&mut self, next_sync: Option<Timestamp>, digest: u64, at: Timestamp) {
-        self.status_written = Some((next_sync, digest, at));
+    /// The pass wrote `status`, at `at`.
+    pub fn status_written(&mut self, status: &ConnectedAccountStatus, at: Timestamp) {
+        let next_sync = status.next_sync_time.as_deref().and_then(parse_ts);
+        self.status_written = Some((next_sync, status_digest(Some(status)), at));
     }
 
     /// The next pass is due at `at`.
@@ -147,6 +212,16 @@ impl MemoryChange {
             o.next_pass = Some(at);
         }
     }
+}
+
+/// A digest of a status, to tell whether a cached object carries the status last written.
+pub fn status_digest(status: Option<&ConnectedAccountStatus>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&status)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod build;
 mod cached;
+mod conditions;
 mod connection;
 mod context;
 mod credentials;

@@ -16,7 +16,7 @@ use crate::access::{self, Admission};
 use crate::controller::Error;
 use crate::crd::{
     AccessRule, ClusterPipedreamConnection, ConnectionKind, ConnectionRef, ConnectionSettings,
-    SecretKeyRef,
+    PipedreamConnection, SecretKeyRef,
 };
 use crate::identity::{ConnectionId, ConnectionKey};
 use crate::pipedream::{
@@ -24,13 +24,14 @@ use crate::pipedream::{
     SecretString,
 };
 use crate::reason::{Reason, SyncFailure};
+use crate::rules::plan::Usable;
 
 /// A usable connection.
 pub struct Resolved {
     /// Its client and fetch queue.
     pub dispatcher: Arc<Dispatcher>,
-    /// Narrowing the fetched account must satisfy.
-    pub admission: Admission,
+    /// What a pass's plan needs of it: the narrowing the fetched account must satisfy, and its name.
+    pub usable: Usable,
     /// The connection's resourceVersion (a failure caused by the connection is retried when it changes).
     pub version: Option<String>,
 }
@@ -118,7 +119,8 @@ pub async fn resolve(ns: &str, named: Option<&ConnectionRef>, ctx: &Context) -> 
         )))
     };
     let name = id.name.clone();
-    match id.kind {
+    // The connection found, and which accounts it admits for this namespace: asked before its dispatcher is made.
+    let (found, admission) = match id.kind {
         ConnectionKind::PipedreamConnection => {
             let store = ctx
                 .connections
@@ -129,19 +131,12 @@ pub async fn resolve(ns: &str, named: Option<&ConnectionRef>, ctx: &Context) -> 
                     "spec.connectionRef: PipedreamConnection {ns}/{name} not found"
                 ));
             };
-            let version = conn.meta().resource_version.clone();
-            Ok(usable(
-                ctx,
-                id,
-                &conn.spec,
-                Admission::Unrestricted,
-                version,
-            ))
+            (Found::Namespaced(conn), Admission::Unrestricted)
         }
         ConnectionKind::ClusterPipedreamConnection if ctx.settings.cluster_connections_disabled => {
-            not_found(format!(
+            return not_found(format!(
                 "ClusterPipedreamConnection {name}: this installation is namespace-scoped and does not use cluster connections; reference a PipedreamConnection in spec.connectionRef"
-            ))
+            ));
         }
         ConnectionKind::ClusterPipedreamConnection => {
             let Some(conn) = ctx.cluster_connections.get(&ObjectRef::new(&name)) else {
@@ -149,20 +144,31 @@ pub async fn resolve(ns: &str, named: Option<&ConnectionRef>, ctx: &Context) -> 
                     "ClusterPipedreamConnection {name} not found (spec.connectionRef or --default-connection)"
                 ));
             };
-            let version = conn.meta().resource_version.clone();
             let admission = admit(ctx, &conn, &ns).await?;
             if admission == Admission::Denied {
                 let m = format!(
                     "namespace {ns} is not admitted by the access rules of ClusterPipedreamConnection {name}"
                 );
+                let version = conn.meta().resource_version.clone();
                 return Ok(Err(unusable(
                     SyncFailure::new(Reason::AccessDenied, m),
                     version,
                 )));
             }
-            Ok(usable(ctx, id, &conn.spec, admission, version))
+            (Found::Cluster(conn), admission)
         }
-    }
+    };
+    let (spec, version): (&dyn ConnectionSettings, _) = match &found {
+        Found::Namespaced(c) => (&c.spec, c.meta().resource_version.clone()),
+        Found::Cluster(c) => (&c.spec, c.meta().resource_version.clone()),
+    };
+    Ok(usable(ctx, id, spec, admission, version))
+}
+
+/// A connection found in the stores.
+enum Found {
+    Namespaced(Arc<PipedreamConnection>),
+    Cluster(Arc<ClusterPipedreamConnection>),
 }
 
 /// Whether namespace `ns` may use cluster connection `conn` (its labels read only for selector rules).
@@ -190,14 +196,17 @@ async fn admit(
 fn usable(
     ctx: &Context,
     id: ConnectionId,
-    spec: &impl ConnectionSettings,
+    spec: &(impl ConnectionSettings + ?Sized),
     admission: Admission,
     version: Option<String>,
 ) -> Result<Resolved, Unusable> {
     match dispatcher(ctx, id, spec) {
         Ok(dispatcher) => Ok(Resolved {
+            usable: Usable {
+                admission,
+                name: dispatcher.key.id.to_string(),
+            },
             dispatcher,
-            admission,
             version,
         }),
         Err(e) => Err(unusable(e.for_account(), version)),
@@ -209,7 +218,7 @@ fn usable(
 pub(super) fn dispatcher(
     ctx: &Context,
     id: ConnectionId,
-    spec: &impl ConnectionSettings,
+    spec: &(impl ConnectionSettings + ?Sized),
 ) -> Result<Arc<Dispatcher>, DispatcherError> {
     if id.tenant_controlled() {
         ctx.settings
@@ -277,7 +286,7 @@ impl DispatcherError {
 /// connection's own namespace (None for a cluster connection, whose refs name theirs).
 pub fn client_parts(
     client: Client,
-    spec: &impl ConnectionSettings,
+    spec: &(impl ConnectionSettings + ?Sized),
     namespace: Option<&str>,
 ) -> Result<(ClientSettings, MaterialLoader), CredentialsError> {
     let auth = spec.auth();
@@ -317,7 +326,7 @@ pub fn client_parts(
 /// that cannot be read): a change means rotated credentials.
 pub async fn credentials_version(
     client: &Client,
-    spec: &impl ConnectionSettings,
+    spec: &(impl ConnectionSettings + ?Sized),
     namespace: Option<&str>,
 ) -> String {
     let mut versions = Vec::new();

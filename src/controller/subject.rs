@@ -5,10 +5,14 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::conditions::ready_of;
+use super::plan::Recorded;
 use super::targets::SecretId;
 use crate::crd::{
     ConnectedAccount, ConnectedAccountSpec, ConnectedAccountStatus, FORCE_SYNC_ANNOTATION,
 };
+use crate::reason::Reason;
+use crate::schedule::parse_ts;
 use crate::secret::Writer;
 
 /// One ConnectedAccount, as a pass sees it.
@@ -25,10 +29,14 @@ pub struct Subject<'a> {
     pub spec: &'a ConnectedAccountSpec,
     /// Its status as recorded (empty when it has none).
     pub status: ConnectedAccountStatus,
-    /// The status exactly as recorded (for the digest of the operator's own status writes).
-    pub recorded: Option<&'a ConnectedAccountStatus>,
-    /// The force-sync annotation's value.
-    pub force_sync: Option<&'a str>,
+    /// The status exactly as recorded, `None` when it has none.
+    pub raw_status: Option<&'a ConnectedAccountStatus>,
+    /// What its status and annotations say for the plan (`next_due` as status records it).
+    pub recorded: Recorded,
+    /// Ready is False for a reason a change to the connection can fix (AuthFailed, ConnectionNotReady, ...).
+    pub connection_failed: bool,
+    /// Ready is False with `SecretConflict`: the Secret's name was found taken.
+    pub name_taken: bool,
     /// The target Secret.
     pub secret: SecretId,
     /// It as that Secret knows it.
@@ -43,18 +51,35 @@ impl<'a> Subject<'a> {
     /// Read `ca` once.
     pub fn of(ca: &'a ConnectedAccount) -> Self {
         let writer = Writer::of(ca);
+        let status = ca.status.clone().unwrap_or_default();
+        let ready = ready_of(&status.conditions);
+        let failed_for = ready
+            .as_ref()
+            .filter(|(s, _)| s == "False")
+            .and_then(|(_, r)| r.parse::<Reason>().ok());
+        let recorded = Recorded {
+            forced: ca
+                .annotations()
+                .get(FORCE_SYNC_ANNOTATION)
+                .filter(|v| status.last_force_sync.as_ref() != Some(*v))
+                .cloned(),
+            spec_changed: status.observed_generation != ca.metadata.generation,
+            next_due: status.next_sync_time.as_deref().and_then(parse_ts),
+            failed: ready.as_ref().is_some_and(|(s, _)| s == "False"),
+            ready: ready.as_ref().is_some_and(|(s, _)| s == "True"),
+            held_expiry: status.expires_at.as_deref().and_then(parse_ts),
+        };
         Self {
             uid: writer.uid.clone(),
             namespace: writer.namespace.clone(),
             name: writer.name.clone(),
             generation: ca.metadata.generation,
             spec: &ca.spec,
-            status: ca.status.clone().unwrap_or_default(),
-            recorded: ca.status.as_ref(),
-            force_sync: ca
-                .annotations()
-                .get(FORCE_SYNC_ANNOTATION)
-                .map(String::as_str),
+            raw_status: ca.status.as_ref(),
+            recorded,
+            connection_failed: failed_for.is_some_and(Reason::about_connection),
+            name_taken: failed_for == Some(Reason::SecretConflict),
+            status,
             secret: SecretId::new(writer.namespace.clone(), writer.secret.clone()),
             writer,
             reference: ObjectRef::from_obj(ca),
@@ -64,6 +89,6 @@ impl<'a> Subject<'a> {
 
     /// The spec changed since status last recorded it.
     pub fn spec_changed(&self) -> bool {
-        self.status.observed_generation != self.generation
+        self.recorded.spec_changed
     }
 }

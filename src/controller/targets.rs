@@ -92,7 +92,11 @@ impl<V> Default for IndexState<V> {
 }
 
 impl<V: Kept> IndexState<V> {
-    fn apply(&mut self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+    fn apply_event(
+        &mut self,
+        scope: &Option<String>,
+        event: &watcher::Event<PartialObjectMeta<Secret>>,
+    ) {
         let id = |m: &PartialObjectMeta<Secret>| {
             let ns = m.namespace().or_else(|| scope.clone());
             SecretId::new(ns.unwrap_or_default(), m.name_any())
@@ -151,11 +155,15 @@ impl<V: Kept> ScopedIndex<V> {
     }
 
     /// Apply one watch event of `scope`'s watch (the same events a reflector store takes).
-    pub fn apply(&self, scope: &Option<String>, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+    pub fn apply_event(
+        &self,
+        scope: &Option<String>,
+        event: &watcher::Event<PartialObjectMeta<Secret>>,
+    ) {
         lock(&self.0)
             .entry(scope.clone())
             .or_default()
-            .apply(scope, event);
+            .apply_event(scope, event);
     }
 
     /// What the index holds for `id`; `None` when it does not hold it. Before the first listing of the scope

@@ -212,7 +212,7 @@ impl Harness {
     /// Feed the Secret index what the label-selected Secret watch would have delivered by now.
     pub fn sync_index(&self) {
         for e in self.api.watch_events() {
-            self.ctx.secrets.apply(&None, &e);
+            self.ctx.secrets.apply_event(&None, &e);
         }
     }
 

@@ -66,7 +66,7 @@ pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
     /// Fingerprint of a connection spec.
-    pub fn of(spec: &impl ConnectionSettings) -> Self {
+    pub fn of(spec: &(impl ConnectionSettings + ?Sized)) -> Self {
         let mut h = Sha256::new();
         h.update(spec.api_url().trim_end_matches('/').as_bytes());
         h.update([0]);
@@ -89,7 +89,7 @@ pub struct ConnectionKey {
 
 impl ConnectionKey {
     /// The key of connection `id` with `spec`.
-    pub fn new(id: ConnectionId, spec: &impl ConnectionSettings) -> Self {
+    pub fn new(id: ConnectionId, spec: &(impl ConnectionSettings + ?Sized)) -> Self {
         Self {
             id,
             fingerprint: Fingerprint::of(spec),

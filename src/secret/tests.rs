@@ -423,3 +423,52 @@ fn a_changed_type_is_reported_instead_of_written() {
     assert!(!up_to_date(&existing, &desired, MANAGER));
     assert_eq!(data_size(&data()), 7);
 }
+
+/// A refusal names the spec field from the causes the API server lists (their `field`), not from words in
+/// its message. Bodies as kube-apiserver sends them for an invalid Secret.
+#[test]
+fn a_refused_write_names_the_spec_field_from_the_api_servers_causes() {
+    let refused = |body: serde_json::Value| {
+        let status: kube::core::Status = serde_json::from_value(body).unwrap();
+        refused_write("gh", &status).message
+    };
+    let invalid = |field: &str, message: &str| {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+            "code": 422, "message": format!("Secret \"gh\" is invalid: {field}: {message}"),
+            "details": {"name": "gh", "kind": "Secret",
+                "causes": [{"reason": "FieldValueInvalid", "message": message, "field": field}]}})
+    };
+    let m = refused(invalid("type", "Invalid value: \"x\": field is immutable"));
+    assert!(m.starts_with("spec.target.type: "), "{m}");
+    let m = refused(invalid(
+        "metadata.labels",
+        "Invalid value: \"bad value!\": a valid label must be ...",
+    ));
+    assert!(m.starts_with("spec.target.labels: "), "{m}");
+    let m = refused(invalid(
+        "data[a b]",
+        "Invalid value: \"a b\": a valid config key must consist of ...",
+    ));
+    assert!(m.starts_with("spec.target.template.data: "), "{m}");
+    let m = refused(invalid(
+        "metadata.annotations",
+        "Too long: may not be more than 262144 bytes",
+    ));
+    assert!(m.starts_with("spec.target.annotations: "), "{m}");
+    // A type refused for another reason than immutability: matching words of the message, this was
+    // "spec.target".
+    let m = refused(invalid(
+        "type",
+        "Invalid value: \"a/b/c\": a qualified name must consist of ...",
+    ));
+    assert!(m.starts_with("spec.target.type: "), "{m}");
+    // No causes: the target as a whole.
+    let m = refused(
+        serde_json::json!({"code": 400, "message": "the body of the request was in an unknown format", "reason": "BadRequest"}),
+    );
+    assert!(m.starts_with("spec.target: "), "{m}");
+    let m = refused(
+        serde_json::json!({"code": 403, "message": "secrets is forbidden", "reason": "Forbidden"}),
+    );
+    assert!(m.contains("(HTTP 403)"), "{m}");
+}

@@ -18,9 +18,21 @@ fn needs_finalizer(ca: &ConnectedAccount) -> bool {
         && ca.spec.target.deletion_policy == DeletionPolicy::Retain
 }
 
+/// A deleted object is let go (`Some`: the pass is over); any other gets or loses the finalizer as its spec
+/// needs, and its pass goes on.
+pub(super) async fn deleted_or_kept(
+    ca: &ConnectedAccount,
+    ctx: &Context,
+) -> Result<Option<Action>, Error> {
+    if ca.metadata.deletion_timestamp.is_some() {
+        return finalize(ca, ctx).await.map(Some);
+    }
+    keep(ca, ctx).await.map(|()| None)
+}
+
 /// Add or remove the finalizer as [`needs_finalizer`] says. A merge patch carrying the resourceVersion it saw:
 /// a concurrent change of the list fails it (409) and the pass is retried.
-pub(super) async fn keep(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
+async fn keep(ca: &ConnectedAccount, ctx: &Context) -> Result<(), Error> {
     let has = ca.finalizers().iter().any(|f| f == FINALIZER);
     match (needs_finalizer(ca), has) {
         (true, false) => {
@@ -62,7 +74,7 @@ async fn set_finalizers(
 
 /// On deletion: a retained Secret loses this object's ownerReference before garbage collection can follow it,
 /// then the finalizer goes and the operator forgets the object.
-pub(super) async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
+async fn finalize(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     let uid = ca.uid().unwrap_or_default();
     let_go(ca, &ctx.client).await?;
     ctx.forget(&uid);

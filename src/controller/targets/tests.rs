@@ -29,12 +29,12 @@ fn the_index_follows_the_watch_and_replaces_itself_on_a_relist() {
         Err(NotReady),
         "nothing is known before the first listing"
     );
-    idx.apply(&None, &watcher::Event::Init);
-    idx.apply(
+    idx.apply_event(&None, &watcher::Event::Init);
+    idx.apply_event(
         &None,
         &watcher::Event::InitApply(meta("gh", "5", &[(OWNER_ANNOTATION, "team-a/gh")])),
     );
-    idx.apply(
+    idx.apply_event(
         &None,
         &watcher::Event::InitApply(meta(
             "shared",
@@ -42,7 +42,7 @@ fn the_index_follows_the_watch_and_replaces_itself_on_a_relist() {
             &[("merge.pipedream-secrets.io/uid-1", "a")],
         )),
     );
-    idx.apply(&None, &watcher::Event::InitDone);
+    idx.apply_event(&None, &watcher::Event::InitDone);
     let got = idx.get(&id).unwrap().unwrap();
     assert_eq!(got.resource_version, "5");
     assert_eq!(got.owner.as_deref(), Some("team-a/gh"));
@@ -53,19 +53,19 @@ fn the_index_follows_the_watch_and_replaces_itself_on_a_relist() {
             .merge_writers,
         ["uid-1"]
     );
-    idx.apply(&None, &watcher::Event::Apply(meta("gh", "9", &[])));
+    idx.apply_event(&None, &watcher::Event::Apply(meta("gh", "9", &[])));
     assert_eq!(idx.get(&id).unwrap().unwrap().resource_version, "9");
-    idx.apply(&None, &watcher::Event::Delete(meta("gh", "9", &[])));
+    idx.apply_event(&None, &watcher::Event::Delete(meta("gh", "9", &[])));
     assert_eq!(idx.get(&id), Ok(None));
     // A re-list (after a 410) drops what it no longer lists, once it is complete.
-    idx.apply(&None, &watcher::Event::Init);
-    idx.apply(&None, &watcher::Event::InitApply(meta("gh", "12", &[])));
+    idx.apply_event(&None, &watcher::Event::Init);
+    idx.apply_event(&None, &watcher::Event::InitApply(meta("gh", "12", &[])));
     assert!(
         idx.get(&SecretId::new("team-a", "shared"))
             .unwrap()
             .is_some()
     );
-    idx.apply(&None, &watcher::Event::InitDone);
+    idx.apply_event(&None, &watcher::Event::InitDone);
     assert_eq!(idx.get(&SecretId::new("team-a", "shared")), Ok(None));
     assert_eq!(idx.len(), 1);
 }

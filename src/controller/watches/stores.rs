@@ -139,7 +139,7 @@ pub(super) fn secret_watch(
             watcher(api, list.clone().labels(&format!("{WATCH_LABEL}=true")))
                 .default_backoff()
                 .map_ok(move |e| {
-                    index.apply(&scope, &e);
+                    index.apply_event(&scope, &e);
                     e
                 })
                 .touched_objects()
