@@ -333,7 +333,7 @@ fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool) -> 
 
 mod status;
 
-pub use status::{Ending, Outcome, Report, Said, Synced, report};
+pub use status::{Ending, Outcome, Said, Synced, report};
 
 #[cfg(test)]
 mod tests;

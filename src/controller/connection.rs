@@ -155,16 +155,8 @@ where
             .map_err(Error::WriteStatus)?;
     }
     if ready_changed(&old.conditions, &c.status.conditions) {
-        let (kind, reason, note) = c.event;
-        publish(
-            ctx,
-            &obj.object_ref(&()),
-            kind,
-            reason,
-            "CheckConnection",
-            note,
-        )
-        .await;
+        let ((kind, reason, note), about) = (c.event, obj.object_ref(&()));
+        publish(ctx, &about, kind, reason, "CheckConnection", note).await;
     }
     Ok(Action::requeue(next_check(
         g.watched,

@@ -215,7 +215,7 @@ impl MemoryChange {
 }
 
 /// A digest of a status, to tell whether a cached object carries the status last written.
-pub fn status_digest(status: Option<&ConnectedAccountStatus>) -> u64 {
+fn status_digest(status: Option<&ConnectedAccountStatus>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(&status)

@@ -72,6 +72,17 @@ pub enum SecretFacts {
     WrongType(String),
 }
 
+impl SecretFacts {
+    /// Why the Secret is never written, if so.
+    fn refusal(&self) -> Option<SyncFailure> {
+        match self {
+            Self::Conflict(m) => Some(SyncFailure::new(Reason::SecretConflict, m.clone())),
+            Self::WrongType(m) => Some(SyncFailure::new(Reason::InvalidSpec, m.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// The answer the pass can use.
 #[derive(Clone, Debug)]
 pub enum Answer {
@@ -197,14 +208,8 @@ pub fn decide(f: &Facts) -> Step {
         Ok(v) => v,
         Err(e) => return Step::Fail(e.clone()),
     };
-    match &f.secret {
-        SecretFacts::Conflict(m) => {
-            return Step::Fail(SyncFailure::new(Reason::SecretConflict, m.clone()));
-        }
-        SecretFacts::WrongType(m) => {
-            return Step::Fail(SyncFailure::new(Reason::InvalidSpec, m.clone()));
-        }
-        _ => {}
+    if let Some(refused) = f.secret.refusal() {
+        return Step::Fail(refused);
     }
     let need = need(&f.recorded, f.now, f.secret == SecretFacts::Drifted);
     if need == Need::Nothing && matches!(f.answer, Answer::Last(_)) {

@@ -321,27 +321,33 @@ fn synced_status(
         st.last_force_sync = forced.map(str::to_string);
     }
     if let Some(r) = &s.pod_risk {
-        let reason = if r.at_risk { REFRESH_TOO_LATE } else { IN_TIME };
-        upsert_condition(
-            &mut st.conditions,
-            PODS_AT_RISK,
-            r.at_risk,
-            reason,
-            &r.message,
-            generation,
-            now,
-        );
-        if let Some(l) = r.lead {
-            st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
-        }
+        record_pod_risk(&mut st, r, generation, now);
     }
-    record_restart(
-        &mut st,
-        !subject.spec.rollout_restart_targets.is_empty(),
-        old,
-        s,
-    );
+    let has_targets = !subject.spec.rollout_restart_targets.is_empty();
+    record_restart(&mut st, has_targets, old, s);
     st
+}
+
+/// What status says of whether pods get new credentials in time.
+fn record_pod_risk(
+    st: &mut ConnectedAccountStatus,
+    r: &PodRisk,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let reason = if r.at_risk { REFRESH_TOO_LATE } else { IN_TIME };
+    upsert_condition(
+        &mut st.conditions,
+        PODS_AT_RISK,
+        r.at_risk,
+        reason,
+        &r.message,
+        generation,
+        now,
+    );
+    if let Some(l) = r.lead {
+        st.refresh_lead_seconds = Some(i64::try_from(l.as_secs()).unwrap_or(i64::MAX));
+    }
 }
 
 /// What status keeps of rollout restarts: the last one and the data the pods restarted (or started) with.

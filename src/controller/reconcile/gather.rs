@@ -8,13 +8,44 @@ use tracing::debug;
 
 use super::{Gathered, Known, secret_facts};
 use crate::controller::memory::{self, MemoryChange};
-use crate::controller::plan::{self, Facts, SecretFacts};
+use crate::controller::plan::{self, Facts, Recorded, Remembered, SecretFacts};
 use crate::controller::resolve::{self, connection_version};
 use crate::controller::spec;
 use crate::controller::subject::Subject;
+use crate::controller::targets::{Indexed, NotReady};
 use crate::controller::{Context, Error, ObjectState};
 use crate::identity::AccountKey;
 use crate::schedule::{self, format_ts};
+
+/// What status and memory say for the plan, or when to look again without reading anything: a wait for the
+/// watches to deliver this process's own writes, a failed object's retry, a debounced force-sync.
+fn hold(
+    subject: &Subject<'_>,
+    ctx: &Context,
+    mem: &ObjectState,
+    indexed: &Result<Option<Indexed>, NotReady>,
+    now: Timestamp,
+) -> Result<(Recorded, Remembered), Timestamp> {
+    let named = subject.spec.connection_ref.as_ref();
+    let version = connection_version(&subject.namespace, named, ctx);
+    let remembered = memory::remembered(mem, version.as_ref(), subject.connection_failed);
+    let held = indexed
+        .as_ref()
+        .ok()
+        .map(|e| e.as_ref().map(|e| e.resource_version.as_str()));
+    let merge = subject.writer.merges();
+    if let Some(at) = memory::awaits_watch(mem, subject.raw_status, held, merge, now) {
+        return Err(at);
+    }
+    // The cached object can predate this process's own status write: its time wins.
+    let mut recorded = subject.recorded.clone();
+    recorded.next_due = mem.written_next_sync.or(recorded.next_due);
+    if let Some(at) = plan::hold(&recorded, &remembered, now) {
+        debug!(until = %format_ts(at), "waiting");
+        return Err(at);
+    }
+    Ok((recorded, remembered))
+}
 
 /// Everything the decision and the write need, or when to look again without reading anything.
 pub(super) async fn gather(
@@ -25,24 +56,15 @@ pub(super) async fn gather(
     change: &mut MemoryChange,
 ) -> Result<Gathered, Error> {
     let indexed = ctx.secrets.get(&subject.secret);
+    let (recorded, remembered) = match hold(subject, ctx, mem, &indexed, now) {
+        Ok(facts) => facts,
+        Err(at) => return Ok(Gathered::Hold(at)),
+    };
     let named = subject.spec.connection_ref.as_ref();
-    let version = connection_version(&subject.namespace, named, ctx);
-    let remembered = memory::remembered(mem, version.as_ref(), subject.connection_failed);
     let held = indexed
         .as_ref()
         .ok()
-        .map(|e| e.as_ref().map(|e| e.resource_version.as_str()));
-    let merge = subject.writer.merges();
-    if let Some(at) = memory::awaits_watch(mem, subject.raw_status, held, merge, now) {
-        return Ok(Gathered::Hold(at));
-    }
-    // The cached object can predate this process's own status write: its time wins.
-    let mut recorded = subject.recorded.clone();
-    recorded.next_due = mem.written_next_sync.or(recorded.next_due);
-    if let Some(at) = plan::hold(&recorded, &remembered, now) {
-        debug!(until = %format_ts(at), "waiting");
-        return Ok(Gathered::Hold(at));
-    }
+        .map(|e| e.as_ref().map(|e| e.resource_version.clone()));
     let spec = spec::validate_spec(subject.spec, ctx.settings.propagation);
     let resolved = resolve::resolve(&subject.namespace, named, ctx).await?;
     let (connection_version, connection, resolved) = match resolved {
@@ -81,6 +103,7 @@ pub(super) async fn gather(
         key,
         read: target.read,
         exists: target.exists,
+        indexed: held,
         connection_version,
     })))
 }

@@ -61,6 +61,9 @@ struct Known {
     read: Option<Secret>,
     /// The Secret exists (in the index or as read).
     exists: bool,
+    /// The resourceVersion the Secret index held for it (`None`: the index is not ready): until the index holds
+    /// another, a write's own watch event has not arrived.
+    indexed: Option<Option<String>>,
     /// The connection's resourceVersion (a failure it caused is retried when it changes).
     connection_version: Option<String>,
 }

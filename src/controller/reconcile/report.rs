@@ -6,7 +6,7 @@ use kube::Api;
 use tracing::{info, warn};
 
 use super::Known;
-use crate::controller::build::{self, Ending, Outcome, Report, Said};
+use crate::controller::build::{self, Ending, Outcome, Said};
 use crate::controller::memory::MemoryChange;
 use crate::controller::status::{apply_status, event_type, publish};
 use crate::controller::subject::Subject;
@@ -31,30 +31,24 @@ pub(super) async fn report(
         connection_version: known.connection_version.as_deref(),
         default_propagation: ctx.settings.propagation,
     };
-    let Report {
-        status,
-        write_status,
-        events,
-        ended,
-        next,
-        said,
-    } = build::report(&ending, outcome);
+    let r = build::report(&ending, outcome);
+    let status = &r.status;
     // Stamped when the write happened, not when the pass began: the stale-cache guard waits for the watch to
     // deliver this write, counting from it.
-    let written_at = if write_status {
+    let written_at = if r.write_status {
         let api: Api<ConnectedAccount> = Api::namespaced(ctx.client.clone(), &subject.namespace);
-        apply_status(&api, &subject.name, &status)
+        apply_status(&api, &subject.name, status)
             .await
             .map_err(Error::WriteStatus)?;
         Some(ctx.clock.now())
     } else {
         None
     };
-    for e in events {
+    for e in r.events {
         let kind = event_type(!e.warning);
         publish(ctx, &subject.event_ref, kind, e.reason, "Sync", e.note).await;
     }
-    match said {
+    match r.said {
         Said::Synced {
             confirmed: true,
             secret,
@@ -76,9 +70,9 @@ pub(super) async fn report(
             warn!(reason, message = %failure.message, attempt, retry_in_s = retry_in.as_secs(), "sync failed; the Secret is left as it was");
         }
     }
-    change.ended(ended);
+    change.ended(r.ended);
     if let Some(at) = written_at {
-        change.status_written(&status, at);
+        change.status_written(status, at);
     }
-    Ok(next)
+    Ok(r.next)
 }

@@ -48,10 +48,6 @@ pub(super) async fn facts(
 ) -> Result<Target, Error> {
     let status = &subject.status;
     let merge = subject.writer.merges();
-    let recorded = mem
-        .secret_version
-        .as_ref()
-        .or(status.secret_resource_version.as_ref());
     let unseen = if status.data_hash.is_some() {
         SecretFacts::Drifted
     } else {
@@ -59,13 +55,7 @@ pub(super) async fn facts(
     };
     let nulls = matches!(answer, Answer::Arrived(Attempt::Ok(a)) if build::has_null_fields(a));
     match indexed {
-        Ok(Some(ix))
-            if !merge
-                && !subject.spec_changed()
-                && ix.owner.as_deref() == Some(subject.writer.owner_id().as_str())
-                && Some(&ix.resource_version) == recorded
-                && !nulls =>
-        {
+        Ok(Some(ix)) if !merge && !nulls && vouched(subject, mem, &ix) => {
             return Ok(Target {
                 facts: SecretFacts::AsWritten,
                 read: None,
@@ -98,6 +88,18 @@ pub(super) async fn facts(
         read: Some(s),
         exists: true,
     })
+}
+
+/// The index vouches for the Secret: this ConnectedAccount's own, at the resourceVersion this process last wrote or
+/// read (else status recorded), for an unchanged spec (the Secret's type matters).
+fn vouched(subject: &Subject<'_>, mem: &ObjectState, ix: &Indexed) -> bool {
+    let recorded = mem
+        .secret_version
+        .as_ref()
+        .or(subject.status.secret_resource_version.as_ref());
+    !subject.spec_changed()
+        && ix.owner.as_deref() == Some(subject.writer.owner_id().as_str())
+        && Some(&ix.resource_version) == recorded
 }
 
 /// What the Secret read says: someone else's, of a type the spec cannot have, as this process wrote it, or

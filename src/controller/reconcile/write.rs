@@ -48,13 +48,6 @@ pub(super) async fn write(
         && !subject.spec_changed()
         && st.data_hash.as_deref() == Some(built.hash.as_str())
         && st.expires_at == built.expires_at;
-    // What the index holds just before the write: while it still holds that, the write's own watch event has not
-    // arrived (`None`: the index is not ready).
-    let before = ctx
-        .secrets
-        .get(&subject.secret)
-        .map(|e| e.map(|e| e.resource_version))
-        .ok();
     let put = if subject.writer.merges() {
         merge::write_keys(subject, ctx, &built.secret, read, holds).await?
     } else {
@@ -65,7 +58,7 @@ pub(super) async fn write(
         Put::Unchanged => (false, st.secret_resource_version.clone()),
         Put::Written(applied) => {
             let version = applied.resource_version();
-            change.secret_written(version.clone(), before, now);
+            change.secret_written(version.clone(), known.indexed.clone(), now);
             (true, version)
         }
     };
