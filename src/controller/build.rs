@@ -1,6 +1,6 @@
 //! The build step of a pass, without a client: from an answer, the spec and the Secret's previous data to the
 //! Secret to apply ([`secret`]) and whether pods get it in time ([`pod_risk`]); from a pass's outcome and the old
-//! status to what it reports ([`report`], in build/status.rs). Rendering a template runs off the async runtime,
+//! status to what it reports ([`outcome`](super::outcome)). Rendering a template runs off the async runtime,
 //! under the template's own limits.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::warn;
 
 use super::fetch::CachedFetch;
+use super::outcome::Synced;
 use super::plan::{Cause, Judged};
+use super::restart;
 use super::spec::Validated;
 use super::subject::Subject;
 use crate::crd::AccountSummary;
@@ -310,8 +312,7 @@ impl Built {
             data_hash: Some(self.hash),
             confirmed: true,
             written,
-            restart: None,
-            wake: None,
+            restart: restart::Outcome::default(),
             pod_risk: Some(pod_risk),
             secret_version: w.version,
         }
@@ -330,10 +331,6 @@ fn written(existed: bool, cause: Cause, same_data: bool, spec_changed: bool) -> 
         (true, false) => Written::SecretUpdated,
     }
 }
-
-mod status;
-
-pub use status::{Ending, Outcome, Said, Synced, report};
 
 #[cfg(test)]
 mod tests;

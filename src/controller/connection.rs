@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use super::conditions::{ready_changed, upsert_condition};
+use super::outcome::{ready_changed, upsert_condition};
 use super::resolve::{credentials_version, dispatcher};
 use super::status::{apply_status, event_type, publish};
 use super::{Context, ObjectState};

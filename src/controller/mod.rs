@@ -3,7 +3,6 @@
 
 mod build;
 mod cached;
-mod conditions;
 mod connection;
 mod context;
 mod credentials;
@@ -12,6 +11,7 @@ mod fetch;
 mod hosts;
 mod leader;
 mod memory;
+mod outcome;
 mod reconcile;
 mod resolve;
 mod restart;

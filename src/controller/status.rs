@@ -1,5 +1,5 @@
 //! What both controllers share to report: status applies and Events (the conditions they carry are built in
-//! [`conditions`](super::conditions)).
+//! [`outcome`](super::outcome)).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};

@@ -1,11 +1,13 @@
 //! The ConnectedAccount a pass is about, read off the object once: who it is, what it asks for, what its status
 //! records, and the Secret it writes. Every stage after that takes this, never the raw object.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::conditions::ready_of;
+use super::outcome::ready_of;
 use super::plan::Recorded;
 use super::targets::SecretId;
 use crate::crd::{
@@ -37,6 +39,8 @@ pub struct Subject<'a> {
     pub connection_failed: bool,
     /// Ready is False with `SecretConflict`: the Secret's name was found taken.
     pub name_taken: bool,
+    /// `spec.refresh.propagationTime`, or the default when it is unset or invalid.
+    pub propagation: Duration,
     /// The target Secret.
     pub secret: SecretId,
     /// It as that Secret knows it.
@@ -48,8 +52,8 @@ pub struct Subject<'a> {
 }
 
 impl<'a> Subject<'a> {
-    /// Read `ca` once.
-    pub fn of(ca: &'a ConnectedAccount) -> Self {
+    /// Read `ca` once (`propagation`: the default propagation time).
+    pub fn of(ca: &'a ConnectedAccount, propagation: Duration) -> Self {
         let writer = Writer::of(ca);
         let status = ca.status.clone().unwrap_or_default();
         let ready = ready_of(&status.conditions);
@@ -80,6 +84,7 @@ impl<'a> Subject<'a> {
             connection_failed: failed_for.is_some_and(Reason::about_connection),
             name_taken: failed_for == Some(Reason::SecretConflict),
             status,
+            propagation: crate::rules::spec::propagation(&ca.spec, propagation),
             secret: SecretId::new(writer.namespace.clone(), writer.secret.clone()),
             writer,
             reference: ObjectRef::from_obj(ca),

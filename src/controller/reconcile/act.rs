@@ -1,17 +1,23 @@
 //! Act: carry out what [`plan::decide`] said (wait, ask for a fetch, keep what is right, write, or fail), then
-//! the rollout restart, if one is due.
+//! the rollout restart, if one is due. A write builds the Secret from the judged answer and has
+//! [`put`](super::put) or [`merge`](super::merge) apply it when it differs.
 
+use kube::ResourceExt;
 use tracing::debug;
 
-use super::{Acted, Known, write};
-use crate::controller::build::{Outcome, Synced};
+use super::put::{self, Put};
+use super::{Acted, Known, merge};
+use crate::controller::build::{self, Wrote};
 use crate::controller::fetch::Urgency;
 use crate::controller::memory::MemoryChange;
-use crate::controller::plan::{self, Step};
+use crate::controller::outcome::{Kept, Outcome};
+use crate::controller::plan::{self, Judged, SecretFacts, Step};
 use crate::controller::restart;
 use crate::controller::subject::Subject;
 use crate::controller::{Context, Error, ObjectState};
+use crate::reason::{Reason, SyncFailure};
 use crate::schedule;
+use crate::secret;
 
 /// Carry out `step`.
 pub(super) async fn act(
@@ -29,22 +35,25 @@ pub(super) async fn act(
             let recheck = schedule::add(known.facts.now, plan::PENDING_RECHECK);
             return Ok(Acted::Later(recheck));
         }
-        Step::Write(judged) => write::write(subject, ctx, known, &judged, change).await?,
+        Step::Write(judged) => write(subject, ctx, known, &judged, change).await?,
         // Nothing to write: the Secret is right. Only a rollout restart held back by its debounce may be due.
-        Step::Keep(next) => Outcome::Synced(Box::new(Synced::unchanged(subject, next))),
+        Step::Keep(next) => Outcome::Kept(Box::new(Kept {
+            next,
+            restart: restart::Outcome::default(),
+        })),
         Step::Fail(f) => Outcome::Failed(f),
     };
-    if let (Outcome::Synced(s), Ok(v)) = (&mut outcome, &known.facts.spec) {
-        let r = restart::maybe_restart(
-            subject,
-            ctx,
-            known.facts.now,
-            v.min_restart_interval,
-            v.policy.propagation,
-            s.data_hash.as_deref(),
-        )
-        .await;
-        (s.restart, s.wake) = (r.restarted, r.wake);
+    // The data pods run with now: written, or as status records it.
+    let (hash, done) = match &mut outcome {
+        Outcome::Synced(s) => (s.data_hash.clone(), &mut s.restart),
+        Outcome::Kept(k) => (subject.status.data_hash.clone(), &mut k.restart),
+        Outcome::Failed(_) => return Ok(Acted::Done(outcome)),
+    };
+    if let Ok(v) = &known.facts.spec {
+        let (interval, propagation) = (v.min_restart_interval, v.policy.propagation);
+        let now = known.facts.now;
+        *done =
+            restart::maybe_restart(subject, ctx, now, interval, propagation, hash.as_deref()).await;
     }
     Ok(Acted::Done(outcome))
 }
@@ -77,4 +86,64 @@ fn ask(
     conn.dispatcher
         .request(account, urgency, subject.reference.clone());
     debug!(%account, connection = %conn.key().id, "fetch requested");
+}
+
+/// Build the Secret from the judged answer and apply it, unless it already holds exactly that.
+async fn write(
+    subject: &Subject<'_>,
+    ctx: &Context,
+    known: &Known,
+    judged: &Judged,
+    change: &mut MemoryChange,
+) -> Result<Outcome, Error> {
+    let (Ok(validated), Some(conn)) = (&known.facts.spec, &known.connection) else {
+        return Ok(Outcome::Failed(SyncFailure::new(
+            Reason::UpstreamError,
+            "internal: a write without a usable spec and connection",
+        )));
+    };
+    let (read, now) = (known.read.as_ref(), known.facts.now);
+    let previous = read.and_then(secret::data_of);
+    let inputs = build::Inputs {
+        subject,
+        validated: *validated,
+        judged,
+        previous: previous.as_ref(),
+        now,
+        jitter: known.facts.jitter,
+    };
+    let built = match build::secret(inputs).await {
+        Ok(b) => b,
+        Err(f) => return Ok(Outcome::Failed(f)),
+    };
+    // The Secret holds exactly what was built (as recorded in status, and the index or a read vouches for it).
+    let st = &subject.status;
+    let holds = known.facts.secret == SecretFacts::AsWritten
+        && !subject.spec_changed()
+        && st.data_hash.as_deref() == Some(built.hash.as_str())
+        && st.expires_at == built.expires_at;
+    let result = if !subject.writer.merges() {
+        put::create_or_apply(subject, ctx, &built.secret, known.exists, holds).await?
+    } else {
+        merge::write_keys(subject, ctx, &built.secret, read, holds).await?
+    };
+    let (written, version) = match result {
+        Put::Refused(f) => return Ok(Outcome::Failed(f)),
+        Put::Unchanged => (false, st.secret_resource_version.clone()),
+        Put::Written(applied) => {
+            let version = applied.resource_version();
+            change.secret_written(version.clone(), known.indexed.clone(), now);
+            (true, version)
+        }
+    };
+    let wrote = Wrote {
+        written,
+        existed: known.exists,
+        cause: judged.cause,
+        version,
+        connection: conn.key().id.status_ref(),
+        policy: validated.policy,
+        now,
+    };
+    Ok(Outcome::Synced(Box::new(built.synced(subject, wrote))))
 }

@@ -14,7 +14,6 @@ mod merge;
 mod put;
 mod report;
 mod secret_facts;
-mod write;
 
 pub use finalizer::let_go;
 
@@ -27,9 +26,9 @@ use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use super::Context;
-use super::build::Outcome;
 use super::cached::CachedAccount;
 use super::memory::MemoryChange;
+use super::outcome::Outcome;
 use super::plan::{self, Facts};
 use super::resolve::Resolved;
 use super::subject::Subject;
@@ -110,7 +109,7 @@ async fn pass(ca: &ConnectedAccount, ctx: &Context) -> Result<Action, Error> {
     if let Some(done) = finalizer::deleted_or_kept(ca, ctx).await? {
         return Ok(done);
     }
-    let subject = Subject::of(ca);
+    let subject = Subject::of(ca, ctx.settings.propagation);
     let mem = ctx.object(&subject.uid);
     let now = ctx.clock.now();
     let mut change = MemoryChange::default();

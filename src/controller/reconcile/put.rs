@@ -26,7 +26,7 @@ pub(super) enum Put {
 /// (after the operator's watch last saw the namespace) is refused by the API server, and written only if it is
 /// this ConnectedAccount's own. What the API server refused for a reason the spec can fix is a failure; other API
 /// errors end the pass.
-pub(super) async fn put(
+pub(super) async fn create_or_apply(
     subject: &Subject<'_>,
     ctx: &Context,
     desired: &Secret,

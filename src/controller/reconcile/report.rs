@@ -1,4 +1,4 @@
-//! Report: what [`build::report`] says a pass leads to, written: the status (applied only when it changed), its
+//! Report: what [`outcome::report`] says a pass leads to, written: the status (applied only when it changed), its
 //! Events, its log line and sync counter, and how it ended for the operator's memory.
 
 use jiff::Timestamp;
@@ -6,8 +6,8 @@ use kube::Api;
 use tracing::{info, warn};
 
 use super::Known;
-use crate::controller::build::{self, Ending, Outcome, Said};
 use crate::controller::memory::MemoryChange;
+use crate::controller::outcome::{self, Ending, Outcome, Said};
 use crate::controller::status::{apply_status, event_type, publish};
 use crate::controller::subject::Subject;
 use crate::controller::{Context, Error, ObjectState};
@@ -15,13 +15,13 @@ use crate::crd::ConnectedAccount;
 use crate::reason::Reason;
 use crate::schedule::format_ts;
 
-/// Status, Events, metrics and the requeue of a pass that ended with `outcome`.
+/// Status, Events, metrics and the requeue of a pass that ended as `end` says.
 pub(super) async fn report(
     subject: &Subject<'_>,
     ctx: &Context,
     known: &Known,
     mem: &ObjectState,
-    outcome: Outcome,
+    end: Outcome,
     change: &mut MemoryChange,
 ) -> Result<Timestamp, Error> {
     let ending = Ending {
@@ -29,9 +29,9 @@ pub(super) async fn report(
         facts: &known.facts,
         failures: mem.failures,
         connection_version: known.connection_version.as_deref(),
-        default_propagation: ctx.settings.propagation,
+        propagation: subject.propagation,
     };
-    let r = build::report(&ending, outcome);
+    let r = outcome::report(&ending, end);
     let status = &r.status;
     // Stamped when the write happened, not when the pass began: the stale-cache guard waits for the watch to
     // deliver this write, counting from it.

@@ -1,15 +1,16 @@
 //! What a pass reports, without a client: from how it ended and the status it started from to the new status,
-//! whether it needs writing, its Events and how the pass ended for the operator's memory ([`report`]).
+//! whether it needs writing, its Events and how the pass ended for the operator's memory ([`report`]); and the
+//! conditions both controllers report, deterministic (a transition time that moves only when the status does).
 
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::{IN_TIME, PODS_AT_RISK, PodRisk, REFRESH_TOO_LATE, ROLLOUT_RESTARTED, Written};
-use crate::controller::conditions::{condition_true, ready_changed, upsert_condition};
+use super::build::{IN_TIME, PODS_AT_RISK, PodRisk, REFRESH_TOO_LATE, ROLLOUT_RESTARTED, Written};
 use crate::controller::memory::Ended;
 use crate::controller::plan::{self, Facts};
-use crate::controller::restart::Restarted;
+use crate::controller::restart;
 use crate::controller::subject::Subject;
 use crate::crd::{AccountSummary, ConnectedAccountStatus};
 use crate::reason::{Reason, SyncFailure};
@@ -17,10 +18,20 @@ use crate::schedule::{self, format_ts, parse_ts};
 
 /// How a pass ended, before it is reported.
 pub enum Outcome {
-    /// The Secret is right.
+    /// Nothing was due: the Secret is as status says.
+    Kept(Box<Kept>),
+    /// The Secret is right, checked against an answer.
     Synced(Box<Synced>),
     /// It could not be made right; it stays as it was.
     Failed(SyncFailure),
+}
+
+/// A pass that found the Secret right and nothing due.
+pub struct Kept {
+    /// When the next pass is due.
+    pub next: Timestamp,
+    /// A rollout restart held back by its debounce, if it was due now.
+    pub restart: restart::Outcome,
 }
 
 /// What [`report`] needs beside the outcome.
@@ -33,8 +44,8 @@ pub struct Ending<'a> {
     pub failures: u32,
     /// The connection's resourceVersion (a failure it caused is retried when it changes).
     pub connection_version: Option<&'a str>,
-    /// The default `spec.refresh.propagationTime`.
-    pub default_propagation: Duration,
+    /// `spec.refresh.propagationTime` (or its default).
+    pub propagation: Duration,
 }
 
 /// An Event to publish.
@@ -84,6 +95,7 @@ pub enum Said {
 /// The report of a pass that ended with `outcome`.
 pub fn report(e: &Ending<'_>, outcome: Outcome) -> Report {
     match outcome {
+        Outcome::Kept(k) => synced(e, Synced::unchanged(e.subject, *k)),
         Outcome::Synced(s) => synced(e, *s),
         Outcome::Failed(f) => failed(e, f),
     }
@@ -103,7 +115,7 @@ fn synced(e: &Ending<'_>, s: Synced) -> Report {
         })
         .into_iter()
         .collect();
-    if let Some(r) = &s.restart {
+    if let Some(r) = &s.restart.restarted {
         events.push(Note {
             warning: false,
             reason: ROLLOUT_RESTARTED,
@@ -142,8 +154,7 @@ fn failed(e: &Ending<'_>, mut f: SyncFailure) -> Report {
     let old = &subject.status;
     let attempt = e.failures.saturating_add(1);
     let held_expiry = old.expires_at.as_deref().and_then(parse_ts);
-    let propagation = crate::rules::spec::propagation(subject.spec, e.default_propagation);
-    let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, propagation, now);
+    let (delay, note) = plan::retry_after_failure(&f, attempt, held_expiry, e.propagation, now);
     if let Some(n) = note {
         f.message.push_str(&n);
     }
@@ -201,10 +212,8 @@ pub struct Synced {
     pub confirmed: bool,
     /// What was written, if anything.
     pub written: Option<Written>,
-    /// A rollout restart done in this pass.
-    pub restart: Option<Restarted>,
-    /// Reconcile again by then, before the next fetch (a rollout restart held back until then).
-    pub wake: Option<Timestamp>,
+    /// A rollout restart done in this pass, or when one held back is due (reconcile again by then).
+    pub restart: restart::Outcome,
     /// Whether pods get credentials in time, when this pass judged it (else status keeps what it said).
     pub pod_risk: Option<PodRisk>,
     /// The Secret's resourceVersion after this pass (written or read).
@@ -213,19 +222,18 @@ pub struct Synced {
 
 impl Synced {
     /// A pass that found the Secret right and nothing due: what status already says.
-    pub fn unchanged(subject: &Subject<'_>, next: Timestamp) -> Self {
+    fn unchanged(subject: &Subject<'_>, kept: Kept) -> Self {
         let st = subject.status.clone();
         Self {
             secret_name: subject.secret.name.clone(),
             connection: st.connection,
             expires_at: st.expires_at,
-            next,
+            next: kept.next,
             account: st.account,
             data_hash: st.data_hash,
             confirmed: false,
             written: None,
-            restart: None,
-            wake: None,
+            restart: kept.restart,
             pod_risk: None,
             secret_version: st.secret_resource_version,
         }
@@ -233,7 +241,7 @@ impl Synced {
 
     /// When the pass after this one runs: the next fetch, or earlier when a restart waits.
     pub fn requeue_at(&self) -> Timestamp {
-        self.wake.map_or(self.next, |w| w.min(self.next))
+        self.restart.wake.map_or(self.next, |w| w.min(self.next))
     }
 
     /// The Ready message.
@@ -357,7 +365,7 @@ fn record_restart(
     old: &ConnectedAccountStatus,
     s: &Synced,
 ) {
-    if let Some(r) = &s.restart {
+    if let Some(r) = &s.restart.restarted {
         st.last_restart_time = Some(format_ts(r.at));
         st.restarted_data_hash = s.data_hash.clone();
         st.restarted_expires_at = s.expires_at.clone();
@@ -454,4 +462,55 @@ fn status_needs_write(
         .and_then(schedule::parse_ts)
         .is_some_and(|t| t < schedule::add(now, plan::UNPERSISTED_RETRY));
     !(only_next && soon)
+}
+
+/// Set (or replace) condition `type_`, keeping `lastTransitionTime` when the status value is unchanged.
+pub fn upsert_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status_str = if status { "True" } else { "False" };
+    let previous = conditions.iter().position(|c| c.type_ == type_);
+    let transition = previous
+        .map(|i| &conditions[i])
+        .filter(|c| c.status == status_str)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(now.round(jiff::Unit::Second).unwrap_or(now)));
+    let cond = Condition {
+        type_: type_.to_string(),
+        status: status_str.to_string(),
+        reason: reason.to_string(),
+        message: message.chars().take(1024).collect(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    };
+    match previous {
+        Some(i) => conditions[i] = cond,
+        None => conditions.push(cond),
+    }
+}
+
+/// The Ready condition's (status, reason), if any.
+pub fn ready_of(conditions: &[Condition]) -> Option<(String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == crate::crd::READY)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Whether Ready changed (status or reason) between two condition lists.
+pub fn ready_changed(old: &[Condition], new: &[Condition]) -> bool {
+    ready_of(old) != ready_of(new)
+}
+
+/// Whether condition `type_` is True.
+pub fn condition_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
