@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::warn;
 
 use super::fetch::CachedFetch;
-use super::outcome::Synced;
+use super::outcome::{PodRisk, Synced, Written};
 use super::plan::{Cause, Judged};
 use super::restart;
 use super::spec::Validated;
@@ -22,24 +22,6 @@ use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, Observed, Policy, format_ts};
 use crate::secret::{data_hash, data_size, desired_secret};
 use crate::template::{self, RENDER_DEADLINE};
-
-/// What a write of the Secret is, for its Event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
-pub enum Written {
-    /// The Secret did not exist.
-    SecretCreated,
-    /// New data (a refresh, a spec change).
-    SecretUpdated,
-    /// Restored to the data last written, after someone changed or deleted it.
-    DriftCorrected,
-}
-
-impl Written {
-    /// The Event reason.
-    pub fn reason(self) -> &'static str {
-        self.into()
-    }
-}
 
 /// The Secret an answer makes, with what status reports about it.
 #[derive(Clone, Debug)]
@@ -70,24 +52,6 @@ impl Built {
     }
 }
 
-/// Whether pods get new credentials in time: what the `PodsAtRisk` condition says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodRisk {
-    /// Pods may read expired credentials.
-    pub at_risk: bool,
-    /// The condition's message.
-    pub message: String,
-    /// When this pass replaces credentials that expire: how long before their expiry.
-    pub lead: Option<std::time::Duration>,
-}
-
-pub use crate::crd::PODS_AT_RISK;
-/// The Event reason of a rollout restart this operator triggered.
-pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
-/// [`PODS_AT_RISK`]'s reason while pods may read expired credentials.
-pub const REFRESH_TOO_LATE: &str = "RefreshTooLate";
-/// Its reason otherwise.
-pub const IN_TIME: &str = "InTime";
 /// How much later than the propagation time before expiry a write may come and still count as in time: the
 /// schedule fetches up to [`schedule::AFTER_REFRESH_DELAY`] after Pipedream's refresh, and HTTP dates have second
 /// precision ([`schedule::SKEW_TOLERANCE`]). Without it, a Pipedream refreshing exactly the propagation time ahead

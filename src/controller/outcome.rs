@@ -7,7 +7,6 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::build::{IN_TIME, PODS_AT_RISK, PodRisk, REFRESH_TOO_LATE, ROLLOUT_RESTARTED, Written};
 use crate::controller::memory::Ended;
 use crate::controller::plan::{self, Facts};
 use crate::controller::restart;
@@ -16,6 +15,42 @@ use crate::crd::{AccountSummary, ConnectedAccountStatus};
 use crate::reason::{Reason, SyncFailure};
 use crate::schedule::{self, format_ts, parse_ts};
 
+/// What a write of the Secret is, for its Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+pub enum Written {
+    /// The Secret did not exist.
+    SecretCreated,
+    /// New data (a refresh, a spec change).
+    SecretUpdated,
+    /// Restored to the data last written, after someone changed or deleted it.
+    DriftCorrected,
+}
+
+impl Written {
+    /// The Event reason.
+    pub fn reason(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Whether pods get new credentials in time: what the `PodsAtRisk` condition says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRisk {
+    /// Pods may read expired credentials.
+    pub at_risk: bool,
+    /// The condition's message.
+    pub message: String,
+    /// When this pass replaces credentials that expire: how long before their expiry.
+    pub lead: Option<std::time::Duration>,
+}
+
+pub use crate::crd::PODS_AT_RISK;
+/// The Event reason of a rollout restart this operator triggered.
+pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+/// [`PODS_AT_RISK`]'s reason while pods may read expired credentials.
+pub const REFRESH_TOO_LATE: &str = "RefreshTooLate";
+/// Its reason otherwise.
+pub const IN_TIME: &str = "InTime";
 /// How a pass ended, before it is reported.
 pub enum Outcome {
     /// Nothing was due: the Secret is as status says.

@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::outcome::ready_of;
 use super::plan::Recorded;
 use super::targets::SecretId;
 use crate::crd::{
@@ -56,7 +55,9 @@ impl<'a> Subject<'a> {
     pub fn of(ca: &'a ConnectedAccount, propagation: Duration) -> Self {
         let writer = Writer::of(ca);
         let status = ca.status.clone().unwrap_or_default();
-        let ready = ready_of(&status.conditions);
+        let ready = ca
+            .ready_condition()
+            .map(|c| (c.status.clone(), c.reason.clone()));
         let failed_for = ready
             .as_ref()
             .filter(|(s, _)| s == "False")
