@@ -310,7 +310,7 @@ impl Context {
 
     /// ConnectedAccount `uid` of namespace `tenant` now uses `key` (or nothing): the answer cache keeps an
     /// account's answers while some object uses them, charged to the tenant that uses them.
-    pub fn use_account(&self, uid: &str, tenant: &str, key: Option<&AccountKey>) {
+    fn use_account(&self, uid: &str, tenant: &str, key: Option<&AccountKey>) {
         let moved = self.update_object(uid, |o| {
             (o.uses.as_ref() != key).then(|| std::mem::replace(&mut o.uses, key.cloned()))
         });

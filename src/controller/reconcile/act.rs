@@ -122,10 +122,11 @@ async fn write(
         && !subject.spec_changed()
         && st.data_hash.as_deref() == Some(built.hash.as_str())
         && st.expires_at == built.expires_at;
-    let result = if !subject.writer.merges() {
-        put::create_or_apply(subject, ctx, &built.secret, known.exists, holds).await?
-    } else {
+    let exists = known.facts.secret_exists;
+    let result = if subject.writer.merges() {
         merge::write_keys(subject, ctx, &built.secret, read, holds).await?
+    } else {
+        put::create_or_apply(subject, ctx, &built.secret, exists, holds).await?
     };
     let (written, version) = match result {
         Put::Refused(f) => return Ok(Outcome::Failed(f)),
@@ -138,7 +139,7 @@ async fn write(
     };
     let wrote = Wrote {
         written,
-        existed: known.exists,
+        existed: exists,
         cause: judged.cause,
         version,
         connection: conn.key().id.status_ref(),

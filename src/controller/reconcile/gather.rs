@@ -102,7 +102,6 @@ pub(super) async fn gather(
         connection: resolved,
         key,
         read: target.read,
-        exists: target.exists,
         indexed: held,
         connection_version,
     })))

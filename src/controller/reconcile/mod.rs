@@ -58,8 +58,6 @@ struct Known {
     key: Option<AccountKey>,
     /// The Secret, when the pass read it.
     read: Option<Secret>,
-    /// The Secret exists (in the index or as read).
-    exists: bool,
     /// The resourceVersion the Secret index held for it (`None`: the index is not ready): until the index holds
     /// another, a write's own watch event has not arrived.
     indexed: Option<Option<String>>,
