@@ -471,6 +471,8 @@ pub struct Metrics {
     state: Arc<State>,
     /// Length of the last plain-text scrape (the next one's buffer starts that large).
     last_scrape_len: std::sync::atomic::AtomicUsize,
+    /// The compressed size of the last gzip scrape (the next one's buffer is sized from it).
+    last_gzip_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -631,6 +633,7 @@ impl Metrics {
             leader,
             state,
             last_scrape_len: Default::default(),
+            last_gzip_len: Default::default(),
         }
     }
 
@@ -768,6 +771,6 @@ impl Metrics {
 
     /// OpenMetrics text of every metric, gzip-compressed as it is written (see `scrape`).
     pub fn encode_gzip(&self) -> Vec<u8> {
-        scrape::gzip(&self.registry)
+        scrape::gzip(&self.registry, &self.last_gzip_len)
     }
 }

@@ -10,7 +10,8 @@
 //! ask for waits in each asker's lane, at each one's urgency, and goes with whichever lane reaches it first: a
 //! namespace asking first for another's account cannot put that account's refresh in its own (busy) lane.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -18,12 +19,17 @@ use kube::runtime::reflector::ObjectRef;
 use crate::crd::ConnectedAccount;
 pub use crate::rules::answer::Urgency;
 
-type Key = (Timestamp, u64, String);
+/// An account id or a lane's name: one allocation, shared by every place that holds it (the entry, its places in
+/// the lanes, its waiters).
+type Name = Arc<str>;
+
+/// A place in a lane's order: the time it is wanted by, then the request's sequence (unique).
+type Order = (Timestamp, u64);
 
 #[derive(Default)]
 struct Lane {
-    expiring: BTreeSet<Key>,
-    rest: BTreeSet<Key>,
+    expiring: BTreeMap<Order, Name>,
+    rest: BTreeMap<Order, Name>,
     in_flight: usize,
     /// The queue's turn when this lane was last served: the lowest goes next.
     served: u64,
@@ -33,7 +39,7 @@ impl Lane {
     fn queued(&self) -> usize {
         self.expiring.len() + self.rest.len()
     }
-    fn set(&mut self, expiring: bool) -> &mut BTreeSet<Key> {
+    fn set(&mut self, expiring: bool) -> &mut BTreeMap<Order, Name> {
         if expiring {
             &mut self.expiring
         } else {
@@ -41,12 +47,12 @@ impl Lane {
         }
     }
     /// The lane's most urgent account, from refreshes only or from all.
-    fn first(&self, refreshes_only: bool) -> Option<(bool, &Key)> {
-        let e = self.expiring.first().map(|k| (true, k));
+    fn first(&self, refreshes_only: bool) -> Option<(bool, Order)> {
+        let e = self.expiring.first_key_value().map(|(o, _)| (true, *o));
         if refreshes_only {
             return e;
         }
-        let r = self.rest.first().map(|k| (false, k));
+        let r = self.rest.first_key_value().map(|(o, _)| (false, *o));
         match (e, r) {
             (Some(e), Some(r)) => Some(if r.1.0 < e.1.0 { r } else { e }),
             (e, r) => e.or(r),
@@ -55,24 +61,42 @@ impl Lane {
 }
 
 /// Where an entry waits in one lane: the lane, its urgency and sequence there.
-type Slot = (String, Urgency, u64);
+type Slot = (Name, Urgency, u64);
 
-/// One queued account. Vectors, not sets: nearly every entry has one lane and one waiter, and a queue holds an
-/// entry per account while a first sync of 10,000 waits for the rate limit (a one-element hash set costs four
-/// slots).
+/// Who asked, by namespace (shared with its lane's name) and name only (see [`Queue::request`]).
+struct Waiter {
+    namespace: Option<Name>,
+    name: Box<str>,
+}
+
+impl Waiter {
+    fn is(&self, who: &ObjectRef<ConnectedAccount>) -> bool {
+        *self.name == who.name && self.namespace.as_deref() == who.namespace.as_deref()
+    }
+
+    fn reference(&self) -> ObjectRef<ConnectedAccount> {
+        let mut r = ObjectRef::new(&self.name);
+        r.namespace = self.namespace.as_deref().map(str::to_string);
+        r
+    }
+}
+
+/// One queued account. Boxed in the map, with its lane places and waiters in vectors: a herd of refreshes coming
+/// due at once queues an entry per account (10,000 at the benchmark's refresh), so an entry is one small block
+/// plus its waiter's name, and the account id and namespace are shared, not copied (a one-element hash set costs
+/// four slots; an unboxed entry costs its size 1.6 times over in the map's table).
 struct Entry {
     slots: Vec<Slot>,
     /// The lane that took it, while in flight.
-    taken_by: Option<String>,
-    /// Who asked, by name only (see [`Queue::request`]).
-    waiters: Vec<ObjectRef<ConnectedAccount>>,
+    taken_by: Option<Name>,
+    waiters: Vec<Waiter>,
 }
 
 /// The queue of one connection.
 #[derive(Default)]
 pub(super) struct Queue {
-    lanes: BTreeMap<String, Lane>,
-    entries: HashMap<String, Entry>,
+    lanes: BTreeMap<Name, Lane>,
+    entries: HashMap<Name, Box<Entry>>,
     in_flight: usize,
     seq: u64,
     turn: u64,
@@ -99,19 +123,30 @@ impl Queue {
     ) {
         self.seq += 1;
         let seq = self.seq;
-        let lane_name = who.namespace.clone().unwrap_or_default();
-        let e = self
-            .entries
-            .entry(account.to_string())
-            .or_insert_with(|| Entry {
+        let lane_name = self.lane_name(who.namespace.as_deref().unwrap_or_default());
+        if !self.entries.contains_key(account) {
+            let e = Entry {
                 slots: Vec::new(),
                 taken_by: None,
                 waiters: Vec::new(),
+            };
+            self.entries.insert(Name::from(account), Box::new(e));
+        }
+        let Some(id) = self
+            .entries
+            .get_key_value(account)
+            .map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        let Some(e) = self.entries.get_mut(account) else {
+            return;
+        };
+        if !e.waiters.iter().any(|w| w.is(who)) {
+            e.waiters.push(Waiter {
+                namespace: who.namespace.as_ref().map(|_| lane_name.clone()),
+                name: who.name.as_str().into(),
             });
-        if !e.waiters.contains(who) {
-            let mut by_name = ObjectRef::new(&who.name);
-            by_name.namespace.clone_from(&who.namespace);
-            e.waiters.push(by_name);
         }
         if e.taken_by.is_some() {
             return;
@@ -128,21 +163,29 @@ impl Queue {
         let lane = self.lanes.entry(lane_name).or_default();
         if let Some((u, old_seq)) = old {
             let (set, t) = u.slot();
-            lane.set(set).remove(&(t, old_seq, account.to_string()));
+            lane.set(set).remove(&(t, old_seq));
         }
         let (set, t) = urgency.slot();
-        lane.set(set).insert((t, seq, account.to_string()));
+        lane.set(set).insert((t, seq), id);
     }
 
-    /// Remove `account`'s places in every lane but `except`, and lanes left with nothing.
-    fn unqueue(&mut self, account: &str, slots: &[Slot], except: Option<&str>) {
+    /// The name of lane `namespace`, shared with the lane when it exists.
+    fn lane_name(&self, namespace: &str) -> Name {
+        match self.lanes.get_key_value(namespace) {
+            Some((name, _)) => name.clone(),
+            None => Name::from(namespace),
+        }
+    }
+
+    /// Remove an account's places in every lane but `except`, and lanes left with nothing.
+    fn unqueue(&mut self, slots: &[Slot], except: Option<&str>) {
         for (lane, u, seq) in slots {
-            if Some(lane.as_str()) == except {
+            if Some(&**lane) == except {
                 continue;
             }
             if let Some(l) = self.lanes.get_mut(lane) {
                 let (set, t) = u.slot();
-                l.set(set).remove(&(t, *seq, account.to_string()));
+                l.set(set).remove(&(t, *seq));
                 if l.queued() == 0 && l.in_flight == 0 {
                     self.lanes.remove(lane);
                 }
@@ -178,13 +221,13 @@ impl Queue {
     pub(super) fn position_in(&self, lane: &str, account: &str) -> Option<usize> {
         let lane = self.lanes.get(lane)?;
         lane.expiring
-            .iter()
-            .chain(lane.rest.iter())
-            .position(|k| k.2 == account)
+            .values()
+            .chain(lane.rest.values())
+            .position(|id| **id == *account)
     }
 
-    /// The lane and account that would go next, if any may go now.
-    fn pick(&self) -> Option<(&str, bool, &Key)> {
+    /// The lane, order and place that would go next, if any may go now.
+    fn pick(&self) -> Option<(&Name, bool, Order)> {
         if self.in_flight >= self.max_in_flight {
             return None;
         }
@@ -203,9 +246,9 @@ impl Queue {
         for refreshes_only in [true, false] {
             let best = eligible()
                 .filter_map(|(name, l)| l.first(refreshes_only).map(|f| (name, l.served, f)))
-                .min_by_key(|(name, served, _)| (*served, name.as_str()));
-            if let Some((name, _, (set, key))) = best {
-                return Some((name.as_str(), set, key));
+                .min_by_key(|(name, served, _)| (*served, &***name));
+            if let Some((name, _, (set, order))) = best {
+                return Some((name, set, order));
             }
         }
         None
@@ -218,23 +261,23 @@ impl Queue {
 
     /// Take the next request: it is in flight until [`Self::finish`].
     pub(super) fn take(&mut self) -> Option<String> {
-        let (lane, set, key) = self.pick().map(|(l, s, k)| (l.to_string(), s, k.clone()))?;
+        let (lane, set, order) = self.pick().map(|(l, s, o)| (l.clone(), s, o))?;
         self.turn += 1;
         let turn = self.turn;
         let l = self.lanes.get_mut(&lane)?;
-        l.set(set).remove(&key);
+        let id = l.set(set).remove(&order)?;
         l.in_flight += 1;
         l.served = turn;
         self.in_flight += 1;
-        let slots = match self.entries.get_mut(&key.2) {
+        let slots = match self.entries.get_mut(&id) {
             Some(e) => {
                 e.taken_by = Some(lane.clone());
                 std::mem::take(&mut e.slots)
             }
             None => Vec::new(),
         };
-        self.unqueue(&key.2, &slots, Some(&lane));
-        Some(key.2)
+        self.unqueue(&slots, Some(&lane));
+        Some(id.to_string())
     }
 
     /// `account`'s fetch is done: its waiters.
@@ -242,7 +285,7 @@ impl Queue {
         let Some(e) = self.entries.remove(account) else {
             return Vec::new();
         };
-        self.unqueue(account, &e.slots, None);
+        self.unqueue(&e.slots, None);
         if let Some(lane) = &e.taken_by {
             self.in_flight = self.in_flight.saturating_sub(1);
             if let Some(l) = self.lanes.get_mut(lane) {
@@ -252,14 +295,21 @@ impl Queue {
                 }
             }
         }
-        e.waiters
+        // A map keeps its largest table: after a herd (10,000 refreshes due at once) give it back as it drains.
+        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+        e.waiters.iter().map(Waiter::reference).collect()
     }
 
     /// Drop everything queued: the waiters of every entry.
     pub(super) fn drain(&mut self) -> Vec<ObjectRef<ConnectedAccount>> {
         self.lanes.clear();
         self.in_flight = 0;
-        self.entries.drain().flat_map(|(_, e)| e.waiters).collect()
+        self.entries
+            .drain()
+            .flat_map(|(_, e)| e.waiters.into_iter().map(|w| w.reference()))
+            .collect()
     }
 }
 

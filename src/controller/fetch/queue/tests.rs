@@ -151,3 +151,54 @@ fn a_refresh_waits_in_its_own_namespaces_lane_whoever_asked_first() {
     assert!(!rest.contains(&"apn_A1".to_string()), "fetched once");
     assert_eq!((q.queued(), q.in_flight()), (0, 0));
 }
+
+/// A herd of refreshes coming due at once queues an entry per account: each is one small block, the account id is
+/// held once for the entry and its lane, and a namespace's name once for its lane, places and waiters.
+#[test]
+fn a_queued_account_holds_its_names_once() {
+    assert!(size_of::<Entry>() <= 64, "{} bytes", size_of::<Entry>());
+    let mut q = Queue::new(4);
+    for i in 0..3 {
+        q.request(
+            &format!("apn_{i}"),
+            Urgency::Expiring(t(i)),
+            &who("team-a", &format!("ca-{i}")),
+        );
+    }
+    let (lane, _) = q.lanes.get_key_value("team-a").unwrap();
+    assert_eq!(
+        Arc::strong_count(lane),
+        1 + 3 + 3,
+        "the lane, three places, three waiters"
+    );
+    let (id, _) = q.entries.get_key_value("apn_1").unwrap();
+    assert_eq!(
+        Arc::strong_count(id),
+        2,
+        "the entry and its place in the lane"
+    );
+    let taken = q.take().unwrap();
+    assert_eq!(taken, "apn_0");
+    assert_eq!(q.finish(&taken), vec![who("team-a", "ca-0")]);
+}
+
+/// The map of queued accounts gives its table back as a herd drains.
+#[test]
+fn the_queue_gives_back_its_table_as_a_herd_drains() {
+    let mut q = Queue::new(4);
+    for i in 0..10_000 {
+        q.request(
+            &format!("apn_{i}"),
+            Urgency::Expiring(t(i)),
+            &who("team-a", &format!("ca-{i}")),
+        );
+    }
+    let herd = q.entries.capacity();
+    assert!(herd >= 10_000);
+    assert_eq!(take_all(&mut q).len(), 10_000);
+    assert!(
+        q.entries.capacity() <= 128,
+        "{} of {herd} slots kept",
+        q.entries.capacity()
+    );
+}
