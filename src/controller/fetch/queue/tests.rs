@@ -152,19 +152,25 @@ fn a_refresh_waits_in_its_own_namespaces_lane_whoever_asked_first() {
     assert_eq!((q.queued(), q.in_flight()), (0, 0));
 }
 
-/// A herd of refreshes coming due at once queues an entry per account: each is one small block, the account id is
-/// held once for the entry and its lane, and a namespace's name once for its lane, places and waiters.
-#[test]
-fn a_queued_account_holds_its_names_once() {
-    assert!(size_of::<Entry>() <= 64, "{} bytes", size_of::<Entry>());
+/// `n` refreshes of namespace `team-a` come due at once: `apn_<i>` for `ca-<i>`, expiring at `t(i)`.
+fn herd(n: i64) -> Queue {
     let mut q = Queue::new(4);
-    for i in 0..3 {
+    for i in 0..n {
         q.request(
             &format!("apn_{i}"),
             Urgency::Expiring(t(i)),
             &who("team-a", &format!("ca-{i}")),
         );
     }
+    q
+}
+
+/// A herd of refreshes coming due at once queues an entry per account: each is one small block, the account id is
+/// held once for the entry and its lane, and a namespace's name once for its lane, places and waiters.
+#[test]
+fn a_queued_account_holds_its_names_once() {
+    assert!(size_of::<Entry>() <= 64, "{} bytes", size_of::<Entry>());
+    let q = &mut herd(3);
     let (lane, _) = q.lanes.get_key_value("team-a").unwrap();
     assert_eq!(
         Arc::strong_count(lane),
@@ -185,20 +191,13 @@ fn a_queued_account_holds_its_names_once() {
 /// The map of queued accounts gives its table back as a herd drains.
 #[test]
 fn the_queue_gives_back_its_table_as_a_herd_drains() {
-    let mut q = Queue::new(4);
-    for i in 0..10_000 {
-        q.request(
-            &format!("apn_{i}"),
-            Urgency::Expiring(t(i)),
-            &who("team-a", &format!("ca-{i}")),
-        );
-    }
-    let herd = q.entries.capacity();
-    assert!(herd >= 10_000);
-    assert_eq!(take_all(&mut q).len(), 10_000);
+    let q = &mut herd(10_000);
+    let largest = q.entries.capacity();
+    assert!(largest >= 10_000);
+    assert_eq!(take_all(q).len(), 10_000);
     assert!(
         q.entries.capacity() <= 128,
-        "{} of {herd} slots kept",
+        "{} of {largest} slots kept",
         q.entries.capacity()
     );
 }
