@@ -85,6 +85,7 @@ impl Waiter {
 /// due at once queues an entry per account (10,000 at the benchmark's refresh), so an entry is one small block
 /// plus its waiter's name, and the account id and namespace are shared, not copied (a one-element hash set costs
 /// four slots; an unboxed entry costs its size 1.6 times over in the map's table).
+#[derive(Default)]
 struct Entry {
     slots: Vec<Slot>,
     /// The lane that took it, while in flight.
@@ -124,22 +125,15 @@ impl Queue {
         self.seq += 1;
         let seq = self.seq;
         let lane_name = self.lane_name(who.namespace.as_deref().unwrap_or_default());
-        if !self.entries.contains_key(account) {
-            let e = Entry {
-                slots: Vec::new(),
-                taken_by: None,
-                waiters: Vec::new(),
-            };
-            self.entries.insert(Name::from(account), Box::new(e));
-        }
-        let Some(id) = self
-            .entries
-            .get_key_value(account)
-            .map(|(id, _)| id.clone())
-        else {
-            return;
+        let id = match self.entries.get_key_value(account) {
+            Some((id, _)) => id.clone(),
+            None => {
+                let id = Name::from(account);
+                self.entries.insert(id.clone(), Box::default());
+                id
+            }
         };
-        let Some(e) = self.entries.get_mut(account) else {
+        let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
         if !e.waiters.iter().any(|w| w.is(who)) {
