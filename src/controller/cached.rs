@@ -23,13 +23,15 @@ use crate::crd::{ConnectedAccount, ConnectionRef, FORCE_SYNC_ANNOTATION, PODS_AT
 use crate::schedule::parse_ts;
 
 /// A cached ConnectedAccount (see the module docs). Its metadata holds only what the cache and the controller key
-/// on: name, namespace, uid and resourceVersion.
+/// on: name and namespace (and uid and resourceVersion until [`settle`](Self::settle)).
 ///
 /// Kept at most 496 bytes, so that with the store's reference counts it fits jemalloc's 512-byte class (the next
 /// is 640); ObjectMeta alone is 360 (a unit test checks).
 #[derive(Clone)]
 pub struct CachedAccount {
     metadata: ObjectMeta,
+    /// Its uid and resourceVersion.
+    keys: Keys,
     /// `spec.connectionRef`, which a connection's event is matched against without decoding every object (boxed:
     /// most accounts name none and use the default connection).
     connection_ref: Option<Box<ConnectionRef>>,
@@ -50,12 +52,12 @@ pub struct Observed {
     pub pods_at_risk: Option<bool>,
     /// Ready's reason.
     pub reason: Option<Box<str>>,
-    /// `status.expiresAt`, in Unix seconds.
-    expires_at: Option<i64>,
-    /// `status.nextSyncTime`, in Unix seconds.
-    next_sync: Option<i64>,
-    /// `status.lastSyncTime`, in Unix seconds.
-    last_sync: Option<i64>,
+    /// `status.expiresAt`.
+    expires_at: Second,
+    /// `status.nextSyncTime`.
+    next_sync: Second,
+    /// `status.lastSyncTime`.
+    last_sync: Second,
     /// `status.refreshLeadSeconds`, saturated at `i32`'s bounds (68 years).
     refresh_lead_seconds: Option<i32>,
     /// `status.connection` (`Kind/name`).
@@ -68,7 +70,7 @@ impl Observed {
             return Self::default();
         };
         let ready = ca.ready_condition();
-        let time = |t: &Option<String>| t.as_deref().and_then(parse_ts).map(|t| t.as_second());
+        let time = |t: &Option<String>| Second::of(t.as_deref().and_then(parse_ts));
         Self {
             ready: match ready.map(|c| c.status.as_str()) {
                 Some("True") => Some(true),
@@ -93,17 +95,17 @@ impl Observed {
 
     /// `status.expiresAt`.
     pub fn expires_at(&self) -> Option<Timestamp> {
-        at(self.expires_at)
+        self.expires_at.get()
     }
 
     /// `status.nextSyncTime`.
     pub fn next_sync(&self) -> Option<Timestamp> {
-        at(self.next_sync)
+        self.next_sync.get()
     }
 
     /// `status.lastSyncTime`.
     pub fn last_sync(&self) -> Option<Timestamp> {
-        at(self.last_sync)
+        self.last_sync.get()
     }
 
     /// `status.refreshLeadSeconds`.
@@ -112,9 +114,99 @@ impl Observed {
     }
 }
 
-/// A time kept as Unix seconds.
-fn at(second: Option<i64>) -> Option<Timestamp> {
-    second.and_then(|s| Timestamp::from_second(s).ok())
+/// A time kept as whole Unix seconds, in half an `Option<i64>`: absent is `i64::MIN`, which is no
+/// [`Timestamp`]'s second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Second(i64);
+
+impl Default for Second {
+    fn default() -> Self {
+        Self(i64::MIN)
+    }
+}
+
+impl Second {
+    fn of(t: Option<Timestamp>) -> Self {
+        t.map_or_else(Self::default, |t| Self(t.as_second()))
+    }
+
+    fn get(self) -> Option<Timestamp> {
+        Timestamp::from_second(self.0).ok()
+    }
+}
+
+/// The object's uid and resourceVersion, kept apart from its metadata: once the watcher has read them (it resumes
+/// from the last resourceVersion it saw), [`CachedAccount::settle`] drops them from the metadata, because every
+/// reference to the object that kube-runtime makes copies them along (`ObjectRef::extra`: the reflector store's
+/// key, and the controller scheduler's map and delay queue hold one each), and nothing there reads them. A
+/// Kubernetes uid is a UUID and a resourceVersion (etcd's revision) a number: then they are kept as 16 and 8
+/// bytes in this struct, not as heap strings copied into each reference (about 190 bytes per object). Any other
+/// form is kept as text.
+#[derive(Clone, Default)]
+struct Keys {
+    uuid: [u8; 16],
+    version: u64,
+    /// Both as received, when either is absent or not in the canonical form above.
+    text: Option<Box<[Option<String>; 2]>>,
+}
+
+impl Keys {
+    fn of(uid: Option<&str>, version: Option<&str>) -> Self {
+        let uuid = uid.and_then(parse_uuid);
+        let number = version.and_then(|v| v.parse::<u64>().ok().filter(|n| n.to_string() == v));
+        match (uuid, number) {
+            (Some(uuid), Some(version)) => Self {
+                uuid,
+                version,
+                text: None,
+            },
+            _ => Self {
+                text: Some(Box::new([
+                    uid.map(str::to_string),
+                    version.map(str::to_string),
+                ])),
+                ..Self::default()
+            },
+        }
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        match &self.text {
+            Some(t) => t[0].as_deref().map(Cow::Borrowed),
+            None => Some(Cow::Owned(format_uuid(self.uuid))),
+        }
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        match &self.text {
+            Some(t) => t[1].as_deref().map(Cow::Borrowed),
+            None => Some(Cow::Owned(self.version.to_string())),
+        }
+    }
+}
+
+/// The 128 bits of a UUID in canonical (lower-case, hyphenated) form, which [`format_uuid`] gives back exactly.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    let hyphens = [8, 13, 18, 23];
+    if b.len() != 36 || hyphens.iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let bits = u128::from_str_radix(&hex, 16).ok()?.to_be_bytes();
+    (format_uuid(bits) == s).then_some(bits)
+}
+
+fn format_uuid(bits: [u8; 16]) -> String {
+    let x = u128::from_be_bytes(bits);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        x >> 96,
+        (x >> 80) & 0xffff,
+        (x >> 64) & 0xffff,
+        (x >> 48) & 0xffff,
+        x & 0xffff_ffff_ffff
+    )
 }
 
 impl std::fmt::Debug for CachedAccount {
@@ -139,15 +231,32 @@ impl CachedAccount {
             resource_version: m.resource_version.take(),
             ..ObjectMeta::default()
         };
+        let keys = Keys::of(
+            metadata.uid.as_deref(),
+            metadata.resource_version.as_deref(),
+        );
         let connection_ref = ca.spec.connection_ref.clone().map(Box::new);
         let observed = Observed::of(&ca);
         let packed = deflate(&serde_json::to_vec(&ca)?).map_err(serde_json::Error::io)?;
         Ok(Self {
             metadata,
+            keys,
             connection_ref,
             observed,
             packed,
         })
+    }
+
+    /// Drop uid and resourceVersion from the metadata (see [`Keys`]): called on each watch event after the watcher
+    /// has read them, before the object is stored and referenced.
+    pub fn settle(&mut self) {
+        self.metadata.uid = None;
+        self.metadata.resource_version = None;
+    }
+
+    /// `metadata.uid`.
+    pub fn uid(&self) -> Option<Cow<'_, str>> {
+        self.keys.uid()
     }
 
     /// What the metrics read of its status.
@@ -167,9 +276,8 @@ impl CachedAccount {
         let m = &mut ca.metadata;
         m.name.clone_from(&self.metadata.name);
         m.namespace.clone_from(&self.metadata.namespace);
-        m.uid.clone_from(&self.metadata.uid);
-        m.resource_version
-            .clone_from(&self.metadata.resource_version);
+        m.uid = self.keys.uid().map(Cow::into_owned);
+        m.resource_version = self.keys.resource_version().map(Cow::into_owned);
         Ok(ca)
     }
 }
@@ -333,6 +441,7 @@ pub fn strip_account(ca: &mut ConnectedAccount) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector::ObjectRef;
     use serde_json::json;
 
     fn listed() -> serde_json::Value {
@@ -366,6 +475,46 @@ mod tests {
         let ann = expected.metadata.annotations.unwrap();
         assert_eq!(ann.keys().collect::<Vec<_>>(), [FORCE_SYNC_ANNOTATION]);
         assert!(expected.metadata.labels.is_none() && expected.metadata.managed_fields.is_none());
+    }
+
+    /// Once settled, the references kube-runtime makes of a cached object (three per object: the store's key, the
+    /// scheduler's map and delay queue) carry its namespace and name only; the uid and resourceVersion stay readable
+    /// and come back on unpack, in canonical form as 24 bytes and in any other form as given.
+    #[test]
+    fn a_settled_account_is_referenced_by_namespace_and_name_only() {
+        let uid = "0b6f3f0c-4d1e-4a8e-9d55-8e1f2b7c9a10";
+        for (u, v, compact) in [
+            (uid, "33017", true),
+            ("u-1", "42", false),
+            (&uid.to_uppercase(), "33017", false),
+            (uid, "033017", false),
+            (uid, "18446744073709551616", false),
+        ] {
+            let mut o = listed();
+            o["metadata"]["uid"] = json!(u);
+            o["metadata"]["resourceVersion"] = json!(v);
+            let mut cached: CachedAccount = serde_json::from_value(o).unwrap();
+            assert_eq!(cached.meta().resource_version.as_deref(), Some(v));
+            cached.settle();
+            let r = ObjectRef::from_obj(&cached);
+            assert!(r.extra.uid.is_none() && r.extra.resource_version.is_none());
+            assert_eq!(
+                (r.name.as_str(), r.namespace.as_deref()),
+                ("gh", Some("team-a"))
+            );
+            assert_eq!(cached.uid().as_deref(), Some(u));
+            assert_eq!(cached.keys.text.is_none(), compact, "{u} {v}");
+            let back = cached.unpack().unwrap().metadata;
+            assert_eq!(
+                (back.uid.as_deref(), back.resource_version.as_deref()),
+                (Some(u), Some(v))
+            );
+        }
+        let mut o = listed();
+        o["metadata"].as_object_mut().unwrap().remove("uid");
+        let mut cached: CachedAccount = serde_json::from_value(o).unwrap();
+        cached.settle();
+        assert!(cached.uid().is_none() && cached.unpack().unwrap().metadata.uid.is_none());
     }
 
     /// A force-sync value is kept whole up to 128 bytes and as its hash beyond, so a change still shows.

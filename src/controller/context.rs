@@ -364,10 +364,8 @@ impl Context {
         for store in stores {
             for ca in store.state() {
                 let syncs = ca
-                    .meta()
-                    .uid
-                    .as_deref()
-                    .and_then(|uid| self.lock_objects().get(uid).map(|o| o.syncs))
+                    .uid()
+                    .and_then(|uid| self.lock_objects().get(&*uid).map(|o| o.syncs))
                     .unwrap_or_default();
                 f(object_view(&ca, syncs));
             }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use super::Context;
@@ -77,7 +77,7 @@ pub fn error_policy_cached(ca: Arc<CachedAccount>, err: &Error, ctx: Arc<Context
     match ca.unpack() {
         Ok(full) => error_policy(Arc::new(full), err, ctx),
         Err(_) => {
-            let uid = ca.meta().uid.clone().unwrap_or_default();
+            let uid = ca.uid().unwrap_or_default();
             back_off(&uid, None, ctx.settings.propagation, err, &ctx)
         }
     }

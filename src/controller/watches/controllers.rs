@@ -29,7 +29,7 @@ use crate::secret::MERGE_ANNOTATION_PREFIX;
 fn in_shard(shard: &crate::shard::Shard, e: &watcher::Event<CachedAccount>) -> bool {
     match e {
         watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
-            shard.owns(o.meta().uid.as_deref().unwrap_or_default())
+            shard.owns(o.uid().as_deref().unwrap_or_default())
         }
         watcher::Event::Init | watcher::Event::InitDone => true,
     }
@@ -113,11 +113,13 @@ pub(super) fn account_controller(
     let forget = Arc::downgrade(ctx);
     let accounts = watcher(cas, list.clone())
         .default_backoff()
+        // The watcher has read the resourceVersion: from here on the object is keyed by namespace and name.
+        .map_ok(|e| e.modify(CachedAccount::settle))
         // Another shard's accounts are never cached, triggered or reconciled here.
         .try_filter(move |e| future::ready(in_shard(&shard, e)))
         .map_ok(move |e| {
             if let (watcher::Event::Delete(ca), Some(ctx)) = (&e, forget.upgrade()) {
-                ctx.forget(ca.meta().uid.as_deref().unwrap_or_default());
+                ctx.forget(ca.uid().as_deref().unwrap_or_default());
             }
             e
         })
