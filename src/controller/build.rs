@@ -32,8 +32,10 @@ pub struct Built {
     pub hash: String,
     /// Expiry of the credentials (RFC 3339, local clock).
     pub expires_at: Option<String>,
-    /// When to fetch next.
+    /// When to fetch next: the schedule's time, until a refresh slot is booked for it.
     pub next: Timestamp,
+    /// The latest a booked slot may move `next` to.
+    pub latest_next: Timestamp,
     /// What Pipedream said about the account.
     pub account: AccountSummary,
     /// The answer's expiry and refresh time, on the local clock (conservative).
@@ -171,7 +173,9 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
         ));
     }
     let hash = data_hash(data.iter().map(|(k, v)| (k, v.as_slice())));
-    let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter).at;
+    let next = schedule::after_fetch(i.now, timing.observed, i.validated.policy, i.jitter);
+    let latest_next = schedule::latest_booking(next, timing.observed, i.validated.policy);
+    let next = next.at;
     Ok(Built {
         secret: desired_secret(
             &i.subject.writer,
@@ -182,6 +186,7 @@ pub async fn secret(i: Inputs<'_>) -> Result<Built, SyncFailure> {
         hash,
         expires_at,
         next,
+        latest_next,
         account: AccountSummary {
             app: account.app_slug().map(str::to_string),
             external_id: account.external_id.clone(),

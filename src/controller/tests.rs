@@ -139,10 +139,19 @@ impl Harness {
 
     /// Add a tenant's `PipedreamConnection/pd` in `ns`, with an API key Secret, pointing at `url`.
     pub fn add_namespaced_connection(&self, ns: &str, url: &str) {
+        self.add_namespaced_connection_with(ns, url, json!({}));
+    }
+
+    /// [`Self::add_namespaced_connection`], with `extra` fields in its spec.
+    pub fn add_namespaced_connection_with(&self, ns: &str, url: &str, extra: Value) {
+        let mut spec = json!({"apiUrl": url, "auth": {"apiKey": {"secretRef": {"name": "pd-key", "key": "api_key"}}}});
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
         let conn: PipedreamConnection = serde_json::from_value(json!({
             "apiVersion": "pipedream-secrets.io/v1alpha1", "kind": "PipedreamConnection",
             "metadata": {"name": "pd", "namespace": ns, "uid": format!("uid-pd-{ns}"), "resourceVersion": "1"},
-            "spec": {"apiUrl": url, "auth": {"apiKey": {"secretRef": {"name": "pd-key", "key": "api_key"}}}}
+            "spec": spec
         }))
         .unwrap();
         self.writers
@@ -1529,6 +1538,43 @@ async fn a_tarpitted_connection_does_not_delay_another_tenants_refresh() {
         "the tarpit holds only its own in-flight slots"
     );
     assert_eq!(rt.queued(), 12 - MAX_IN_FLIGHT);
+}
+
+/// Issue 25: tokens Pipedream minted together came due in the same second, and the fetch queue held an entry per
+/// account while the rate limiter served them one by one (10,000 entries at the benchmark's refresh). Each pass now
+/// books its next fetch at the connection's rate: at 1 request per second, a batch of five accounts Pipedream
+/// refreshes at the same moment comes due one second apart, the first just after that refresh.
+#[tokio::test]
+async fn a_batch_minted_together_comes_due_at_the_connections_rate() {
+    let h = Harness::new().await;
+    let expires = t0() + SignedDuration::from_hours(1);
+    let refresh = t0() + SignedDuration::from_mins(50);
+    let pd = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex("^/v1/accounts/apn_Batch[0-9]$"))
+        .respond_with(move |req: &wiremock::Request| {
+            let id = req.url.path().rsplit('/').next().unwrap_or_default();
+            let date = t0().strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            ResponseTemplate::new(200)
+                .insert_header("date", date.as_str())
+                .set_body_json(json!({"data": {"id": id, "healthy": true,
+                    "credentials": {"oauth_access_token": "gho_BATCH"},
+                    "expires_at": expires.to_string(), "next_refresh_at": refresh.to_string()}}))
+        })
+        .mount(&pd)
+        .await;
+    let rate = json!({"rateLimit": {"requestsPerSecond": 1, "burst": 1}});
+    h.add_namespaced_connection_with("team-b", &pd.uri(), rate);
+    let mut next = Vec::new();
+    for i in 0..5 {
+        let mut c = tenant_ca("team-b", &format!("batch-{i}"), &format!("apn_Batch{i}"));
+        h.reconcile(&mut c).await.unwrap();
+        assert_eq!(ready(&c).1, "SecretSynced");
+        let status = c.status.unwrap();
+        next.push(status.next_sync_time.unwrap().parse::<Timestamp>().unwrap());
+    }
+    let after_refresh = |s: i64| refresh + SignedDuration::from_secs(5 + s);
+    assert_eq!(next, (0..5).map(after_refresh).collect::<Vec<_>>());
 }
 
 /// Regression (issue 7): a Secret write the API server refuses (invalid label, changed type) only reached the

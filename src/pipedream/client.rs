@@ -91,13 +91,17 @@ pub struct ClientSettings {
 /// `share / rate` seconds and `burst / share` at once (at least one), so the shards together stay within `r`.
 /// (Whole requests per second per shard would floor at 1/s: 8 shards of a 5/s connection sent 8/s.)
 pub fn quota(r: RateLimit, share: u32) -> Quota {
+    let period = period(r, share);
     let share = share.max(1);
-    let period =
-        Duration::from_secs_f64(f64::from(share) / f64::from(r.requests_per_second.max(1)));
     let burst = NonZeroU32::new((r.burst / share).max(1)).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(burst)
+}
+
+/// The sustained interval between requests of one of `share` clients of a connection limited to `r`.
+pub fn period(r: RateLimit, share: u32) -> Duration {
+    Duration::from_secs_f64(f64::from(share.max(1)) / f64::from(r.requests_per_second.max(1)))
 }
 
 /// An account answer with the timing needed to correct clock skew.
@@ -254,6 +258,11 @@ impl PipedreamClient {
     /// Retrieve one account with its credentials.
     pub async fn fetch_account(&self, account_id: &str) -> Result<FetchedAccount, PipedreamError> {
         self.fetch(account_id, false).await
+    }
+
+    /// The sustained interval between this client's requests (its share of the connection's rate).
+    pub fn period(&self) -> Duration {
+        period(self.settings.rate_limit, self.settings.rate_share)
     }
 
     /// Wait for the rate limiter's next slot and take it, for a request chosen once it may be sent

@@ -1,4 +1,4 @@
-//! The product's rules, without I/O: when to fetch ([`schedule`]), what a pass does ([`plan`]), what a spec means
+//! The product's rules, without I/O: when to fetch ([`schedule`], [`calendar`]), what a pass does ([`plan`]), what a spec means
 //! ([`spec`]), who may use a cluster connection ([`access`]), what a Secret holds ([`template`]), the keys that keep
 //! tenants apart ([`identity`]), which shard owns what ([`shard`]) and why an object is not Ready ([`reason`]).
 //!
@@ -7,6 +7,7 @@
 
 pub(crate) mod access;
 pub(crate) mod answer;
+pub(crate) mod calendar;
 pub mod identity;
 pub(crate) mod plan;
 pub(crate) mod reason;

@@ -240,6 +240,21 @@ fn valid_until(
     }
 }
 
+/// The latest a booked refresh slot ([`crate::rules::calendar`]) may move the next fetch `next` to:
+/// [`AFTER_REFRESH_DELAY`] before the pods' deadline (a fetch there still reaches pods in time); a tenth of the
+/// interval for credentials without expiry; not at all closer to the deadline, or for expired credentials (the
+/// polls that wait for Pipedream's refresh keep their times). A batch larger than the rate can serve in that window
+/// keeps its wanted times beyond it, and the queue serves them by expiry, as it would the whole batch.
+pub fn latest_booking(next: NextFetch, obs: Observed, policy: Policy) -> Timestamp {
+    if next.expired {
+        return next.at;
+    }
+    match obs.expires_at {
+        None => add(next.at, policy.interval / 10),
+        Some(e) => sub(policy.pod_deadline(e), AFTER_REFRESH_DELAY).max(next.at),
+    }
+}
+
 /// How a failure is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {

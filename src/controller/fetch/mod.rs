@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
@@ -27,6 +28,7 @@ use super::Clock;
 use crate::crd::{ConnectedAccount, RateLimit};
 use crate::identity::{AccountKey, ConnectionId, ConnectionKey};
 use crate::pipedream::{PipedreamClient, PipedreamError};
+use crate::rules::calendar::Calendar;
 
 /// Requests of one connection in flight at once.
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -81,6 +83,8 @@ pub struct Dispatcher {
     wake: Notify,
     closed: AtomicBool,
     tenant: Option<Arc<Semaphore>>,
+    /// Each namespace's booked refresh slots.
+    calendars: Mutex<HashMap<Box<str>, Calendar>>,
 }
 
 impl Dispatcher {
@@ -89,6 +93,19 @@ impl Dispatcher {
     pub fn request(&self, account: &str, urgency: Urgency, who: ObjectRef<ConnectedAccount>) {
         lock(&self.queue).request(account, urgency, &who);
         self.wake.notify_one();
+    }
+
+    /// When namespace `lane` should next fetch an account it wants at `at` (no later than `latest`): the slot
+    /// booked for it at the connection's rate (see [`crate::rules::calendar`]).
+    pub fn book(&self, lane: &str, now: Timestamp, at: Timestamp, latest: Timestamp) -> Timestamp {
+        let mut calendars = lock(&self.calendars);
+        if let Some(c) = calendars.get_mut(lane) {
+            return c.book(now, at, latest);
+        }
+        let mut c = Calendar::new(self.client.period());
+        let booked = c.book(now, at, latest);
+        calendars.insert(lane.into(), c);
+        booked
     }
 
     /// Requests waiting (not yet in flight).
@@ -196,6 +213,7 @@ impl Fetcher {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             tenant,
+            calendars: Mutex::default(),
         });
         if let Some(old) = map.insert(key.id.clone(), rt.clone()) {
             for w in old.close() {

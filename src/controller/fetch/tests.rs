@@ -139,3 +139,20 @@ fn answers_are_kept_per_connection_identity() {
     assert!(cache.last_ok(&b).is_none());
     assert_eq!(cache.generation(&b), 0);
 }
+
+/// Each namespace books refresh slots on its own calendar: a batch booked by one namespace moves none of another
+/// namespace's times on the same connection, and a shared connection's slots are its clients' rate (1,000/s
+/// here: 1 ms apart).
+#[tokio::test]
+async fn each_namespace_books_its_own_refresh_slots() {
+    let fetcher = Fetcher::new(Triggers::default(), Clock::manual(Timestamp::UNIX_EPOCH));
+    let rt = dispatcher_for("http://127.0.0.1:9".into(), &fetcher, None);
+    let now: Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+    let at: Timestamp = "2026-12-07T10:50:05Z".parse().unwrap();
+    let latest = at + Duration::from_secs(60);
+    let a: Vec<_> = (0..3).map(|_| rt.book("team-a", now, at, latest)).collect();
+    let ms = |n: u64| at + Duration::from_millis(n);
+    assert_eq!(a, [ms(0), ms(1), ms(2)]);
+    assert_eq!(rt.book("team-b", now, at, latest), at);
+    assert_eq!(rt.book("team-a", now, at, latest), ms(3));
+}

@@ -112,10 +112,16 @@ async fn write(
         now,
         jitter: known.facts.jitter,
     };
-    let built = match build::secret(inputs).await {
+    let mut built = match build::secret(inputs).await {
         Ok(b) => b,
         Err(f) => return Ok(Outcome::Failed(f)),
     };
+    // Accounts whose tokens were minted together come due together: their next fetches are spread at the
+    // connection's rate, per namespace, instead of queuing all at once.
+    let lane = subject.reference.namespace.as_deref().unwrap_or_default();
+    built.next = conn
+        .dispatcher
+        .book(lane, now, built.next, built.latest_next);
     // The Secret holds exactly what was built (as recorded in status, and the index or a read vouches for it).
     let st = &subject.status;
     let holds = known.facts.secret == SecretFacts::AsWritten

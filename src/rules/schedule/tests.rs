@@ -564,3 +564,33 @@ fn retries_after_a_failure_land_before_the_pods_deadline_while_it_is_ahead() {
     );
     assert_eq!(r.delay, Duration::from_secs(58));
 }
+
+/// A booked refresh slot may move a fetch up to 5 s before the pods' deadline, and a fetch of credentials without
+/// expiry by a tenth of the interval; not a fetch already that close to the deadline, nor an expired answer's poll.
+#[test]
+fn a_booked_slot_stays_before_the_pods_deadline() {
+    let policy = Policy {
+        propagation: Duration::from_secs(100),
+        ..POLICY
+    };
+    let o = obs(Some("2026-11-22T10:00:00Z"), Some("2026-11-22T09:57:30Z"));
+    let next = |at: &str, expired| NextFetch {
+        at: ts(at),
+        expired,
+    };
+    let latest = |n| latest_booking(n, o, policy);
+    assert_eq!(
+        latest(next("2026-11-22T09:57:35Z", false)),
+        ts("2026-11-22T09:58:15Z")
+    );
+    assert_eq!(
+        latest(next("2026-11-22T09:58:17Z", false)),
+        ts("2026-11-22T09:58:17Z")
+    );
+    assert_eq!(
+        latest(next("2026-11-22T10:00:01Z", true)),
+        ts("2026-11-22T10:00:01Z")
+    );
+    let none = latest_booking(next("2026-11-22T10:00:00Z", false), obs(None, None), policy);
+    assert_eq!(none, ts("2026-11-22T10:06:00Z"));
+}
