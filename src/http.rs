@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -51,9 +51,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a TLS handshake may take (the same reasoning as [`HEADER_READ_TIMEOUT`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The body is sent in pieces of this size, so a scrape's permit is held until its client has read the last one.
-const CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
 struct ScrapeState {
@@ -125,20 +122,17 @@ async fn metrics_handler(State(s): State<ScrapeState>, request: Request) -> Resp
         deadline,
     };
     let gzip = accepts_gzip(headers);
-    // Encoding 10,000 objects takes tens of milliseconds: not on a reconciler's worker thread.
+    // Encoding 10,000 objects takes tens of milliseconds: not on a reconciler's worker thread. The body goes out in
+    // pieces as it is made, so a scrape read as it comes never holds its whole body. The encoder never waits for
+    // the client: it holds the metric families' locks, which the reconcilers take too. A client that reads slowly
+    // makes the pieces wait (at most the whole body, for SCRAPE_DEADLINE, MAX_SCRAPES_IN_FLIGHT at once); one that
+    // is gone ends the encoding.
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let metrics = s.metrics.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        if gzip {
-            metrics.encode_gzip()
-        } else {
-            metrics.encode().into_bytes()
-        }
-    })
-    .await;
-    let Ok(body) = body else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    let mut response = Body::from_stream(pieces(Bytes::from(body), slot)).into_response();
+    tokio::task::spawn_blocking(move || {
+        metrics.encode_to(gzip, |piece| tx.send(Bytes::from(piece)).is_ok())
+    });
+    let mut response = Body::from_stream(pieces(rx, slot)).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -174,17 +168,14 @@ impl Drop for Slot {
     }
 }
 
-/// `body` in [`CHUNK`]s, holding `slot` until the last one is taken or the client goes away.
+/// The pieces of a body as they are made, holding `slot` until the last one is taken or the client goes away.
 fn pieces(
-    body: Bytes,
+    rx: mpsc::UnboundedReceiver<Bytes>,
     slot: Slot,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures::stream::unfold((body, slot), |(mut rest, slot)| async move {
-        if rest.is_empty() {
-            return None;
-        }
-        let piece = rest.split_to(rest.len().min(CHUNK));
-        Some((Ok(piece), (rest, slot)))
+    futures::stream::unfold((rx, slot), |(mut rx, slot)| async move {
+        let piece = rx.recv().await?;
+        Some((Ok(piece), (rx, slot)))
     })
 }
 

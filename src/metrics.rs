@@ -471,8 +471,6 @@ pub struct Metrics {
     state: Arc<State>,
     /// Length of the last plain-text scrape (the next one's buffer starts that large).
     last_scrape_len: std::sync::atomic::AtomicUsize,
-    /// The compressed size of the last gzip scrape (the next one's buffer is sized from it).
-    last_gzip_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -633,7 +631,6 @@ impl Metrics {
             leader,
             state,
             last_scrape_len: Default::default(),
-            last_gzip_len: Default::default(),
         }
     }
 
@@ -769,8 +766,9 @@ impl Metrics {
         scrape::plain(&self.registry, &self.last_scrape_len)
     }
 
-    /// OpenMetrics text of every metric, gzip-compressed as it is written (see `scrape`).
-    pub fn encode_gzip(&self) -> Vec<u8> {
-        scrape::gzip(&self.registry, &self.last_gzip_len)
+    /// OpenMetrics text of every metric, gzip-compressed or not, handed to `send` in pieces as it is made (see
+    /// `scrape`). False when it ended early (`send` refused a piece: the client is gone).
+    pub fn encode_to(&self, gzip: bool, send: impl FnMut(Vec<u8>) -> bool) -> bool {
+        scrape::stream(&self.registry, gzip, send)
     }
 }

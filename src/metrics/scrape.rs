@@ -1,8 +1,9 @@
 //! The text of a scrape. At 10,000 ConnectedAccounts it is about 6 MB (five series per object), and building it in
 //! one growing `String` briefly held twice that (11 MiB of resident memory per scrape, more than the live state of
-//! 2,000 accounts). Prometheus always asks for gzip, so the text is compressed while it is written and never held
-//! whole. Either way the output goes into a buffer sized from the previous scrape's, so it is not copied while it
-//! grows (a growing 700 KB gzip body had held 1.5 MiB for a moment: the doubled buffer and the one it replaced).
+//! 2,000 accounts). Prometheus always asks for gzip, so the text is compressed while it is written; and the
+//! compressed body (750 KB at 10,000 objects) is handed to the response in pieces as it is made ([`stream`]), so a
+//! scrape read as it comes holds the compressor's state and a piece or two, not its whole body (a whole body held
+//! for the moment of each scrape had been the peak of a refresh cycle's memory). A client that is gone ends it.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,15 +12,58 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prometheus_client::registry::Registry;
 
-/// Bytes the compressor is handed at once (prometheus-client writes a few bytes per call).
-const CHUNK: usize = 64 << 10;
+/// Bytes the compressor is handed at once (prometheus-client writes a few bytes per call), and the size of the
+/// pieces a body is handed on in.
+const CHUNK: usize = 32 << 10;
 
-/// `fmt::Write` into a gzip stream.
-struct Gzip(std::io::BufWriter<GzEncoder<Vec<u8>>>);
+/// `fmt::Write` into a byte stream.
+struct Text<W: Write>(W);
 
-impl std::fmt::Write for Gzip {
+impl<W: Write> std::fmt::Write for Text<W> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.write_all(s.as_bytes()).map_err(|_| std::fmt::Error)
+    }
+}
+
+/// Output handed on in pieces of [`CHUNK`] bytes (the last one shorter) as it is made; `send` says whether the
+/// receiver still wants them.
+struct Pieces<F: FnMut(Vec<u8>) -> bool> {
+    piece: Vec<u8>,
+    send: F,
+    /// A piece was refused: nothing more is offered (the compressor still flushes when it is dropped).
+    refused: bool,
+}
+
+impl<F: FnMut(Vec<u8>) -> bool> Pieces<F> {
+    fn hand_on(&mut self) -> std::io::Result<()> {
+        if self.refused {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(CHUNK));
+        if piece.is_empty() || (self.send)(piece) {
+            return Ok(());
+        }
+        self.refused = true;
+        self.piece = Vec::new();
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> bool> Write for Pieces<F> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.refused {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let n = bytes.len().min(CHUNK - self.piece.len());
+        self.piece.extend_from_slice(&bytes[..n]);
+        if self.piece.len() == CHUNK {
+            self.hand_on()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -29,24 +73,29 @@ fn room(last: &AtomicUsize) -> usize {
     last + last / 16 + CHUNK
 }
 
-/// The OpenMetrics text of `registry`, gzip-compressed (empty if encoding failed), in a buffer sized from the last
-/// one.
-pub(super) fn gzip(registry: &Registry, last_len: &AtomicUsize) -> Vec<u8> {
-    let mut out = Gzip(std::io::BufWriter::with_capacity(
-        CHUNK,
-        GzEncoder::new(Vec::with_capacity(room(last_len)), Compression::fast()),
-    ));
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
-        return Vec::new();
+/// The OpenMetrics text of `registry`, gzip-compressed or not, handed to `send` in pieces as it is made. False
+/// when it ended early: encoding failed, or `send` refused a piece (the client is gone).
+pub(super) fn stream(registry: &Registry, gzip: bool, send: impl FnMut(Vec<u8>) -> bool) -> bool {
+    let pieces = Pieces {
+        piece: Vec::with_capacity(CHUNK),
+        send,
+        refused: false,
+    };
+    if gzip {
+        let gz = GzEncoder::new(pieces, Compression::fast());
+        let mut out = Text(std::io::BufWriter::with_capacity(CHUNK, gz));
+        prometheus_client::encoding::text::encode(&mut out, registry).is_ok()
+            && out
+                .0
+                .into_inner()
+                .ok()
+                .and_then(|gz| gz.finish().ok())
+                .is_some_and(|mut rest| rest.hand_on().is_ok())
+    } else {
+        let mut out = Text(pieces);
+        prometheus_client::encoding::text::encode(&mut out, registry).is_ok()
+            && out.0.hand_on().is_ok()
     }
-    let body = out
-        .0
-        .into_inner()
-        .ok()
-        .and_then(|gz| gz.finish().ok())
-        .unwrap_or_default();
-    last_len.store(body.len(), Ordering::Relaxed);
-    body
 }
 
 /// The OpenMetrics text of `registry` (empty if encoding failed), in a buffer as large as the last one.
@@ -75,39 +124,75 @@ pub fn accepts_gzip(accept_encoding: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::registry::Registry;
 
-    use super::{CHUNK, accepts_gzip, gzip, plain};
+    use super::{CHUNK, accepts_gzip, plain, stream};
 
-    /// A scrape is written into a buffer sized from the last one: it is not copied as it grows, and what the
-    /// buffer holds is the text a plain scrape returns, compressed.
-    #[test]
-    fn a_scrape_is_written_into_a_buffer_sized_from_the_last_one() {
+    fn registry(objects: u64) -> Registry {
         let mut registry = Registry::default();
         let family = Family::<Vec<(String, String)>, Counter>::default();
         registry.register("objects", "One series per object", family.clone());
-        for i in 0..20_000u64 {
+        for i in 0..objects {
             let label = format!("object-{i}-{:x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             family.get_or_create(&vec![("name".into(), label)]).inc();
         }
-        let (gz_len, text_len) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let first = gzip(&registry, &gz_len);
-        assert!(first.len() > 2 * CHUNK, "{} bytes", first.len());
-        assert_eq!(gz_len.load(Ordering::Relaxed), first.len());
-        let second = gzip(&registry, &gz_len);
-        let room = first.len() + first.len() / 16 + CHUNK;
-        assert_eq!(second.capacity(), room, "the buffer grew");
-        let mut unpacked = String::new();
-        flate2::read::GzDecoder::new(&second[..])
-            .read_to_string(&mut unpacked)
-            .unwrap();
-        let text = plain(&registry, &text_len);
-        assert_eq!(unpacked, text);
-        let again = plain(&registry, &text_len);
+        registry
+    }
+
+    /// A scrape is handed on in pieces of at most a chunk as it is made, never held whole: compressed, the pieces
+    /// unpack to the text a plain scrape returns; plain, they are that text.
+    #[test]
+    fn a_scrape_is_handed_on_in_pieces_as_it_is_made() {
+        let registry = registry(20_000);
+        let text = plain(&registry, &AtomicUsize::new(0));
+        for gzip in [true, false] {
+            let mut pieces: Vec<Vec<u8>> = Vec::new();
+            assert!(stream(&registry, gzip, |p| {
+                pieces.push(p);
+                true
+            }));
+            assert!(pieces.len() > 3, "{} pieces", pieces.len());
+            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= CHUNK));
+            let body = pieces.concat();
+            let unpacked = if gzip {
+                let mut out = String::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut out)
+                    .unwrap();
+                out
+            } else {
+                String::from_utf8(body).unwrap()
+            };
+            assert_eq!(unpacked, text);
+        }
+    }
+
+    /// A receiver that stops taking pieces stops the encoding: nothing more is made or offered.
+    #[test]
+    fn a_refused_piece_ends_the_scrape() {
+        let registry = registry(20_000);
+        for gzip in [true, false] {
+            let mut offered = 0;
+            let done = stream(&registry, gzip, |_| {
+                offered += 1;
+                offered < 2
+            });
+            assert!(!done);
+            assert_eq!(offered, 2);
+        }
+    }
+
+    /// The text of `Metrics::encode` is written into a buffer sized from the last one.
+    #[test]
+    fn plain_text_is_written_into_a_buffer_sized_from_the_last_one() {
+        let registry = registry(2_000);
+        let last = AtomicUsize::new(0);
+        let text = plain(&registry, &last);
+        let again = plain(&registry, &last);
         assert_eq!(again.capacity(), text.len() + text.len() / 16 + CHUNK);
         assert_eq!(again, text);
     }
