@@ -277,8 +277,9 @@ fn the_demo_stops_on_sigterm_within_seconds() {
     assert!(status.success(), "demo exited with {status}");
 }
 
-/// The allocator settings of `.cargo/config.toml` are compiled into the binary (one arena, pages returned within a
-/// second, a background purging thread): jemalloc's own statistics, printed at exit, say so.
+/// The allocator settings of `.cargo/config.toml` are compiled into the binary (one arena, no per-thread caches,
+/// pages returned within a second, a background purging thread): jemalloc's own statistics, printed at exit, say
+/// so.
 #[test]
 fn the_binary_carries_its_allocator_settings() {
     let out = bin()
@@ -290,12 +291,13 @@ fn the_binary_carries_its_allocator_settings() {
     let stats = String::from_utf8_lossy(&out.stderr);
     assert!(
         stats.contains(
-            "config.malloc_conf: \"narenas:1,dirty_decay_ms:1000,background_thread:true\""
+            "config.malloc_conf: \"narenas:1,tcache:false,dirty_decay_ms:1000,background_thread:true\""
         ),
         "{stats}"
     );
     for opt in [
         "opt.narenas: 1\n",
+        "opt.tcache: false",
         "opt.dirty_decay_ms: 1000",
         "opt.background_thread: true",
     ] {
