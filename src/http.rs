@@ -122,7 +122,7 @@ async fn metrics_handler(State(s): State<ScrapeState>, request: Request) -> Resp
         deadline,
     };
     let gzip = accepts_gzip(headers);
-    // Encoding 10,000 objects takes tens of milliseconds: not on a reconciler's worker thread. The body goes out in
+    // Encoding 10,000 objects takes hundreds of milliseconds: not on a reconciler's worker thread. The body goes out in
     // pieces as it is made, so a scrape read as it comes never holds its whole body. The encoder never waits for
     // the client: it holds the metric families' locks, which the reconcilers take too. A client that reads slowly
     // makes the pieces wait (at most the whole body, for SCRAPE_DEADLINE, MAX_SCRAPES_IN_FLIGHT at once); one that

@@ -100,6 +100,14 @@ mod tests {
         at + Duration::from_secs_f64(s)
     }
 
+    /// `n` bookings at 10:00 of a fetch wanted `at`, allowed up to `latest_after` seconds later.
+    fn batch(c: &mut Calendar, n: usize, at: Timestamp, latest_after: f64) -> Vec<Timestamp> {
+        let now = t("2026-12-07T10:00:00Z");
+        (0..n)
+            .map(|_| c.book(now, at, secs(at, latest_after)))
+            .collect()
+    }
+
     /// A batch wanted at one moment comes due one slot apart, the first at the wanted time; a booking with a free
     /// slot keeps its exact time.
     #[test]
@@ -107,9 +115,8 @@ mod tests {
         let now = t("2026-12-07T10:00:00Z");
         let at = t("2026-12-07T10:50:05Z");
         let mut c = Calendar::new(Duration::from_millis(200));
-        let got: Vec<_> = (0..5).map(|_| c.book(now, at, secs(at, 60.0))).collect();
         let want: Vec<_> = (0..5).map(|i| secs(at, 0.2 * f64::from(i))).collect();
-        assert_eq!(got, want);
+        assert_eq!(batch(&mut c, 5, at, 60.0), want);
         assert_eq!((c.booked(), c.runs.len()), (5, 1), "one run");
         let odd = t("2026-12-07T10:20:00.123456789Z");
         assert_eq!(
@@ -126,10 +133,9 @@ mod tests {
     /// A slot past the latest allowed time is not taken: the wanted time stands, and nothing is booked for it.
     #[test]
     fn no_slot_is_later_than_allowed() {
-        let now = t("2026-12-07T10:00:00Z");
         let at = t("2026-12-07T10:50:00Z");
         let mut c = Calendar::new(Duration::from_secs(1));
-        let got: Vec<_> = (0..5).map(|_| c.book(now, at, secs(at, 2.0))).collect();
+        let got = batch(&mut c, 5, at, 2.0);
         assert_eq!(got, [at, secs(at, 1.0), secs(at, 2.0), at, at]);
         assert_eq!(c.booked(), 3);
     }
@@ -162,14 +168,10 @@ mod tests {
     /// the last is ten thousand slots later.
     #[test]
     fn a_large_batch_is_one_run() {
-        let now = t("2026-12-07T10:00:00Z");
         let at = t("2026-12-07T10:10:05Z");
         let mut c = Calendar::new(Duration::from_millis(5));
-        let last = (0..10_000)
-            .map(|_| c.book(now, at, secs(at, 300.0)))
-            .last()
-            .unwrap();
-        assert_eq!(last, secs(at, 49.995));
+        let got = batch(&mut c, 10_000, at, 300.0);
+        assert_eq!(got.last(), Some(&secs(at, 49.995)));
         assert_eq!(c.runs.len(), 1);
     }
 }

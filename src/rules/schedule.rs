@@ -17,6 +17,10 @@
 //!   announced retry of its refresh). A past or absent `R` never delays this.
 //! - no `E`: every `interval` (±10 %).
 //!
+//! A pass that writes then books that time on its namespace's calendar of the connection's rate
+//! ([`crate::rules::calendar`]): a later free slot when others want the same moment, never later than
+//! [`latest_booking`].
+//!
 //! Failures back off by class: transient ones fast and always landing before the held credentials expire;
 //! unhealthy, dead or missing accounts and configuration errors in minutes.
 
